@@ -1,0 +1,42 @@
+"""Chat rendering shared by the engines and the reward scorer: templates and image placeholders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def placeholder_messages(messages: list[dict]) -> list[dict]:
+    """Messages as a processor's chat template expects: image parts without payloads, text parts."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = [{"type": "image"} if p.get("type") == "image" else {"type": "text", "text": p.get("text") or ""}
+                       for p in content]
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def count_image_parts(messages: list[dict]) -> int:
+    return sum(1 for m in messages if isinstance(m.get("content"), list)
+               for p in m["content"] if isinstance(p, dict) and p.get("type") == "image")
+
+
+def embedded_images(messages: list[dict]) -> list[Any]:
+    """Images carried inside image parts (TRL fills `part["image"]`), in order."""
+    return [p["image"] for m in messages if isinstance(m.get("content"), list)
+            for p in m["content"] if isinstance(p, dict) and p.get("type") == "image" and p.get("image") is not None]
+
+
+def images_of(request: Any) -> list[Any]:
+    """A request's images: embedded ones if present, else the request's `images` list. Checks the count."""
+    images = embedded_images(request.messages) or list(request.images or [])
+    slots = count_image_parts(request.messages)
+    if slots != len(images):
+        raise ValueError(f"prompt has {slots} image placeholder(s) but {len(images)} image(s) were given")
+    return [img.convert("RGB") if hasattr(img, "convert") else img for img in images]
+
+
+def render_prompt(processor: Any, messages: list[dict]) -> str:
+    """The prompt text with the generation prompt appended (image placeholders left for the processor)."""
+    return processor.apply_chat_template(placeholder_messages(messages), tokenize=False, add_generation_prompt=True)

@@ -1,0 +1,107 @@
+"""A RolloutEngine on transformers' `generate`: CPU or one GPU, any image-text-to-text model."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from policies.chat import images_of, render_prompt
+from policies.engine import Rollout, RolloutRequest, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class HFEngine:
+    """Holds a policy and its processor; generates batched, with per-token log-probabilities."""
+
+    def __init__(self, model: torch.nn.Module, processor: Any, version: int = 0, device: str | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.version = version
+        self.is_vlm = self.tokenizer is not processor
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: str = "float32", device: str | None = None,
+                        max_pixels: int | None = None, trust_remote_code: bool = False) -> HFEngine:
+        from policies.loading import load_policy, load_processor
+
+        return cls(load_policy(path, dtype, trust_remote_code), load_processor(path, max_pixels, trust_remote_code),
+                   device=device)
+
+    def _encode(self, requests: list[RolloutRequest]) -> dict[str, torch.Tensor]:
+        texts = [render_prompt(self.processor, r.messages) for r in requests]
+        if self.is_vlm:
+            flat = [img for r in requests for img in images_of(r)]
+            inputs = self.processor(text=texts, images=flat or None, padding=True, padding_side="left",
+                                    return_tensors="pt")
+        else:
+            inputs = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt",
+                                    add_special_tokens=False)
+        return {k: v.to(self.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+
+    @torch.inference_mode()
+    def generate(self, requests: list[RolloutRequest], sampling: SamplingParams) -> list[list[Rollout]]:
+        if not requests:
+            return []
+        if sampling.n > 1 and sampling.greedy:
+            raise ValueError("n > 1 needs temperature > 0 (greedy decoding gives n identical completions)")
+        inputs = self._encode(requests)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        gen_kwargs: dict[str, Any] = dict(
+            max_new_tokens=sampling.max_tokens, num_return_sequences=sampling.n, do_sample=not sampling.greedy,
+            return_dict_in_generate=True, output_logits=True,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+        )
+        if not sampling.greedy:
+            gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
+        if sampling.stop:
+            gen_kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
+        out = self.model.generate(**inputs, **gen_kwargs)
+        prompt_len = inputs["input_ids"].shape[1]
+        completions = out.sequences[:, prompt_len:]  # [B*n, T_new]
+        # Log-probabilities under the sampling distribution (logits / temperature), as TRL computes them.
+        logits = torch.stack(out.logits, dim=1).float()  # [B*n, T_new, V]
+        if not sampling.greedy:
+            logits = logits / sampling.temperature
+        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, completions.unsqueeze(-1)).squeeze(-1)  # [B*n, T]
+
+        results: list[list[Rollout]] = []
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        for i, _ in enumerate(requests):
+            mask = inputs["attention_mask"][i].bool()
+            prompt_ids = inputs["input_ids"][i][mask].tolist()
+            group = []
+            for j in range(sampling.n):
+                row = i * sampling.n + j
+                ids = completions[row].tolist()
+                # Keep tokens up to and including EOS. Rows that finished early (EOS elsewhere in the
+                # batch, or a stop string) are padded by `generate`: drop that tail.
+                end = ids.index(eos) + 1 if eos in ids else len(ids)
+                finish = "stop" if eos in ids else "length"
+                if finish == "length" and pad != eos:
+                    while end > 0 and ids[end - 1] == pad:
+                        end -= 1
+                    finish = "stop" if end < len(ids) else "length"
+                ids = ids[:end]
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                group.append(Rollout(prompt_ids, ids, token_logps[row, :end].tolist(), text, self.version, finish))
+            results.append(group)
+        return results
+
+    def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> None:
+        state = self.model.state_dict()
+        unknown = [k for k in named_tensors if k not in state]
+        if unknown:
+            raise KeyError(f"weights for unknown parameters {unknown[:5]} (version {version})")
+        with torch.no_grad():
+            for name, tensor in named_tensors.items():
+                state[name].copy_(tensor.to(state[name].device, state[name].dtype))
+        self.version = version
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()

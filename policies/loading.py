@@ -1,0 +1,57 @@
+"""Load a policy (vision-language or text-only) and its processor from a hub id or a local path."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def resolve_dtype(name: str) -> torch.dtype | str:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}") from None
+
+
+def resolve_policy_path(path: str, output_dir: str | Path, seed: int = 0) -> str:
+    """`"tiny"` builds the offline tiny Qwen2.5-VL under `output_dir/tiny-policy` (once); others pass through."""
+    if path != "tiny":
+        return path
+    target = Path(output_dir) / "tiny-policy"
+    if not (target / "config.json").is_file():
+        from policies.tiny import make_tiny_qwen2_5_vl
+
+        log.info("building the offline tiny Qwen2.5-VL policy in %s", target)
+        make_tiny_qwen2_5_vl(target, seed=seed)
+    return str(target)
+
+
+def is_vision_language(path: str, trust_remote_code: bool = False) -> bool:
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return hasattr(config, "vision_config")
+
+
+def load_processor(path: str, max_pixels: int | None = None, trust_remote_code: bool = False):
+    """The checkpoint's processor (VLM) or tokenizer (text-only), with an optional pixel bound."""
+    if is_vision_language(path, trust_remote_code):
+        kwargs = {"max_pixels": max_pixels} if max_pixels else {}
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+        tokenizer = processor.tokenizer
+    else:
+        processor = tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return processor
+
+
+def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = False) -> torch.nn.Module:
+    """A Qwen2.5-VL (any image-text-to-text model) or a causal LM, from a hub id or local directory."""
+    auto = AutoModelForImageTextToText if is_vision_language(path, trust_remote_code) else AutoModelForCausalLM
+    return auto.from_pretrained(path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)

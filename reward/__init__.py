@@ -1,0 +1,37 @@
+"""Pluggable rewards with TRL's reward-function signature: rule, BaseReward model, hybrid, custom."""
+
+from reward.base import Reward, completion_text
+from reward.guard import FailureStats, GuardedReward, RewardFailureError
+from reward.hybrid import HybridReward, hybrid_value, sigmoid
+from reward.rule import FormatReward, RuleMatcher, extract_answer, normalize
+
+__all__ = [
+    "BaseRewardModel",
+    "BaseRewardScorer",
+    "FailureStats",
+    "FormatReward",
+    "GuardedReward",
+    "HeadConfig",
+    "HybridReward",
+    "Reward",
+    "RewardFailureError",
+    "RuleMatcher",
+    "completion_text",
+    "extract_answer",
+    "hybrid_value",
+    "normalize",
+    "sigmoid",
+]
+
+
+def __getattr__(name: str):
+    # The model-backed rewards import torch/transformers; load them only when asked for.
+    if name in ("BaseRewardModel", "HeadConfig"):
+        from reward import model
+
+        return getattr(model, name)
+    if name == "BaseRewardScorer":
+        from reward.scorer import BaseRewardScorer
+
+        return BaseRewardScorer
+    raise AttributeError(f"module 'reward' has no attribute {name!r}")

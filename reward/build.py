@@ -1,0 +1,106 @@
+"""Turn a recipe's `reward:` section into TRL reward functions and weights.
+
+Extension is configuration: a custom reward is named as `package.module:function` or
+`path/to/file.py:function` (a class is instantiated with `kwargs`, a function is wrapped with them).
+Every reward comes back wrapped in `GuardedReward`, so failures are counted rather than silent.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rl.config import RewardConfig
+from reward.base import reward_name
+from reward.guard import GuardedReward
+from reward.hybrid import HybridReward
+from reward.rule import RuleMatcher
+
+SCHEMES = ("rule", "model", "hybrid", "none")
+
+
+def load_callable(spec: str) -> Any:
+    """Resolve `module:attr` or `file.py:attr` to the object it names, with a clear error."""
+    if ":" not in spec:
+        raise ValueError(f"reward function {spec!r} must look like 'package.module:function' or 'file.py:function'")
+    target, attr = spec.rsplit(":", 1)
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise FileNotFoundError(f"reward function {spec!r}: file {path} not found")
+        module_spec = importlib.util.spec_from_file_location(f"brl_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise ImportError(f"reward function {spec!r}: cannot import {target}: {e}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise AttributeError(f"reward function {spec!r}: {target} has no attribute {attr!r}") from None
+
+
+def make_custom_reward(spec: str, kwargs: dict[str, Any] | None = None) -> Callable:
+    """A class is instantiated with `kwargs`; a function gets them bound with functools.partial."""
+    obj = load_callable(spec)
+    kwargs = dict(kwargs or {})
+    if inspect.isclass(obj):
+        fn = obj(**kwargs)
+    elif kwargs:
+        fn = functools.partial(obj, **kwargs)
+    else:
+        fn = obj
+    if not callable(fn):
+        raise TypeError(f"reward function {spec!r} is not callable")
+    return fn
+
+
+def make_rule(cfg: RewardConfig) -> RuleMatcher:
+    r = cfg.rule
+    return RuleMatcher(extract=r.extract, number_words=r.number_words, units=tuple(r.units),
+                       math_verify=r.math_verify, max_chars=r.max_chars)
+
+
+def make_local_scorer(cfg: RewardConfig) -> Callable:
+    from reward.scorer import BaseRewardScorer
+
+    m = cfg.model
+    return BaseRewardScorer.from_paths(list(m.paths), m.text_path, device=m.device, batch_size=m.batch_size,
+                                       max_pixels=m.max_pixels, calibrate=m.calibrate)
+
+
+def build_reward_funcs(cfg: RewardConfig, scorer: Callable | None = None) -> tuple[list[GuardedReward], list[float]]:
+    """The reward functions and weights for TRL. `scorer` overrides the in-process BaseReward scorer
+    (the Ray pipeline passes a proxy to scorer actors here)."""
+    if cfg.scheme not in SCHEMES:
+        raise ValueError(f"reward.scheme must be one of {SCHEMES}, got {cfg.scheme!r}")
+    guard = functools.partial(GuardedReward, timeout_s=cfg.timeout_s, max_failure_rate=cfg.max_failure_rate)
+    funcs: list[GuardedReward] = []
+    weights: list[float] = []
+    if cfg.scheme in ("model", "hybrid"):
+        scorer = scorer or make_local_scorer(cfg)
+    if cfg.scheme == "rule":
+        funcs.append(guard(make_rule(cfg), name="rule"))
+    elif cfg.scheme == "model":
+        funcs.append(guard(scorer, name="basereward"))
+    elif cfg.scheme == "hybrid":
+        funcs.append(guard(HybridReward(make_rule(cfg), scorer), name="hybrid"))
+    if cfg.scheme != "none":
+        weights.append(cfg.weight)
+    for extra in cfg.extra:
+        fn = make_custom_reward(extra.fn, extra.kwargs)
+        funcs.append(guard(fn, name=extra.name or reward_name(getattr(fn, "func", fn))))
+        weights.append(extra.weight)
+    if not funcs:
+        raise ValueError("no rewards configured: set reward.scheme or add reward.extra entries")
+    names = [f.__name__ for f in funcs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"reward names must be unique (set reward.extra[].name): {names}")
+    return funcs, weights

@@ -1,0 +1,133 @@
+"""Failure accounting around any reward: exceptions, time-outs and NaN/inf become counted `None`s.
+
+A reward that fails must never turn into a silent 0: TRL would then train towards it. `GuardedReward`
+calls the wrapped reward with a time limit; if the whole batch raises, it retries one sample at a
+time to isolate the offending samples; non-finite values become None. Each failure is logged with
+the sample's index, counted in the step's metrics, and when a call's failure share exceeds
+`max_failure_rate` the run stops with `RewardFailureError` (the recipe saves what it has first).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import inspect
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from reward.base import reward_name
+
+log = logging.getLogger(__name__)
+
+
+class RewardFailureError(RuntimeError):
+    """Too many samples could not be scored: stop rather than train on missing rewards."""
+
+
+@dataclass
+class FailureStats:
+    """Running totals for one reward, for reports and tests."""
+
+    calls: int = 0
+    samples: int = 0
+    raised: int = 0
+    timed_out: int = 0
+    non_finite: int = 0
+    unscored: int = 0  # the reward itself returned None (e.g. no ground truth): not a failure
+
+    @property
+    def failed(self) -> int:
+        return self.raised + self.timed_out + self.non_finite
+
+
+# One shared pool: reward calls are I/O-bound or release the GIL (torch), and a hung call must not
+# block the next step's call. Threads cannot be killed; a timed-out call is abandoned, not stopped.
+_POOL = cf.ThreadPoolExecutor(max_workers=8, thread_name_prefix="reward")
+
+
+def _accepts_kwarg(fn: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is p.VAR_KEYWORD or p.name == name for p in params)
+
+
+@dataclass
+class GuardedReward:
+    fn: Any
+    timeout_s: float = 120.0
+    max_failure_rate: float = 0.25
+    name: str | None = None
+    stats: FailureStats = field(default_factory=FailureStats)
+
+    def __post_init__(self) -> None:
+        self.__name__ = self.name or reward_name(self.fn)
+
+    def _call(self, prompts: list, completions: list, columns: dict) -> list:
+        future = _POOL.submit(self.fn, prompts, completions, **columns)
+        return future.result(timeout=self.timeout_s)
+
+    def _isolate(self, prompts: list, completions: list, columns: dict, n: int) -> list[float | None]:
+        """After a batch failure: score one sample at a time so only the bad samples are lost."""
+        out: list[float | None] = []
+        for i in range(n):
+            one = {k: [v[i]] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
+            try:
+                value = self._call([prompts[i]], [completions[i]], one)[0]
+            except cf.TimeoutError:
+                self.stats.timed_out += 1
+                log.warning("reward %s: sample %d timed out after %.1fs", self.__name__, i, self.timeout_s)
+                value = None
+            except Exception as e:
+                self.stats.raised += 1
+                log.warning("reward %s: sample %d raised %s: %s", self.__name__, i, type(e).__name__, e)
+                value = None
+            out.append(value)
+        return out
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
+        n = len(completions)
+        log_metric = columns.get("log_metric")
+        passed = {k: v for k, v in columns.items() if k != "log_metric" or _accepts_kwarg(self.fn, k)}
+        before = self.stats.failed
+        try:
+            values = self._call(prompts, completions, passed)
+            if len(values) != n:
+                raise ValueError(f"returned {len(values)} rewards for {n} completions")
+        except cf.TimeoutError:
+            log.warning("reward %s: batch of %d timed out after %.1fs; scoring one by one",
+                        self.__name__, n, self.timeout_s)
+            values = self._isolate(prompts, completions, passed, n)
+        except Exception as e:
+            log.warning("reward %s: batch of %d raised %s: %s; scoring one by one",
+                        self.__name__, n, type(e).__name__, e)
+            values = self._isolate(prompts, completions, passed, n)
+        out: list[float | None] = []
+        for i, v in enumerate(values):
+            if v is None:
+                self.stats.unscored += 1
+                out.append(None)
+                continue
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                v = math.nan
+            if not math.isfinite(v):
+                self.stats.non_finite += 1
+                log.warning("reward %s: sample %d gave a non-finite value %r", self.__name__, i, values[i])
+                out.append(None)
+            else:
+                out.append(v)
+        self.stats.calls += 1
+        self.stats.samples += n
+        failed_now = self.stats.failed - before
+        if callable(log_metric):
+            log_metric(f"rewards/{self.__name__}/failed", float(failed_now))
+        if n and failed_now / n > self.max_failure_rate:
+            raise RewardFailureError(
+                f"reward '{self.__name__}' failed on {failed_now} of {n} samples in one step "
+                f"({failed_now / n:.0%} > reward.max_failure_rate={self.max_failure_rate:.0%}); "
+                f"totals so far: {self.stats}. See the warnings above for each failing sample.")
+        return out

@@ -1,0 +1,138 @@
+"""BaseRewardModel: a (vision-)language backbone whose LM head is replaced by an MLP scalar head.
+
+The BaseReward recipe: Qwen2.5-VL backbone, the hidden state of the last non-padding token, a
+2-layer MLP with SiLU giving one scalar. The head's depth, width and activation are configurable for
+the paper's ablations (1 layer = a linear head). A text-only variant runs on a Qwen2 (any causal LM)
+backbone for text-only inputs.
+
+Checkpoints are a directory with the backbone's `config.json`, the processor/tokenizer files,
+`reward_head.json` (head shape and score statistics) and `model.safetensors` (every weight). Loading
+builds the architecture from the config and loads the safetensors strictly: bit-exact, no pickle,
+no remote code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel
+
+ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+HEAD_FILE = "reward_head.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class HeadConfig:
+    num_layers: int = 2  # 1 = a single linear layer
+    hidden_size: int | None = None  # width of the hidden layers (None: the backbone's hidden size)
+    activation: str = "silu"
+    # Score statistics on the training data, saved for calibration (standardising before sigmoid).
+    score_mean: float = 0.0
+    score_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 1:
+            raise ValueError(f"reward head needs at least 1 layer, got num_layers={self.num_layers}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; use one of {sorted(ACTIVATIONS)}")
+
+
+def build_head(in_features: int, cfg: HeadConfig) -> nn.Sequential:
+    width = cfg.hidden_size or in_features
+    layers: list[nn.Module] = []
+    dim = in_features
+    for _ in range(cfg.num_layers - 1):
+        layers += [nn.Linear(dim, width), ACTIVATIONS[cfg.activation]()]
+        dim = width
+    layers.append(nn.Linear(dim, 1))
+    return nn.Sequential(*layers)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last non-padding token per row, for left or right padding. [B, T] -> [B]"""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # [T]
+    return (attention_mask.long() * positions).argmax(dim=1)  # [B]
+
+
+def text_hidden_size(config) -> int:
+    text = getattr(config, "text_config", None) or config
+    return text.hidden_size
+
+
+class BaseRewardModel(nn.Module):
+    """backbone (no LM head) + MLP head -> one scalar per sequence."""
+
+    def __init__(self, backbone: nn.Module, head_cfg: HeadConfig | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.head_cfg = head_cfg or HeadConfig()
+        param = next(backbone.parameters())
+        self.head = build_head(text_hidden_size(backbone.config), self.head_cfg).to(param.dtype)
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def is_multimodal(self) -> bool:
+        return hasattr(self.backbone.config, "vision_config")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **mm_inputs) -> torch.Tensor:
+        """Scores of a batch. input_ids/attention_mask: [B, T]; mm_inputs: pixel_values, image_grid_thw, ...
+
+        Returns [B] float scores.
+        """
+        if not self.is_multimodal:
+            mm_inputs = {}
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **mm_inputs)
+        hidden = out.last_hidden_state  # [B, T, H]
+        idx = last_token_index(attention_mask)  # [B]
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # [B, H]
+        return self.head(pooled).squeeze(-1).float()  # [B]
+
+    # -- construction and persistence ---------------------------------------------------------
+
+    @classmethod
+    def from_backbone(cls, path: str, head_cfg: HeadConfig | None = None, dtype: torch.dtype = torch.float32,
+                      trust_remote_code: bool = False, seed: int | None = None) -> BaseRewardModel:
+        """A fresh reward model on a pretrained backbone (policy checkpoint or hub id); the head is new."""
+        backbone = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        if seed is not None:
+            torch.manual_seed(seed)
+        return cls(backbone, head_cfg)
+
+    def save_pretrained(self, out_dir: str | Path, processor=None) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.backbone.config.save_pretrained(out)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, out / WEIGHTS_FILE, metadata={"format": "pt"})
+        (out / HEAD_FILE).write_text(json.dumps(asdict(self.head_cfg), indent=2))
+        if processor is not None:
+            processor.save_pretrained(out)
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> BaseRewardModel:
+        p = Path(path)
+        for name in ("config.json", HEAD_FILE, WEIGHTS_FILE):
+            if not (p / name).is_file():
+                raise FileNotFoundError(f"{p} is not a BaseReward checkpoint: {name} is missing")
+        config = AutoConfig.from_pretrained(p)  # never trust_remote_code: only built-in architectures
+        head_cfg = HeadConfig(**json.loads((p / HEAD_FILE).read_text()))
+        state = load_file(p / WEIGHTS_FILE, device="cpu")
+        dtype = next(iter(state.values())).dtype
+        backbone = AutoModel.from_config(config, dtype=dtype)
+        model = cls(backbone, head_cfg)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # Tied / buffer-only entries may legitimately be absent; real weights may not.
+        if unexpected or [k for k in missing if not k.endswith("inv_freq")]:
+            raise ValueError(f"{p}: weights do not match the architecture "
+                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        return model.to(device).eval()

@@ -1,0 +1,105 @@
+"""`brl`: the command line. Each subcommand loads a config (or flags) and calls one recipe's main()."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from rl.config import ConfigError, load_config
+
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from reward.guard import RewardFailureError
+    from rl.data import DataError
+
+    return (*USER_ERRORS, DataError, RewardFailureError)
+
+
+def _recipe(schema_name: str, module: str, passthrough: str | None = None) -> Callable[[argparse.Namespace], int]:
+    """A subcommand handler: load CONFIG + overrides into the schema, call the recipe's main(cfg)."""
+
+    def run(ns: argparse.Namespace) -> int:
+        import importlib
+
+        from rl import config as config_module
+
+        schema = getattr(config_module, schema_name)
+        pass_cls = None
+        if passthrough:
+            trl_module, cls_name = passthrough.rsplit(".", 1)
+            pass_cls = {"trainer": getattr(importlib.import_module(trl_module), cls_name)}
+        cfg = load_config(schema, ns.config, ns.overrides, passthrough=pass_cls)
+        importlib.import_module(module).main(cfg)
+        return 0
+
+    return run
+
+
+def _make_tiny(ns: argparse.Namespace) -> int:
+    from policies.tiny import make_tiny_qwen2, make_tiny_qwen2_5_vl
+
+    path = (make_tiny_qwen2 if ns.text_only else make_tiny_qwen2_5_vl)(ns.out, seed=ns.seed)
+    print(f"tiny {'Qwen2' if ns.text_only else 'Qwen2.5-VL'} saved to {path}")
+    return 0
+
+
+def _validate_data(ns: argparse.Namespace) -> int:
+    from rl.config import DataConfig
+    from rl.data import validate_source
+
+    cfg = DataConfig(max_image_pixels=ns.max_image_pixels)
+    _, report = validate_source(ns.path, ns.kind, cfg, split=ns.split)
+    print(report.summary(limit=ns.limit))
+    return 1 if report.errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brl", description="RL fine-tuning of vision-language models with "
+                                     "pluggable rewards (rule, BaseReward, hybrid).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def recipe(name: str, help_: str, schema: str, module: str, passthrough: str | None) -> None:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("config", help="YAML config (see recipes/configs/)")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=3")
+        p.set_defaults(func=_recipe(schema, module, passthrough))
+
+    recipe("grpo", "GRPO fine-tuning with rule / model / hybrid rewards", "GRPORecipeConfig", "recipes.grpo",
+           "trl.GRPOConfig")
+    recipe("sft", "supervised warm-up of a policy on the RL data's answers", "SFTRecipeConfig", "recipes.sft",
+           "trl.SFTConfig")
+
+    p = sub.add_parser("make-tiny", help="build the offline tiny Qwen2.5-VL policy (or a text-only Qwen2)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-only", action="store_true", help="a tiny Qwen2 causal LM instead")
+    p.set_defaults(func=_make_tiny)
+
+    p = sub.add_parser("validate-data", help="check every row of a dataset; report bad rows by number")
+    p.add_argument("path")
+    p.add_argument("--kind", choices=["rl", "preference"], default="rl")
+    p.add_argument("--split", default="train", help="split, for hub datasets")
+    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
+    p.add_argument("--limit", type=int, default=50, help="bad rows to list")
+    p.set_defaults(func=_validate_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return ns.func(ns)
+    except _user_errors() as e:
+        print(f"brl {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Typed recipe configs: dataclass defaults, then a YAML file, then `key=value` overrides.
+
+Every recipe declares its schema here as OmegaConf structured dataclasses, so a typo or a wrong type
+is an error that names the key and where it came from, before any model is loaded. The `trainer:`
+section of a recipe is passed through to a TRL / transformers config class (GRPOConfig, SFTConfig,
+TrainingArguments) and checked against that class's fields, so every knob those libraries document
+works from YAML without being copied here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix: names the key and the file (or the command line)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared sections
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PolicyConfig:
+    # Hub id (Qwen/Qwen2.5-VL-3B-Instruct), a local directory, or "tiny" to build the offline tiny
+    # Qwen2.5-VL under <output_dir>/tiny-policy.
+    path: str = "tiny"
+    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
+    trust_remote_code: bool = False
+    # Upper bound on pixels per image given to the processor (None: the checkpoint's own setting).
+    max_pixels: int | None = None
+
+
+@dataclass
+class DataConfig:
+    # "shapes" (the synthetic task), a local .jsonl/.json/.parquet file, or a hub dataset name.
+    source: str = "shapes"
+    split: str = "train"
+    # Held-out data: same kinds as `source`; for "shapes" a disjoint seed is used automatically.
+    eval_source: str | None = None
+    eval_split: str = "test"
+    train_size: int = 256  # synthetic task only
+    eval_size: int = 64  # synthetic task only
+    seed: int = 0
+    tasks: list[str] = field(default_factory=lambda: ["color", "shape", "count", "position"])
+    # What to do with a row that fails validation: "skip" (count and report) or "abort".
+    on_bad_row: str = "skip"
+    max_image_pixels: int = 4096 * 4096  # larger images are errors (decompression-bomb guard)
+    max_prompt_chars: int = 16_384
+
+
+@dataclass
+class RuleConfig:
+    # Where the answer is in a completion: auto | whole | last_line | answer_tag | boxed
+    extract: str = "auto"
+    number_words: bool = True  # "three" == "3"
+    units: list[str] = field(default_factory=list)  # suffixes to ignore when comparing ("cm", "kg")
+    math_verify: bool = False  # symbolic equivalence through math-verify (extra: math)
+    max_chars: int = 4096  # completions are cut to this many characters before matching (time bound)
+
+
+@dataclass
+class ScorerConfig:
+    # BaseReward checkpoint(s): one path, or several whose scores are averaged (the paper's ensemble).
+    paths: list[str] = field(default_factory=list)
+    # Optional text-only reward model that scores rows without images (the paper's routing).
+    text_path: str | None = None
+    batch_size: int = 16
+    max_pixels: int | None = 200_704  # per image, before the processor (28*28*256)
+    device: str = "cpu"
+    # Standardise scores with the mean/std stored in the checkpoint before the sigmoid.
+    calibrate: bool = False
+
+
+@dataclass
+class CustomRewardConfig:
+    fn: str = "???"  # "package.module:function" or "path/to/file.py:function"
+    name: str | None = None
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RewardConfig:
+    # The paper's three schemes: rule (exact match), model (BaseReward score), hybrid
+    # (1 if the rule matches, else sigmoid(score)); "none" uses only `extra` rewards.
+    scheme: str = "rule"
+    weight: float = 1.0
+    rule: RuleConfig = field(default_factory=RuleConfig)
+    model: ScorerConfig = field(default_factory=ScorerConfig)
+    extra: list[CustomRewardConfig] = field(default_factory=list)
+    # A reward call that takes longer than this is abandoned; its samples count as failures.
+    timeout_s: float = 120.0
+    # Abort when more than this share of a step's samples could not be scored.
+    max_failure_rate: float = 0.25
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe schemas
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GRPORecipeConfig:
+    output_dir: str = "runs/grpo"
+    seed: int = 0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    # Any field of trl.GRPOConfig (num_generations, beta, epsilon, loss_type, learning_rate, ...).
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SFTRecipeConfig:
+    output_dir: str = "runs/sft"
+    seed: int = 0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # Any field of trl.SFTConfig.
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    msg = str(err).split("\n")[0]
+    return f"key '{key}': {msg}" if key else msg
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                passthrough: dict[str, type] | None = None) -> T:
+    """Build a `schema` instance from its defaults, a YAML file and `key=value` overrides.
+
+    `passthrough` maps a dict-valued section (e.g. "trainer") to the config class its keys must be
+    fields of (e.g. `trl.GRPOConfig`); unknown keys there are errors too.
+    """
+    cfg = OmegaConf.structured(schema)
+    layers: list[tuple[str, Any]] = []
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            layers.append((str(p), OmegaConf.load(p)))
+        except Exception as e:  # YAML syntax errors come in several exception types
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"command line: overrides must look like key=value, got {bad}")
+        layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+    for source, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{source}: {_describe(e)}") from None
+        for section, cls in (passthrough or {}).items():
+            _check_passthrough(layer.get(section) or {}, section, cls, source)
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:  # e.g. a required "???" value left unset
+        raise ConfigError(f"{path or 'config'}: {_describe(e)}") from None
+
+
+def _check_passthrough(section_cfg: Any, section: str, cls: type, source: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in section_cfg:
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{source}: key '{section}.{key}' is not a field of {cls.__name__}.{hint}")
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,153 @@
+"""A seeded synthetic visual task: coloured shapes on a 2x2 grid, with short-answer questions.
+
+Each image is 56x56 pixels, split into four 28x28 cells; with Qwen2.5-VL's 14-px patches and 2x2
+merge, each cell is exactly one visual token, so a tiny model can learn the task on a CPU.
+
+Questions ask for the colour, the shape, the count or the position of shapes. Every question has a
+short canonical answer ("red", "circle", "3", "top left") and several other phrasings that mean the
+same ("It is red.", "three", "top-left"). The phrasings are what lets an exact-match reward and a
+learned reward disagree: the rule matcher only forgives what its normaliser knows, a reward model
+learns what it was shown.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from datasets import Dataset, Features, Image, Sequence, Value
+from PIL import Image as PILImage
+from PIL import ImageDraw
+
+COLORS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (235, 200, 20)}
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+TASKS = ("color", "shape", "count", "position")
+IMAGE_SIZE = 56
+CELL = IMAGE_SIZE // 2
+
+QUESTIONS = {
+    "color": "What color is the shape?",
+    "shape": "What shape is it?",
+    "count": "How many shapes are there?",
+    "position": "Where is the shape?",
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One placed shape: which cell (0..3, row-major), its shape and colour name."""
+
+    cell: int
+    shape: str
+    color: str
+
+
+def draw(items: list[Item]) -> PILImage.Image:
+    img = PILImage.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (255, 255, 255))
+    pen = ImageDraw.Draw(img)
+    for it in items:
+        x0, y0 = (it.cell % 2) * CELL + 4, (it.cell // 2) * CELL + 4
+        x1, y1 = x0 + CELL - 8, y0 + CELL - 8
+        fill = COLORS[it.color]
+        if it.shape == "circle":
+            pen.ellipse((x0, y0, x1, y1), fill=fill)
+        elif it.shape == "square":
+            pen.rectangle((x0, y0, x1, y1), fill=fill)
+        else:
+            pen.polygon(((x0 + x1) // 2, y0, x1, y1, x0, y1), fill=fill)
+    return img
+
+
+def _sample(rng: random.Random, task: str) -> tuple[list[Item], str]:
+    """Sample a scene for `task` and return it with the canonical answer."""
+    n = rng.randint(1, 4) if task == "count" else 1
+    cells = rng.sample(range(4), n)
+    items = [Item(c, rng.choice(SHAPES), rng.choice(list(COLORS))) for c in cells]
+    answer = {
+        "color": lambda: items[0].color,
+        "shape": lambda: items[0].shape,
+        "count": lambda: str(n),
+        "position": lambda: POSITIONS[items[0].cell],
+    }[task]()
+    return items, answer
+
+
+def paraphrases(answer: str, task: str) -> list[str]:
+    """Other correct ways to say `answer` (never the canonical string itself)."""
+    out = [f"{answer}.", answer.capitalize(), f"It is {answer}.", f"The answer is {answer}"]
+    if task == "count":
+        word = NUMBER_WORDS[int(answer)]
+        out += [word, word.capitalize(), f"There are {word}.", f"{answer} shapes"]
+    if task == "position":
+        out += [answer.replace(" ", "-"), f"in the {answer}", f"{answer} corner"]
+    if task == "shape":
+        out += [f"a {answer}", f"It is a {answer}."]
+    return out
+
+
+def wrong_answers(answer: str, task: str) -> list[str]:
+    """Plausible wrong answers of the same kind (near misses: counts off by one, other colours)."""
+    if task == "color":
+        return [c for c in COLORS if c != answer]
+    if task == "shape":
+        return [s for s in SHAPES if s != answer]
+    if task == "position":
+        return [p for p in POSITIONS if p != answer]
+    n = int(answer)
+    return [str(k) for k in (n - 1, n + 1) if 0 <= k <= 4] + [NUMBER_WORDS[k] for k in (n - 1, n + 1) if 0 <= k <= 4]
+
+
+def prompt_messages(question: str) -> list[dict]:
+    """Conversational prompt with one image placeholder, in the structure TRL and the processor expect."""
+    return [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": question}]}]
+
+
+FEATURES = Features({
+    "prompt": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
+    "images": Sequence(Image()),
+    "answer": Value("string"),
+    "task": Value("string"),
+})
+
+
+def make_shapes_dataset(n: int, seed: int = 0, tasks: tuple[str, ...] | list[str] = TASKS) -> Dataset:
+    """`n` rows `{prompt, images, answer, task}`, deterministic for a given seed. Tasks cycle evenly."""
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown shapes task(s) {sorted(unknown)}; choose from {list(TASKS)}")
+    rng = random.Random(seed)
+    rows: dict[str, list] = {"prompt": [], "images": [], "answer": [], "task": []}
+    for i in range(n):
+        task = tasks[i % len(tasks)]
+        items, answer = _sample(rng, task)
+        rows["prompt"].append(prompt_messages(QUESTIONS[task]))
+        rows["images"].append([draw(items)])
+        rows["answer"].append(answer)
+        rows["task"].append(task)
+    return Dataset.from_dict(rows, features=FEATURES)
+
+
+def make_shapes_splits(train_size: int, eval_size: int, seed: int = 0,
+                       tasks: tuple[str, ...] | list[str] = TASKS) -> tuple[Dataset, Dataset]:
+    """Train and held-out splits from disjoint seeds (held-out scenes are drawn independently)."""
+    return (make_shapes_dataset(train_size, seed, tasks),
+            make_shapes_dataset(eval_size, seed + 1_000_003, tasks))
+
+
+def vocabulary_corpus() -> list[str]:
+    """Every string the task can produce, plus filler English, for training the tiny tokenizer."""
+    lines = list(QUESTIONS.values())
+    for task in TASKS:
+        answers = {"color": list(COLORS), "shape": list(SHAPES), "count": ["1", "2", "3", "4"],
+                   "position": list(POSITIONS)}[task]
+        for a in answers:
+            lines += [a, *paraphrases(a, task), *wrong_answers(a, task)]
+    lines += [
+        "The quick brown fox jumps over the lazy dog.",
+        "Answer with a single word or number. Yes, no, maybe: the image shows a picture.",
+        "0 1 2 3 4 5 6 7 8 9 10 + - * / = ( ) [ ] { } < > , . ; : ! ? ' \"",
+        "<answer> </answer> \\boxed{}",
+    ]
+    return lines * 4
