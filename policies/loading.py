@@ -51,7 +51,29 @@ def load_processor(path: str, max_pixels: int | None = None, trust_remote_code: 
     return processor
 
 
-def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = False) -> torch.nn.Module:
+def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The vision encoder of a Qwen2-VL-family model (`model.model.visual`), or None for text-only."""
+    inner = getattr(model, "model", model)
+    return getattr(inner, "visual", None) or getattr(model, "visual", None)
+
+
+def freeze_vision_tower(model: torch.nn.Module) -> int:
+    """Stop gradients into the vision encoder; returns how many parameters were frozen."""
+    tower = vision_tower(model)
+    if tower is None:
+        raise ValueError(f"{type(model).__name__} has no vision tower to freeze (policy.freeze_vision=true)")
+    frozen = 0
+    for p in tower.parameters():
+        p.requires_grad_(False)
+        frozen += p.numel()
+    return frozen
+
+
+def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                freeze_vision: bool = False) -> torch.nn.Module:
     """A Qwen2.5-VL (any image-text-to-text model) or a causal LM, from a hub id or local directory."""
     auto = AutoModelForImageTextToText if is_vision_language(path, trust_remote_code) else AutoModelForCausalLM
-    return auto.from_pretrained(path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
+    model = auto.from_pretrained(path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
+    if freeze_vision:
+        log.info("froze %d vision-tower parameters", freeze_vision_tower(model))
+    return model

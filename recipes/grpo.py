@@ -39,7 +39,7 @@ def main(cfg: GRPORecipeConfig) -> dict:
 
     policy_path = resolve_policy_path(cfg.policy.path, out, cfg.seed)
     processor = load_processor(policy_path, cfg.policy.max_pixels, cfg.policy.trust_remote_code)
-    model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code)
+    model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
 
     trainer = build_grpo_trainer(args, model, processor, train, reward_funcs)
     final = out / "final"

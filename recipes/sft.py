@@ -43,7 +43,7 @@ def main(cfg: SFTRecipeConfig) -> dict:
     train, _ = load_rl_splits(cfg.data)
     policy_path = resolve_policy_path(cfg.policy.path, out, cfg.seed)
     processor = load_processor(policy_path, cfg.policy.max_pixels, cfg.policy.trust_remote_code)
-    model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code)
+    model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
     trainer = SFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(train),
                          processing_class=processor)
     result = trainer.train()

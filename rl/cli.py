@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
 
 from rl.config import ConfigError, load_config
 
@@ -19,24 +18,35 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (*USER_ERRORS, DataError, RewardFailureError)
 
 
-def _recipe(schema_name: str, module: str, passthrough: str | None = None) -> Callable[[argparse.Namespace], int]:
-    """A subcommand handler: load CONFIG + overrides into the schema, call the recipe's main(cfg)."""
+# command -> (config schema in rl.config, recipe module with main(cfg), class its `trainer:` keys must fit)
+RECIPES: dict[str, tuple[str, str, str | None, str]] = {
+    "grpo": ("GRPORecipeConfig", "recipes.grpo", "trl.GRPOConfig",
+             "GRPO fine-tuning with rule / model / hybrid rewards"),
+    "sft": ("SFTRecipeConfig", "recipes.sft", "trl.SFTConfig",
+            "supervised warm-up of a policy on the RL data's answers"),
+}
 
-    def run(ns: argparse.Namespace) -> int:
-        import importlib
 
-        from rl import config as config_module
+def load_recipe_config(command: str, path: str | None, overrides: list[str] | tuple[str, ...] = ()):
+    """Load a recipe's config the way `brl COMMAND CONFIG key=value ...` does."""
+    import importlib
 
-        schema = getattr(config_module, schema_name)
-        pass_cls = None
-        if passthrough:
-            trl_module, cls_name = passthrough.rsplit(".", 1)
-            pass_cls = {"trainer": getattr(importlib.import_module(trl_module), cls_name)}
-        cfg = load_config(schema, ns.config, ns.overrides, passthrough=pass_cls)
-        importlib.import_module(module).main(cfg)
-        return 0
+    from rl import config as config_module
 
-    return run
+    schema_name, _, passthrough, _ = RECIPES[command]
+    pass_cls = None
+    if passthrough:
+        module, cls_name = passthrough.rsplit(".", 1)
+        pass_cls = {"trainer": getattr(importlib.import_module(module), cls_name)}
+    return load_config(getattr(config_module, schema_name), path, overrides, passthrough=pass_cls)
+
+
+def _run_recipe(ns: argparse.Namespace) -> int:
+    import importlib
+
+    cfg = load_recipe_config(ns.command, ns.config, ns.overrides)
+    importlib.import_module(RECIPES[ns.command][1]).main(cfg)
+    return 0
 
 
 def _make_tiny(ns: argparse.Namespace) -> int:
@@ -63,16 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def recipe(name: str, help_: str, schema: str, module: str, passthrough: str | None) -> None:
+    for name, (_, _, _, help_) in RECIPES.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("config", help="YAML config (see recipes/configs/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=3")
-        p.set_defaults(func=_recipe(schema, module, passthrough))
-
-    recipe("grpo", "GRPO fine-tuning with rule / model / hybrid rewards", "GRPORecipeConfig", "recipes.grpo",
-           "trl.GRPOConfig")
-    recipe("sft", "supervised warm-up of a policy on the RL data's answers", "SFTRecipeConfig", "recipes.sft",
-           "trl.SFTConfig")
+        p.set_defaults(func=_run_recipe)
 
     p = sub.add_parser("make-tiny", help="build the offline tiny Qwen2.5-VL policy (or a text-only Qwen2)")
     p.add_argument("--out", required=True)

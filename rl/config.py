@@ -38,6 +38,8 @@ class PolicyConfig:
     trust_remote_code: bool = False
     # Upper bound on pixels per image given to the processor (None: the checkpoint's own setting).
     max_pixels: int | None = None
+    # Keep the vision encoder's weights fixed (memory, and stability of small models).
+    freeze_vision: bool = False
 
 
 @dataclass

@@ -84,7 +84,7 @@ def paraphrases(answer: str, task: str) -> list[str]:
         out += [answer.replace(" ", "-"), f"in the {answer}", f"{answer} corner"]
     if task == "shape":
         out += [f"a {answer}", f"It is a {answer}."]
-    return out
+    return [p for p in dict.fromkeys(out) if p != answer]
 
 
 def wrong_answers(answer: str, task: str) -> list[str]:

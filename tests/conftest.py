@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny offline models are built once per test session and reused."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_vl(tmp_path_factory) -> str:
+    """A random-weight tiny Qwen2.5-VL checkpoint directory (with processor)."""
+    from policies.tiny import make_tiny_qwen2_5_vl
+
+    return str(make_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-vl")))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> str:
+    """A random-weight tiny Qwen2 (text-only) checkpoint directory (with tokenizer)."""
+    from policies.tiny import make_tiny_qwen2
+
+    return str(make_tiny_qwen2(tmp_path_factory.mktemp("tiny-lm")))
+
+
+@pytest.fixture(scope="session")
+def warm_policy(tmp_path_factory, tiny_vl) -> str:
+    """The tiny policy after a short SFT warm-up: it answers in the task's format, so GRPO has
+    rewards with variance to learn from."""
+    from recipes import sft
+    from rl.config import SFTRecipeConfig, load_config
+
+    out = tmp_path_factory.mktemp("sft")
+    cfg = load_config(SFTRecipeConfig, None, [f"output_dir={out}", f"policy.path={tiny_vl}", "data.train_size=512",
+                                              "trainer.max_steps=120", "trainer.per_device_train_batch_size=32",
+                                              "trainer.learning_rate=1e-3", "policy.freeze_vision=true",
+                                              "trainer.report_to=[]"])
+    return sft.main(cfg)["final_policy"]
+
+
+@pytest.fixture(scope="session")
+def shapes_small():
+    from rl.tasks.shapes import make_shapes_splits
+
+    return make_shapes_splits(32, 16, seed=0)

@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+from trl import GRPOConfig
+
+from rl.cli import RECIPES, load_recipe_config
+from rl.cli import main as cli
+from rl.config import ConfigError, GRPORecipeConfig, load_config
+
+CONFIGS = sorted((Path(__file__).parent.parent / "recipes" / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert len(CONFIGS) >= 2
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_opens_with_its_command(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# brl "), f"{path.name} must open with the command that runs it"
+    command = first.split()[2]
+    assert command in RECIPES, f"{path.name}: unknown command {command!r}"
+    assert path.name in first, "the opening command must name this file"
+    cfg = load_recipe_config(command, str(path))
+    assert cfg.output_dir
+
+
+def test_unknown_key_names_the_key_and_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("reward:\n  schem: rule\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*reward\.schem.*Did you mean"):
+        load_config(GRPORecipeConfig, bad)
+
+
+def test_wrong_type_is_an_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: lots\n")
+    with pytest.raises(ConfigError, match=r"key 'seed'"):
+        load_config(GRPORecipeConfig, bad)
+
+
+def test_trainer_keys_are_checked_against_trl(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  num_generation: 4\n")
+    with pytest.raises(ConfigError, match=r"trainer\.num_generation.*GRPOConfig.*num_generations"):
+        load_config(GRPORecipeConfig, bad, passthrough={"trainer": GRPOConfig})
+
+
+def test_command_line_overrides_win_and_are_checked(tmp_path):
+    cfg = load_config(GRPORecipeConfig, None, ["seed=7", "reward.scheme=hybrid", "trainer.beta=0.1"])
+    assert cfg.seed == 7 and cfg.reward.scheme == "hybrid" and cfg.trainer == {"beta": 0.1}
+    with pytest.raises(ConfigError, match="command line.*polcy"):
+        load_config(GRPORecipeConfig, None, ["polcy.path=x"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(GRPORecipeConfig, None, ["seed"])
+
+
+def test_cli_reports_a_misspelled_key_without_a_traceback(capsys):
+    code = cli(["grpo", str(CONFIGS[0]), "trainer.max_step=3"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "trainer.max_step" in err and "Traceback" not in err
+
+
+def test_cli_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        cli(["--help"])
+    out = capsys.readouterr().out
+    for command in ("grpo", "sft", "make-tiny", "validate-data"):
+        assert command in out
