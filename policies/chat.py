@@ -40,3 +40,25 @@ def images_of(request: Any) -> list[Any]:
 def render_prompt(processor: Any, messages: list[dict]) -> str:
     """The prompt text with the generation prompt appended (image placeholders left for the processor)."""
     return processor.apply_chat_template(placeholder_messages(messages), tokenize=False, add_generation_prompt=True)
+
+
+def text_only_messages(messages: list[dict]) -> list[dict]:
+    """Messages with plain-string contents and no image parts (for text-only backbones)."""
+    return [{"role": m["role"], "content": m["content"] if isinstance(m.get("content"), str) else
+             "".join(p.get("text") or "" for p in m.get("content") or [] if p.get("type") == "text")}
+            for m in messages]
+
+
+def is_vlm_processor(processor: Any) -> bool:
+    """A multimodal processor wraps a tokenizer; a text-only model's 'processor' is the tokenizer."""
+    return getattr(processor, "tokenizer", None) is not None and processor.tokenizer is not processor
+
+
+def render_conversation(processor: Any, messages: list[dict]) -> str:
+    """A full conversation (prompt + assistant response) as the model's template writes it.
+
+    The one rendering used both to train reward models and to score with them, so the two agree.
+    """
+    if is_vlm_processor(processor):
+        return processor.apply_chat_template(placeholder_messages(messages), tokenize=False)
+    return processor.apply_chat_template(text_only_messages(messages), tokenize=False)

@@ -21,6 +21,9 @@ from reward.base import reward_name
 log = logging.getLogger(__name__)
 
 
+_FAILED = object()  # a sample whose reward call failed (distinct from a reward's own None)
+
+
 class RewardFailureError(RuntimeError):
     """Too many samples could not be scored: stop rather than train on missing rewards."""
 
@@ -69,9 +72,9 @@ class GuardedReward:
         future = _POOL.submit(self.fn, prompts, completions, **columns)
         return future.result(timeout=self.timeout_s)
 
-    def _isolate(self, prompts: list, completions: list, columns: dict, n: int) -> list[float | None]:
+    def _isolate(self, prompts: list, completions: list, columns: dict, n: int) -> list:
         """After a batch failure: score one sample at a time so only the bad samples are lost."""
-        out: list[float | None] = []
+        out: list = []
         for i in range(n):
             one = {k: [v[i]] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
             try:
@@ -79,11 +82,11 @@ class GuardedReward:
             except cf.TimeoutError:
                 self.stats.timed_out += 1
                 log.warning("reward %s: sample %d timed out after %.1fs", self.__name__, i, self.timeout_s)
-                value = None
+                value = _FAILED
             except Exception as e:
                 self.stats.raised += 1
                 log.warning("reward %s: sample %d raised %s: %s", self.__name__, i, type(e).__name__, e)
-                value = None
+                value = _FAILED
             out.append(value)
         return out
 
@@ -106,6 +109,9 @@ class GuardedReward:
             values = self._isolate(prompts, completions, passed, n)
         out: list[float | None] = []
         for i, v in enumerate(values):
+            if v is _FAILED:
+                out.append(None)
+                continue
             if v is None:
                 self.stats.unscored += 1
                 out.append(None)

@@ -30,6 +30,7 @@ _ARTICLES = {"a", "an", "the"}
 # Anything that is not a letter, digit, whitespace, or a character that can belong to a number.
 _PUNCT = re.compile(r"[^\w\s.\-/]", re.UNICODE)
 _SPACES = re.compile(r"\s+")
+_NUMBER = re.compile(r"(-?\d+(?:\.\d+)?(?:/\d+)?)\.?")
 
 
 def extract_boxed(text: str) -> str | None:
@@ -77,14 +78,12 @@ def normalize(text: str, number_words: bool = True, units: Iterable[str] = ()) -
     s = _PUNCT.sub(" ", s)
     tokens = []
     for tok in _SPACES.split(s):
-        # Strip sentence punctuation around a token but keep decimals/signs/fractions inside numbers.
-        tok = tok.strip(".").strip("-").strip("/")
-        if not tok:
+        number = _NUMBER.fullmatch(tok)
+        if number:  # keep signs, decimals and fractions; drop a sentence-final period
+            tokens.append(number.group(1))
             continue
-        if "-" in tok and not re.fullmatch(r"-?\d+(\.\d+)?", tok):
-            tokens.extend(t for t in tok.split("-") if t)  # top-left -> top left; -3 stays a number
-            continue
-        tokens.append(tok)
+        # Words: strip punctuation at the ends, split hyphenated words (top-left -> top left).
+        tokens.extend(t for t in tok.strip(".-/").replace("/", "-").split("-") if t.strip("."))
     tokens = [t for t in tokens if t not in _ARTICLES]
     if number_words:
         tokens = [_NUMBER_WORDS.get(t, t) for t in tokens]

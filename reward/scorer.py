@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image as PILImage
 
-from policies.chat import embedded_images, placeholder_messages
+from policies.chat import embedded_images, is_vlm_processor, render_conversation
 from reward.base import completion_text, message_text
 from reward.model import BaseRewardModel
 
@@ -30,10 +30,6 @@ def bound_pixels(image: PILImage.Image, max_pixels: int | None) -> PILImage.Imag
         scale = math.sqrt(max_pixels / (image.width * image.height))
         image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))))
     return image
-
-
-def _strip_images(messages: list[dict]) -> list[dict]:
-    return [{"role": m["role"], "content": message_text(m)} for m in messages]
 
 
 @dataclass
@@ -56,13 +52,14 @@ class ScoringBackend:
     @torch.inference_mode()
     def score(self, conversations: list[list[dict]], images: list[list[PILImage.Image]]) -> list[float]:
         device = next(self.model.parameters()).device
-        if self.model.is_multimodal:
-            texts = [self.processor.apply_chat_template(placeholder_messages(c), tokenize=False) for c in conversations]
+        texts = [render_conversation(self.processor, c) for c in conversations]
+        if is_vlm_processor(self.processor):
             flat = [img for imgs in images for img in imgs]
-            inputs = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
+            inputs = self.processor(text=texts, images=flat or None, padding=True, padding_side="right",
+                                    return_tensors="pt")
         else:
-            texts = [self.processor.apply_chat_template(_strip_images(c), tokenize=False) for c in conversations]
-            inputs = self.processor(text=texts, padding=True, return_tensors="pt", add_special_tokens=False)
+            inputs = self.processor(text=texts, padding=True, padding_side="right", return_tensors="pt",
+                                    add_special_tokens=False)
         inputs = {k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         return self.model(**inputs).tolist()
 

@@ -24,6 +24,8 @@ RECIPES: dict[str, tuple[str, str, str | None, str]] = {
              "GRPO fine-tuning with rule / model / hybrid rewards"),
     "sft": ("SFTRecipeConfig", "recipes.sft", "trl.SFTConfig",
             "supervised warm-up of a policy on the RL data's answers"),
+    "train-rm": ("RMRecipeConfig", "recipes.train_reward_model", "transformers.TrainingArguments",
+                 "train a BaseReward model (Bradley-Terry, MLP head) on preference pairs"),
 }
 
 
@@ -58,10 +60,10 @@ def _make_tiny(ns: argparse.Namespace) -> int:
 
 
 def _validate_data(ns: argparse.Namespace) -> int:
-    from rl.config import DataConfig
+    from rl.config import ValidationConfig
     from rl.data import validate_source
 
-    cfg = DataConfig(max_image_pixels=ns.max_image_pixels)
+    cfg = ValidationConfig(max_image_pixels=ns.max_image_pixels)
     _, report = validate_source(ns.path, ns.kind, cfg, split=ns.split)
     print(report.summary(limit=ns.limit))
     return 1 if report.errors else 0

@@ -43,6 +43,14 @@ class PolicyConfig:
 
 
 @dataclass
+class ValidationConfig:
+    # What to do with a row that fails validation: "skip" (count and report) or "abort".
+    on_bad_row: str = "skip"
+    max_image_pixels: int = 4096 * 4096  # larger images are errors (decompression-bomb guard)
+    max_prompt_chars: int = 16_384
+
+
+@dataclass
 class DataConfig:
     # "shapes" (the synthetic task), a local .jsonl/.json/.parquet file, or a hub dataset name.
     source: str = "shapes"
@@ -54,10 +62,42 @@ class DataConfig:
     eval_size: int = 64  # synthetic task only
     seed: int = 0
     tasks: list[str] = field(default_factory=lambda: ["color", "shape", "count", "position"])
-    # What to do with a row that fails validation: "skip" (count and report) or "abort".
-    on_bad_row: str = "skip"
-    max_image_pixels: int = 4096 * 4096  # larger images are errors (decompression-bomb guard)
-    max_prompt_chars: int = 16_384
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+
+@dataclass
+class PreferenceSourceConfig:
+    # "shapes" (synthetic pairs from the shapes task), a local .jsonl/.json/.parquet, or a hub dataset.
+    source: str = "shapes"
+    weight: float = 1.0  # share of this source in the training mixture
+    split: str = "train"
+    size: int = 1024  # synthetic source only
+    seed: int = 0  # synthetic source only
+
+
+@dataclass
+class PreferenceDataConfig:
+    sources: list[PreferenceSourceConfig] = field(default_factory=lambda: [PreferenceSourceConfig()])
+    # Mixture size; None = until every source is used up once (datasets' "all_exhausted").
+    total_size: int | None = None
+    eval_source: str | None = "shapes"  # "shapes" uses a held-out seed
+    eval_split: str = "test"
+    eval_size: int = 256  # synthetic eval only
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+
+@dataclass
+class HeadSection:
+    num_layers: int = 2  # the paper's best; 1 = a linear head
+    hidden_size: int | None = None  # None: the backbone's hidden size
+    activation: str = "silu"  # silu | relu | tanh | gelu
+
+
+@dataclass
+class BTLossConfig:
+    # Both off by default: the paper found that each of them lowers accuracy.
+    zero_mean_weight: float = 0.0  # lambda * (r_w + r_l)^2
+    length_normalize: bool = False  # divide each score by its response length in tokens
 
 
 @dataclass
@@ -129,6 +169,18 @@ class SFTRecipeConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     # Any field of trl.SFTConfig.
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RMRecipeConfig:
+    output_dir: str = "runs/reward_model"
+    seed: int = 0
+    backbone: PolicyConfig = field(default_factory=PolicyConfig)
+    head: HeadSection = field(default_factory=HeadSection)
+    loss: BTLossConfig = field(default_factory=BTLossConfig)
+    data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
+    # Any field of transformers.TrainingArguments.
     trainer: dict[str, Any] = field(default_factory=dict)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from datasets import Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 
-from rl.config import DataConfig
+from rl.config import DataConfig, ValidationConfig
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def check_image(image: Any, base_dir: Path | None, max_pixels: int) -> Any:
     return {"bytes": data, "path": None}
 
 
-def validate_row(row: dict, kind: str, base_dir: Path | None, cfg: DataConfig) -> dict:
+def validate_row(row: dict, kind: str, base_dir: Path | None, cfg: ValidationConfig) -> dict:
     """Check one raw row and return it normalised; raises ValueError with the reason."""
     missing = [k for k in REQUIRED[kind] if k not in row or row[k] is None]
     if missing:
@@ -258,12 +258,12 @@ def validate_row(row: dict, kind: str, base_dir: Path | None, cfg: DataConfig) -
 # ---------------------------------------------------------------------------------------------
 
 
-def validate_source(source: str, kind: str, cfg: DataConfig | None = None,
+def validate_source(source: str, kind: str, cfg: ValidationConfig | None = None,
                     split: str = "train") -> tuple[list[dict], ValidationReport]:
     """Read every row of `source`, returning the good rows (normalised) and a report of the bad ones."""
     if kind not in REQUIRED:
         raise DataError(f"unknown data kind {kind!r}; use one of {sorted(REQUIRED)}")
-    cfg = cfg or DataConfig()
+    cfg = cfg or ValidationConfig()
     base_dir = Path(source).parent if Path(source).exists() else None
     good, errors, total = [], [], 0
     for rownum, row in _iter_source(source, split):
@@ -278,15 +278,17 @@ def validate_source(source: str, kind: str, cfg: DataConfig | None = None,
     return good, ValidationReport(source, kind, total, errors)
 
 
-def load_rows(source: str, kind: str, cfg: DataConfig, split: str = "train") -> Dataset:
+def load_rows(source: str, kind: str, cfg: ValidationConfig, split: str = "train") -> Dataset:
     """Validated rows of `source` as a Dataset; bad rows are skipped and reported, or abort the load."""
+    if cfg.on_bad_row not in ("skip", "abort"):
+        raise DataError(f"validation.on_bad_row must be 'skip' or 'abort', got {cfg.on_bad_row!r}")
     good, report = validate_source(source, kind, cfg, split)
     if report.errors:
         if cfg.on_bad_row == "abort":
             raise DataError(f"bad rows (data.on_bad_row=abort):\n{report.summary()}")
         log.warning("skipping bad rows (data.on_bad_row=skip):\n%s", report.summary())
     if not good:
-        raise DataError(f"{source}: no valid rows ({report.total} read)")
+        raise DataError(f"{source}: no valid rows ({report.total} read)\n{report.summary()}")
     ds = Dataset.from_list(good)
     for name, feature in features_for(kind).items():
         ds = ds.cast_column(name, feature)
@@ -295,12 +297,49 @@ def load_rows(source: str, kind: str, cfg: DataConfig, split: str = "train") -> 
 
 def load_rl_splits(cfg: DataConfig) -> tuple[Dataset, Dataset | None]:
     """Train and held-out RL datasets for a recipe's `data` section."""
-    if cfg.on_bad_row not in ("skip", "abort"):
-        raise DataError(f"data.on_bad_row must be 'skip' or 'abort', got {cfg.on_bad_row!r}")
     if cfg.source == "shapes":
         from rl.tasks.shapes import make_shapes_splits
 
         return make_shapes_splits(cfg.train_size, cfg.eval_size, cfg.seed, tuple(cfg.tasks))
-    train = load_rows(cfg.source, "rl", cfg, cfg.split)
-    held_out = load_rows(cfg.eval_source, "rl", cfg, cfg.eval_split) if cfg.eval_source else None
+    train = load_rows(cfg.source, "rl", cfg.validation, cfg.split)
+    held_out = load_rows(cfg.eval_source, "rl", cfg.validation, cfg.eval_split) if cfg.eval_source else None
     return train, held_out
+
+
+def _preference_source(source: str, split: str, size: int, seed: int, validation: ValidationConfig) -> Dataset:
+    if source == "shapes":
+        from rl.tasks.shapes import make_preference_pairs
+
+        return make_preference_pairs(size, seed)
+    return load_rows(source, "preference", validation, split)
+
+
+def load_preference_mixture(cfg: Any) -> tuple[Dataset, Dataset | None]:
+    """Train mixture of the configured preference sources (sampled by weight) and the eval set.
+
+    `cfg` is an `rl.config.PreferenceDataConfig`. Columns are cut to the common four so multimodal
+    and text-only sets mix (a text-only row has an empty `images` list)."""
+    from datasets import interleave_datasets
+
+    if not cfg.sources:
+        raise DataError("data.sources is empty: name at least one preference dataset")
+    weights = [s.weight for s in cfg.sources]
+    if any(w <= 0 for w in weights):
+        raise DataError(f"data.sources[].weight must be > 0, got {weights}")
+    features = features_for("preference")
+    parts = [_preference_source(s.source, s.split, s.size, s.seed, cfg.validation)
+             .select_columns(list(features)).cast(features) for s in cfg.sources]
+    seed = cfg.sources[0].seed
+    if len(parts) == 1:
+        train = parts[0]
+    else:
+        total = sum(weights)
+        train = interleave_datasets(parts, probabilities=[w / total for w in weights], seed=seed,
+                                    stopping_strategy="all_exhausted")
+    if cfg.total_size is not None:
+        train = train.shuffle(seed=seed).select(range(min(cfg.total_size, len(train))))
+    eval_set = None
+    if cfg.eval_source:  # "shapes": a disjoint seed, so held-out scenes are new
+        eval_set = _preference_source(cfg.eval_source, cfg.eval_split, cfg.eval_size, seed + 1_000_003,
+                                      cfg.validation)
+    return train, eval_set

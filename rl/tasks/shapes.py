@@ -136,6 +136,40 @@ def make_shapes_splits(train_size: int, eval_size: int, seed: int = 0,
             make_shapes_dataset(eval_size, seed + 1_000_003, tasks))
 
 
+# Phrasings applied alike to right and wrong answers, so a reward model cannot tell them apart by
+# wording and must look at the image to rank a pair.
+TEMPLATES = ("{}", "{}.", "It is {}.", "The answer is {}", "{}!")
+
+
+def _phrase(rng: random.Random, answer: str, task: str) -> str:
+    if task == "count" and rng.random() < 0.3 and answer.isdigit():
+        answer = NUMBER_WORDS[int(answer)]
+    return rng.choice(TEMPLATES).format(answer)
+
+
+PREFERENCE_FEATURES = Features({
+    "prompt": FEATURES["prompt"],
+    "images": Sequence(Image()),
+    "chosen": Value("string"),
+    "rejected": Value("string"),
+    "task": Value("string"),
+})
+
+
+def make_preference_pairs(n: int, seed: int = 0, tasks: tuple[str, ...] | list[str] = TASKS) -> Dataset:
+    """`n` preference rows `{prompt, images, chosen, rejected}` on shapes scenes: chosen is right
+    (canonical or paraphrased), rejected is a near miss phrased the same way."""
+    base = make_shapes_dataset(n, seed, tasks)
+    rng = random.Random(seed + 17)
+    chosen, rejected = [], []
+    for answer, task in zip(base["answer"], base["task"], strict=True):
+        chosen.append(_phrase(rng, answer, task))
+        wrong = rng.choice([w for w in wrong_answers(answer, task) if not w.isalpha() or task != "count"])
+        rejected.append(_phrase(rng, wrong, task))
+    rows = base.remove_columns(["answer"]).add_column("chosen", chosen).add_column("rejected", rejected)
+    return rows.cast(PREFERENCE_FEATURES)
+
+
 def vocabulary_corpus() -> list[str]:
     """Every string the task can produce, plus filler English, for training the tiny tokenizer."""
     lines = list(QUESTIONS.values())
@@ -144,6 +178,7 @@ def vocabulary_corpus() -> list[str]:
                    "position": list(POSITIONS)}[task]
         for a in answers:
             lines += [a, *paraphrases(a, task), *wrong_answers(a, task)]
+    lines += [t.format(a) for t in TEMPLATES for a in ("red", "circle", "3", "top left")]
     lines += [
         "The quick brown fox jumps over the lazy dog.",
         "Answer with a single word or number. Yes, no, maybe: the image shows a picture.",

@@ -1,0 +1,107 @@
+import math
+
+import pytest
+import torch
+
+from reward.model import BaseRewardModel, HeadConfig, build_head, last_token_index
+from reward.train import PairCollator, bt_loss, pair_metrics
+
+
+@pytest.mark.parametrize("layers,act,expected", [
+    (2, "silu", [torch.nn.Linear, torch.nn.SiLU, torch.nn.Linear]),
+    (1, "silu", [torch.nn.Linear]),
+    (3, "tanh", [torch.nn.Linear, torch.nn.Tanh, torch.nn.Linear, torch.nn.Tanh, torch.nn.Linear]),
+    (2, "relu", [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]),
+])
+def test_head_shapes(layers, act, expected):
+    head = build_head(16, HeadConfig(num_layers=layers, hidden_size=8, activation=act))
+    assert [type(m) for m in head] == expected
+    assert head(torch.zeros(5, 16)).shape == (5, 1)
+    assert head[0].in_features == 16 and head[-1].out_features == 1
+
+
+def test_bad_head_configs():
+    with pytest.raises(ValueError, match="at least 1 layer"):
+        HeadConfig(num_layers=0)
+    with pytest.raises(ValueError, match="activation"):
+        HeadConfig(activation="swish")
+
+
+def test_last_token_index_left_and_right_padding():
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]])
+    assert last_token_index(right).tolist() == [2, 3, 0]
+    assert last_token_index(left).tolist() == [3, 3, 3]
+
+
+def test_bt_loss_matches_a_hand_computation():
+    c, r = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
+    expected = (-math.log(1 / (1 + math.exp(-1.0))) - math.log(1 / (1 + math.exp(1.0)))) / 2
+    assert math.isclose(bt_loss(c, r).item(), expected, rel_tol=1e-6)
+    # zero-mean penalty: + lambda * (c + r)^2, averaged
+    reg = 0.1 * ((3.0 ** 2) + (1.0 ** 2)) / 2
+    assert math.isclose(bt_loss(c, r, zero_mean_weight=0.1).item(), expected + reg, rel_tol=1e-6)
+    # length normalisation divides each score by its response length
+    ln = bt_loss(c, r, chosen_len=torch.tensor([2, 1]), rejected_len=torch.tensor([1, 4]))
+    assert math.isclose(ln.item(), bt_loss(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.25])).item(), rel_tol=1e-6)
+
+
+def test_pair_metrics_count_ties_and_nan_as_wrong():
+    m = pair_metrics([2.0, 1.0, float("nan"), 3.0], [1.0, 1.0, 0.0, 4.0])
+    assert m["accuracy"] == 0.25
+    assert math.isclose(m["margin"], (1.0 + 0.0 - 1.0) / 3)
+
+
+@pytest.fixture(scope="module")
+def rm(tiny_vl):
+    return BaseRewardModel.from_backbone(tiny_vl, HeadConfig(hidden_size=32), seed=0)
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path, rm, tiny_vl, shapes_small):
+    from policies.loading import load_processor
+
+    proc = load_processor(tiny_vl)
+    rm.head_cfg.score_mean, rm.head_cfg.score_std = 0.25, 2.0
+    path = rm.save_pretrained(tmp_path / "rm", proc)
+    loaded = BaseRewardModel.from_pretrained(path)
+    a, b = rm.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.head_cfg == rm.head_cfg
+    rows = [{"prompt": r["prompt"], "images": r["images"], "chosen": r["answer"], "rejected": "no"}
+            for r in shapes_small[0].select(range(4))]
+    batch = PairCollator(proc)(rows)
+    rm.eval()
+    with torch.no_grad():
+        assert torch.equal(rm(**batch), loaded(**batch))
+
+
+def test_loading_refuses_a_directory_that_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="reward_head.json"):
+        (tmp_path / "config.json").write_text("{}")
+        BaseRewardModel.from_pretrained(tmp_path)
+
+
+def test_pooling_ignores_padding(rm, tiny_vl, shapes_small):
+    """A row's score must not change when a longer row pads it in the same batch."""
+    from policies.loading import load_processor
+
+    proc = load_processor(tiny_vl)
+    row = shapes_small[0][0]
+    short = {"prompt": row["prompt"], "images": row["images"], "chosen": "red", "rejected": "blue"}
+    long = {**short, "chosen": "red " * 20, "rejected": "blue " * 20}
+    rm.eval()
+    with torch.no_grad():
+        alone = rm(**PairCollator(proc)([short]))
+        padded = rm(**PairCollator(proc)([short, long]))
+    assert torch.allclose(alone, padded[[0, 2]], atol=1e-5)
+
+
+def test_text_only_reward_model(tiny_lm):
+    from policies.loading import load_processor
+
+    model = BaseRewardModel.from_backbone(tiny_lm, HeadConfig(), seed=0)
+    assert not model.is_multimodal
+    tok = load_processor(tiny_lm)
+    batch = PairCollator(tok)([{"prompt": [{"role": "user", "content": "2+2?"}], "images": [],
+                                "chosen": "4", "rejected": "5"}])
+    assert model(**batch).shape == (2,)
