@@ -51,7 +51,16 @@ def main(cfg: RMRecipeConfig) -> dict:
                         compute_metrics=compute_pair_metrics, zero_mean_weight=cfg.loss.zero_mean_weight)
     before = trainer.evaluate() if held_out is not None else {}
     result = trainer.train()
-    after = trainer.evaluate() if held_out is not None else {}
+    after, by_kind = {}, {}
+    if held_out is not None:
+        pred = trainer.predict(held_out, metric_key_prefix="eval")
+        after = pred.metrics
+        if "kind" in held_out.column_names:  # synthetic pairs: hallucination vs near miss
+            kinds = held_out["kind"]
+            for kind in sorted(set(kinds)):
+                rows = [i for i, k in enumerate(kinds) if k == kind]
+                by_kind[kind] = pair_metrics([float(pred.predictions[i, 0]) for i in rows],
+                                             [float(pred.predictions[i, 1]) for i in rows])["accuracy"]
 
     # Score statistics on (a slice of) the training pairs, stored for calibration at RL time.
     stats_rows = train.select(range(min(256, len(train))))
@@ -68,13 +77,15 @@ def main(cfg: RMRecipeConfig) -> dict:
         "train_metrics": pair_metrics(preds[:, 0].tolist(), preds[:, 1].tolist()),
         "eval_before": before,
         "eval_after": after,
+        "eval_accuracy_by_kind": by_kind,
         "score_mean": model.head_cfg.score_mean,
         "score_std": model.head_cfg.score_std,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if after:
-        log.info("held-out pairwise accuracy %.3f (before training %.3f) on %d pairs",
-                 after["eval_accuracy"], before["eval_accuracy"], len(held_out))
+        log.info("held-out pairwise accuracy %.3f (before training %.3f) on %d pairs %s",
+                 after["eval_accuracy"], before["eval_accuracy"], len(held_out),
+                 " ".join(f"{k}={v:.3f}" for k, v in by_kind.items()))
     log.info("saved the reward model to %s", final)
     return summary
 

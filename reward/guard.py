@@ -5,14 +5,18 @@ calls the wrapped reward with a time limit; if the whole batch raises, it retrie
 time to isolate the offending samples; non-finite values become None. Each failure is logged with
 the sample's index, counted in the step's metrics, and when a call's failure share exceeds
 `max_failure_rate` the run stops with `RewardFailureError` (the recipe saves what it has first).
+
+The guard is an async callable: TRL gathers async reward functions concurrently, so every reward
+component of a step (an in-process rule, a scorer on Ray actors, a custom function) runs at the same
+time, each in a worker thread, instead of one after another.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import inspect
+import asyncio
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,19 +48,6 @@ class FailureStats:
         return self.raised + self.timed_out + self.non_finite
 
 
-# One shared pool: reward calls are I/O-bound or release the GIL (torch), and a hung call must not
-# block the next step's call. Threads cannot be killed; a timed-out call is abandoned, not stopped.
-_POOL = cf.ThreadPoolExecutor(max_workers=8, thread_name_prefix="reward")
-
-
-def _accepts_kwarg(fn: Any, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.kind is p.VAR_KEYWORD or p.name == name for p in params)
-
-
 @dataclass
 class GuardedReward:
     fn: Any
@@ -68,18 +59,19 @@ class GuardedReward:
     def __post_init__(self) -> None:
         self.__name__ = self.name or reward_name(self.fn)
 
-    def _call(self, prompts: list, completions: list, columns: dict) -> list:
-        future = _POOL.submit(self.fn, prompts, completions, **columns)
-        return future.result(timeout=self.timeout_s)
+    async def _call(self, prompts: list, completions: list, columns: dict) -> list:
+        # The reward itself is synchronous: run it in a thread, so the event loop keeps the other
+        # reward components going. A timed-out thread cannot be killed; it is abandoned.
+        return await asyncio.wait_for(asyncio.to_thread(self.fn, prompts, completions, **columns), self.timeout_s)
 
-    def _isolate(self, prompts: list, completions: list, columns: dict, n: int) -> list:
+    async def _isolate(self, prompts: list, completions: list, columns: dict, n: int) -> list:
         """After a batch failure: score one sample at a time so only the bad samples are lost."""
         out: list = []
         for i in range(n):
             one = {k: [v[i]] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
             try:
-                value = self._call([prompts[i]], [completions[i]], one)[0]
-            except cf.TimeoutError:
+                value = (await self._call([prompts[i]], [completions[i]], one))[0]
+            except asyncio.TimeoutError:  # (an alias of TimeoutError from 3.11)
                 self.stats.timed_out += 1
                 log.warning("reward %s: sample %d timed out after %.1fs", self.__name__, i, self.timeout_s)
                 value = _FAILED
@@ -90,23 +82,39 @@ class GuardedReward:
             out.append(value)
         return out
 
-    def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
+    async def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         n = len(completions)
         log_metric = columns.get("log_metric")
-        passed = {k: v for k, v in columns.items() if k != "log_metric" or _accepts_kwarg(self.fn, k)}
         before = self.stats.failed
+        start = time.perf_counter()
         try:
-            values = self._call(prompts, completions, passed)
+            values = await self._call(prompts, completions, columns)
             if len(values) != n:
                 raise ValueError(f"returned {len(values)} rewards for {n} completions")
-        except cf.TimeoutError:
+        except asyncio.TimeoutError:  # (an alias of TimeoutError from 3.11)
             log.warning("reward %s: batch of %d timed out after %.1fs; scoring one by one",
                         self.__name__, n, self.timeout_s)
-            values = self._isolate(prompts, completions, passed, n)
+            values = await self._isolate(prompts, completions, columns, n)
         except Exception as e:
             log.warning("reward %s: batch of %d raised %s: %s; scoring one by one",
                         self.__name__, n, type(e).__name__, e)
-            values = self._isolate(prompts, completions, passed, n)
+            values = await self._isolate(prompts, completions, columns, n)
+        out = self._check(values)
+        self.stats.calls += 1
+        self.stats.samples += n
+        failed_now = self.stats.failed - before
+        if callable(log_metric):
+            log_metric(f"rewards/{self.__name__}/failed", float(failed_now))
+            log_metric(f"timing/reward/{self.__name__}", time.perf_counter() - start)
+        if n and failed_now / n > self.max_failure_rate:
+            raise RewardFailureError(
+                f"reward '{self.__name__}' failed on {failed_now} of {n} samples in one step "
+                f"({failed_now / n:.0%} > reward.max_failure_rate={self.max_failure_rate:.0%}); "
+                f"totals so far: {self.stats}. See the warnings above for each failing sample.")
+        return out
+
+    def _check(self, values: list) -> list[float | None]:
+        """Floats stay; the reward's own None is counted as unscored; NaN/inf become counted failures."""
         out: list[float | None] = []
         for i, v in enumerate(values):
             if v is _FAILED:
@@ -126,14 +134,4 @@ class GuardedReward:
                 out.append(None)
             else:
                 out.append(v)
-        self.stats.calls += 1
-        self.stats.samples += n
-        failed_now = self.stats.failed - before
-        if callable(log_metric):
-            log_metric(f"rewards/{self.__name__}/failed", float(failed_now))
-        if n and failed_now / n > self.max_failure_rate:
-            raise RewardFailureError(
-                f"reward '{self.__name__}' failed on {failed_now} of {n} samples in one step "
-                f"({failed_now / n:.0%} > reward.max_failure_rate={self.max_failure_rate:.0%}); "
-                f"totals so far: {self.stats}. See the warnings above for each failing sample.")
         return out

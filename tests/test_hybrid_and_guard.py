@@ -1,3 +1,4 @@
+import asyncio
 import math
 import time
 
@@ -72,7 +73,7 @@ def broken_on(bad):
 def test_a_raising_sample_becomes_none_and_is_counted(caplog):
     metrics = {}
     guard = GuardedReward(broken_on("b"), max_failure_rate=0.5)
-    out = guard(["q"] * 3, ["a", "b", "c"], log_metric=lambda k, v: metrics.__setitem__(k, v))
+    out = asyncio.run(guard(["q"] * 3, ["a", "b", "c"], log_metric=lambda k, v: metrics.__setitem__(k, v)))
     assert out == [1.0, None, 1.0]
     assert guard.stats.raised == 1 and guard.stats.failed == 1 and guard.stats.unscored == 0
     assert metrics["rewards/reward/failed"] == 1.0
@@ -81,7 +82,7 @@ def test_a_raising_sample_becomes_none_and_is_counted(caplog):
 
 def test_nan_and_inf_become_none():
     guard = GuardedReward(lambda p, c, **k: [float("nan"), float("inf"), 0.5, None], max_failure_rate=1.0)
-    assert guard(["q"] * 4, ["a", "b", "c", "d"]) == [None, None, 0.5, None]
+    assert asyncio.run(guard(["q"] * 4, ["a", "b", "c", "d"])) == [None, None, 0.5, None]
     assert guard.stats.non_finite == 2 and guard.stats.unscored == 1
 
 
@@ -92,27 +93,42 @@ def test_a_hanging_reward_times_out_per_sample():
         return [1.0] * len(completions)
 
     guard = GuardedReward(slow_on_b, timeout_s=0.5, max_failure_rate=0.5)
-    start = time.monotonic()
-    out = guard(["q"] * 3, ["a", "b", "c"])
+
+    async def timed():  # timed inside the loop: asyncio.run() itself waits for abandoned threads
+        start = time.monotonic()
+        return await guard(["q"] * 3, ["a", "b", "c"]), time.monotonic() - start
+
+    out, elapsed = asyncio.run(timed())
     assert out == [1.0, None, 1.0]
     assert guard.stats.timed_out == 1 and guard.stats.unscored == 0  # only sample 1 is lost
-    assert time.monotonic() - start < 2.5
+    assert elapsed < 2.5
 
 
 def test_failure_rate_over_threshold_aborts_with_a_clear_message():
     guard = GuardedReward(lambda p, c, **k: [1 / 0 for _ in c], name="broken", max_failure_rate=0.25)
     with pytest.raises(RewardFailureError, match=r"reward 'broken' failed on 2 of 2 samples.*max_failure_rate"):
-        guard(["q", "q"], ["a", "b"])
+        asyncio.run(guard(["q", "q"], ["a", "b"]))
 
 
 def test_wrong_length_is_a_failure_not_a_silent_misalignment():
     guard = GuardedReward(lambda p, c, **k: [1.0], max_failure_rate=1.0)
     # The batch returned 1 value for 2 completions; one-by-one retry recovers both.
-    assert guard(["q", "q"], ["a", "b"]) == [1.0, 1.0]
+    assert asyncio.run(guard(["q", "q"], ["a", "b"])) == [1.0, 1.0]
 
 
-def test_log_metric_is_only_passed_to_rewards_that_take_it():
-    def strict(prompts, completions, answer):
-        return [float(c == a) for c, a in zip(completions, answer)]
+def test_the_guard_is_async_so_trl_runs_components_concurrently():
+    from trl.trainer.utils import is_async_callable
 
-    assert GuardedReward(strict)(["q"], ["x"], answer=["x"], log_metric=lambda *a: None) == [1.0]
+    def slow(prompts, completions, **kw):
+        time.sleep(0.5)
+        return [1.0] * len(completions)
+
+    a, b = GuardedReward(slow, name="a"), GuardedReward(slow, name="b")
+    assert is_async_callable(a)
+
+    async def both():
+        return await asyncio.gather(a(["q"], ["x"]), b(["q"], ["x"]))
+
+    start = time.monotonic()
+    assert asyncio.run(both()) == [[1.0], [1.0]]
+    assert time.monotonic() - start < 0.9  # two 0.5 s rewards overlapped

@@ -136,13 +136,21 @@ def make_shapes_splits(train_size: int, eval_size: int, seed: int = 0,
             make_shapes_dataset(eval_size, seed + 1_000_003, tasks))
 
 
+# Answers that name things the scenes never contain: detectable from the text alone.
+HALLUCINATIONS = {
+    "color": ["purple", "orange", "black", "pink"],
+    "shape": ["hexagon", "star", "heart", "oval"],
+    "count": ["5", "6", "7", "9"],
+    "position": ["center", "middle", "outside the image", "far away"],
+}
+
 # Phrasings applied alike to right and wrong answers, so a reward model cannot tell them apart by
 # wording and must look at the image to rank a pair.
 TEMPLATES = ("{}", "{}.", "It is {}.", "The answer is {}", "{}!")
 
 
 def _phrase(rng: random.Random, answer: str, task: str) -> str:
-    if task == "count" and rng.random() < 0.3 and answer.isdigit():
+    if task == "count" and rng.random() < 0.3 and answer.isdigit() and int(answer) < len(NUMBER_WORDS):
         answer = NUMBER_WORDS[int(answer)]
     return rng.choice(TEMPLATES).format(answer)
 
@@ -153,21 +161,32 @@ PREFERENCE_FEATURES = Features({
     "chosen": Value("string"),
     "rejected": Value("string"),
     "task": Value("string"),
+    "kind": Value("string"),
 })
 
 
-def make_preference_pairs(n: int, seed: int = 0, tasks: tuple[str, ...] | list[str] = TASKS) -> Dataset:
-    """`n` preference rows `{prompt, images, chosen, rejected}` on shapes scenes: chosen is right
-    (canonical or paraphrased), rejected is a near miss phrased the same way."""
+def make_preference_pairs(n: int, seed: int = 0, tasks: tuple[str, ...] | list[str] = TASKS,
+                          hallucination_rate: float = 0.5) -> Dataset:
+    """`n` preference rows `{prompt, images, chosen, rejected, task, kind}` on shapes scenes.
+
+    chosen is right (canonical or paraphrased). rejected is, with probability `hallucination_rate`,
+    a hallucination (something no scene contains: rankable from the text alone), otherwise a near
+    miss (another colour, a count off by one: rankable only by looking at the image). Both sides
+    use the same phrasings, so wording gives nothing away. `kind` says which, for per-kind metrics.
+    """
     base = make_shapes_dataset(n, seed, tasks)
     rng = random.Random(seed + 17)
-    chosen, rejected = [], []
+    chosen, rejected, kinds = [], [], []
     for answer, task in zip(base["answer"], base["task"], strict=True):
         chosen.append(_phrase(rng, answer, task))
-        wrong = rng.choice([w for w in wrong_answers(answer, task) if not w.isalpha() or task != "count"])
+        if rng.random() < hallucination_rate:
+            wrong, kind = rng.choice(HALLUCINATIONS[task]), "hallucination"
+        else:
+            wrong, kind = rng.choice([w for w in wrong_answers(answer, task) if w.isdigit() or task != "count"]), "near_miss"
         rejected.append(_phrase(rng, wrong, task))
+        kinds.append(kind)
     rows = base.remove_columns(["answer"]).add_column("chosen", chosen).add_column("rejected", rejected)
-    return rows.cast(PREFERENCE_FEATURES)
+    return rows.add_column("kind", kinds).cast(PREFERENCE_FEATURES)
 
 
 def vocabulary_corpus() -> list[str]:
@@ -178,6 +197,7 @@ def vocabulary_corpus() -> list[str]:
                    "position": list(POSITIONS)}[task]
         for a in answers:
             lines += [a, *paraphrases(a, task), *wrong_answers(a, task)]
+        lines += HALLUCINATIONS[task]
     lines += [t.format(a) for t in TEMPLATES for a in ("red", "circle", "3", "top left")]
     lines += [
         "The quick brown fox jumps over the lazy dog.",
