@@ -1,14 +1,16 @@
 """GRPO fine-tuning of a vision-language policy with pluggable rewards.
 
-    brl grpo recipes/configs/tiny_cpu_rule.yaml [key=value ...]
+    brl grpo recipes/configs/tiny_cpu_hybrid.yaml [key=value ...]
 
 Reads like a one-process program: load the policy and data, build the rewards, hand both to TRL's
-GRPOTrainer, train, save. Rewards that fail are counted; a run that cannot be scored stops with the
-policy saved, not with a traceback and nothing on disk.
+GRPOTrainer, train, save. With `ray.enabled`, generation runs on rollout actors (weights synced
+after optimizer steps) and the BaseReward scorer on its own actors; TRL stays the learner.
+Rewards that fail are counted; a run that cannot be scored stops with the policy saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -17,7 +19,7 @@ from pathlib import Path
 from transformers import set_seed
 
 from policies.loading import load_policy, load_processor, resolve_policy_path
-from reward.build import build_reward_funcs
+from reward.build import build_reward_funcs, make_rule
 from reward.guard import RewardFailureError
 from rl.config import GRPORecipeConfig, to_yaml
 from rl.data import load_rl_splits
@@ -26,40 +28,76 @@ from rl.learner import build_grpo_trainer, grpo_args
 log = logging.getLogger("brl.grpo")
 
 
+def spawn_actors(cfg: GRPORecipeConfig, policy_path: str):
+    """Rollout pool + reward proxies on Ray actors. Returns (rollout_func, scorer, rule)."""
+    from policies.engines import engine_factory
+    from reward.build import make_local_scorer
+    from rl.actors import spawn_group
+    from rl.pool import RemoteReward, RolloutPool
+    from rl.rollout import ActorRollouts
+
+    factory, kwargs = engine_factory(cfg.rollout, cfg.policy, policy_path)
+    pool = RolloutPool(spawn_group("rollout", factory, kwargs, cfg.rollout.actors), cfg.rollout.timeout_s)
+    rollout_func = ActorRollouts(pool, cfg.rollout.sync_every, cfg.rollout.max_staleness)
+    scorer = rule = None
+    model_actors = cfg.reward.model.actors
+    if cfg.reward.scheme in ("model", "hybrid") and model_actors.num_actors > 0:
+        actors = spawn_group("scorer", make_local_scorer, {"cfg": cfg.reward}, model_actors)
+        scorer = RemoteReward(actors, "basereward", cfg.reward.timeout_s)
+    if cfg.reward.rule.in_actor:
+        rule = RemoteReward(spawn_group("rule", make_rule, {"cfg": cfg.reward}, _one_cpu_actor()), "rule",
+                            cfg.reward.timeout_s)
+    return rollout_func, scorer, rule
+
+
+def _one_cpu_actor():
+    from rl.config import ActorGroupConfig
+
+    return ActorGroupConfig(num_actors=1, num_cpus=0.5)
+
+
 def main(cfg: GRPORecipeConfig) -> dict:
     """Train; returns a summary dict (final metrics, where things were written)."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     set_seed(cfg.seed)
-
-    reward_funcs, reward_weights = build_reward_funcs(cfg.reward)
-    args = grpo_args(str(out), cfg.seed, cfg.trainer, reward_weights)  # bad trainer keys fail here, early
+    args = grpo_args(str(out), cfg.seed, cfg.trainer)  # bad trainer keys fail here, before any model loads
     train, _ = load_rl_splits(cfg.data)
-
     policy_path = resolve_policy_path(cfg.policy.path, out, cfg.seed)
-    processor = load_processor(policy_path, cfg.policy.max_pixels, cfg.policy.trust_remote_code)
-    model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
 
-    trainer = build_grpo_trainer(args, model, processor, train, reward_funcs)
-    final = out / "final"
-    try:
-        result = trainer.train()
-    except RewardFailureError as e:
-        aborted = out / "aborted"
-        trainer.save_model(str(aborted))
-        processor.save_pretrained(aborted)
-        log.error("stopped: %s\nthe policy as it was is saved in %s", e, aborted)
-        raise
-    trainer.save_model(str(final))
-    processor.save_pretrained(final)
-    summary = {
-        "final_policy": str(final),
-        "global_step": trainer.state.global_step,
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "reward_failures": {f.__name__: f.stats.failed for f in reward_funcs},
-        "log_history": trainer.state.log_history,
-    }
+    with contextlib.ExitStack() as stack:
+        rollout_func = scorer = rule = None
+        if cfg.ray.enabled:
+            from rl.actors import ray_session
+
+            stack.enter_context(ray_session(cfg.ray.address, cfg.ray.num_cpus))
+            rollout_func, scorer, rule = spawn_actors(cfg, policy_path)
+        reward_funcs, reward_weights = build_reward_funcs(cfg.reward, scorer=scorer, rule=rule)
+        args.reward_weights = args.reward_weights or reward_weights
+
+        processor = load_processor(policy_path, cfg.policy.max_pixels, cfg.policy.trust_remote_code)
+        model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
+        trainer = build_grpo_trainer(args, model, processor, train, reward_funcs, rollout_func=rollout_func)
+        try:
+            result = trainer.train()
+        except RewardFailureError as e:
+            aborted = out / "aborted"
+            trainer.save_model(str(aborted))
+            processor.save_pretrained(aborted)
+            log.error("stopped: %s\nthe policy as it was is saved in %s", e, aborted)
+            raise
+        final = out / "final"
+        trainer.save_model(str(final))
+        processor.save_pretrained(final)
+        summary = {
+            "final_policy": str(final),
+            "global_step": trainer.state.global_step,
+            "train_runtime_s": result.metrics.get("train_runtime"),
+            "reward_failures": {f.__name__: f.stats.failed for f in reward_funcs},
+            "rollout_version": rollout_func.pool.version if rollout_func else None,
+            "log_history": trainer.state.log_history,
+        }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     log.info("saved the final policy to %s", final)
     return summary

@@ -76,9 +76,10 @@ def make_local_scorer(cfg: RewardConfig) -> Callable:
                                        max_pixels=m.max_pixels, calibrate=m.calibrate)
 
 
-def build_reward_funcs(cfg: RewardConfig, scorer: Callable | None = None) -> tuple[list[GuardedReward], list[float]]:
-    """The reward functions and weights for TRL. `scorer` overrides the in-process BaseReward scorer
-    (the Ray pipeline passes a proxy to scorer actors here)."""
+def build_reward_funcs(cfg: RewardConfig, scorer: Callable | None = None,
+                       rule: Callable | None = None) -> tuple[list[GuardedReward], list[float]]:
+    """The reward functions and weights for TRL. `scorer` and `rule` replace the in-process BaseReward
+    scorer and rule matcher (the Ray pipeline passes proxies to actors here)."""
     if cfg.scheme not in SCHEMES:
         raise ValueError(f"reward.scheme must be one of {SCHEMES}, got {cfg.scheme!r}")
     guard = functools.partial(GuardedReward, timeout_s=cfg.timeout_s, max_failure_rate=cfg.max_failure_rate)
@@ -86,12 +87,13 @@ def build_reward_funcs(cfg: RewardConfig, scorer: Callable | None = None) -> tup
     weights: list[float] = []
     if cfg.scheme in ("model", "hybrid"):
         scorer = scorer or make_local_scorer(cfg)
+    rule = rule or make_rule(cfg)
     if cfg.scheme == "rule":
-        funcs.append(guard(make_rule(cfg), name="rule"))
+        funcs.append(guard(rule, name="rule"))
     elif cfg.scheme == "model":
         funcs.append(guard(scorer, name="basereward"))
     elif cfg.scheme == "hybrid":
-        funcs.append(guard(HybridReward(make_rule(cfg), scorer), name="hybrid"))
+        funcs.append(guard(HybridReward(rule, scorer), name="hybrid"))
     if cfg.scheme != "none":
         weights.append(cfg.weight)
     for extra in cfg.extra:

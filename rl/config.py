@@ -30,6 +30,41 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class ActorGroupConfig:
+    """A group of Ray actors: how many, what each needs, where they go."""
+
+    num_actors: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    # Custom resource labels that pin actors to nodes started with them, e.g. {rollout_node: 1}
+    # for nodes started with `ray start --resources='{"rollout_node": 4}'`.
+    resources: dict[str, float] = field(default_factory=dict)
+    # A placement-group strategy for the group's bundles: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD.
+    placement: str | None = None
+    max_restarts: int = 1  # Ray restarts a dead actor's process this many times
+    ready_timeout_s: float = 600.0  # actor construction (model load) must finish within this
+
+
+@dataclass
+class RayConfig:
+    enabled: bool = False  # false: everything in this process (TRL generates itself)
+    # None: start a local cluster; "auto" / "host:6379" / "ray://host:10001": join an existing one.
+    address: str | None = None
+    num_cpus: int | None = None  # for a local cluster (None: all cores)
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"  # hf (transformers generate) | vllm
+    actors: ActorGroupConfig = field(default_factory=ActorGroupConfig)
+    device: str | None = None  # None: cuda if the actor has a GPU, else cpu
+    sync_every: int = 1  # push learner weights to the actors every k optimizer steps
+    max_staleness: int = 0  # abort if a rollout is more policy versions behind than this
+    timeout_s: float = 600.0  # a generate or weight-sync call that takes longer is an error
+    vllm: dict[str, Any] = field(default_factory=dict)  # vllm.LLM keyword arguments
+
+
+@dataclass
 class PolicyConfig:
     # Hub id (Qwen/Qwen2.5-VL-3B-Instruct), a local directory, or "tiny" to build the offline tiny
     # Qwen2.5-VL under <output_dir>/tiny-policy.
@@ -108,6 +143,7 @@ class RuleConfig:
     units: list[str] = field(default_factory=list)  # suffixes to ignore when comparing ("cm", "kg")
     math_verify: bool = False  # symbolic equivalence through math-verify (extra: math)
     max_chars: int = 4096  # completions are cut to this many characters before matching (time bound)
+    in_actor: bool = False  # with ray.enabled: run the matcher on its own actor instead of the driver
 
 
 @dataclass
@@ -121,6 +157,8 @@ class ScorerConfig:
     device: str = "cpu"
     # Standardise scores with the mean/std stored in the checkpoint before the sigmoid.
     calibrate: bool = False
+    # With ray.enabled: scorer actors (0 = score in the driver process).
+    actors: ActorGroupConfig = field(default_factory=lambda: ActorGroupConfig(num_actors=1))
 
 
 @dataclass
@@ -158,6 +196,8 @@ class GRPORecipeConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     # Any field of trl.GRPOConfig (num_generations, beta, epsilon, loss_type, learning_rate, ...).
     trainer: dict[str, Any] = field(default_factory=dict)
 

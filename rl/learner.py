@@ -24,7 +24,7 @@ def device_defaults() -> dict[str, Any]:
     return {"use_cpu": True, "bf16": False}
 
 
-def grpo_args(output_dir: str, seed: int, trainer: dict[str, Any], reward_weights: list[float] | None = None) -> GRPOConfig:
+def grpo_args(output_dir: str, seed: int, trainer: dict[str, Any]) -> GRPOConfig:
     kwargs: dict[str, Any] = {
         **device_defaults(),
         "logging_steps": 1,
@@ -35,8 +35,6 @@ def grpo_args(output_dir: str, seed: int, trainer: dict[str, Any], reward_weight
         "output_dir": output_dir,
         "seed": seed,
     }
-    if reward_weights is not None and "reward_weights" not in trainer:
-        kwargs["reward_weights"] = reward_weights
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL: we know
     return GRPOConfig(**kwargs)
 

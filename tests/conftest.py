@@ -47,3 +47,23 @@ def shapes_small():
     from rl.tasks.shapes import make_shapes_splits
 
     return make_shapes_splits(32, 16, seed=0)
+
+
+@pytest.fixture(scope="session")
+def untrained_rm(tmp_path_factory, tiny_vl) -> str:
+    """A BaseReward checkpoint on the tiny backbone with a fresh head (scores are arbitrary but real)."""
+    from policies.loading import load_processor
+    from reward.model import BaseRewardModel, HeadConfig
+
+    out = tmp_path_factory.mktemp("rm")
+    model = BaseRewardModel.from_backbone(tiny_vl, HeadConfig(), seed=0)
+    return str(model.save_pretrained(out, load_processor(tiny_vl)))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster for the Ray lane (4 logical CPUs on a 2-core machine)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,112 @@
+"""TRL's `rollout_func` for generation on rollout actors, with lazy, versioned weight sync.
+
+TRL's sampler repeats each prompt G (= num_generations) times in a row; we ask each engine for G
+samples of each distinct prompt instead (one prefill per prompt, as vLLM's `n` does), then hand TRL
+one completion per received prompt, in the order it sent them.
+
+Weights are synced lazily, right before a generation that needs them (as TRL does for its own vLLM
+path): every `sync_every` optimizer steps, so a rollout is at most `sync_every - 1` versions stale;
+the lag of every rollout is checked against `max_staleness` and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.engine import Rollout, RolloutRequest, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class StaleRolloutError(RuntimeError):
+    """A rollout was made by weights older than the configured staleness bound allows."""
+
+
+def group_prompts(prompts: list[Any], group_size: int) -> list[Any]:
+    """The distinct prompts of a batch that TRL built by repeating each prompt `group_size` times.
+
+    Raises if the batch does not have that shape, rather than silently mis-assigning completions."""
+    if group_size < 1 or len(prompts) % group_size:
+        raise ValueError(f"{len(prompts)} prompts cannot be split into groups of {group_size}")
+    firsts = prompts[::group_size]
+    for g, first in enumerate(firsts):
+        for p in prompts[g * group_size:(g + 1) * group_size]:
+            if p is not first and _text_of(p) != _text_of(first):
+                raise ValueError(f"prompt group {g} mixes different prompts; expected {group_size} repeats in a row")
+    return firsts
+
+
+def _text_of(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return repr([(m.get("role"), [p.get("text") for p in m["content"]] if isinstance(m.get("content"), list)
+                  else m.get("content")) for m in prompt])
+
+
+def to_trl_output(groups: list[list[Rollout]]) -> dict[str, list]:
+    """Flatten per-prompt groups into the dict TRL's rollout_func contract asks for."""
+    flat = [r for group in groups for r in group]
+    return {
+        "prompt_ids": [r.prompt_ids for r in flat],
+        "completion_ids": [r.completion_ids for r in flat],
+        "logprobs": [r.logprobs for r in flat],
+        "policy_version": [r.version for r in flat],
+    }
+
+
+def sampling_from_trl(args: Any, group_size: int) -> SamplingParams:
+    """One source of truth for sampling: TRL's GRPOConfig."""
+    return SamplingParams(n=group_size, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k or 0, max_tokens=args.max_completion_length,
+                          seed=None)
+
+
+@dataclass
+class ActorRollouts:
+    """A `rollout_func` that generates on a RolloutPool and keeps its weights in sync with the learner."""
+
+    pool: Any  # RolloutPool (or anything with generate/load_weights/version)
+    sync_every: int = 1
+    max_staleness: int = 1
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.sync_every < 1:
+            raise ValueError("rollout.sync_every must be >= 1")
+        if self.max_staleness < self.sync_every - 1:
+            raise ValueError(f"rollout.max_staleness={self.max_staleness} is below the lag that "
+                             f"rollout.sync_every={self.sync_every} causes ({self.sync_every - 1})")
+
+    def sync(self, model: Any, version: int) -> float:
+        """Push the learner's weights to every actor; returns seconds taken."""
+        start = time.perf_counter()
+        # Full state dict: includes tied copies (e.g. lm_head.weight) so engines with separate
+        # output heads (vLLM) do not keep a stale one.
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        self.pool.load_weights(state, version)
+        return time.perf_counter() - start
+
+    def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list]:
+        step = trainer.state.global_step
+        metrics = trainer._metrics["train"]  # TRL averages and logs these with its own metrics
+        if step - self.pool.version >= self.sync_every:
+            seconds = self.sync(trainer.accelerator.unwrap_model(trainer.model), step)
+            metrics["timing/weight_sync"].append(seconds)
+        group_size = trainer.num_generations
+        firsts = group_prompts(prompts, group_size)
+        requests = [RolloutRequest(messages=p) for p in firsts]
+        start = time.perf_counter()
+        groups = self.pool.generate(requests, sampling_from_trl(trainer.args, group_size))
+        seconds = time.perf_counter() - start
+        lags = [step - r.version for g in groups for r in g]
+        if max(lags) > self.max_staleness:
+            raise StaleRolloutError(f"a rollout is {max(lags)} policy versions behind the learner "
+                                    f"(rollout.max_staleness={self.max_staleness})")
+        tokens = sum(len(r.completion_ids) for g in groups for r in g)
+        metrics["timing/generate"].append(seconds)
+        metrics["rollout/tokens_per_s"].append(tokens / seconds if seconds > 0 else 0.0)
+        metrics["rollout/version_lag"].append(sum(lags) / len(lags))
+        return to_trl_output(groups)
