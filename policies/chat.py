@@ -62,3 +62,16 @@ def render_conversation(processor: Any, messages: list[dict]) -> str:
     if is_vlm_processor(processor):
         return processor.apply_chat_template(placeholder_messages(messages), tokenize=False)
     return processor.apply_chat_template(text_only_messages(messages), tokenize=False)
+
+
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+
+
+def vision_token_ids(processor: Any) -> list[int]:
+    """Ids of the vision placeholder tokens a policy must never generate.
+
+    A completion containing `<|image_pad|>` breaks the next forward pass (image tokens no longer
+    match the images); weak or random policies do sample them, so generation suppresses them."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    vocab = tokenizer.get_vocab()
+    return [vocab[t] for t in VISION_TOKENS if t in vocab]

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from policies.chat import images_of, render_prompt
+from policies.chat import images_of, render_prompt, vision_token_ids
 from policies.engine import Rollout, RolloutRequest, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ class HFEngine:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.version = version
         self.is_vlm = self.tokenizer is not processor
+        self.suppress = vision_token_ids(processor)
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: str = "float32", device: str | None = None,
@@ -56,6 +57,7 @@ class HFEngine:
             max_new_tokens=sampling.max_tokens, num_return_sequences=sampling.n, do_sample=not sampling.greedy,
             return_dict_in_generate=True, output_logits=True,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            suppress_tokens=self.suppress or None,
         )
         if not sampling.greedy:
             gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
+from policies.chat import vision_token_ids
 from policies.loading import load_policy, load_processor, resolve_policy_path
 from reward.build import build_reward_funcs, make_rule
 from reward.guard import RewardFailureError
@@ -28,35 +29,34 @@ from rl.learner import build_grpo_trainer, grpo_args
 log = logging.getLogger("brl.grpo")
 
 
-def spawn_actors(cfg: GRPORecipeConfig, policy_path: str):
-    """Rollout pool + reward proxies on Ray actors. Returns (rollout_func, scorer, rule)."""
+def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.ExitStack):
+    """Rollout pool + reward proxies on Ray actors, killed when `stack` closes.
+
+    Returns (rollout_func, scorer, rule); scorer/rule are None where they stay in this process."""
     from policies.engines import engine_factory
     from reward.build import make_local_scorer
-    from rl.actors import spawn_group
+    from rl.actors import kill_on_exit, spawn_group
+    from rl.config import ActorGroupConfig
     from rl.pool import RemoteReward, RolloutPool
     from rl.rollout import ActorRollouts
 
     factory, kwargs = engine_factory(cfg.rollout, cfg.policy, policy_path)
-    pool = RolloutPool(spawn_group("rollout", factory, kwargs, cfg.rollout.actors), cfg.rollout.timeout_s)
+    rollout_actors = kill_on_exit(stack, spawn_group("rollout", factory, kwargs, cfg.rollout.actors))
+    pool = RolloutPool(rollout_actors, cfg.rollout.timeout_s)
     rollout_func = ActorRollouts(pool, cfg.rollout.sync_every, cfg.rollout.max_staleness)
     scorer = rule = None
     model_actors = cfg.reward.model.actors
     if cfg.reward.scheme in ("model", "hybrid") and model_actors.num_actors > 0:
-        actors = spawn_group("scorer", make_local_scorer, {"cfg": cfg.reward}, model_actors)
+        actors = kill_on_exit(stack, spawn_group("scorer", make_local_scorer, {"cfg": cfg.reward}, model_actors))
         scorer = RemoteReward(actors, "basereward", cfg.reward.timeout_s)
     if cfg.reward.rule.in_actor:
-        rule = RemoteReward(spawn_group("rule", make_rule, {"cfg": cfg.reward}, _one_cpu_actor()), "rule",
-                            cfg.reward.timeout_s)
+        actors = kill_on_exit(stack, spawn_group("rule", make_rule, {"cfg": cfg.reward},
+                                                 ActorGroupConfig(num_actors=1, num_cpus=0.5)))
+        rule = RemoteReward(actors, "rule", cfg.reward.timeout_s)
     return rollout_func, scorer, rule
 
 
-def _one_cpu_actor():
-    from rl.config import ActorGroupConfig
-
-    return ActorGroupConfig(num_actors=1, num_cpus=0.5)
-
-
-def main(cfg: GRPORecipeConfig) -> dict:
+def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     """Train; returns a summary dict (final metrics, where things were written)."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,13 +72,16 @@ def main(cfg: GRPORecipeConfig) -> dict:
             from rl.actors import ray_session
 
             stack.enter_context(ray_session(cfg.ray.address, cfg.ray.num_cpus))
-            rollout_func, scorer, rule = spawn_actors(cfg, policy_path)
+            rollout_func, scorer, rule = spawn_actors(cfg, policy_path, stack)
         reward_funcs, reward_weights = build_reward_funcs(cfg.reward, scorer=scorer, rule=rule)
         args.reward_weights = args.reward_weights or reward_weights
 
         processor = load_processor(policy_path, cfg.policy.max_pixels, cfg.policy.trust_remote_code)
+        if not rollout_func:  # TRL generates in this process: keep vision placeholders out of completions
+            args.generation_kwargs = {"suppress_tokens": vision_token_ids(processor), **(args.generation_kwargs or {})}
         model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
-        trainer = build_grpo_trainer(args, model, processor, train, reward_funcs, rollout_func=rollout_func)
+        trainer = build_grpo_trainer(args, model, processor, train, reward_funcs, rollout_func=rollout_func,
+                                     callbacks=callbacks)
         try:
             result = trainer.train()
         except RewardFailureError as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -98,4 +98,16 @@ def spawn_group(name: str, factory: Callable[..., Any], kwargs: dict[str, Any], 
     ray.get([a.pid.remote() for a in actors], timeout=group.ready_timeout_s)
     log.info("%s: %d actor(s) ready (%s CPU, %s GPU each%s)", name, len(actors), group.num_cpus, group.num_gpus,
              f", {group.placement}" if group.placement else "")
+    return actors
+
+
+def kill_on_exit(stack: ExitStack, actors: list[Any]) -> list[Any]:
+    """Kill `actors` when `stack` closes (a recipe's run ends, normally or not): no leaked processes."""
+    import ray
+
+    def kill() -> None:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+
+    stack.callback(kill)
     return actors

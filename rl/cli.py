@@ -18,14 +18,17 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (*USER_ERRORS, DataError, RewardFailureError)
 
 
-# command -> (config schema in rl.config, recipe module with main(cfg), class its `trainer:` keys must fit)
-RECIPES: dict[str, tuple[str, str, str | None, str]] = {
-    "grpo": ("GRPORecipeConfig", "recipes.grpo", "trl.GRPOConfig",
+# command -> (config schema in rl.config, recipe module with main(cfg),
+#             (section, class) whose fields that section's keys must be, help)
+RECIPES: dict[str, tuple[str, str, tuple[str, str], str]] = {
+    "grpo": ("GRPORecipeConfig", "recipes.grpo", ("trainer", "trl.GRPOConfig"),
              "GRPO fine-tuning with rule / model / hybrid rewards"),
-    "sft": ("SFTRecipeConfig", "recipes.sft", "trl.SFTConfig",
+    "sft": ("SFTRecipeConfig", "recipes.sft", ("trainer", "trl.SFTConfig"),
             "supervised warm-up of a policy on the RL data's answers"),
-    "train-rm": ("RMRecipeConfig", "recipes.train_reward_model", "transformers.TrainingArguments",
+    "train-rm": ("RMRecipeConfig", "recipes.train_reward_model", ("trainer", "transformers.TrainingArguments"),
                  "train a BaseReward model (Bradley-Terry, MLP head) on preference pairs"),
+    "compare": ("CompareRecipeConfig", "recipes.compare", ("grpo.trainer", "trl.GRPOConfig"),
+                "run GRPO under several reward schemes and compare them on held-out data"),
 }
 
 
@@ -35,12 +38,10 @@ def load_recipe_config(command: str, path: str | None, overrides: list[str] | tu
 
     from rl import config as config_module
 
-    schema_name, _, passthrough, _ = RECIPES[command]
-    pass_cls = None
-    if passthrough:
-        module, cls_name = passthrough.rsplit(".", 1)
-        pass_cls = {"trainer": getattr(importlib.import_module(module), cls_name)}
-    return load_config(getattr(config_module, schema_name), path, overrides, passthrough=pass_cls)
+    schema_name, _, (section, class_path), _ = RECIPES[command]
+    module, cls_name = class_path.rsplit(".", 1)
+    passthrough = {section: getattr(importlib.import_module(module), cls_name)}
+    return load_config(getattr(config_module, schema_name), path, overrides, passthrough=passthrough)
 
 
 def _run_recipe(ns: argparse.Namespace) -> int:
@@ -69,6 +70,13 @@ def _validate_data(ns: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def _demo(ns: argparse.Namespace) -> int:
+    from recipes.demo import run
+
+    run(ns.out, quick=ns.quick)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brl", description="RL fine-tuning of vision-language models with "
                                      "pluggable rewards (rule, BaseReward, hybrid).")
@@ -80,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="YAML config (see recipes/configs/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=3")
         p.set_defaults(func=_run_recipe)
+
+    p = sub.add_parser("demo", help="the embedded main job: tiny rule / model / hybrid comparison on CPU")
+    p.add_argument("--out", default="runs/demo", help="where the report, table and plot go")
+    p.add_argument("--quick", action="store_true", help="CI-sized budgets (minutes, numbers not meaningful)")
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("make-tiny", help="build the offline tiny Qwen2.5-VL policy (or a text-only Qwen2)")
     p.add_argument("--out", required=True)

@@ -224,6 +224,23 @@ class RMRecipeConfig:
     trainer: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class CompareEvalConfig:
+    size: int | None = None  # held-out rows to use (None: all of grpo.data's held-out split)
+    every: int = 5  # evaluate the live policy every k optimizer steps (for the curve)
+    max_tokens: int = 16
+
+
+@dataclass
+class CompareRecipeConfig:
+    output_dir: str = "runs/compare"
+    schemes: list[str] = field(default_factory=lambda: ["rule", "model", "hybrid"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    eval: CompareEvalConfig = field(default_factory=CompareEvalConfig)
+    # The GRPO recipe every scheme runs (its reward.scheme, seed and output_dir are set per run).
+    grpo: GRPORecipeConfig = field(default_factory=GRPORecipeConfig)
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
@@ -239,31 +256,37 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
                 passthrough: dict[str, type] | None = None) -> T:
     """Build a `schema` instance from its defaults, a YAML file and `key=value` overrides.
 
-    `passthrough` maps a dict-valued section (e.g. "trainer") to the config class its keys must be
-    fields of (e.g. `trl.GRPOConfig`); unknown keys there are errors too.
+    `passthrough` maps a dict-valued section (e.g. "trainer", or "grpo.trainer") to the config class
+    its keys must be fields of (e.g. `trl.GRPOConfig`); unknown keys there are errors too.
     """
     cfg = OmegaConf.structured(schema)
-    layers: list[tuple[str, Any]] = []
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            layers.append((str(p), OmegaConf.load(p)))
+            layer = OmegaConf.load(p)
         except Exception as e:  # YAML syntax errors come in several exception types
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"command line: overrides must look like key=value, got {bad}")
-        layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
-    for source, layer in layers:
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as e:
-            raise ConfigError(f"{source}: {_describe(e)}") from None
+            raise ConfigError(f"{p}: {_describe(e)}") from None
         for section, cls in (passthrough or {}).items():
-            _check_passthrough(layer.get(section) or {}, section, cls, source)
+            _check_passthrough(OmegaConf.select(layer, section) or {}, section, cls, str(p))
+    for override in overrides:
+        # One at a time through OmegaConf.update, so list items can be addressed (data.sources.0.size=9).
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"command line: overrides must look like key=value, got {override!r}")
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]))["v"]  # OmegaConf's YAML typing
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"command line: {_describe(e)}") from None
+        for section, cls in (passthrough or {}).items():
+            if key.startswith(section + "."):
+                _check_passthrough({key[len(section) + 1:].split(".")[0]: None}, section, cls, "command line")
     try:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:  # e.g. a required "???" value left unset

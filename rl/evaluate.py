@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from transformers import TrainerCallback
+
 from policies.engine import RolloutRequest, SamplingParams
 from reward.rule import RuleMatcher
 
@@ -68,3 +70,32 @@ def evaluate_policy(engine: Any, dataset: Any, batch_size: int = 32, max_tokens:
             scores += scorer(rows["prompt"], [o.text for o in outs], images=rows["images"])
     tasks = dataset["task"] if "task" in dataset.column_names else None
     return summarize(list(dataset["answer"]), completions, lengths, tasks, matcher, scores if scorer else None)
+
+
+class HeldOutCallback(TrainerCallback):
+    """Evaluate the live policy on held-out rows at the start and every `every` optimizer steps.
+
+    Greedy decoding in-process on the learner's own model (no copy): the curve the compare
+    report plots.
+    """
+
+    def __init__(self, dataset: Any, processor: Any, every: int, max_tokens: int = 16, batch_size: int = 64):
+        self.dataset, self.processor, self.every = dataset, processor, max(1, every)
+        self.max_tokens, self.batch_size = max_tokens, batch_size
+        self.history: list[dict[str, float]] = []
+
+    def _run(self, step: int, model: Any) -> None:
+        from policies.hf_engine import HFEngine
+
+        was_training = model.training
+        engine = HFEngine(model, self.processor, device=str(next(model.parameters()).device))
+        result = evaluate_policy(engine, self.dataset, self.batch_size, self.max_tokens)
+        model.train(was_training)
+        self.history.append({"step": step, "exact_match": result.exact_match, "rule_match": result.rule_match})
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._run(state.global_step, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self._run(state.global_step, model)

@@ -56,7 +56,7 @@ def test_command_line_overrides_win_and_are_checked(tmp_path):
 
 
 def test_cli_reports_a_misspelled_key_without_a_traceback(capsys):
-    code = cli(["grpo", str(CONFIGS[0]), "trainer.max_step=3"])
+    code = cli(["grpo", str(CONFIGS[0].parent / "tiny_cpu_rule.yaml"), "trainer.max_step=3"])
     err = capsys.readouterr().err
     assert code == 2
     assert "trainer.max_step" in err and "Traceback" not in err
