@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from rl.config import ConfigError, load_config
 
@@ -77,6 +78,51 @@ def _demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_rm(ns: argparse.Namespace) -> int:
+    import json
+
+    from reward.bench import evaluate_file, length_scorer, model_scorer, random_scorer
+
+    if ns.scorer == "model":
+        if not ns.model:
+            raise ConfigError("--model PATH is required with --scorer model (or use --scorer length/random)")
+        scorer = model_scorer(ns.model, device=ns.device, batch_size=ns.batch_size)
+    else:
+        scorer = length_scorer if ns.scorer == "length" else random_scorer(ns.seed)
+    result = evaluate_file(ns.data, ns.format, scorer, needs_images=ns.scorer == "model")
+    result.update(format=ns.format, data=ns.data, scorer=ns.scorer, model=ns.model)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if ns.out:
+        Path(ns.out).write_text(text)
+    return 0
+
+
+def _eval_policy(ns: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from policies.hf_engine import HFEngine
+    from rl.config import DataConfig
+    from rl.data import load_rl_splits
+    from rl.evaluate import evaluate_policy
+
+    data = DataConfig(source=ns.data, split=ns.split, eval_size=ns.size, seed=ns.seed)
+    train, held_out = load_rl_splits(data)
+    rows = held_out if ns.data == "shapes" else train
+    scorer = None
+    if ns.reward_model:
+        from reward.scorer import BaseRewardScorer
+
+        scorer = BaseRewardScorer.from_paths(ns.reward_model)
+    result = evaluate_policy(HFEngine.from_pretrained(ns.model), rows, ns.batch_size, ns.max_tokens, scorer=scorer)
+    text = json.dumps(asdict(result), indent=2)
+    print(text)
+    if ns.out:
+        Path(ns.out).write_text(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brl", description="RL fine-tuning of vision-language models with "
                                      "pluggable rewards (rule, BaseReward, hybrid).")
@@ -93,6 +139,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="where the report, table and plot go")
     p.add_argument("--quick", action="store_true", help="CI-sized budgets (minutes, numbers not meaningful)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("eval-rm", help="evaluate a reward model on MM-RLHF-RewardBench / VL-RewardBench / pairs")
+    p.add_argument("--model", nargs="*", default=None, help="BaseReward checkpoint(s); several are averaged")
+    p.add_argument("--format", required=True, choices=["mm-rlhf", "vl-reward", "pairs"])
+    p.add_argument("--data", required=True, help="benchmark file (.jsonl/.json/.parquet); images relative to it")
+    p.add_argument("--scorer", default="model", choices=["model", "length", "random"],
+                   help="length / random: model-free baselines that check the metric code")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", help="also write the JSON here")
+    p.set_defaults(func=_eval_rm)
+
+    p = sub.add_parser("eval-policy", help="greedy held-out evaluation of a policy checkpoint")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", default="shapes", help='"shapes" (held-out split) or an RL data file')
+    p.add_argument("--split", default="test")
+    p.add_argument("--size", type=int, default=256, help="rows, for the shapes task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reward-model", nargs="*", help="also report the mean BaseReward score")
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", help="also write the JSON here")
+    p.set_defaults(func=_eval_policy)
 
     p = sub.add_parser("make-tiny", help="build the offline tiny Qwen2.5-VL policy (or a text-only Qwen2)")
     p.add_argument("--out", required=True)

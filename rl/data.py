@@ -93,7 +93,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict | RowError]]:
             yield lineno, row if isinstance(row, dict) else RowError(lineno, f"expected an object, got {type(row).__name__}")
 
 
-def _iter_source(source: str, split: str) -> Iterator[tuple[int, dict | RowError]]:
+def iter_rows(source: str, split: str) -> Iterator[tuple[int, dict | RowError]]:
     path = Path(source)
     if path.suffix in (".jsonl", ".json") or path.suffix == ".parquet":
         if not path.is_file():
@@ -266,7 +266,7 @@ def validate_source(source: str, kind: str, cfg: ValidationConfig | None = None,
     cfg = cfg or ValidationConfig()
     base_dir = Path(source).parent if Path(source).exists() else None
     good, errors, total = [], [], 0
-    for rownum, row in _iter_source(source, split):
+    for rownum, row in iter_rows(source, split):
         total += 1
         if isinstance(row, RowError):
             errors.append(row)

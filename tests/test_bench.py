@@ -1,0 +1,107 @@
+import json
+import math
+
+import pytest
+
+from reward.bench import (evaluate_file, length_scorer, mm_rlhf_category, mm_rlhf_metrics, pairs_metrics,
+                          random_scorer, vl_reward_group, vl_reward_metrics)
+from rl.cli import main as cli
+
+NAN = float("nan")
+
+
+def test_mm_rlhf_acc_and_acc_plus_by_hand():
+    rows = [{"id": 1, "image": "a/mcq/1.png"}, {"id": 1, "image": "a/mcq/1.png"},
+            {"id": 2, "image": "b/long/2.png"}, {"id": 3, "video": "c/video/3.mp4"},
+            {"id": 3, "video": "c/video/3.mp4"}]
+    chosen = [2.0, 1.0, 5.0, NAN, 1.0]
+    rejected = [1.0, 1.0, 4.0, 0.0, 0.0]  # pair 2 ties -> wrong; pair 4 NaN -> wrong
+    m = mm_rlhf_metrics(rows, chosen, rejected)
+    assert m["acc"] == 3 / 5
+    assert m["acc_plus"] == 1 / 3  # only id 2 has every pair right
+    assert m["per_category"]["mcq"] == {"pairs": 2, "acc": 0.5}
+    assert m["per_category"]["video"] == {"pairs": 2, "acc": 0.5}
+
+
+def test_mm_rlhf_category_takes_the_first_listed_that_appears():
+    assert mm_rlhf_category({"image": "x/long/mcq_1.png"}) == "mcq"
+    assert mm_rlhf_category({"image": "x/other.png"}) == "other"
+
+
+def test_vl_reward_metrics_by_hand():
+    rows = [{"id": "wildvision_1", "human_ranking": [0, 1]},
+            {"id": "RLAIF-V_7", "human_ranking": [1, 0]},
+            {"id": "mathverse_3", "human_ranking": [0, 1]},
+            {"id": "mmmu_pro_9", "human_ranking": [0, 1]}]
+    scores = [[1.0, 0.0], [1.0, 2.0], [0.5, 0.5], [NAN, 1.0]]
+    m = vl_reward_metrics(rows, scores)
+    assert m["overall_acc"] == 0.5
+    assert m["per_group"] == {"general": {"pairs": 1, "acc": 1.0}, "hallucination": {"pairs": 1, "acc": 1.0},
+                              "reasoning": {"pairs": 2, "acc": 0.0}}
+    assert math.isclose(m["macro_avg"], (1.0 + 1.0 + 0.0) / 3)
+
+
+def test_vl_reward_group_prefers_an_explicit_category():
+    assert vl_reward_group({"id": "wildvision_1", "category": "Reasoning"}) == "reasoning"
+    assert vl_reward_group({"id": "povid_2"}) == "hallucination"
+
+
+def test_pairs_metrics():
+    assert pairs_metrics([1.0, 1.0, 3.0], [0.0, 1.0, 4.0]) == {"pairs": 3, "acc": 1 / 3}
+
+
+def test_random_scorer_is_seeded_and_order_free():
+    items = [{"response": r, "prompt_text": "q"} for r in ("a", "b", "c")]
+    s = random_scorer(3)
+    assert s(items) == s(items) and s(items[::-1]) == s(items)[::-1]
+    assert s(items) != random_scorer(4)(items)
+
+
+def _independent_acc(rows):
+    """A second, deliberately naive implementation of MM-RLHF Acc/Acc+ with the length scorer."""
+    pairs = [(r["id"], len(r["chosen"]) > len(r["rejected"])) for r in rows]
+    acc = sum(ok for _, ok in pairs) / len(pairs)
+    ids = {i for i, _ in pairs}
+    acc_plus = sum(all(ok for j, ok in pairs if j == i) for i in ids) / len(ids)
+    return acc, acc_plus
+
+
+def test_eval_rm_cli_with_the_length_baseline_matches_an_independent_count(tmp_path, capsys):
+    rows = [
+        {"id": "q1", "image": "imgs/mcq/1.png", "prompt": "p", "chosen": "long answer", "rejected": "short"},
+        {"id": "q1", "image": "imgs/mcq/1.png", "prompt": "p", "chosen": "tiny", "rejected": "much longer"},
+        {"id": "q2", "image": "imgs/safety/2.png", "prompt": "p", "chosen": "abcdef", "rejected": "abc"},
+        {"id": "q3", "video": "vids/video/3.mp4", "prompt": "p", "chosen": "same", "rejected": "size"},
+    ]
+    data = tmp_path / "mm.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "result.json"
+    assert cli(["eval-rm", "--format", "mm-rlhf", "--data", str(data), "--scorer", "length", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    acc, acc_plus = _independent_acc(rows)
+    assert (result["acc"], result["acc_plus"]) == (acc, acc_plus) == (0.5, 1 / 3)
+    assert result["video_rows_scored_without_frames"] == 1
+    assert json.loads(capsys.readouterr().out)["acc"] == 0.5
+
+
+def test_eval_rm_with_a_model_sees_images(tmp_path, untrained_rm):
+    from PIL import Image
+
+    (tmp_path / "imgs" / "short").mkdir(parents=True)
+    for i, color in enumerate(("red", "blue")):
+        Image.new("RGB", (56, 56), color).save(tmp_path / "imgs" / "short" / f"{i}.png")
+    rows = [{"id": i, "image": f"imgs/short/{i}.png", "prompt": "What color?", "chosen": "red", "rejected": "blue"}
+            for i in range(2)]
+    data = tmp_path / "mm.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    from reward.bench import model_scorer
+
+    result = evaluate_file(str(data), "mm-rlhf", model_scorer([untrained_rm]))
+    assert result["pairs"] == 2 and 0.0 <= result["acc"] <= 1.0
+
+
+def test_unknown_format_is_an_error(tmp_path):
+    data = tmp_path / "x.jsonl"
+    data.write_text('{"id": 1}\n')
+    with pytest.raises(ValueError, match="unknown benchmark format"):
+        evaluate_file(str(data), "rewardbench2", length_scorer, needs_images=False)
