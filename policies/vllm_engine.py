@@ -47,9 +47,13 @@ def _explain_start_failure(err: Exception, engine_kwargs: dict[str, Any]) -> str
         hints.append(f"lower rollout.vllm.gpu_memory_utilization (now {engine_kwargs.get('gpu_memory_utilization')};"
                      " on CPU it is the share of host RAM reserved) or rollout.vllm.max_model_len")
     if "head size" in text.lower() or "head_size" in text.lower():
-        hints.append("this attention backend does not support the model's head size (vLLM's CPU kernels accept 64, "
-                     "80, 96, 112, 128, 256; not 16)")
-    return f"vLLM engine failed to start: {text}" + (f"\nhint: {'; '.join(hints)}" if hints else "")
+        hints.append("this attention backend does not support the model's head size")
+    if not hints:  # the engine core runs in a child process: its root cause is in the log above
+        hints.append("the engine's own error is in the log above; the usual causes are too small (or too large) "
+                     f"rollout.vllm.gpu_memory_utilization (now {engine_kwargs.get('gpu_memory_utilization')}; on "
+                     "CPU it is the share of host RAM for the KV cache), rollout.vllm.max_model_len, or a head "
+                     "size the attention backend does not support")
+    return f"vLLM engine failed to start: {text}\nhint: {'; '.join(hints)}"
 
 
 class VLLMEngine:

@@ -26,7 +26,7 @@ QUICK = {
     "sft": ["trainer.max_steps=40", "data.train_size=1280"],
     "train-rm": ["trainer.max_steps=20", "data.sources.0.size=320", "data.eval_size=64"],
     "compare": ["grpo.trainer.max_steps=3", "grpo.trainer.per_device_train_batch_size=8",
-                "grpo.trainer.num_generations=4", "eval.size=32", "eval.every=3"],
+                "grpo.trainer.num_generations=4", "eval.size=32", "eval.every=3", "seeds=[0]"],
 }
 
 

@@ -43,11 +43,7 @@ class ScoringBackend:
     def load(cls, path: str, device: str = "cpu") -> ScoringBackend:
         from policies.loading import load_processor
 
-        model = BaseRewardModel.from_pretrained(path, device=device)
-        processor = load_processor(str(path))
-        tokenizer = getattr(processor, "tokenizer", processor)
-        tokenizer.padding_side = "right"
-        return cls(model, processor)
+        return cls(BaseRewardModel.from_pretrained(path, device=device), load_processor(str(path)))
 
     @torch.inference_mode()
     def score(self, conversations: list[list[dict]], images: list[list[PILImage.Image]]) -> list[float]:

@@ -229,6 +229,7 @@ class CompareEvalConfig:
     size: int | None = None  # held-out rows to use (None: all of grpo.data's held-out split)
     every: int = 5  # evaluate the live policy every k optimizer steps (for the curve)
     max_tokens: int = 16
+    samples: int = 4  # sampled answers per row (at the training temperature) besides the greedy one
 
 
 @dataclass

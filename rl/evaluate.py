@@ -22,6 +22,9 @@ class EvalResult:
     rule_match: float  # the rule matcher's normalised match
     mean_length: float  # completion tokens
     mean_model_score: float | None = None
+    # Mean rule match of `k` sampled answers per row at the training temperature (pass@1 under
+    # sampling, what GRPO optimises); None when not asked for.
+    sampled_rule_match: float | None = None
     per_task: dict[str, dict[str, float]] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)  # a few examples for reports
 
@@ -56,20 +59,30 @@ def summarize(answers: list[str], completions: list[str], lengths: list[int], ta
 
 
 def evaluate_policy(engine: Any, dataset: Any, batch_size: int = 32, max_tokens: int = 16,
-                    matcher: RuleMatcher | None = None, scorer: Callable | None = None) -> EvalResult:
-    """Greedy-decode every row of `dataset` (RL rows) with `engine` and score the answers."""
-    sampling = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens)
-    completions, lengths, scores = [], [], []
+                    matcher: RuleMatcher | None = None, scorer: Callable | None = None,
+                    samples: int = 0, temperature: float = 1.0, seed: int = 0) -> EvalResult:
+    """Greedy-decode every row of `dataset` (RL rows) with `engine` and score the answers; with
+    `samples` > 0 also sample that many answers per row and report their mean rule match."""
+    matcher = matcher or RuleMatcher()
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens)
+    sampled = SamplingParams(n=samples, temperature=temperature, max_tokens=max_tokens, seed=seed)
+    completions, lengths, scores, sampled_hits = [], [], [], []
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start:start + batch_size]
         requests = [RolloutRequest(p, imgs) for p, imgs in zip(rows["prompt"], rows["images"], strict=True)]
-        outs = [group[0] for group in engine.generate(requests, sampling)]
+        outs = [group[0] for group in engine.generate(requests, greedy)]
         completions += [o.text for o in outs]
         lengths += [len(o.completion_ids) for o in outs]
         if scorer is not None:
             scores += scorer(rows["prompt"], [o.text for o in outs], images=rows["images"])
+        if samples:
+            for group, answer in zip(engine.generate(requests, sampled), rows["answer"], strict=True):
+                sampled_hits += [float(matcher.match(o.text, answer)) for o in group]
     tasks = dataset["task"] if "task" in dataset.column_names else None
-    return summarize(list(dataset["answer"]), completions, lengths, tasks, matcher, scores if scorer else None)
+    result = summarize(list(dataset["answer"]), completions, lengths, tasks, matcher, scores if scorer else None)
+    if samples:
+        result.sampled_rule_match = sum(sampled_hits) / len(sampled_hits)
+    return result
 
 
 class HeldOutCallback(TrainerCallback):
@@ -79,9 +92,11 @@ class HeldOutCallback(TrainerCallback):
     report plots.
     """
 
-    def __init__(self, dataset: Any, processor: Any, every: int, max_tokens: int = 16, batch_size: int = 64):
+    def __init__(self, dataset: Any, processor: Any, every: int, max_tokens: int = 16, batch_size: int = 64,
+                 samples: int = 4, temperature: float = 1.0):
         self.dataset, self.processor, self.every = dataset, processor, max(1, every)
         self.max_tokens, self.batch_size = max_tokens, batch_size
+        self.samples, self.temperature = samples, temperature
         self.history: list[dict[str, float]] = []
 
     def _run(self, step: int, model: Any) -> None:
@@ -89,9 +104,11 @@ class HeldOutCallback(TrainerCallback):
 
         was_training = model.training
         engine = HFEngine(model, self.processor, device=str(next(model.parameters()).device))
-        result = evaluate_policy(engine, self.dataset, self.batch_size, self.max_tokens)
+        result = evaluate_policy(engine, self.dataset, self.batch_size, self.max_tokens, samples=self.samples,
+                                 temperature=self.temperature)
         model.train(was_training)
-        self.history.append({"step": step, "exact_match": result.exact_match, "rule_match": result.rule_match})
+        self.history.append({"step": step, "exact_match": result.exact_match, "rule_match": result.rule_match,
+                             "sampled_rule_match": result.sampled_rule_match})
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._run(state.global_step, model)

@@ -24,10 +24,11 @@ def test_demo_quick_writes_report_table_and_plot(tmp_path, capsys):
         "starting policy (SFT)", "GRPO, rule reward", "GRPO, model reward", "GRPO, hybrid reward"]
 
     results = json.loads((out / "compare" / "results.json").read_text())
-    numbers = [results["start"]["rule_match"], results["start"]["model_score"]]
+    numbers = [results["start"]["rule_match"], results["start"]["sampled_rule_match"], results["start"]["model_score"]]
     for runs in results["schemes"].values():
         run = runs[0]
-        numbers += [run["final"]["rule_match"], run["final"]["exact_match"], run["mean_reward_last"],
+        numbers += [run["final"]["rule_match"], run["final"]["exact_match"], run["final"]["sampled_rule_match"],
+                    run["mean_reward_last"],
                     run["model_score"], run["wall_time_s"]]
         assert run["final"]["step"] == 3
     assert all(isinstance(x, float) and math.isfinite(x) for x in numbers)

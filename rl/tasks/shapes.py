@@ -165,28 +165,47 @@ PREFERENCE_FEATURES = Features({
 })
 
 
+# Kinds of rejected answer in the synthetic pairs, with their shares. Near misses need the image;
+# the rest are failure modes a policy drifts into under RL (they are here so a reward model trained
+# on these pairs is not trivially hackable by them).
+REJECTION_KINDS = {"near_miss": 0.4, "hallucination": 0.2, "off_task": 0.2, "degenerate": 0.2}
+
+
+def _rejected(rng: random.Random, answer: str, task: str, kind: str) -> str:
+    if kind == "hallucination":  # names something no scene contains
+        return _phrase(rng, rng.choice(HALLUCINATIONS[task]), task)
+    if kind == "off_task":  # a well-formed answer to a different question
+        other = rng.choice([t for t in TASKS if t != task])
+        _, other_answer = _sample(rng, other)
+        return _phrase(rng, other_answer, other)
+    if kind == "degenerate":  # repetition / run-on text
+        word = rng.choice([answer.split()[-1], "left", "the", "shape"])
+        head = [answer] if rng.random() < 0.5 else []
+        return " ".join(head + [word] * rng.randint(3, 7))
+    near = [w for w in wrong_answers(answer, task) if w.isdigit() or task != "count"]
+    return _phrase(rng, rng.choice(near), task)
+
+
 def make_preference_pairs(n: int, seed: int = 0, tasks: tuple[str, ...] | list[str] = TASKS,
-                          hallucination_rate: float = 0.5) -> Dataset:
+                          kinds: dict[str, float] | None = None) -> Dataset:
     """`n` preference rows `{prompt, images, chosen, rejected, task, kind}` on shapes scenes.
 
-    chosen is right (canonical or paraphrased). rejected is, with probability `hallucination_rate`,
-    a hallucination (something no scene contains: rankable from the text alone), otherwise a near
-    miss (another colour, a count off by one: rankable only by looking at the image). Both sides
-    use the same phrasings, so wording gives nothing away. `kind` says which, for per-kind metrics.
+    chosen is right (canonical or paraphrased). rejected is drawn from `kinds` (default
+    REJECTION_KINDS): a near miss (another colour, a count off by one: rankable only by looking at the
+    image), a hallucination (something no scene contains), an off-task answer or degenerate text.
+    Right and wrong answers share the same phrasings, so wording alone gives nothing away.
     """
+    kinds = kinds or REJECTION_KINDS
     base = make_shapes_dataset(n, seed, tasks)
     rng = random.Random(seed + 17)
-    chosen, rejected, kinds = [], [], []
+    chosen, rejected, drawn = [], [], []
     for answer, task in zip(base["answer"], base["task"], strict=True):
+        kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
         chosen.append(_phrase(rng, answer, task))
-        if rng.random() < hallucination_rate:
-            wrong, kind = rng.choice(HALLUCINATIONS[task]), "hallucination"
-        else:
-            wrong, kind = rng.choice([w for w in wrong_answers(answer, task) if w.isdigit() or task != "count"]), "near_miss"
-        rejected.append(_phrase(rng, wrong, task))
-        kinds.append(kind)
+        rejected.append(_rejected(rng, answer, task, kind))
+        drawn.append(kind)
     rows = base.remove_columns(["answer"]).add_column("chosen", chosen).add_column("rejected", rejected)
-    return rows.add_column("kind", kinds).cast(PREFERENCE_FEATURES)
+    return rows.add_column("kind", drawn).cast(PREFERENCE_FEATURES)
 
 
 def vocabulary_corpus() -> list[str]:

