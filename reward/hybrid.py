@@ -50,8 +50,10 @@ class HybridReward:
 
     matcher: Callable[..., list[float | None]]
     scorer: Callable[..., list[float | None]]
-    __name__: str = field(default="hybrid", repr=False)
     last_scores: list[float] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self.__name__ = "hybrid"  # the name TRL logs this reward under
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         n = len(completions)

@@ -15,7 +15,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from reward.base import completion_text
@@ -121,9 +121,9 @@ class RuleMatcher:
     math_verify: bool = False
     max_chars: int = 4096
     answer_column: str = "answer"
-    __name__: str = field(default="rule", repr=False)
 
     def __post_init__(self) -> None:
+        self.__name__ = "rule"  # the name TRL logs this reward under
         if self.extract not in EXTRACT_MODES:
             raise ValueError(f"unknown extract mode {self.extract!r}; use one of {EXTRACT_MODES}")
 
@@ -148,9 +148,9 @@ class FormatReward:
 
     pattern: str = r"^(?:(?!<answer>).)*<answer>(?:(?!</answer>).)+</answer>\s*$"
     max_chars: int = 4096
-    __name__: str = field(default="format", repr=False)
 
     def __post_init__(self) -> None:
+        self.__name__ = "format"
         self._regex = re.compile(self.pattern, re.DOTALL)
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:

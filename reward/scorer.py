@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -69,7 +69,9 @@ class BaseRewardScorer:
     batch_size: int = 16
     max_pixels: int | None = 200_704
     calibrate: bool = False
-    __name__: str = field(default="basereward", repr=False)
+
+    def __post_init__(self) -> None:
+        self.__name__ = "basereward"  # the name TRL logs this reward under
 
     @classmethod
     def from_paths(cls, paths: list[str], text_path: str | None = None, device: str = "cpu",

@@ -46,6 +46,15 @@ def _text_of(prompt: Any) -> str:
                   else m.get("content")) for m in prompt])
 
 
+def version_lags(step: int, groups: list[list[Rollout]], max_staleness: int) -> list[int]:
+    """How many optimizer steps behind the learner each rollout's weights are; raises past the bound."""
+    lags = [step - r.version for g in groups for r in g]
+    if lags and max(lags) > max_staleness:
+        raise StaleRolloutError(f"a rollout is {max(lags)} policy versions behind the learner "
+                                f"(rollout.max_staleness={max_staleness})")
+    return lags
+
+
 def to_trl_output(groups: list[list[Rollout]]) -> dict[str, list]:
     """Flatten per-prompt groups into the dict TRL's rollout_func contract asks for."""
     flat = [r for group in groups for r in group]
@@ -101,10 +110,7 @@ class ActorRollouts:
         start = time.perf_counter()
         groups = self.pool.generate(requests, sampling_from_trl(trainer.args, group_size))
         seconds = time.perf_counter() - start
-        lags = [step - r.version for g in groups for r in g]
-        if max(lags) > self.max_staleness:
-            raise StaleRolloutError(f"a rollout is {max(lags)} policy versions behind the learner "
-                                    f"(rollout.max_staleness={self.max_staleness})")
+        lags = version_lags(step, groups, self.max_staleness)
         tokens = sum(len(r.completion_ids) for g in groups for r in g)
         metrics["timing/generate"].append(seconds)
         metrics["rollout/tokens_per_s"].append(tokens / seconds if seconds > 0 else 0.0)

@@ -97,3 +97,18 @@ def test_grpo_through_ray_actors(tmp_path, warm_policy, untrained_rm):
     for key in ("timing/generate", "timing/reward/hybrid", "hybrid/decided_by_match", "rollout/tokens_per_s"):
         assert key in rows[0], key
     assert "timing/weight_sync" in rows[1]
+
+
+def test_actor_groups_use_placement_groups_and_resources(ray_local, untrained_rm):
+    import ray
+
+    from reward.rule import RuleMatcher
+
+    group = ActorGroupConfig(num_actors=2, num_cpus=0.5, placement="STRICT_PACK")
+    actors = spawn_group("rule", RuleMatcher, {}, group)
+    remote = RemoteReward(actors, "rule", 60)
+    assert remote(["q"] * 3, ["red", "blue", "three"], answer=["red", "red", "3"]) == [1.0, 0.0, 1.0]
+    for actor in actors:
+        ray.kill(actor)
+    with pytest.raises(ValueError, match="placement must be one of"):
+        spawn_group("rule", RuleMatcher, {}, ActorGroupConfig(placement="TIGHT"))

@@ -1,0 +1,51 @@
+"""Pure logic of the TRL rollout hook: grouping, output format, sampling, staleness bounds."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from policies.engine import Rollout
+from rl.rollout import ActorRollouts, StaleRolloutError, group_prompts, sampling_from_trl, to_trl_output, version_lags
+
+
+def _msg(text):
+    return [{"role": "user", "content": [{"type": "image", "image": None}, {"type": "text", "text": text}]}]
+
+
+def test_group_prompts_takes_one_of_each_repeat_run():
+    a, b = _msg("a"), _msg("b")
+    assert group_prompts([a, a, a, b, b, b], 3) == [a, b]
+
+
+def test_group_prompts_refuses_a_batch_that_is_not_made_of_runs():
+    a, b = _msg("a"), _msg("b")
+    with pytest.raises(ValueError, match="mixes different prompts"):
+        group_prompts([a, b, a, b], 2)
+    with pytest.raises(ValueError, match="cannot be split"):
+        group_prompts([a, a, a], 2)
+
+
+def test_to_trl_output_flattens_in_order():
+    r = lambda i, v: Rollout([1, 2], [i], [-0.5], str(i), v)  # noqa: E731
+    out = to_trl_output([[r(1, 0), r(2, 0)], [r(3, 1), r(4, 1)]])
+    assert out["completion_ids"] == [[1], [2], [3], [4]]
+    assert out["prompt_ids"] == [[1, 2]] * 4 and out["policy_version"] == [0, 0, 1, 1]
+    assert set(out) == {"prompt_ids", "completion_ids", "logprobs", "policy_version"}
+
+
+def test_sampling_comes_from_trl_args():
+    args = SimpleNamespace(temperature=0.7, top_p=0.9, top_k=None, max_completion_length=12)
+    s = sampling_from_trl(args, 8)
+    assert (s.n, s.temperature, s.top_p, s.top_k, s.max_tokens) == (8, 0.7, 0.9, 0, 12)
+
+
+def test_a_rollout_beyond_the_staleness_bound_is_an_error():
+    groups = [[Rollout([1], [2], [-1.0], "x", version=v)] for v in (3, 2)]
+    assert version_lags(3, groups, max_staleness=1) == [0, 1]
+    with pytest.raises(StaleRolloutError, match="2 policy versions behind"):
+        version_lags(4, groups, max_staleness=1)
+
+
+def test_staleness_bound_must_allow_the_sync_period():
+    with pytest.raises(ValueError, match="max_staleness"):
+        ActorRollouts(pool=None, sync_every=4, max_staleness=1)
