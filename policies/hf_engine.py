@@ -107,3 +107,26 @@ class HFEngine:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
+
+
+@torch.inference_mode()
+def completion_logprobs(model: torch.nn.Module, processor: Any, request: RolloutRequest, prompt_ids: list[int],
+                        completion_ids: list[int], temperature: float = 1.0) -> list[float]:
+    """Per-token log-probabilities the given model assigns to a completion (teacher forcing).
+
+    Used to measure the gap between what a rollout engine reported and what the learner computes
+    for the same tokens (the mismatch TRL's importance-sampling correction is about)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids + completion_ids], device=device)  # [1, T]
+    inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    images = images_of(request)
+    if images:
+        vision = processor.image_processor(images=images, return_tensors="pt")
+        inputs.update({k: v.to(device) for k, v in vision.items()})
+        image_token = getattr(model.config, "image_token_id", None)
+        inputs["mm_token_type_ids"] = (ids == image_token).long()  # transformers 5 Qwen-VL wants it
+    logits = model(**inputs).logits[0, len(prompt_ids) - 1:-1].float()  # [T_completion, V]
+    if temperature > 0:
+        logits = logits / temperature
+    target = torch.tensor(completion_ids, device=device)
+    return torch.log_softmax(logits, dim=-1).gather(-1, target[:, None]).squeeze(-1).tolist()

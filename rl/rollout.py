@@ -73,6 +73,22 @@ def sampling_from_trl(args: Any, group_size: int) -> SamplingParams:
                           seed=None)
 
 
+def logprob_gap(model: Any, processor: Any, requests: list[RolloutRequest], groups: list[list[Rollout]],
+                temperature: float, limit: int = 4) -> list[float]:
+    """|engine logprob - learner logprob| per token, for up to `limit` rollouts (cheap: one forward each)."""
+    from policies.hf_engine import completion_logprobs
+
+    was_training = model.training
+    model.eval()
+    gaps: list[float] = []
+    pairs = [(req, r) for req, g in zip(requests, groups) for r in g if r.completion_ids][:limit]
+    for request, rollout in pairs:
+        mine = completion_logprobs(model, processor, request, rollout.prompt_ids, rollout.completion_ids, temperature)
+        gaps += [abs(a - b) for a, b in zip(mine, rollout.logprobs)]
+    model.train(was_training)
+    return gaps
+
+
 @dataclass
 class ActorRollouts:
     """A `rollout_func` that generates on a RolloutPool and keeps its weights in sync with the learner."""
@@ -112,6 +128,13 @@ class ActorRollouts:
         seconds = time.perf_counter() - start
         lags = version_lags(step, groups, self.max_staleness)
         tokens = sum(len(r.completion_ids) for g in groups for r in g)
+        # The mismatch between the engine's logprobs and the learner's for the same tokens (as TRL
+        # reports for vLLM): engine numerics, plus staleness when weights are synced every k steps.
+        gaps = logprob_gap(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, requests,
+                           groups, trainer.args.temperature)
+        if gaps:
+            metrics["rollout/logprob_gap_mean"].append(sum(gaps) / len(gaps))
+            metrics["rollout/logprob_gap_max"].append(max(gaps))
         metrics["timing/generate"].append(seconds)
         metrics["rollout/tokens_per_s"].append(tokens / seconds if seconds > 0 else 0.0)
         metrics["rollout/version_lag"].append(sum(lags) / len(lags))

@@ -96,6 +96,8 @@ def test_grpo_through_ray_actors(tmp_path, warm_policy, untrained_rm):
     assert len(rows) == 2
     for key in ("timing/generate", "timing/reward/hybrid", "hybrid/decided_by_match", "rollout/tokens_per_s"):
         assert key in rows[0], key
+    # Same float32 weights in the actors and the learner: only numerical noise between them.
+    assert 0.0 <= rows[0]["rollout/logprob_gap_max"] < 1e-3
     assert "timing/weight_sync" in rows[1]
 
 

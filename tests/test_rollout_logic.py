@@ -49,3 +49,18 @@ def test_a_rollout_beyond_the_staleness_bound_is_an_error():
 def test_staleness_bound_must_allow_the_sync_period():
     with pytest.raises(ValueError, match="max_staleness"):
         ActorRollouts(pool=None, sync_every=4, max_staleness=1)
+
+
+def test_teacher_forced_logprobs_equal_the_engines_own(warm_policy):
+    from policies.engine import RolloutRequest, SamplingParams
+    from policies.hf_engine import HFEngine, completion_logprobs
+    from rl.tasks.shapes import make_shapes_dataset
+
+    engine = HFEngine.from_pretrained(warm_policy)
+    ds = make_shapes_dataset(3, seed=1)
+    requests = [RolloutRequest(p, i) for p, i in zip(ds["prompt"], ds["images"])]
+    groups = engine.generate(requests, SamplingParams(n=2, temperature=0.8, max_tokens=6, seed=0))
+    for request, group in zip(requests, groups):
+        for r in group:
+            mine = completion_logprobs(engine.model, engine.processor, request, r.prompt_ids, r.completion_ids, 0.8)
+            assert mine == pytest.approx(r.logprobs, abs=1e-4)

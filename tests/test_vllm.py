@@ -108,4 +108,7 @@ def test_grpo_with_a_ray_actor_hosting_vllm(tmp_path, warm_policy):
         "trainer.report_to=[]"])
     summary = grpo.main(cfg)
     assert summary["global_step"] == 2 and summary["rollout_version"] == 1
-    assert all("timing/generate" in row for row in summary["log_history"] if "reward" in row)
+    rows = [row for row in summary["log_history"] if "reward" in row]
+    assert all("timing/generate" in row for row in rows)
+    # vLLM's kernels vs the learner's on the same weights: a small, reported gap.
+    assert all(0.0 <= row["rollout/logprob_gap_mean"] < 0.05 for row in rows)
