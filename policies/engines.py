@@ -20,5 +20,5 @@ def engine_factory(rollout: Any, policy: Any, policy_path: str) -> tuple[Callabl
         from policies.vllm_engine import VLLMEngine
 
         return VLLMEngine, dict(path=policy_path, dtype=policy.dtype, max_pixels=policy.max_pixels,
-                                engine_kwargs=dict(rollout.vllm))
+                                engine_kwargs=dict(rollout.vllm), sync_timeout_s=rollout.timeout_s)
     raise ValueError(f"rollout.backend must be one of {BACKENDS}, got {rollout.backend!r}")

@@ -61,7 +61,7 @@ class VLLMEngine:
     max_model_len, enforce_eager, enable_sleep_mode, ...)."""
 
     def __init__(self, path: str, dtype: str = "auto", max_pixels: int | None = None,
-                 engine_kwargs: dict[str, Any] | None = None, version: int = 0):
+                 engine_kwargs: dict[str, Any] | None = None, version: int = 0, sync_timeout_s: float = 600.0):
         try:
             import vllm
         except ImportError as e:
@@ -88,6 +88,7 @@ class VLLMEngine:
         self._vllm = vllm
         self.suppress = {tid: -100.0 for tid in vision_token_ids(self.processor)}
         self.version = version
+        self.sync_timeout_s = sync_timeout_s
         self.sleeping = False
 
     def _params(self, sampling: SamplingParams):
@@ -130,7 +131,7 @@ class VLLMEngine:
 
         # Clone: tied parameters share storage, which safetensors (rightly) refuses to serialise twice.
         blob = save({k: v.detach().cpu().contiguous().clone() for k, v in named_tensors.items()})
-        self.llm.collective_rpc("reload_from_safetensors", args=(blob,))
+        self.llm.collective_rpc("reload_from_safetensors", timeout=self.sync_timeout_s, args=(blob,))
         # Cached KV blocks and vision embeddings were computed by the old weights. The worker drops
         # its encoder outputs on reload; the scheduler's record of them must go too, or it skips the
         # encoder for images it believes are cached ("Encoder cache miss").

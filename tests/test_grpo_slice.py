@@ -31,5 +31,7 @@ def test_two_grpo_steps_change_the_policy_and_write_metrics(tmp_path, warm_polic
     logged = [row for row in summary["log_history"] if "rewards/rule/mean" in row]
     assert len(logged) == 2
     assert any(row["reward_std"] > 0 for row in logged), "no reward variance: GRPO had nothing to learn from"
+    # Groups whose rewards all tie get zero advantage in TRL; the share of them stays visible.
+    assert all(0.0 <= row["frac_reward_zero_std"] <= 1.0 for row in logged)
     assert list(tmp_path.rglob("events.out.tfevents*")), "no TensorBoard event file was written"
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "summary.json").is_file()
