@@ -18,6 +18,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     max_tokens: int = 16
+    min_tokens: int = 0  # EOS is suppressed until this many tokens exist
     seed: int | None = None
     stop: list[str] = field(default_factory=list)  # extra stop strings (EOS always stops)
 

@@ -54,7 +54,8 @@ class HFEngine:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         gen_kwargs: dict[str, Any] = dict(
-            max_new_tokens=sampling.max_tokens, num_return_sequences=sampling.n, do_sample=not sampling.greedy,
+            max_new_tokens=sampling.max_tokens, min_new_tokens=sampling.min_tokens or None,
+            num_return_sequences=sampling.n, do_sample=not sampling.greedy,
             return_dict_in_generate=True, output_logits=True,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
             suppress_tokens=self.suppress or None,

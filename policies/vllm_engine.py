@@ -94,7 +94,8 @@ class VLLMEngine:
     def _params(self, sampling: SamplingParams):
         return self._vllm.SamplingParams(
             n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0,
-            max_tokens=sampling.max_tokens, seed=sampling.seed, stop=list(sampling.stop) or None,
+            max_tokens=sampling.max_tokens, min_tokens=sampling.min_tokens, seed=sampling.seed,
+            stop=list(sampling.stop) or None,
             logprobs=0, logit_bias=self.suppress or None)
 
     def _prompt(self, request: RolloutRequest) -> dict[str, Any]:

@@ -68,15 +68,16 @@ def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_o
     }
 
 
-def model_scores(policy_path: str, held_out: Any, reward_paths: list[str], max_tokens: int) -> float | None:
+def model_scores(policy_path: str, held_out: Any, scorer_cfg: Any, max_tokens: int) -> float | None:
     """Mean BaseReward score of a policy's greedy held-out answers (None without a reward model)."""
-    if not reward_paths:
+    if not scorer_cfg.paths:
         return None
     from policies.hf_engine import HFEngine
     from reward.scorer import BaseRewardScorer
 
-    result = evaluate_policy(HFEngine.from_pretrained(policy_path), held_out, max_tokens=max_tokens,
-                             scorer=BaseRewardScorer.from_paths(list(reward_paths)))
+    scorer = BaseRewardScorer.from_paths(list(scorer_cfg.paths), scorer_cfg.text_path, device=scorer_cfg.device,
+                                         batch_size=scorer_cfg.batch_size, max_pixels=scorer_cfg.max_pixels)
+    result = evaluate_policy(HFEngine.from_pretrained(policy_path), held_out, max_tokens=max_tokens, scorer=scorer)
     return result.mean_model_score
 
 
@@ -143,7 +144,6 @@ def main(cfg: CompareRecipeConfig) -> dict:
         raise ValueError("compare needs held-out data: set grpo.data.eval_source (or use the shapes task)")
     if cfg.eval.size:
         held_out = held_out.select(range(min(cfg.eval.size, len(held_out))))
-    reward_paths = list(base.reward.model.paths)
     base = copy.deepcopy(base)
     base.policy.path = resolve_policy_path(base.policy.path, out, base.seed)  # one starting policy for all
 
@@ -157,11 +157,13 @@ def main(cfg: CompareRecipeConfig) -> dict:
                 log.info("=== scheme %s, seed %d ===", scheme, seed)
                 run = run_scheme(base, scheme, seed, out, held_out, cfg.eval.every, cfg.eval.max_tokens,
                                  cfg.eval.samples)
-                run["model_score"] = model_scores(run["final_policy"], held_out, reward_paths, cfg.eval.max_tokens)
+                run["model_score"] = model_scores(run["final_policy"], held_out, base.reward.model,
+                                                  cfg.eval.max_tokens)
                 results["schemes"].setdefault(scheme, []).append(run)
     first = next(iter(results["schemes"].values()))[0]
     results["start"] = {**first["curve"][0],  # step 0 of any run is the starting policy
-                        "model_score": model_scores(base.policy.path, held_out, reward_paths, cfg.eval.max_tokens)}
+                        "model_score": model_scores(base.policy.path, held_out, base.reward.model,
+                                                    cfg.eval.max_tokens)}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     table = write_table(results, out / "results.md")
     plot(results, out / "compare.png")

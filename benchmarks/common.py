@@ -1,0 +1,47 @@
+"""Shared helpers for the benchmark scripts: timing, JSON + table output, machine description."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+
+def best_of(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall seconds of `fn` over `repeats` runs after `warmup` runs (noisy shared machines)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"date": date.today().isoformat(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def report(name: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> Path:
+    """Write `$BRL_BENCH_OUT/<name>.json` (default benchmarks/results) and print a Markdown table."""
+    out = Path(os.environ.get("BRL_BENCH_OUT", "benchmarks/results"))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "machine": machine(), **extra, "rows": rows}, indent=2))
+    keys = list(rows[0])
+    print(f"\n{name} ({path})\n")
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    return path

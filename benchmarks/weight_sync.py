@@ -1,0 +1,74 @@
+"""Weight sync: bytes per second from the learner to rollout actors (Ray object store, the CPU path)
+versus a plain in-memory copy of the same tensors on this machine (the physical ceiling).
+
+    python -m benchmarks.weight_sync [--hidden 512] [--layers 8] [--actors 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+from benchmarks.common import best_of, report
+
+
+def build_model(path: str, hidden: int, layers: int):
+    """A text-only Qwen2 of a few tens of millions of parameters (enough bytes to measure)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from policies.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
+                      num_attention_heads=hidden // 64, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).float()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+
+    import ray
+
+    from policies.hf_engine import HFEngine
+    from rl.actors import spawn_group
+    from rl.config import ActorGroupConfig
+    from rl.pool import RolloutPool
+
+    path = tempfile.mkdtemp()
+    model = build_model(path, args.hidden, args.layers)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    nbytes = sum(v.numel() * v.element_size() for v in state.values())
+
+    t_copy = best_of(lambda: {k: v.clone() for k, v in state.items()}, repeats=5)
+    rows = [{"path": "in-memory copy (ceiling)", "actors": 0, "seconds": t_copy, "GB_per_s": nbytes / t_copy / 1e9,
+             "slowdown_vs_copy": 1.0}]
+    ray.init(num_cpus=max(args.actors) + 1, include_dashboard=False, log_to_driver=False)
+    try:
+        for n in args.actors:
+            actors = spawn_group("rollout", HFEngine.from_pretrained, {"path": path},
+                                 ActorGroupConfig(num_actors=n, num_cpus=1))
+            pool = RolloutPool(actors, timeout_s=600)
+            version = iter(range(1, 10_000))
+            t = best_of(lambda: pool.load_weights(state, next(version)), repeats=5)
+            # Each actor receives the full state dict: bytes moved = n * model size.
+            rows.append({"path": "RolloutPool.load_weights (object store)", "actors": n, "seconds": t,
+                         "GB_per_s": n * nbytes / t / 1e9, "slowdown_vs_copy": t / (n * t_copy)})
+            for a in actors:
+                ray.kill(a)
+    finally:
+        ray.shutdown()
+    report("weight_sync", rows, {"model_bytes": nbytes, "hidden": args.hidden, "layers": args.layers,
+                                 "targets": {"slowdown_vs_copy": "<= 3x"}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""The benchmark scripts run (with small sizes) and write their JSON: they cannot silently rot.
+Their numbers are measured by running them for real (see README), never asserted here."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.mark.parametrize("module,args", [
+    ("benchmarks.reward_cost", ["--samples", "8", "--batch-size", "4", "--verdict-tokens", "4"]),
+    ("benchmarks.weight_sync", ["--hidden", "128", "--layers", "2", "--actors", "1"]),
+    ("benchmarks.pipeline_overhead", ["--steps", "2"]),
+])
+def test_benchmark_script_writes_json(module, args, tmp_path):
+    env = {**os.environ, "BRL_BENCH_OUT": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = tmp_path.glob("*.json")
+    data = json.loads(result.read_text())
+    assert data["rows"] and all(isinstance(v, (int, float, str)) for row in data["rows"] for v in row.values())
+    assert "| " in proc.stdout  # the printed table
