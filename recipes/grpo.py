@@ -43,7 +43,8 @@ def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.Exit
     factory, kwargs = engine_factory(cfg.rollout, cfg.policy, policy_path)
     rollout_actors = kill_on_exit(stack, spawn_group("rollout", factory, kwargs, cfg.rollout.actors))
     pool = RolloutPool(rollout_actors, cfg.rollout.timeout_s)
-    rollout_func = ActorRollouts(pool, cfg.rollout.sync_every, cfg.rollout.max_staleness)
+    rollout_func = ActorRollouts(pool, cfg.rollout.sync_every, cfg.rollout.max_staleness,
+                                 cfg.rollout.logprob_gap_samples)
     scorer = rule = None
     model_actors = cfg.reward.model.actors
     if cfg.reward.scheme in ("model", "hybrid") and model_actors.num_actors > 0:

@@ -61,6 +61,8 @@ class RolloutConfig:
     sync_every: int = 1  # push learner weights to the actors every k optimizer steps
     max_staleness: int = 0  # abort if a rollout is more policy versions behind than this
     timeout_s: float = 600.0  # a generate or weight-sync call that takes longer is an error
+    # Rollouts per step re-scored by the learner to report the engine/learner logprob gap (0: off).
+    logprob_gap_samples: int = 4
     vllm: dict[str, Any] = field(default_factory=dict)  # vllm.LLM keyword arguments
 
 

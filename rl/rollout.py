@@ -96,6 +96,7 @@ class ActorRollouts:
     pool: Any  # RolloutPool (or anything with generate/load_weights/version)
     sync_every: int = 1
     max_staleness: int = 1
+    logprob_gap_samples: int = 4
     stats: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -131,7 +132,7 @@ class ActorRollouts:
         # The mismatch between the engine's logprobs and the learner's for the same tokens (as TRL
         # reports for vLLM): engine numerics, plus staleness when weights are synced every k steps.
         gaps = logprob_gap(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, requests,
-                           groups, trainer.args.temperature)
+                           groups, trainer.args.temperature, self.logprob_gap_samples)
         if gaps:
             metrics["rollout/logprob_gap_mean"].append(sum(gaps) / len(gaps))
             metrics["rollout/logprob_gap_max"].append(max(gaps))
