@@ -20,7 +20,7 @@ from transformers import set_seed
 
 from policies.chat import vision_token_ids
 from policies.loading import load_policy, load_processor, resolve_policy_path
-from reward.build import build_reward_funcs, make_rule
+from reward.build import build_reward_funcs, check_model_paths, make_rule
 from reward.guard import RewardFailureError
 from rl.config import GRPORecipeConfig, to_yaml
 from rl.data import load_rl_splits
@@ -64,6 +64,7 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     (out / "config.yaml").write_text(to_yaml(cfg))
     set_seed(cfg.seed)
     args = grpo_args(str(out), cfg.seed, cfg.trainer)  # bad trainer keys fail here, before any model loads
+    check_model_paths(cfg.reward)
     train, _ = load_rl_splits(cfg.data)
     policy_path = resolve_policy_path(cfg.policy.path, out, cfg.seed)
 

@@ -76,6 +76,18 @@ def make_local_scorer(cfg: RewardConfig) -> Callable:
                                        max_pixels=m.max_pixels, calibrate=m.calibrate)
 
 
+def check_model_paths(cfg: RewardConfig) -> None:
+    """Fail before any actor starts if a reward-model checkpoint the scheme needs is missing."""
+    if cfg.scheme not in ("model", "hybrid"):
+        return
+    if not cfg.model.paths:
+        raise ValueError(f"reward.scheme={cfg.scheme} needs reward.model.paths (BaseReward checkpoints)")
+    for path in [*cfg.model.paths, *([cfg.model.text_path] if cfg.model.text_path else [])]:
+        if not (Path(path) / "reward_head.json").is_file():
+            raise FileNotFoundError(f"reward.model.paths: {path} is not a BaseReward checkpoint (no reward_head.json); "
+                                    "train one with `brl train-rm CONFIG` (see recipes/configs/tiny_cpu_rm.yaml)")
+
+
 def build_reward_funcs(cfg: RewardConfig, scorer: Callable | None = None,
                        rule: Callable | None = None) -> tuple[list[GuardedReward], list[float]]:
     """The reward functions and weights for TRL. `scorer` and `rule` replace the in-process BaseReward

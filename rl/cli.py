@@ -186,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return ns.func(ns)
-    except _user_errors() as e:
+    except (*_user_errors(), OSError, ValueError) as e:
+        # A user's mistake (config, data, paths) reads better without a traceback; -v keeps it.
+        if ns.verbose:
+            raise
         print(f"brl {ns.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -73,3 +73,12 @@ def test_reward_failure_error_is_raised_by_the_guard_directly():
 
     with pytest.raises(RewardFailureError):
         asyncio.run(GuardedReward(lambda p, c, **k: [float("nan")] * len(c), max_failure_rate=0.5)(["q"], ["a"]))
+
+
+def test_a_missing_reward_model_is_a_clear_error_before_anything_starts(tmp_path, capsys):
+    from rl.cli import main as cli
+
+    config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_hybrid.yaml"
+    code = cli(["grpo", str(config), f"output_dir={tmp_path}", f"reward.model.paths=[{tmp_path / 'nope'}]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a BaseReward checkpoint" in err and "brl train-rm" in err
