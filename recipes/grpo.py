@@ -22,9 +22,11 @@ from policies.chat import vision_token_ids
 from policies.loading import load_policy, load_processor, resolve_policy_path
 from reward.build import build_reward_funcs, check_model_paths, make_rule
 from reward.guard import RewardFailureError
+from reward.hybrid import HybridReward
 from rl.config import GRPORecipeConfig, to_yaml
 from rl.data import load_rl_splits
 from rl.learner import build_grpo_trainer, grpo_args
+from rl.metrics import ScoreHistogramCallback
 
 log = logging.getLogger("brl.grpo")
 
@@ -82,6 +84,10 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
         if not rollout_func:  # TRL generates in this process: keep vision placeholders out of completions
             args.generation_kwargs = {"suppress_tokens": vision_token_ids(processor), **(args.generation_kwargs or {})}
         model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
+        callbacks = list(callbacks or [])
+        hybrid = next((f.fn for f in reward_funcs if isinstance(f.fn, HybridReward)), None)
+        if hybrid is not None and "tensorboard" in (args.report_to or []):
+            callbacks.append(ScoreHistogramCallback(hybrid, out / "runs" / "reward_scores"))
         trainer = build_grpo_trainer(args, model, processor, train, reward_funcs, rollout_func=rollout_func,
                                      callbacks=callbacks)
         try:

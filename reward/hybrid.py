@@ -51,6 +51,8 @@ class HybridReward:
     matcher: Callable[..., list[float | None]]
     scorer: Callable[..., list[float | None]]
     last_scores: list[float] = field(default_factory=list, repr=False)
+    # Every raw score since a reader last drained it (the TensorBoard histogram callback does).
+    score_log: list[float] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.__name__ = "hybrid"  # the name TRL logs this reward under
@@ -67,6 +69,7 @@ class HybridReward:
                 scores[i] = s
         out = [hybrid_value(m, s) for m, s in zip(matched, scores, strict=True)]
         self.last_scores = [s for s in scores if s is not None and math.isfinite(s)]
+        self.score_log.extend(self.last_scores)
         log_metric = columns.get("log_metric")
         if callable(log_metric) and n:
             log_metric("hybrid/decided_by_match", sum(m == 1.0 for m in matched) / n)

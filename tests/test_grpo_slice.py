@@ -35,3 +35,19 @@ def test_two_grpo_steps_change_the_policy_and_write_metrics(tmp_path, warm_polic
     assert all(0.0 <= row["frac_reward_zero_std"] <= 1.0 for row in logged)
     assert list(tmp_path.rglob("events.out.tfevents*")), "no TensorBoard event file was written"
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "summary.json").is_file()
+
+
+def test_hybrid_run_writes_a_histogram_of_model_scores(tmp_path, warm_policy, untrained_rm):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = load_recipe_config("grpo", CONFIG, [f"output_dir={tmp_path}", f"policy.path={warm_policy}",
+                                              "reward.scheme=hybrid", f"reward.model.paths=[{untrained_rm}]",
+                                              "trainer.max_steps=2"])
+    summary = grpo.main(cfg)
+    rows = [r for r in summary["log_history"] if "rewards/hybrid/mean" in r]
+    assert len(rows) == 2 and all("hybrid/decided_by_model" in r for r in rows)
+    events = EventAccumulator(str(tmp_path / "runs" / "reward_scores"), size_guidance={"histograms": 0})
+    events.Reload()
+    histograms = events.Histograms("hybrid/model_scores")
+    assert [h.step for h in histograms] == [1, 2]
+    assert all(h.histogram_value.num > 0 for h in histograms)
