@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from policies.chat import images_of, render_prompt, vision_token_ids
+from policies.chat import images_of, is_vlm_processor, render_prompt, vision_token_ids
 from policies.engine import Rollout, RolloutRequest, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ class HFEngine:
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.version = version
-        self.is_vlm = self.tokenizer is not processor
+        self.is_vlm = is_vlm_processor(processor)
         self.suppress = vision_token_ids(processor)
 
     @classmethod

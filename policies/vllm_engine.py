@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from policies.chat import images_of, render_prompt, vision_token_ids
+from policies.chat import images_of, is_vlm_processor, render_prompt, vision_token_ids
 from policies.engine import Rollout, RolloutRequest, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class VLLMEngine:
 
         self.processor = load_processor(path, max_pixels)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.is_vlm = self.tokenizer is not self.processor
+        self.is_vlm = is_vlm_processor(self.processor)
         kwargs: dict[str, Any] = {
             "dtype": dtype, "seed": 0, "logprobs_mode": "processed_logprobs",  # temperature applied, like TRL
             "worker_extension_cls": f"{__name__}.WeightReloadExtension",

@@ -40,5 +40,10 @@ def completion_text(completion: Any) -> str:
     return message_text(completion)
 
 
+def slice_columns(columns: dict[str, Any], index: list[int], n: int) -> dict[str, Any]:
+    """The per-sample columns (lists of length n) cut to `index`; everything else passed as is."""
+    return {k: [v[i] for i in index] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
+
+
 def reward_name(fn: Any) -> str:
     return getattr(fn, "__name__", type(fn).__name__)

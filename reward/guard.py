@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from reward.base import reward_name
+from reward.base import reward_name, slice_columns
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class GuardedReward:
         """After a batch failure: score one sample at a time so only the bad samples are lost."""
         out: list = []
         for i in range(n):
-            one = {k: [v[i]] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
+            one = slice_columns(columns, [i], n)
             try:
                 value = (await self._call([prompts[i]], [completions[i]], one))[0]
             except asyncio.TimeoutError:  # (an alias of TimeoutError from 3.11)

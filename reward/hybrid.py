@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from reward.base import slice_columns
+
 
 def sigmoid(x: float) -> float:
     # Numerically stable for large |x|.
@@ -50,7 +52,6 @@ class HybridReward:
 
     matcher: Callable[..., list[float | None]]
     scorer: Callable[..., list[float | None]]
-    last_scores: list[float] = field(default_factory=list, repr=False)
     # Every raw score since a reader last drained it (the TensorBoard histogram callback does).
     score_log: list[float] = field(default_factory=list, repr=False)
 
@@ -63,17 +64,17 @@ class HybridReward:
         todo = [i for i, m in enumerate(matched) if m != 1.0]
         scores: list[float | None] = [None] * n
         if todo:
-            sub = {k: [v[i] for i in todo] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
-            got = self.scorer([prompts[i] for i in todo], [completions[i] for i in todo], **sub)
+            got = self.scorer([prompts[i] for i in todo], [completions[i] for i in todo],
+                              **slice_columns(columns, todo, n))
             for i, s in zip(todo, got, strict=True):
                 scores[i] = s
         out = [hybrid_value(m, s) for m, s in zip(matched, scores, strict=True)]
-        self.last_scores = [s for s in scores if s is not None and math.isfinite(s)]
-        self.score_log.extend(self.last_scores)
+        finite = [s for s in scores if s is not None and math.isfinite(s)]
+        self.score_log.extend(finite)
         log_metric = columns.get("log_metric")
         if callable(log_metric) and n:
             log_metric("hybrid/decided_by_match", sum(m == 1.0 for m in matched) / n)
             log_metric("hybrid/decided_by_model", len(todo) / n)
-            for key, value in score_summary(self.last_scores).items():
+            for key, value in score_summary(finite).items():
                 log_metric(f"hybrid/model_score_{key}", value)
         return out

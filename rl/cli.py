@@ -7,17 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from reward.guard import RewardFailureError
 from rl.config import ConfigError, load_config
-
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError)
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from reward.guard import RewardFailureError
-    from rl.data import DataError
-
-    return (*USER_ERRORS, DataError, RewardFailureError)
-
 
 # command -> (config schema in rl.config, recipe module with main(cfg),
 #             (section, class) whose fields that section's keys must be, help)
@@ -186,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return ns.func(ns)
-    except (*_user_errors(), OSError, ValueError) as e:
-        # A user's mistake (config, data, paths) reads better without a traceback; -v keeps it.
+    except (ValueError, OSError, RewardFailureError) as e:
+        # A user's mistake (config and data errors are ValueErrors, bad paths OSErrors, a reward
+        # that cannot score) reads better without a traceback; -v keeps it.
         if ns.verbose:
             raise
         print(f"brl {ns.command}: error: {e}", file=sys.stderr)

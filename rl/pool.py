@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from policies.engine import Rollout, RolloutRequest, SamplingParams
+from reward.base import slice_columns
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,8 +91,7 @@ class RemoteReward:
         for actor, idx in zip(self.actors, index_parts):
             if not idx:
                 continue
-            cols = {key: [v[i] for i in idx] if isinstance(v, list) and len(v) == n else v
-                    for key, v in columns.items() if key not in DRIVER_ONLY}
+            cols = slice_columns({k: v for k, v in columns.items() if k not in DRIVER_ONLY}, idx, n)
             refs.append(actor.call.remote("__call__", [prompts[i] for i in idx], [completions[i] for i in idx],
                                           **cols))
         results = _gather(refs, self.timeout_s, f"reward actors ({self.__name__})")
