@@ -5,7 +5,10 @@
 Reads like a one-process program: load the policy and data, build the rewards, hand both to TRL's
 GRPOTrainer, train, save. With `ray.enabled`, generation runs on rollout actors (weights synced
 after optimizer steps) and the BaseReward scorer on its own actors; TRL stays the learner.
-Rewards that fail are counted; a run that cannot be scored stops with the policy saved.
+Reliability: `checkpoint.every_steps` writes atomic, resumable checkpoints (rl/checkpoint.py) and
+`resume=auto` continues from the latest one, bit-exactly; a non-finite gradient skips its step
+(rl/guards.py); rewards that fail are counted (reward/guard.py); a dead actor is restarted and its
+work retried (rl/pool.py). A run that has to stop (too many failures) writes a checkpoint first.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from policies.loading import load_policy, load_processor, resolve_policy_path
 from reward.build import build_reward_funcs, check_model_paths, make_rule
 from reward.guard import RewardFailureError
 from reward.hybrid import HybridReward
-from rl.config import GRPORecipeConfig, to_yaml
+from rl.checkpoint import CheckpointCallback, check_resume_has_work, resolve_resume, save_now
+from rl.config import GRPORecipeConfig, to_container, to_yaml
 from rl.data import load_rl_splits
-from rl.learner import build_grpo_trainer, grpo_args
+from rl.guards import NonFiniteGuard, NonFiniteStepError
+from rl.learner import build_grpo_trainer, grpo_args, planned_steps
 from rl.metrics import ScoreHistogramCallback
+from rl.pool import ActorFailureError
 
 log = logging.getLogger("brl.grpo")
 
@@ -44,18 +50,18 @@ def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.Exit
 
     factory, kwargs = engine_factory(cfg.rollout, cfg.policy, policy_path)
     rollout_actors = kill_on_exit(stack, spawn_group("rollout", factory, kwargs, cfg.rollout.actors))
-    pool = RolloutPool(rollout_actors, cfg.rollout.timeout_s)
+    pool = RolloutPool(rollout_actors, cfg.rollout.timeout_s, cfg.rollout.actors.max_retries)
     rollout_func = ActorRollouts(pool, cfg.rollout.sync_every, cfg.rollout.max_staleness,
                                  cfg.rollout.logprob_gap_samples)
     scorer = rule = None
     model_actors = cfg.reward.model.actors
     if cfg.reward.scheme in ("model", "hybrid") and model_actors.num_actors > 0:
         actors = kill_on_exit(stack, spawn_group("scorer", make_local_scorer, {"cfg": cfg.reward}, model_actors))
-        scorer = RemoteReward(actors, "basereward", cfg.reward.timeout_s)
+        scorer = RemoteReward(actors, "basereward", cfg.reward.timeout_s, model_actors.max_retries)
     if cfg.reward.rule.in_actor:
-        actors = kill_on_exit(stack, spawn_group("rule", make_rule, {"cfg": cfg.reward},
-                                                 ActorGroupConfig(num_actors=1, num_cpus=0.5)))
-        rule = RemoteReward(actors, "rule", cfg.reward.timeout_s)
+        group = ActorGroupConfig(num_actors=1, num_cpus=0.5)
+        actors = kill_on_exit(stack, spawn_group("rule", make_rule, {"cfg": cfg.reward}, group))
+        rule = RemoteReward(actors, "rule", cfg.reward.timeout_s, group.max_retries)
     return rollout_func, scorer, rule
 
 
@@ -65,7 +71,11 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     set_seed(cfg.seed)
-    args = grpo_args(str(out), cfg.seed, cfg.trainer)  # bad trainer keys fail here, before any model loads
+    trainer_kwargs = dict(cfg.trainer)
+    if cfg.checkpoint.every_steps > 0:
+        trainer_kwargs.update(save_strategy="steps", save_steps=cfg.checkpoint.every_steps)
+    args = grpo_args(str(out), cfg.seed, trainer_kwargs)  # bad trainer keys fail here, before any model loads
+    resume_from = resolve_resume(cfg.resume, out)
     check_model_paths(cfg.reward)
     train, _ = load_rl_splits(cfg.data)
     policy_path = resolve_policy_path(cfg.policy.path, out, cfg.seed)
@@ -84,19 +94,40 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
         if not rollout_func:  # TRL generates in this process: keep vision placeholders out of completions
             args.generation_kwargs = {"suppress_tokens": vision_token_ids(processor), **(args.generation_kwargs or {})}
         model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
-        callbacks = list(callbacks or [])
+
+        guard = NonFiniteGuard(cfg.max_skipped_steps)
+
+        def checkpoint_state(state) -> dict:  # what a checkpoint records beyond the Trainer's own state
+            return {
+                "config": to_container(cfg),
+                "policy_path": policy_path,
+                "reward": {"scheme": cfg.reward.scheme, "model_paths": list(cfg.reward.model.paths),
+                           "text_path": cfg.reward.model.text_path},
+                "global_step": state.global_step,
+                "consumed_prompts": state.global_step * prompts_per_step,
+                "rollout_version": rollout_func.pool.version if rollout_func else None,
+                "skipped_steps": list(guard.skipped_steps),
+                "reward_failures": {f.__name__: f.stats.failed for f in reward_funcs},
+            }
+
+        checkpoints = CheckpointCallback(out, cfg.checkpoint.keep_last, checkpoint_state)
+        callbacks = [*(callbacks or []), guard, checkpoints]
         hybrid = next((f.fn for f in reward_funcs if isinstance(f.fn, HybridReward)), None)
         if hybrid is not None and "tensorboard" in (args.report_to or []):
             callbacks.append(ScoreHistogramCallback(hybrid, out / "runs" / "reward_scores"))
         trainer = build_grpo_trainer(args, model, processor, train, reward_funcs, rollout_func=rollout_func,
                                      callbacks=callbacks)
+        prompts_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size \
+            // trainer.num_generations
+        if resume_from is not None:
+            check_resume_has_work(resume_from, planned_steps(trainer))
+            log.info("resuming from %s", resume_from)
         try:
-            result = trainer.train()
-        except RewardFailureError as e:
-            aborted = out / "aborted"
-            trainer.save_model(str(aborted))
-            processor.save_pretrained(aborted)
-            log.error("stopped: %s\nthe policy as it was is saved in %s", e, aborted)
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except (RewardFailureError, NonFiniteStepError, ActorFailureError) as e:
+            saved = save_now(trainer, checkpoints)
+            log.error("stopped: %s\nthe run as it was is checkpointed in %s; continue it with resume=auto "
+                      "(or resume=%s) once the cause is fixed", e, saved, saved)
             raise
         final = out / "final"
         trainer.save_model(str(final))
@@ -104,9 +135,14 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
         summary = {
             "final_policy": str(final),
             "global_step": trainer.state.global_step,
+            "resumed_from": str(resume_from) if resume_from else None,
+            "last_checkpoint": str(checkpoints.last) if checkpoints.last else None,
             "train_runtime_s": result.metrics.get("train_runtime"),
             "reward_failures": {f.__name__: f.stats.failed for f in reward_funcs},
+            "reward_samples": {f.__name__: f.stats.samples for f in reward_funcs},
+            "skipped_steps": guard.skipped_steps,
             "rollout_version": rollout_func.pool.version if rollout_func else None,
+            "actor_restarts": rollout_func.pool.restarts if rollout_func else None,
             "log_history": trainer.state.log_history,
         }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -41,7 +41,10 @@ class ActorGroupConfig:
     resources: dict[str, float] = field(default_factory=dict)
     # A placement-group strategy for the group's bundles: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD.
     placement: str | None = None
-    max_restarts: int = 1  # Ray restarts a dead actor's process this many times
+    max_restarts: int = 3  # Ray restarts a dead actor's process this many times over the run
+    # A call whose actor died is re-issued on the restarted actor at most this many times per step;
+    # beyond, the run stops with a checkpoint.
+    max_retries: int = 2
     ready_timeout_s: float = 600.0  # actor construction (model load) must finish within this
 
 
@@ -192,9 +195,22 @@ class RewardConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    # Write a resumable checkpoint every N optimizer steps (0: only the final policy is saved).
+    every_steps: int = 0
+    keep_last: int = 2  # older checkpoints are deleted (the newest complete one never is)
+
+
+@dataclass
 class GRPORecipeConfig:
     output_dir: str = "runs/grpo"
     seed: int = 0
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # "auto": continue from <output_dir>/checkpoints/latest if there is one; a path: that checkpoint.
+    resume: str | None = None
+    # Optimizer steps skipped for a non-finite gradient (NaN/inf loss, advantages or gradients)
+    # before the run stops with a checkpoint.
+    max_skipped_steps: int = 3
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -309,3 +325,8 @@ def _check_passthrough(section_cfg: Any, section: str, cls: type, source: str) -
 
 def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_container(cfg: Any) -> dict[str, Any]:
+    """Plain dicts/lists (for JSON), e.g. the config a checkpoint records."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

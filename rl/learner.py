@@ -7,12 +7,14 @@ chooses defaults that work on a CPU and plugs in what this project adds.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ def grpo_args(output_dir: str, seed: int, trainer: dict[str, Any]) -> GRPOConfig
         **device_defaults(),
         "logging_steps": 1,
         "report_to": ["tensorboard"],
-        "save_strategy": "no",  # our recipe saves the final policy; issue-level checkpointing is explicit
+        "save_strategy": "no",  # the recipe turns checkpoints on from its `checkpoint:` section
         "dataloader_num_workers": 0,
         **trainer,
         "output_dir": output_dir,
@@ -39,10 +41,61 @@ def grpo_args(output_dir: str, seed: int, trainer: dict[str, Any]) -> GRPOConfig
     return GRPOConfig(**kwargs)
 
 
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler, with the shuffle of epoch e seeded by (seed, e).
+
+    TRL's draws every epoch's order from one generator, which a new process restarts: a run resumed in
+    epoch 2 would replay epoch 0's order. Seeding per epoch makes a resumed run read exactly the data
+    an uninterrupted one reads. The Trainer calls `set_epoch` (through accelerate's DataLoaderShard)
+    before each epoch.
+    """
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(self.seed + self.epoch)
+        yield from super().__iter__()
+
+
+class ResumableGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer that resumes exactly: the data order (EpochSeededRepeatSampler) and the weights."""
+
+    def _get_train_sampler(self, dataset: Any = None) -> RepeatSampler:
+        sampler = super()._get_train_sampler(dataset)
+        sampler.__class__ = EpochSeededRepeatSampler  # same fields, per-epoch seeding
+        return sampler
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        # The Trainer reads model.safetensors with the runtime key names, but save_pretrained writes
+        # Qwen2-VL / Qwen2.5-VL weights under their legacy names (the model's key mapping), so its
+        # load silently matches nothing and training "resumes" from the initial weights (seen with
+        # transformers 5.19 and 5.23). from_pretrained applies the mapping; copy its tensors in, strictly.
+        model = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if not isinstance(model, torch.nn.Module) or not hasattr(type(model), "from_pretrained") or \
+                getattr(model, "peft_config", None):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
+        model.load_state_dict(saved.state_dict(), strict=True)
+        log.info("policy weights restored from %s", resume_from_checkpoint)
+
+
+def planned_steps(trainer: GRPOTrainer) -> int:
+    """Optimizer steps the run will take: max_steps, or the epochs' worth of the train dataloader."""
+    args = trainer.args
+    if args.max_steps > 0:
+        return args.max_steps
+    per_epoch = max(1, len(trainer.get_train_dataloader()) // args.gradient_accumulation_steps)
+    return math.ceil(args.num_train_epochs * per_epoch)
+
+
 def build_grpo_trainer(args: GRPOConfig, model: torch.nn.Module, processor: Any, train_dataset: Any,
                        reward_funcs: list[Callable], rollout_func: Callable | None = None,
                        callbacks: list | None = None, eval_dataset: Any = None) -> GRPOTrainer:
-    return GRPOTrainer(
+    return ResumableGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
         args=args,

@@ -1,14 +1,21 @@
-"""Fan work out to groups of actors and gather it back in order, with timeouts.
+"""Fan work out to groups of actors and gather it back in order, with timeouts and restarts.
 
 `RolloutPool` drives the rollout actors (generation, weight sync, versions); `RemoteReward` makes a
 reward hosted on actors look like a local TRL reward function. Sharding is contiguous, so order is
-kept by concatenation; every wait has a timeout, so a dead or hung actor is an error, never a hang.
+kept by concatenation; every wait has a timeout, so a hung actor is an error, never a hang.
+
+An actor whose process dies is restarted by Ray (`max_restarts`; its constructor reloads the policy
+or the reward checkpoint); the pool then restores what the actor had (a rollout actor gets the
+weights version it held again) and re-issues only that actor's shard. The work is idempotent: a
+shard's sampling seed is fixed, so the retried shard yields the same rollouts, and a sample is
+neither lost nor counted twice. Past `max_retries` per call the pool raises `ActorFailureError`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from policies.engine import Rollout, RolloutRequest, SamplingParams
@@ -16,6 +23,10 @@ from reward.base import slice_columns
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class ActorFailureError(RuntimeError):
+    """Actors kept dying (or could not be restarted) beyond the retry budget."""
 
 
 def shard(items: Sequence[T], k: int) -> list[list[T]]:
@@ -41,20 +52,94 @@ def _gather(refs: list[Any], timeout_s: float, what: str) -> list[Any]:
         raise TimeoutError(f"{what}: no answer within {timeout_s:.0f}s") from None
 
 
+class ActorCalls:
+    """Calls on a fixed list of actors that survive an actor's death (see the module docstring)."""
+
+    def __init__(self, actors: list[Any], timeout_s: float, max_retries: int, what: str):
+        if not actors:
+            raise ValueError(f"{what}: need at least one actor")
+        self.actors = actors
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.what = what
+        self.restarts = 0  # actor deaths recovered from, over the pool's life
+
+    def run(self, submit: Callable[[int], Any], indices: Sequence[int],
+            restore: Callable[[int], None] | None = None) -> list[Any]:
+        """`submit(i)` -> an ObjectRef of work on actor i, for each i in `indices`; results in that order."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        refs = {i: submit(i) for i in indices}
+        results: dict[int, Any] = {}
+        retries = 0
+        for i in indices:
+            while i not in results:
+                try:
+                    results[i] = ray.get(refs[i], timeout=self.timeout_s)
+                except GetTimeoutError:
+                    raise TimeoutError(f"{self.what}: actor {i} gave no answer within {self.timeout_s:.0f}s") from None
+                except RayActorError as e:  # the process died (ActorDiedError) or is unreachable
+                    retries += 1
+                    if retries > self.max_retries:
+                        raise ActorFailureError(f"{self.what}: actor {i} died and the retry budget "
+                                                f"(max_retries={self.max_retries}) is spent: {e}") from e
+                    log.warning("%s: actor %d died (%s); waiting for Ray to restart it, then retrying its "
+                                "share (retry %d of %d)", self.what, i, type(e).__name__, retries, self.max_retries)
+                    self._await_restart(i)
+                    self.restarts += 1
+                    if restore is not None:
+                        restore(i)
+                    refs[i] = submit(i)
+        return [results[i] for i in indices]
+
+    def _await_restart(self, i: int) -> None:
+        """Block until Ray has restarted actor i (its constructor has run again), within the timeout."""
+        import time
+
+        import ray
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                pid = ray.get(self.actors[i].pid.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except ActorUnavailableError:  # still restarting: Ray refuses calls meanwhile
+                if time.monotonic() > deadline:
+                    raise ActorFailureError(f"{self.what}: actor {i} was not back within {self.timeout_s:.0f}s") from None
+                time.sleep(0.2)
+            except (RayActorError, GetTimeoutError) as e:
+                raise ActorFailureError(f"{self.what}: actor {i} could not be restarted (its max_restarts may be "
+                                        f"spent, or its constructor failed): {e}") from e
+        log.info("%s: actor %d is back (pid %d)", self.what, i, pid)
+
+
 class RolloutPool:
     """N rollout actors, each hosting a RolloutEngine."""
 
-    def __init__(self, actors: list[Any], timeout_s: float = 600.0):
-        if not actors:
-            raise ValueError("RolloutPool needs at least one actor")
+    def __init__(self, actors: list[Any], timeout_s: float = 600.0, max_retries: int = 2):
+        self.calls = ActorCalls(actors, timeout_s, max_retries, "rollout actors")
         self.actors = actors
         self.timeout_s = timeout_s
         self.version = 0
+        # The object-store copy of the weights the actors hold, kept so a restarted actor (which
+        # comes back with the initial weights) can be given them again. None: initial weights.
+        self._weights_ref: Any = None
+
+    @property
+    def restarts(self) -> int:
+        return self.calls.restarts
 
     def generate(self, requests: list[RolloutRequest], sampling: SamplingParams) -> list[list[Rollout]]:
         parts = shard(requests, len(self.actors))
-        refs = [a.call.remote("generate", part, sampling) for a, part in zip(self.actors, parts) if part]
-        results = _gather(refs, self.timeout_s, "rollout actors (generate)")
+        # Each shard gets its own seed (seed + shard index): distinct streams per actor, and a retried
+        # shard reproduces exactly what it would have made.
+        def submit(i: int) -> Any:
+            seeded = sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + i)
+            return self.actors[i].call.remote("generate", parts[i], seeded)
+
+        results = self.calls.run(submit, [i for i, part in enumerate(parts) if part], restore=self._restore)
         return [group for part in results for group in part]
 
     def load_weights(self, named_tensors: dict[str, Any], version: int) -> None:
@@ -62,9 +147,14 @@ class RolloutPool:
         import ray
 
         ref = ray.put(named_tensors)
-        _gather([a.call.remote("load_weights", ref, version) for a in self.actors], self.timeout_s,
-                "rollout actors (load_weights)")
-        self.version = version
+        self.calls.run(lambda i: self.actors[i].call.remote("load_weights", ref, version),
+                       range(len(self.actors)))  # a restarted actor simply gets this load again
+        self._weights_ref, self.version = ref, version
+
+    def _restore(self, i: int) -> None:
+        if self._weights_ref is not None:
+            _gather([self.actors[i].call.remote("load_weights", self._weights_ref, self.version)], self.timeout_s,
+                    f"rollout actor {i} (restoring weights version {self.version})")
 
     def versions(self) -> list[int]:
         return _gather([a.get.remote("version") for a in self.actors], self.timeout_s,
@@ -78,7 +168,8 @@ DRIVER_ONLY = ("log_metric", "log_extra", "trainer_state", "environments")
 class RemoteReward:
     """A reward hosted on actors, called like a local TRL reward function (blocking, with a timeout)."""
 
-    def __init__(self, actors: list[Any], name: str, timeout_s: float = 300.0):
+    def __init__(self, actors: list[Any], name: str, timeout_s: float = 300.0, max_retries: int = 2):
+        self.calls = ActorCalls(actors, timeout_s, max_retries, f"reward actors ({name})")
         self.actors = actors
         self.__name__ = name
         self.timeout_s = timeout_s
@@ -87,12 +178,12 @@ class RemoteReward:
         n = len(completions)
         k = min(len(self.actors), max(1, n))
         index_parts = shard(list(range(n)), k)
-        refs = []
-        for actor, idx in zip(self.actors, index_parts):
-            if not idx:
-                continue
-            cols = slice_columns({k: v for k, v in columns.items() if k not in DRIVER_ONLY}, idx, n)
-            refs.append(actor.call.remote("__call__", [prompts[i] for i in idx], [completions[i] for i in idx],
-                                          **cols))
-        results = _gather(refs, self.timeout_s, f"reward actors ({self.__name__})")
+        columns = {key: v for key, v in columns.items() if key not in DRIVER_ONLY}
+
+        def submit(a: int) -> Any:
+            idx = index_parts[a]
+            return self.actors[a].call.remote("__call__", [prompts[i] for i in idx], [completions[i] for i in idx],
+                                              **slice_columns(columns, idx, n))
+
+        results = self.calls.run(submit, [a for a, idx in enumerate(index_parts) if idx])
         return [v for part in results for v in part]

@@ -66,11 +66,17 @@ def to_trl_output(groups: list[list[Rollout]]) -> dict[str, list]:
     }
 
 
-def sampling_from_trl(args: Any, group_size: int) -> SamplingParams:
-    """One source of truth for sampling: TRL's GRPOConfig."""
+def step_seed(seed: int, step: int) -> int:
+    """The sampling seed of optimizer step `step`: a function of (run seed, step) only, so a resumed
+    run and a retried shard draw exactly the samples an uninterrupted run draws."""
+    return (seed * 1_000_003 + step * 7_919) % (2**31 - 1)
+
+
+def sampling_from_trl(args: Any, group_size: int, step: int) -> SamplingParams:
+    """One source of truth for sampling: TRL's GRPOConfig (plus the step's seed)."""
     return SamplingParams(n=group_size, temperature=args.temperature, top_p=args.top_p,
                           top_k=args.top_k or 0, max_tokens=args.max_completion_length,
-                          seed=None)
+                          seed=step_seed(args.seed, step))
 
 
 def logprob_gap(model: Any, processor: Any, requests: list[RolloutRequest], groups: list[list[Rollout]],
@@ -125,7 +131,7 @@ class ActorRollouts:
         firsts = group_prompts(prompts, group_size)
         requests = [RolloutRequest(messages=p) for p in firsts]
         start = time.perf_counter()
-        groups = self.pool.generate(requests, sampling_from_trl(trainer.args, group_size))
+        groups = self.pool.generate(requests, sampling_from_trl(trainer.args, group_size, step))
         seconds = time.perf_counter() - start
         lags = version_lags(step, groups, self.max_staleness)
         tokens = sum(len(r.completion_ids) for g in groups for r in g)

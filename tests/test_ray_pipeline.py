@@ -114,3 +114,34 @@ def test_actor_groups_use_placement_groups_and_resources(ray_local, untrained_rm
         ray.kill(actor)
     with pytest.raises(ValueError, match="placement must be one of"):
         spawn_group("rule", RuleMatcher, {}, ActorGroupConfig(placement="TIGHT"))
+
+
+def test_a_reward_actor_killed_mid_call_is_restarted_and_retried_then_the_budget_ends_it(ray_local, tmp_path):
+    """A real SIGKILL of the actor process while it is scoring: Ray restarts it (max_restarts=1), the
+    pool re-sends that shard and gets every value once; a second death exceeds max_restarts and is
+    a clear ActorFailureError, not a hang."""
+    import os
+    import signal
+    import threading
+
+    from reward.build import make_custom_reward
+    from rl.pool import ActorFailureError
+
+    f = tmp_path / "slow.py"
+    f.write_text("import time\ndef slow(prompts, completions, **kw):\n    time.sleep(2)\n"
+                 "    return [float(len(c)) for c in completions]\n")
+    group = ActorGroupConfig(num_actors=1, num_cpus=0.5, max_restarts=1, max_retries=2)
+    actors = spawn_group("slow", make_custom_reward, {"spec": f"{f}:slow"}, group)
+    remote = RemoteReward(actors, "slow", timeout_s=60, max_retries=group.max_retries)
+
+    def kill_soon():
+        pid = ray_local.get(actors[0].pid.remote())
+        threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
+        return pid
+
+    first_pid = kill_soon()
+    assert remote(["q"] * 3, ["a", "bb", "ccc"]) == [1.0, 2.0, 3.0]
+    assert remote.calls.restarts == 1 and ray_local.get(actors[0].pid.remote()) != first_pid
+    kill_soon()
+    with pytest.raises(ActorFailureError, match="could not be restarted"):
+        remote(["q"], ["a"])

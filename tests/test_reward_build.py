@@ -53,7 +53,7 @@ def test_duplicate_names_and_unknown_schemes_are_errors():
         build_reward_funcs(RewardConfig(scheme="rules"))
 
 
-def test_a_broken_reward_stops_grpo_cleanly_and_keeps_the_policy(tmp_path, warm_policy, capsys):
+def test_a_broken_reward_stops_grpo_cleanly_with_a_resumable_checkpoint(tmp_path, warm_policy, capsys, caplog):
     f = tmp_path / "broken.py"
     f.write_text("def broken(prompts, completions, **kw):\n    raise RuntimeError('reward server down')\n")
     from rl.cli import main as cli
@@ -65,7 +65,9 @@ def test_a_broken_reward_stops_grpo_cleanly_and_keeps_the_policy(tmp_path, warm_
     err = capsys.readouterr().err
     assert code == 2
     assert "reward 'broken' failed on 8 of 8 samples" in err and "Traceback" not in err
-    assert (tmp_path / "run" / "aborted" / "model.safetensors").is_file()
+    saved = tmp_path / "run" / "checkpoints" / "step-0"
+    assert (saved / "model.safetensors").is_file() and (saved / "optimizer.pt").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step-0" and "resume=auto" in caplog.text
 
 
 def test_reward_failure_error_is_raised_by_the_guard_directly():

@@ -34,9 +34,13 @@ def test_to_trl_output_flattens_in_order():
 
 
 def test_sampling_comes_from_trl_args():
-    args = SimpleNamespace(temperature=0.7, top_p=0.9, top_k=None, max_completion_length=12)
-    s = sampling_from_trl(args, 8)
+    args = SimpleNamespace(temperature=0.7, top_p=0.9, top_k=None, max_completion_length=12, seed=5)
+    s = sampling_from_trl(args, 8, step=3)
     assert (s.n, s.temperature, s.top_p, s.top_k, s.max_tokens) == (8, 0.7, 0.9, 0, 12)
+    # The seed depends on (run seed, step) only: a resumed run draws what an uninterrupted one drew.
+    assert s.seed == sampling_from_trl(args, 8, step=3).seed
+    assert len({sampling_from_trl(args, 8, step=k).seed for k in range(100)}) == 100
+    assert sampling_from_trl(SimpleNamespace(**{**vars(args), "seed": 6}), 8, step=3).seed != s.seed
 
 
 def test_a_rollout_beyond_the_staleness_bound_is_an_error():
