@@ -10,6 +10,7 @@ the project treats it exactly like `Qwen/Qwen2.5-VL-3B-Instruct`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -107,18 +108,22 @@ def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
                 pad_token_id=ids["<|endoftext|>"])
 
 
-def make_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
-    """Build and save a tiny random-weight Qwen2.5-VL policy with its processor. Returns `out_dir`."""
+def make_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, text: dict[str, Any] | None = None) -> Path:
+    """Build and save a tiny random-weight Qwen2.5-VL policy with its processor. Returns `out_dir`.
+
+    `text` overrides fields of the language model's config (TINY_TEXT), e.g. a mid-size benchmark
+    policy: {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16,
+    "num_attention_heads": 16} (head_dim stays 64, which the M-RoPE sections assume)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     processor = build_processor()
     tokenizer = processor.tokenizer
     special = _token_ids(tokenizer)
-    text_config = dict(TINY_TEXT, vocab_size=len(tokenizer), rope_parameters={
+    text_config = dict(TINY_TEXT, **(text or {}), vocab_size=len(tokenizer), rope_parameters={
         "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]}, **special)
     config = Qwen2_5_VLConfig(
         text_config=text_config,
-        vision_config=dict(TINY_VISION),
+        vision_config=dict(TINY_VISION, out_hidden_size=text_config["hidden_size"]),  # merger feeds the LM
         image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),

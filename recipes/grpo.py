@@ -116,7 +116,7 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
         if hybrid is not None and "tensorboard" in (args.report_to or []):
             callbacks.append(ScoreHistogramCallback(hybrid, out / "runs" / "reward_scores"))
         trainer = build_grpo_trainer(args, model, processor, train, reward_funcs, rollout_func=rollout_func,
-                                     callbacks=callbacks)
+                                     callbacks=callbacks, lora=cfg.policy.lora)
         prompts_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size \
             // trainer.num_generations
         if resume_from is not None:

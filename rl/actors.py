@@ -37,6 +37,12 @@ class Host:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (placement checks, debugging)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:

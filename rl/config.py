@@ -80,6 +80,10 @@ class PolicyConfig:
     max_pixels: int | None = None
     # Keep the vision encoder's weights fixed (memory, and stability of small models).
     freeze_vision: bool = False
+    # LoRA through PEFT (TRL's peft_config): peft.LoraConfig keyword arguments, e.g.
+    # {r: 16, lora_alpha: 32, target_modules: [q_proj, k_proj, v_proj, o_proj]}. Empty: full fine-tuning.
+    # Rollout engines receive the merged weights (base + adapter) at every sync.
+    lora: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -94,7 +94,16 @@ def planned_steps(trainer: GRPOTrainer) -> int:
 
 def build_grpo_trainer(args: GRPOConfig, model: torch.nn.Module, processor: Any, train_dataset: Any,
                        reward_funcs: list[Callable], rollout_func: Callable | None = None,
-                       callbacks: list | None = None, eval_dataset: Any = None) -> GRPOTrainer:
+                       callbacks: list | None = None, eval_dataset: Any = None,
+                       lora: dict[str, Any] | None = None) -> GRPOTrainer:
+    """`lora`: peft.LoraConfig keyword arguments; TRL wraps the policy with the adapter (None: full tuning)."""
+    peft_config = None
+    if lora:
+        try:
+            from peft import LoraConfig
+        except ImportError as e:
+            raise ImportError("policy.lora needs PEFT: pip install 'basereward-rl[lora]'") from e
+        peft_config = LoraConfig(**{"task_type": "CAUSAL_LM", **lora})
     return ResumableGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -104,4 +113,5 @@ def build_grpo_trainer(args: GRPOConfig, model: torch.nn.Module, processor: Any,
         processing_class=processor,
         rollout_func=rollout_func,
         callbacks=callbacks,
+        peft_config=peft_config,
     )

@@ -95,6 +95,37 @@ def logprob_gap(model: Any, processor: Any, requests: list[RolloutRequest], grou
     return gaps
 
 
+def policy_state_dict(model: Any) -> dict[str, Any]:
+    """The policy's full weights as a rollout engine loads them, on the CPU.
+
+    Full state dict: it includes tied copies (e.g. lm_head.weight), so engines with a separate
+    output head (vLLM) do not keep a stale one. A PEFT (LoRA) policy is merged functionally: each
+    adapted layer's base weight plus its adapter delta (PEFT's get_delta_weight), under the base
+    model's key names; the training model is not touched (no merge/unmerge round trip in place).
+    """
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        LoraLayer = None  # noqa: N806 (no PEFT installed: no adapters to merge)
+    deltas: dict[str, Any] = {}
+    if LoraLayer is not None and getattr(model, "peft_config", None):
+        for name, module in model.named_modules():
+            if isinstance(module, LoraLayer) and not module.merged:
+                for adapter in module.active_adapters:
+                    if adapter in module.lora_A:
+                        delta = module.get_delta_weight(adapter).detach()
+                        deltas[name] = deltas[name] + delta if name in deltas else delta
+    state: dict[str, Any] = {}
+    for key, value in model.state_dict().items():
+        if ".lora_" in key:
+            continue
+        value = value.detach()
+        if key.endswith(".base_layer.weight") and key[: -len(".base_layer.weight")] in deltas:
+            value = value + deltas[key[: -len(".base_layer.weight")]]
+        state[key.removeprefix("base_model.model.").replace(".base_layer.", ".")] = value.cpu()
+    return state
+
+
 @dataclass
 class ActorRollouts:
     """A `rollout_func` that generates on a RolloutPool and keeps its weights in sync with the learner."""
@@ -115,10 +146,7 @@ class ActorRollouts:
     def sync(self, model: Any, version: int) -> float:
         """Push the learner's weights to every actor; returns seconds taken."""
         start = time.perf_counter()
-        # Full state dict: includes tied copies (e.g. lm_head.weight) so engines with separate
-        # output heads (vLLM) do not keep a stale one.
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        self.pool.load_weights(state, version)
+        self.pool.load_weights(policy_state_dict(model), version)
         return time.perf_counter() - start
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list]:

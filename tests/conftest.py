@@ -60,10 +60,11 @@ def untrained_rm(tmp_path_factory, tiny_vl) -> str:
     return str(model.save_pretrained(out, load_processor(tiny_vl)))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture()
 def ray_local():
-    """One local Ray cluster for the Ray lane (4 logical CPUs on a 2-core machine)."""
+    """A local Ray cluster for the Ray lane (4 logical CPUs on a 2-core machine), started on first use
+    and left running for the next test; restarted if a test (a multi-node one) shut it down."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    return ray

@@ -1,0 +1,77 @@
+"""Step-time breakdown of the Ray pipeline: generate / weight sync / reward / learner, per model size.
+
+    python -m benchmarks.step_breakdown [--steps 6] [--sizes tiny mid]
+
+Runs the GRPO recipe with a rollout actor (transformers backend), the hybrid reward (rule + a
+BaseReward scorer on its own actor) and weight sync every step, and splits each step's wall time
+with the recipe's own per-step metrics. "learner" is the rest of the step: TRL's loss, backward and
+optimizer step, plus its bookkeeping. The first step (warm-up: lazy inits) is left out.
+
+Sizes: "tiny" is the test policy (hidden 128, 2 layers); "mid" is the same architecture scaled to a
+few hundred million parameters (hidden 1024, 16 layers), still on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+
+from benchmarks.common import report
+
+SIZES = {
+    "tiny": None,
+    "mid": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16, "num_attention_heads": 16,
+            "num_key_value_heads": 2},
+}
+PARTS = ("generate", "weight_sync", "reward", "learner")
+
+
+def run(size: str, steps: int, rm_path: str) -> dict:
+    from policies.loading import load_policy
+    from policies.tiny import make_tiny_qwen2_5_vl
+    from recipes import grpo
+    from rl.cli import load_recipe_config
+
+    policy = make_tiny_qwen2_5_vl(tempfile.mkdtemp(), text=SIZES[size])
+    params = sum(p.numel() for p in load_policy(str(policy)).parameters())
+    overrides = [f"output_dir={tempfile.mkdtemp()}", f"policy.path={policy}", "data.train_size=256",
+                 "reward.scheme=hybrid", f"reward.model.paths=[{rm_path}]", "reward.model.actors.num_cpus=0.5",
+                 "ray.enabled=true", "ray.num_cpus=3", "rollout.actors.num_cpus=1", "rollout.logprob_gap_samples=0",
+                 f"trainer.max_steps={steps}", "trainer.per_device_train_batch_size=16", "trainer.num_generations=8",
+                 "trainer.max_completion_length=8", "trainer.learning_rate=1e-5", "trainer.beta=0.0",
+                 "trainer.report_to=[]"]
+    summary = grpo.main(load_recipe_config("grpo", None, overrides))
+    rows = [r for r in summary["log_history"] if "step_time" in r][1:]  # drop the warm-up step
+
+    def mean(key: str) -> float:
+        return statistics.mean(r.get(key, 0.0) for r in rows)
+
+    step = mean("step_time")
+    parts = {"generate": mean("timing/generate"), "weight_sync": mean("timing/weight_sync"),
+             "reward": sum(mean(k) for k in rows[0] if k.startswith("timing/reward/"))}
+    parts["learner"] = step - sum(parts.values())
+    return {"size": size, "params_M": params / 1e6, "s_per_step": step,
+            **{f"{k}_s": v for k, v in parts.items()}, **{f"{k}_share": v / step for k, v in parts.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    args = parser.parse_args()
+
+    from policies.loading import load_processor
+    from policies.tiny import make_tiny_qwen2_5_vl
+    from reward.model import BaseRewardModel, HeadConfig
+
+    backbone = str(make_tiny_qwen2_5_vl(tempfile.mkdtemp()))
+    rm = str(BaseRewardModel.from_backbone(backbone, HeadConfig(), seed=0).save_pretrained(
+        tempfile.mkdtemp(), load_processor(backbone)))
+    rows = [run(size, args.steps, rm) for size in args.sizes]
+    report("step_breakdown", rows, {"steps": args.steps, "rollouts_per_step": 16, "completion_tokens": 8,
+                                    "reward": "hybrid (rule + tiny BaseReward scorer actor)", "sync_every": 1})
+
+
+if __name__ == "__main__":
+    main()
