@@ -52,7 +52,8 @@ def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.Exit
     rollout_actors = kill_on_exit(stack, spawn_group("rollout", factory, kwargs, cfg.rollout.actors))
     pool = RolloutPool(rollout_actors, cfg.rollout.timeout_s, cfg.rollout.actors.max_retries)
     rollout_func = ActorRollouts(pool, cfg.rollout.sync_every, cfg.rollout.max_staleness,
-                                 cfg.rollout.logprob_gap_samples)
+                                 cfg.rollout.logprob_gap_samples, cfg.rollout.overlap)
+    stack.callback(rollout_func.close)
     scorer = rule = None
     model_actors = cfg.reward.model.actors
     if cfg.reward.scheme in ("model", "hybrid") and model_actors.num_actors > 0:
@@ -117,6 +118,8 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
             callbacks.append(ScoreHistogramCallback(hybrid, out / "runs" / "reward_scores"))
         trainer = build_grpo_trainer(args, model, processor, train, reward_funcs, rollout_func=rollout_func,
                                      callbacks=callbacks, lora=cfg.policy.lora)
+        trainer.rollout_logprobs_as_old = bool(rollout_func) and cfg.rollout.correct_off_policy and (
+            cfg.rollout.overlap or cfg.rollout.sync_every > 1)
         prompts_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size \
             // trainer.num_generations
         if resume_from is not None:

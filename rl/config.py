@@ -63,6 +63,12 @@ class RolloutConfig:
     device: str | None = None  # None: cuda if the actor has a GPU, else cpu
     sync_every: int = 1  # push learner weights to the actors every k optimizer steps
     max_staleness: int = 0  # abort if a rollout is more policy versions behind than this
+    # Generate step t+1's rollouts while the learner trains on step t (one-step-off-policy; needs
+    # max_staleness >= sync_every).
+    overlap: bool = False
+    # When rollouts can be stale (overlap, or sync_every > 1), use the rollout engine's logprobs as
+    # the PPO "old" policy, so the clipped ratio is the importance weight pi_theta / pi_behaviour.
+    correct_off_policy: bool = True
     timeout_s: float = 600.0  # a generate or weight-sync call that takes longer is an error
     # Rollouts per step re-scored by the learner to report the engine/learner logprob gap (0: off).
     logprob_gap_samples: int = 4

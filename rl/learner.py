@@ -6,6 +6,7 @@ chooses defaults that work on a CPU and plugs in what this project adds.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -60,14 +61,38 @@ class EpochSeededRepeatSampler(RepeatSampler):
             self.generator.manual_seed(self.seed + self.epoch)
         yield from super().__iter__()
 
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The dataset indices epoch `epoch` yields, without disturbing this sampler (for prefetching)."""
+        other = copy.copy(self)
+        other.generator, other.epoch = torch.Generator(), epoch
+        return list(iter(other))
+
 
 class ResumableGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer that resumes exactly: the data order (EpochSeededRepeatSampler) and the weights."""
+    """GRPOTrainer that resumes exactly (the data order, the weights) and can correct stale rollouts.
+
+    `rollout_logprobs_as_old`: when rollouts may come from older weights (weights synced every k
+    steps, or generated one step ahead), the PPO ratio's "old" policy is the one that actually sampled
+    them: the rollout engine's log-probabilities replace the learner's recomputed ones. The ratio is
+    then the importance weight pi_theta / pi_behaviour, clipped as usual (decoupled PPO; the role TRL's
+    vLLM importance-sampling correction plays, which TRL only applies to its own vLLM path).
+    """
+
+    rollout_logprobs_as_old = False
+    train_sampler: EpochSeededRepeatSampler | None = None
 
     def _get_train_sampler(self, dataset: Any = None) -> RepeatSampler:
         sampler = super()._get_train_sampler(dataset)
         sampler.__class__ = EpochSeededRepeatSampler  # same fields, per-epoch seeding
+        if dataset is None or dataset is self.train_dataset:
+            self.train_sampler = sampler
         return sampler
+
+    def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        if self.rollout_logprobs_as_old and output.get("sampling_per_token_logps") is not None:
+            output["old_per_token_logps"] = output["sampling_per_token_logps"]  # [B, T], 0 where masked
+        return output
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         # The Trainer reads model.safetensors with the runtime key names, but save_pretrained writes

@@ -7,12 +7,18 @@ one completion per received prompt, in the order it sent them.
 Weights are synced lazily, right before a generation that needs them (as TRL does for its own vLLM
 path): every `sync_every` optimizer steps, so a rollout is at most `sync_every - 1` versions stale;
 the lag of every rollout is checked against `max_staleness` and logged.
+
+With `overlap`, the rollouts of step t+1 are generated (in a background thread that waits on the
+actors) while the learner trains on step t: one-step-off-policy, as verl and OpenRLHF offer. Step
+t+1's prompts are known ahead because the sampler's order is a function of (seed, epoch); if TRL
+then asks for other prompts, the prefetch is dropped and the step generates synchronously.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +132,30 @@ def policy_state_dict(model: Any) -> dict[str, Any]:
     return state
 
 
+def planned_prompts(trainer: Any, step: int) -> list[Any] | None:
+    """The distinct prompts TRL will ask for at optimizer step `step` (None: cannot tell).
+
+    Needs one generation per optimizer step (steps_per_generation = num_iterations = 1) and the
+    trainer's EpochSeededRepeatSampler; prompts are built the way TRL builds them (images put into
+    the messages)."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    sampler, args = getattr(trainer, "train_sampler", None), trainer.args
+    if sampler is None or args.steps_per_generation != 1 or args.num_iterations != 1:
+        return None
+    group = trainer.num_generations
+    per_step = sampler.batch_size  # distinct prompts per generation batch
+    steps_per_epoch = sampler.num_samples // per_step
+    if steps_per_epoch == 0:
+        return None
+    epoch, k = divmod(step, steps_per_epoch)
+    order = sampler.epoch_order(epoch)  # each index repeated `group` times in a row
+    indices = order[k * per_step * group:(k + 1) * per_step * group:group]
+    rows = [trainer.train_dataset[i] for i in indices]
+    return [prepare_multimodal_messages(r["prompt"], images=r["images"]) if r.get("images") else r["prompt"]
+            for r in rows]
+
+
 @dataclass
 class ActorRollouts:
     """A `rollout_func` that generates on a RolloutPool and keeps its weights in sync with the learner."""
@@ -134,14 +164,22 @@ class ActorRollouts:
     sync_every: int = 1
     max_staleness: int = 1
     logprob_gap_samples: int = 4
+    overlap: bool = False
     stats: dict[str, float] = field(default_factory=dict)
+    # overlap: (step, distinct prompt texts, future of the groups) generated ahead for that step
+    _ahead: tuple[int, list[str], Future] | None = field(default=None, repr=False)
+    _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.sync_every < 1:
             raise ValueError("rollout.sync_every must be >= 1")
-        if self.max_staleness < self.sync_every - 1:
+        lag = self.sync_every - 1 + int(self.overlap)
+        if self.max_staleness < lag:
             raise ValueError(f"rollout.max_staleness={self.max_staleness} is below the lag that "
-                             f"rollout.sync_every={self.sync_every} causes ({self.sync_every - 1})")
+                             f"rollout.sync_every={self.sync_every}{' with rollout.overlap' if self.overlap else ''} "
+                             f"causes ({lag})")
+        if self.overlap:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-ahead")
 
     def sync(self, model: Any, version: int) -> float:
         """Push the learner's weights to every actor; returns seconds taken."""
@@ -152,15 +190,18 @@ class ActorRollouts:
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list]:
         step = trainer.state.global_step
         metrics = trainer._metrics["train"]  # TRL averages and logs these with its own metrics
-        if step - self.pool.version >= self.sync_every:
-            seconds = self.sync(trainer.accelerator.unwrap_model(trainer.model), step)
-            metrics["timing/weight_sync"].append(seconds)
         group_size = trainer.num_generations
         firsts = group_prompts(prompts, group_size)
         requests = [RolloutRequest(messages=p) for p in firsts]
         start = time.perf_counter()
-        groups = self.pool.generate(requests, sampling_from_trl(trainer.args, group_size, step))
-        seconds = time.perf_counter() - start
+        groups = self._take_ahead(step, firsts)
+        if groups is None:
+            self._maybe_sync(trainer, step, metrics)
+            groups = self.pool.generate(requests, sampling_from_trl(trainer.args, group_size, step))
+        seconds = time.perf_counter() - start  # with overlap: only the wait the learner saw
+        if self.overlap:
+            self._maybe_sync(trainer, step, metrics)
+            self._start_ahead(trainer, step + 1)
         lags = version_lags(step, groups, self.max_staleness)
         tokens = sum(len(r.completion_ids) for g in groups for r in g)
         # The mismatch between the engine's logprobs and the learner's for the same tokens (as TRL
@@ -174,3 +215,36 @@ class ActorRollouts:
         metrics["rollout/tokens_per_s"].append(tokens / seconds if seconds > 0 else 0.0)
         metrics["rollout/version_lag"].append(sum(lags) / len(lags))
         return to_trl_output(groups)
+
+    def close(self) -> None:
+        """Stop generating ahead (the run is over)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._ahead = None
+
+    def _maybe_sync(self, trainer: Any, step: int, metrics: Any) -> None:
+        if step - self.pool.version >= self.sync_every:
+            metrics["timing/weight_sync"].append(self.sync(trainer.accelerator.unwrap_model(trainer.model), step))
+
+    def _start_ahead(self, trainer: Any, step: int) -> None:
+        """Generate step `step`'s rollouts in the background with the weights the actors hold now."""
+        max_steps = getattr(trainer.state, "max_steps", 0)
+        planned = planned_prompts(trainer, step) if step < max_steps else None
+        if not planned:
+            return
+        requests = [RolloutRequest(messages=p) for p in planned]
+        sampling = sampling_from_trl(trainer.args, trainer.num_generations, step)
+        future = self._executor.submit(self.pool.generate, requests, sampling)
+        self._ahead = (step, [_text_of(p) for p in planned], future)
+
+    def _take_ahead(self, step: int, firsts: list[Any]) -> list[list[Rollout]] | None:
+        if self._ahead is None:
+            return None
+        ahead_step, texts, future = self._ahead
+        self._ahead = None
+        groups = future.result()  # the actors' own timeouts and retries bound this wait
+        if ahead_step == step and texts == [_text_of(p) for p in firsts]:
+            return groups
+        log.warning("rollouts generated ahead for step %d do not match step %d's prompts; generating now",
+                    ahead_step, step)
+        return None
