@@ -4,8 +4,10 @@
 
 Runs the GRPO recipe with a rollout actor (transformers backend), the hybrid reward (rule + a
 BaseReward scorer on its own actor) and weight sync every step, and splits each step's wall time
-with the recipe's own per-step metrics. "learner" is the rest of the step: TRL's loss, backward and
-optimizer step, plus its bookkeeping. The first step (warm-up: lazy inits) is left out.
+with the recipe's own per-step metrics; the step itself is timed from the Trainer's step-begin to
+step-end callbacks (everything the step does). "learner" is the rest of the step: TRL's log-prob
+forwards, loss, backward and optimizer step, plus its bookkeeping. The first step (warm-up: lazy
+inits) is left out.
 
 Sizes: "tiny" is the test policy (hidden 128, 2 layers); "mid" is the same architecture scaled to a
 few hundred million parameters (hidden 1024, 16 layers), still on the CPU.
@@ -16,6 +18,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
+
+from transformers import TrainerCallback
 
 from benchmarks.common import report
 
@@ -24,7 +29,20 @@ SIZES = {
     "mid": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16, "num_attention_heads": 16,
             "num_key_value_heads": 2},
 }
-PARTS = ("generate", "weight_sync", "reward", "learner")
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step, from the Trainer's own callbacks."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self._start)
 
 
 def run(size: str, steps: int, rm_path: str) -> dict:
@@ -41,13 +59,14 @@ def run(size: str, steps: int, rm_path: str) -> dict:
                  f"trainer.max_steps={steps}", "trainer.per_device_train_batch_size=16", "trainer.num_generations=8",
                  "trainer.max_completion_length=8", "trainer.learning_rate=1e-5", "trainer.beta=0.0",
                  "trainer.report_to=[]"]
-    summary = grpo.main(load_recipe_config("grpo", None, overrides))
-    rows = [r for r in summary["log_history"] if "step_time" in r][1:]  # drop the warm-up step
+    timer = StepTimer()
+    summary = grpo.main(load_recipe_config("grpo", None, overrides), callbacks=[timer])
+    rows = [r for r in summary["log_history"] if "timing/generate" in r][1:]  # drop the warm-up step
 
     def mean(key: str) -> float:
         return statistics.mean(r.get(key, 0.0) for r in rows)
 
-    step = mean("step_time")
+    step = statistics.mean(timer.seconds[1:])
     parts = {"generate": mean("timing/generate"), "weight_sync": mean("timing/weight_sync"),
              "reward": sum(mean(k) for k in rows[0] if k.startswith("timing/reward/"))}
     parts["learner"] = step - sum(parts.values())

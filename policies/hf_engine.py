@@ -9,6 +9,7 @@ import torch
 
 from policies.chat import images_of, is_vlm_processor, render_prompt, vision_token_ids
 from policies.engine import Rollout, RolloutRequest, SamplingParams
+from policies.weights import as_tensors
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class HFEngine:
         return results
 
     def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> None:
+        named_tensors = as_tensors(named_tensors)
         state = self.model.state_dict()
         unknown = [k for k in named_tensors if k not in state]
         if unknown:

@@ -19,6 +19,7 @@ from typing import Any
 
 from policies.chat import images_of, is_vlm_processor, render_prompt, vision_token_ids
 from policies.engine import Rollout, RolloutRequest, SamplingParams
+from policies.weights import as_tensors
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class VLLMEngine:
         return results
 
     def load_weights(self, named_tensors: dict[str, Any], version: int) -> None:
+        named_tensors = as_tensors(named_tensors)
         if self.sleeping:
             self.wake_up()
         from safetensors.torch import save

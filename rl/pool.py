@@ -146,7 +146,9 @@ class RolloutPool:
         """Put the weights in the object store once; every actor reads the same shared copy."""
         import ray
 
-        ref = ray.put(named_tensors)
+        from policies.weights import pack_state
+
+        ref = ray.put(pack_state(named_tensors))  # numpy buffers: read zero-copy by the actors
         self.calls.run(lambda i: self.actors[i].call.remote("load_weights", ref, version),
                        range(len(self.actors)))  # a restarted actor simply gets this load again
         self._weights_ref, self.version = ref, version

@@ -194,11 +194,12 @@ class ActorRollouts:
         firsts = group_prompts(prompts, group_size)
         requests = [RolloutRequest(messages=p) for p in firsts]
         start = time.perf_counter()
-        groups = self._take_ahead(step, firsts)
+        groups = self._take_ahead(step, firsts)  # with overlap: only the wait the learner sees
         if groups is None:
-            self._maybe_sync(trainer, step, metrics)
+            self._maybe_sync(trainer, step, metrics)  # timed on its own (timing/weight_sync)
+            start = time.perf_counter()
             groups = self.pool.generate(requests, sampling_from_trl(trainer.args, group_size, step))
-        seconds = time.perf_counter() - start  # with overlap: only the wait the learner saw
+        seconds = time.perf_counter() - start
         if self.overlap:
             self._maybe_sync(trainer, step, metrics)
             self._start_ahead(trainer, step + 1)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).parent.parent
 @pytest.mark.parametrize("module,args", [
     ("benchmarks.reward_cost", ["--samples", "8", "--batch-size", "4", "--verdict-tokens", "4"]),
     ("benchmarks.weight_sync", ["--hidden", "128", "--layers", "2", "--actors", "1"]),
-    ("benchmarks.pipeline_overhead", ["--steps", "2"]),
+    ("benchmarks.pipeline_overhead", ["--steps", "2", "--sft-steps", "2", "--repeats", "1"]),
     ("benchmarks.step_breakdown", ["--steps", "2", "--sizes", "tiny"]),
     ("benchmarks.rollout_scaling", ["--actors", "1", "2", "--prompts", "4", "--tokens", "4"]),
     ("benchmarks.rm_trainer", ["--hidden", "128", "--layers", "2", "--steps", "2", "--batch-size", "2",

@@ -68,3 +68,35 @@ def test_teacher_forced_logprobs_equal_the_engines_own(warm_policy):
         for r in group:
             mine = completion_logprobs(engine.model, engine.processor, request, r.prompt_ids, r.completion_ids, 0.8)
             assert mine == pytest.approx(r.logprobs, abs=1e-4)
+
+
+class _SlowSyncPool:
+    """A pool whose weight load takes 0.3 s and whose generation is instant (timing attribution)."""
+
+    version = 0
+
+    def load_weights(self, state, version):
+        import time
+
+        time.sleep(0.3)
+        self.version = version
+
+    def generate(self, requests, sampling):
+        return [[Rollout([1], [2], [-0.5], "x", version=self.version)] * sampling.n for _ in requests]
+
+
+def test_weight_sync_time_is_not_counted_as_generation_time():
+    from collections import defaultdict
+
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    trainer = SimpleNamespace(
+        state=SimpleNamespace(global_step=1), _metrics={"train": defaultdict(list)}, num_generations=2,
+        accelerator=SimpleNamespace(unwrap_model=lambda m: m), model=model, processing_class=None,
+        args=SimpleNamespace(temperature=1.0, top_p=1.0, top_k=None, max_completion_length=4, seed=0))
+    rollouts = ActorRollouts(_SlowSyncPool(), sync_every=1, max_staleness=0, logprob_gap_samples=0)
+    out = rollouts([_msg("a"), _msg("a")], trainer)
+    metrics = trainer._metrics["train"]
+    assert metrics["timing/weight_sync"][0] >= 0.3 and metrics["timing/generate"][0] < 0.1
+    assert out["policy_version"] == [1, 1]
