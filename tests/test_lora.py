@@ -74,10 +74,11 @@ def test_lora_grpo_through_a_rollout_actor_syncs_the_merged_policy(tmp_path, war
     assert rows[1]["rollout/logprob_gap_max"] < 1e-4
 
 
-def test_a_frozen_vision_tower_is_unchanged_by_training(tmp_path, warm_policy):
+def test_a_frozen_vision_tower_is_unchanged_by_training_with_gradient_checkpointing(tmp_path, warm_policy):
     from recipes import grpo
 
-    summary = grpo.main(_cfg(tmp_path, warm_policy, "policy.freeze_vision=true", "trainer.learning_rate=1e-2"))
+    summary = grpo.main(_cfg(tmp_path, warm_policy, "policy.freeze_vision=true", "trainer.learning_rate=1e-2",
+                             "trainer.gradient_checkpointing=true"))
     before = load_file(Path(warm_policy) / "model.safetensors")
     after = load_file(Path(summary["final_policy"]) / "model.safetensors")
     vision = [k for k in before if k.startswith(("visual.", "model.visual."))]
