@@ -9,6 +9,7 @@ from pathlib import Path
 
 from reward.guard import RewardFailureError
 from rl.config import ConfigError, load_config
+from rl.errors import ActorFailureError, NonFiniteStepError
 
 # command -> (config schema in rl.config, recipe module with main(cfg),
 #             (section, class) whose fields that section's keys must be, help)
@@ -177,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return ns.func(ns)
-    except (ValueError, OSError, RewardFailureError) as e:
-        # A user's mistake (config and data errors are ValueErrors, bad paths OSErrors, a reward
-        # that cannot score) reads better without a traceback; -v keeps it.
+    except (ValueError, OSError, RewardFailureError, ActorFailureError, NonFiniteStepError) as e:
+        # A user's mistake (config and data errors are ValueErrors, bad paths OSErrors) or a run
+        # stopped on purpose (a reward that cannot score, actors that keep dying, a diverging run:
+        # each after writing a checkpoint) reads better without a traceback; -v keeps it.
         if ns.verbose:
             raise
         print(f"brl {ns.command}: error: {e}", file=sys.stderr)

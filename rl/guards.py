@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from rl.errors import NonFiniteStepError
+
+__all__ = ["NonFiniteGuard", "NonFiniteStepError", "grads_finite"]
+
 log = logging.getLogger(__name__)
-
-
-class NonFiniteStepError(RuntimeError):
-    """Too many optimizer steps had a non-finite gradient: the run is diverging."""
 
 
 def grads_finite(params: Iterable[torch.nn.Parameter]) -> bool:

@@ -20,13 +20,12 @@ from typing import Any, TypeVar
 
 from policies.engine import Rollout, RolloutRequest, SamplingParams
 from reward.base import slice_columns
+from rl.errors import ActorFailureError
+
+__all__ = ["ActorCalls", "ActorFailureError", "RemoteReward", "RolloutPool", "shard"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class ActorFailureError(RuntimeError):
-    """Actors kept dying (or could not be restarted) beyond the retry budget."""
 
 
 def shard(items: Sequence[T], k: int) -> list[list[T]]:
