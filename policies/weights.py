@@ -38,7 +38,7 @@ def as_tensors(named: dict[str, Any]) -> dict[str, torch.Tensor]:
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "the given NumPy array is not writable": we only read
-        for name, (array, dtype) in named.items():
-            t = torch.from_numpy(array)
-            out[name] = t.view(getattr(torch, dtype)) if t.dtype != getattr(torch, dtype) else t
+        for name, (array, dtype_name) in named.items():
+            t, dtype = torch.from_numpy(array), getattr(torch, dtype_name)
+            out[name] = t if t.dtype == dtype else t.view(dtype)
     return out

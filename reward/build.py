@@ -82,9 +82,11 @@ def check_model_paths(cfg: RewardConfig) -> None:
         return
     if not cfg.model.paths:
         raise ValueError(f"reward.scheme={cfg.scheme} needs reward.model.paths (BaseReward checkpoints)")
+    from reward.model import HEAD_FILE
+
     for path in [*cfg.model.paths, *([cfg.model.text_path] if cfg.model.text_path else [])]:
-        if not (Path(path) / "reward_head.json").is_file():
-            raise FileNotFoundError(f"reward.model.paths: {path} is not a BaseReward checkpoint (no reward_head.json); "
+        if not (Path(path) / HEAD_FILE).is_file():
+            raise FileNotFoundError(f"reward.model.paths: {path} is not a BaseReward checkpoint (no {HEAD_FILE}); "
                                     "train one with `brl train-rm CONFIG` (see recipes/configs/tiny_cpu_rm.yaml)")
 
 

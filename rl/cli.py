@@ -71,8 +71,6 @@ def _demo(ns: argparse.Namespace) -> int:
 
 
 def _eval_rm(ns: argparse.Namespace) -> int:
-    import json
-
     from reward.bench import evaluate_file, length_scorer, model_scorer, random_scorer
 
     if ns.scorer == "model":
@@ -83,15 +81,10 @@ def _eval_rm(ns: argparse.Namespace) -> int:
         scorer = length_scorer if ns.scorer == "length" else random_scorer(ns.seed)
     result = evaluate_file(ns.data, ns.format, scorer, needs_images=ns.scorer == "model")
     result.update(format=ns.format, data=ns.data, scorer=ns.scorer, model=ns.model)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if ns.out:
-        Path(ns.out).write_text(text)
-    return 0
+    return _emit(result, ns.out)
 
 
 def _eval_policy(ns: argparse.Namespace) -> int:
-    import json
     from dataclasses import asdict
 
     from policies.hf_engine import HFEngine
@@ -108,10 +101,17 @@ def _eval_policy(ns: argparse.Namespace) -> int:
 
         scorer = BaseRewardScorer.from_paths(ns.reward_model)
     result = evaluate_policy(HFEngine.from_pretrained(ns.model), rows, ns.batch_size, ns.max_tokens, scorer=scorer)
-    text = json.dumps(asdict(result), indent=2)
+    return _emit(asdict(result), ns.out)
+
+
+def _emit(result: dict, out: str | None) -> int:
+    """Print an evaluation's JSON, and write it to `out` too when given."""
+    import json
+
+    text = json.dumps(result, indent=2)
     print(text)
-    if ns.out:
-        Path(ns.out).write_text(text)
+    if out:
+        Path(out).write_text(text)
     return 0
 
 

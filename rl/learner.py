@@ -62,10 +62,16 @@ class EpochSeededRepeatSampler(RepeatSampler):
         yield from super().__iter__()
 
     def epoch_order(self, epoch: int) -> list[int]:
-        """The dataset indices epoch `epoch` yields, without disturbing this sampler (for prefetching)."""
-        other = copy.copy(self)
-        other.generator, other.epoch = torch.Generator(), epoch
-        return list(iter(other))
+        """The dataset indices epoch `epoch` yields, without disturbing this sampler (for prefetching).
+
+        Asked for every step with overlapped rollouts; the last epoch's order is kept, so the
+        permutation is drawn once per epoch, not once per step."""
+        cached = self.__dict__.get("_order")
+        if cached is None or cached[0] != epoch:
+            other = copy.copy(self)
+            other.generator, other.epoch = torch.Generator(), epoch
+            cached = self._order = (epoch, list(iter(other)))
+        return cached[1]
 
 
 class ResumableGRPOTrainer(GRPOTrainer):

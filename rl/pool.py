@@ -173,7 +173,6 @@ class RemoteReward:
         self.calls = ActorCalls(actors, timeout_s, max_retries, f"reward actors ({name})")
         self.actors = actors
         self.__name__ = name
-        self.timeout_s = timeout_s
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         n = len(completions)

@@ -165,7 +165,6 @@ class ActorRollouts:
     max_staleness: int = 1
     logprob_gap_samples: int = 4
     overlap: bool = False
-    stats: dict[str, float] = field(default_factory=dict)
     # overlap: (step, distinct prompt texts, future of the groups) generated ahead for that step
     _ahead: tuple[int, list[str], Future] | None = field(default=None, repr=False)
     _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
