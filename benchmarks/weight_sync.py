@@ -1,13 +1,19 @@
 """Weight sync: bytes per second from the learner to rollout actors (Ray object store, the CPU path)
 versus a plain in-memory copy of the same tensors on this machine (the physical ceiling).
 
-    python -m benchmarks.weight_sync [--hidden 512] [--layers 8] [--actors 1 2]
+With --vllm (needs vLLM): into one vLLM engine actor, the two paths side by side, interleaved:
+the object store + vLLM's in-place reload, and vLLM's weight-transfer engine (`rollout.weight_transfer`;
+gloo here, the CPU twin of the NCCL path).
+
+    python -m benchmarks.weight_sync [--hidden 512] [--layers 8] [--actors 1 2] [--vllm]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
+import time
 
 from benchmarks.common import best_of, report
 
@@ -34,6 +40,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--vllm", action="store_true", help="also time both paths into a vLLM engine actor")
     args = parser.parse_args()
 
     import ray
@@ -69,10 +76,46 @@ def main() -> None:
                          "GB_per_s": n * nbytes / t / 1e9, "slowdown_vs_copy": t / (n * t_copy)})
             for a in actors:
                 ray.kill(a)
+        if args.vllm:
+            rows += vllm_rows(path, state, nbytes, t_copy)
     finally:
         ray.shutdown()
     report("weight_sync", rows, {"model_bytes": nbytes, "hidden": args.hidden, "layers": args.layers,
                                  "targets": {"slowdown_vs_copy": "<= 3x"}})
+
+
+def vllm_rows(path: str, state: dict, nbytes: int, t_copy: float, repeats: int = 5) -> list[dict]:
+    """One vLLM engine actor (started with the gloo transfer backend), synced both ways in turn."""
+    import ray
+
+    from policies.vllm_engine import VLLMEngine
+    from rl.actors import spawn_group
+    from rl.config import ActorGroupConfig
+    from rl.pool import RolloutPool
+
+    engine = {"path": path, "dtype": "float32", "weight_transfer": "gloo",
+              "engine_kwargs": {"max_model_len": 512, "enforce_eager": True, "gpu_memory_utilization": 0.15}}
+    actors = spawn_group("rollout", VLLMEngine, engine, ActorGroupConfig(num_actors=1, num_cpus=1))
+    paths = {"vLLM actor: object store + reload_weights": RolloutPool(actors, timeout_s=600),
+             "vLLM actor: weight transfer (gloo)": RolloutPool(actors, timeout_s=600, weight_transfer="gloo")}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    try:
+        for round_ in range(repeats + 1):  # round 0 warms both paths up (and forms the gloo group)
+            for name, pool in paths.items():
+                start = time.perf_counter()
+                pool.load_weights(state, round_ + 1)
+                if round_:
+                    times[name].append(time.perf_counter() - start)
+    finally:
+        paths["vLLM actor: weight transfer (gloo)"].close()
+        for a in actors:
+            ray.kill(a)
+    rows = []
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        rows.append({"path": name, "actors": 1, "seconds": t, "GB_per_s": nbytes / t / 1e9,
+                     "slowdown_vs_copy": t / t_copy})
+    return rows
 
 
 if __name__ == "__main__":

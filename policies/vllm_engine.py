@@ -2,13 +2,19 @@
 
 vLLM is imported lazily: the main install does not need it (`pip install 'basereward-rl[vllm]'`).
 
-Weight updates go through vLLM's supported in-place reload (`model_runner.reload_weights`), called
-on every worker through `collective_rpc` and a worker extension (`WeightReloadExtension`): calling
-`model.load_weights` directly fails on the CPU backend, which repacks linear weights. The state dict
-must carry the output head explicitly (`lm_head.weight`) even for tied embeddings: a checkpoint
-written by `save_pretrained` omits it, and vLLM would keep a stale head. For multi-GPU engines the
-same `load_weights` call is where vLLM's NCCL weight-transfer engine (`weight_transfer_config`)
-would plug in; that path needs GPUs and is not exercised here.
+Weights reach a running engine by one of two paths, both versioned and bounded by a timeout:
+
+- `load_weights(state, version)`: vLLM's supported in-place reload (`model_runner.reload_weights`),
+  called on every worker through `collective_rpc` and a worker extension (`WeightReloadExtension`);
+  the state dict travels with the call (through Ray's object store in the pipeline). Calling
+  `model.load_weights` directly fails on the CPU backend, which repacks linear weights.
+- `weight_transfer="nccl"` (GPUs) or `"gloo"` (its CPU twin): vLLM's weight-transfer engine. The
+  learner opens a process group with every worker and broadcasts; this class exposes the worker
+  side of vLLM's control plane (`init_weight_transfer` .. `finish_weight_update`), driven by
+  `rl.transfer` (see `policies.vllm_transfer`).
+
+Either way the state dict must carry the output head explicitly (`lm_head.weight`) even for tied
+embeddings: a checkpoint written by `save_pretrained` omits it, and vLLM would keep a stale head.
 """
 
 from __future__ import annotations
@@ -62,7 +68,8 @@ class VLLMEngine:
     max_model_len, enforce_eager, enable_sleep_mode, ...)."""
 
     def __init__(self, path: str, dtype: str = "auto", max_pixels: int | None = None,
-                 engine_kwargs: dict[str, Any] | None = None, version: int = 0, sync_timeout_s: float = 600.0):
+                 engine_kwargs: dict[str, Any] | None = None, version: int = 0, sync_timeout_s: float = 600.0,
+                 weight_transfer: str | None = None):
         try:
             import vllm
         except ImportError as e:
@@ -73,9 +80,18 @@ class VLLMEngine:
         self.processor = load_processor(path, max_pixels)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.is_vlm = is_vlm_processor(self.processor)
+        extension = f"{__name__}.WeightReloadExtension"
+        if weight_transfer:
+            from policies import vllm_transfer  # registers the gloo twin in this process
+
+            if weight_transfer not in vllm_transfer.BACKENDS:
+                raise ValueError(f"rollout.weight_transfer must be one of {vllm_transfer.BACKENDS} (or null), "
+                                 f"got {weight_transfer!r}")
+            extension = "policies.vllm_transfer.TransferWorkerExtension"  # registers it in the workers
         kwargs: dict[str, Any] = {
             "dtype": dtype, "seed": 0, "logprobs_mode": "processed_logprobs",  # temperature applied, like TRL
-            "worker_extension_cls": f"{__name__}.WeightReloadExtension",
+            "worker_extension_cls": extension,
+            **({"weight_transfer_config": {"backend": weight_transfer}} if weight_transfer else {}),
             **({"limit_mm_per_prompt": {"image": 4}} if self.is_vlm else {}),
             **({"mm_processor_kwargs": {"max_pixels": max_pixels}} if self.is_vlm and max_pixels else {}),
             **(engine_kwargs or {}),
@@ -135,12 +151,41 @@ class VLLMEngine:
         # Clone: tied parameters share storage, which safetensors (rightly) refuses to serialise twice.
         blob = save({k: v.detach().cpu().contiguous().clone() for k, v in named_tensors.items()})
         self.llm.collective_rpc("reload_from_safetensors", timeout=self.sync_timeout_s, args=(blob,))
-        # Cached KV blocks and vision embeddings were computed by the old weights. The worker drops
-        # its encoder outputs on reload; the scheduler's record of them must go too, or it skips the
-        # encoder for images it believes are cached ("Encoder cache miss").
+        self._weights_changed(version)
+
+    def _weights_changed(self, version: int) -> None:
+        # Cached KV blocks and vision embeddings were computed by the old weights: drop them, in the
+        # workers and in the scheduler's record (else it skips the encoder for images it believes
+        # are cached: "Encoder cache miss").
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_prefix_cache()
         self.version = version
+
+    # The worker side of vLLM's weight-transfer control plane (rollout.weight_transfer), called by
+    # the learner's client (rl.transfer.PoolSyncClient) in this order every round.
+    def transfer_world_size(self) -> int:
+        """How many ranks this engine's workers take in the learner's transfer group."""
+        parallel = self.llm.llm_engine.vllm_config.parallel_config
+        return parallel.world_size * parallel.data_parallel_size
+
+    def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def shutdown_weight_transfer(self) -> None:
+        self.llm.shutdown_weight_transfer_engine()
+
+    def start_weight_update(self) -> None:
+        if self.sleeping:
+            self.wake_up()
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info: dict[str, Any]) -> None:
+        """Receive one round: blocks in the broadcast the learner runs at the same time."""
+        self.llm.update_weights({"update_info": update_info})
+
+    def finish_weight_update(self, version: int) -> None:
+        self.llm.finish_weight_update(weight_version=str(version))
+        self._weights_changed(version)
 
     # Colocation with the learner on GPUs: free the KV cache (and weights) between rollouts.
     def sleep(self, level: int = 1) -> None:

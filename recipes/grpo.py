@@ -50,7 +50,9 @@ def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.Exit
 
     factory, kwargs = engine_factory(cfg.rollout, cfg.policy, policy_path)
     rollout_actors = kill_on_exit(stack, spawn_group("rollout", factory, kwargs, cfg.rollout.actors))
-    pool = RolloutPool(rollout_actors, cfg.rollout.timeout_s, cfg.rollout.actors.max_retries)
+    pool = RolloutPool(rollout_actors, cfg.rollout.timeout_s, cfg.rollout.actors.max_retries,
+                       cfg.rollout.weight_transfer)
+    stack.callback(pool.close)
     rollout_func = ActorRollouts(pool, cfg.rollout.sync_every, cfg.rollout.max_staleness,
                                  cfg.rollout.logprob_gap_samples, cfg.rollout.overlap)
     stack.callback(rollout_func.close)

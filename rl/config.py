@@ -70,6 +70,10 @@ class RolloutConfig:
     # the PPO "old" policy, so the clipped ratio is the importance weight pi_theta / pi_behaviour.
     correct_off_policy: bool = True
     timeout_s: float = 600.0  # a generate or weight-sync call that takes longer is an error
+    # How learner weights reach vLLM engines: null = through Ray's object store (any backend);
+    # "nccl" = vLLM's NCCL weight-transfer engine (GPUs: learner and engines in one NCCL group);
+    # "gloo" = the same path over gloo (CPU machines; what CI runs).
+    weight_transfer: str | None = None
     # Rollouts per step re-scored by the learner to report the engine/learner logprob gap (0: off).
     logprob_gap_samples: int = 4
     vllm: dict[str, Any] = field(default_factory=dict)  # vllm.LLM keyword arguments

@@ -115,9 +115,14 @@ class ActorCalls:
 
 
 class RolloutPool:
-    """N rollout actors, each hosting a RolloutEngine."""
+    """N rollout actors, each hosting a RolloutEngine.
 
-    def __init__(self, actors: list[Any], timeout_s: float = 600.0, max_retries: int = 2):
+    Weights travel through Ray's object store, or, with `weight_transfer` ("nccl" on GPUs, "gloo"
+    its CPU twin; vLLM engines only), through vLLM's weight-transfer engine (`rl.transfer`).
+    """
+
+    def __init__(self, actors: list[Any], timeout_s: float = 600.0, max_retries: int = 2,
+                 weight_transfer: str | None = None):
         self.calls = ActorCalls(actors, timeout_s, max_retries, "rollout actors")
         self.actors = actors
         self.timeout_s = timeout_s
@@ -125,6 +130,11 @@ class RolloutPool:
         # The object-store copy of the weights the actors hold, kept so a restarted actor (which
         # comes back with the initial weights) can be given them again. None: initial weights.
         self._weights_ref: Any = None
+        self.link = None
+        if weight_transfer:
+            from rl.transfer import TransferLink
+
+            self.link = TransferLink(actors, weight_transfer, timeout_s)
 
     @property
     def restarts(self) -> int:
@@ -142,7 +152,11 @@ class RolloutPool:
         return [group for part in results for group in part]
 
     def load_weights(self, named_tensors: dict[str, Any], version: int) -> None:
-        """Put the weights in the object store once; every actor reads the same shared copy."""
+        """Put the weights in the object store once; every actor reads the same shared copy.
+        With a transfer link: broadcast them into every engine."""
+        if self.link is not None:
+            self._send(named_tensors, version)
+            return
         import ray
 
         from policies.weights import pack_state
@@ -152,10 +166,71 @@ class RolloutPool:
                        range(len(self.actors)))  # a restarted actor simply gets this load again
         self._weights_ref, self.version = ref, version
 
+    def _send(self, named_tensors: dict[str, Any], version: int) -> None:
+        """A broadcast round. Actors restarted since the group formed are waited for and the group
+        re-formed first; an actor dying inside a round leaves the others' updates half done (vLLM
+        has no abort), so that is an ActorFailureError: the run stops with a checkpoint to resume from."""
+        from ray.exceptions import RayActorError
+
+        self._reform_if_restarted()
+        try:
+            self.link.send(named_tensors, version)
+        except (RayActorError, RuntimeError) as e:  # a dead peer: Ray's error, or the broadcast's
+            raise ActorFailureError(f"rollout actors: weight transfer of version {version} failed mid-round: {e}") from e
+        self.version = version
+
+    def _reform_if_restarted(self) -> None:
+        import ray
+        from ray.exceptions import RayActorError
+
+        if self.link.engine is None:  # the first round forms the group
+            return
+        pids = []
+        for i, actor in enumerate(self.actors):
+            try:
+                pids.append(ray.get(actor.pid.remote(), timeout=self.timeout_s))
+            except RayActorError:  # dead or restarting: wait for Ray's restart (ActorFailureError if none)
+                self.calls._await_restart(i)
+                pids.append(ray.get(actor.pid.remote(), timeout=self.timeout_s))
+        restarted = [i for i, (old, new) in enumerate(zip(self.link.pids, pids)) if old != new]
+        if restarted:
+            log.warning("rollout actors %s were restarted; re-forming the weight-transfer group", restarted)
+            self.calls.restarts += len(restarted)
+            self.link.reopen()
+
     def _restore(self, i: int) -> None:
-        if self._weights_ref is not None:
+        if self.link is not None:
+            self._restore_by_transfer(i)
+        elif self._weights_ref is not None:
             _gather([self.actors[i].call.remote("load_weights", self._weights_ref, self.version)], self.timeout_s,
                     f"rollout actor {i} (restoring weights version {self.version})")
+
+    def _restore_by_transfer(self, i: int) -> None:
+        """Re-form the group with restarted actor i and broadcast the last round's state dict again.
+
+        The state dict holds the learner's tensors (no copy is kept), so this is only done from the
+        learner's thread, while no optimizer step can change them underneath: a restart seen by
+        generation running ahead (rollout.overlap) is an ActorFailureError, and the run resumes
+        from its checkpoint."""
+        import threading
+
+        if self.link.engine is None:  # no group formed yet: the next sync forms one with everybody
+            return
+        if not self.link.source.state:  # nothing sent yet: the restarted actor holds the initial weights
+            self.link.reopen()
+            return
+        if threading.current_thread() is not threading.main_thread():
+            raise ActorFailureError(f"rollout actor {i} restarted while generating ahead (rollout.overlap); with "
+                                    "rollout.weight_transfer its weights can only be restored between steps")
+        log.info("rollout actor %d restarted: re-forming the weight-transfer group, re-sending version %d", i,
+                 self.version)
+        self.link.reopen()
+        self.link.send(self.link.source.state, self.version)
+
+    def close(self) -> None:
+        """Leave the weight-transfer group, if any (the actors' engines go with the actors)."""
+        if self.link is not None:
+            self.link.close()
 
     def versions(self) -> list[int]:
         return _gather([a.get.remote("version") for a in self.actors], self.timeout_s,

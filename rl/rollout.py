@@ -101,8 +101,9 @@ def logprob_gap(model: Any, processor: Any, requests: list[RolloutRequest], grou
     return gaps
 
 
-def policy_state_dict(model: Any) -> dict[str, Any]:
-    """The policy's full weights as a rollout engine loads them, on the CPU.
+def policy_state_dict(model: Any, on_cpu: bool = True) -> dict[str, Any]:
+    """The policy's full weights as a rollout engine loads them, on the CPU (or where they are:
+    `on_cpu=False`, for a broadcast from the learner's GPU).
 
     Full state dict: it includes tied copies (e.g. lm_head.weight), so engines with a separate
     output head (vLLM) do not keep a stale one. A PEFT (LoRA) policy is merged functionally: each
@@ -128,7 +129,7 @@ def policy_state_dict(model: Any) -> dict[str, Any]:
         value = value.detach()
         if key.endswith(".base_layer.weight") and key[: -len(".base_layer.weight")] in deltas:
             value = value + deltas[key[: -len(".base_layer.weight")]]
-        state[key.removeprefix("base_model.model.").replace(".base_layer.", ".")] = value.cpu()
+        state[key.removeprefix("base_model.model.").replace(".base_layer.", ".")] = value.cpu() if on_cpu else value
     return state
 
 
@@ -183,7 +184,8 @@ class ActorRollouts:
     def sync(self, model: Any, version: int) -> float:
         """Push the learner's weights to every actor; returns seconds taken."""
         start = time.perf_counter()
-        self.pool.load_weights(policy_state_dict(model), version)
+        broadcast = getattr(self.pool, "link", None) is not None  # straight from the learner's device
+        self.pool.load_weights(policy_state_dict(model, on_cpu=not broadcast), version)
         return time.perf_counter() - start
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list]:

@@ -1,6 +1,7 @@
 """The benchmark scripts run (with small sizes) and write their JSON: they cannot silently rot.
 Their numbers are measured by running them for real (see README), never asserted here."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +17,9 @@ ROOT = Path(__file__).parent.parent
 @pytest.mark.parametrize("module,args", [
     ("benchmarks.reward_cost", ["--samples", "8", "--batch-size", "4", "--verdict-tokens", "4"]),
     ("benchmarks.weight_sync", ["--hidden", "128", "--layers", "2", "--actors", "1"]),
+    pytest.param("benchmarks.weight_sync", ["--hidden", "128", "--layers", "2", "--actors", "1", "--vllm"],
+                 marks=[pytest.mark.vllm, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                                             reason="vLLM is not installed")], id="weight_sync-vllm"),
     ("benchmarks.pipeline_overhead", ["--steps", "2", "--sft-steps", "2", "--repeats", "1"]),
     ("benchmarks.step_breakdown", ["--steps", "2", "--sizes", "tiny"]),
     ("benchmarks.rollout_scaling", ["--actors", "1", "2", "--prompts", "4", "--tokens", "4"]),
@@ -32,3 +36,6 @@ def test_benchmark_script_writes_json(module, args, tmp_path):
     data = json.loads(result.read_text())
     assert data["rows"] and all(isinstance(v, (int, float, str)) for row in data["rows"] for v in row.values())
     assert "| " in proc.stdout  # the printed table
+    if "--vllm" in args:
+        assert {"vLLM actor: object store + reload_weights", "vLLM actor: weight transfer (gloo)"} <= \
+            {row["path"] for row in data["rows"]}

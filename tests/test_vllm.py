@@ -92,7 +92,65 @@ def test_shutdown_leaves_no_engine_processes(warm_policy):
     assert not {p.pid for p in me.children(recursive=True) if p.is_running()} - before
 
 
-def test_grpo_with_a_ray_actor_hosting_vllm(tmp_path, warm_policy):
+def _perturbed_learner(path, seed):
+    learner = HFEngine.from_pretrained(path)
+    torch.manual_seed(seed)
+    with torch.no_grad():  # perturbed weights, so a no-op update would fail the test
+        for p in learner.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return learner
+
+
+def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_policy):
+    """vLLM's weight-transfer engine (the path NCCL takes on GPUs; gloo here) from this process into
+    two rollout actors: after a round both engines decode greedily what transformers decodes with
+    the same weights, at the round's version. An actor SIGKILLed after a round comes back (Ray
+    restarts it with the initial weights): its next generate gets the group re-formed and the round
+    re-sent; an actor SIGKILLed before a round is waited for by that round, which then reaches both."""
+    import os
+    import signal
+
+    from policies.engines import engine_factory
+    from rl.actors import spawn_group
+    from rl.config import ActorGroupConfig, PolicyConfig, RolloutConfig
+    from rl.pool import RolloutPool
+    from rl.rollout import policy_state_dict
+
+    rollout = RolloutConfig(backend="vllm", weight_transfer="gloo", vllm=dict(ENGINE), timeout_s=300)
+    factory, kwargs = engine_factory(rollout, PolicyConfig(dtype="float32"), warm_policy)
+    actors = spawn_group("rollout", factory, kwargs, ActorGroupConfig(num_actors=2, num_cpus=1, max_restarts=1))
+    pool = RolloutPool(actors, timeout_s=300, weight_transfer="gloo")
+    try:
+        requests = _requests(4, seed=5)  # two per actor
+        greedy = SamplingParams(n=1, temperature=0.0, max_tokens=10)
+        learner = _perturbed_learner(warm_policy, seed=0)
+        expected = [g[0].completion_ids for g in learner.generate(requests, greedy)]
+        assert [g[0].completion_ids for g in pool.generate(requests, greedy)] != expected
+
+        pool.load_weights(policy_state_dict(learner.model), version=3)
+        assert [g[0].completion_ids for g in pool.generate(requests, greedy)] == expected
+        assert pool.versions() == [3, 3]
+
+        os.kill(ray_local.get(actors[1].pid.remote()), signal.SIGKILL)
+        got = pool.generate(requests, greedy)  # actor 1's shard: restart, new group, version 3 again
+        assert [g[0].completion_ids for g in got] == expected
+        assert pool.restarts == 1 and pool.versions() == [3, 3]
+
+        # Killed just before a round: the round meets the dead actor, waits for it, re-forms the group.
+        os.kill(ray_local.get(actors[0].pid.remote()), signal.SIGKILL)
+        learner = _perturbed_learner(warm_policy, seed=1)
+        expected = [g[0].completion_ids for g in learner.generate(requests, greedy)]
+        pool.load_weights(policy_state_dict(learner.model), version=4)
+        assert [g[0].completion_ids for g in pool.generate(requests, greedy)] == expected
+        assert pool.restarts == 2 and pool.versions() == [4, 4]
+    finally:
+        pool.close()
+        for actor in actors:
+            ray_local.kill(actor)
+
+
+@pytest.mark.parametrize("weight_transfer", [None, "gloo"])
+def test_grpo_with_a_ray_actor_hosting_vllm(tmp_path, warm_policy, weight_transfer):
     from pathlib import Path
 
     from recipes import grpo
@@ -103,6 +161,7 @@ def test_grpo_with_a_ray_actor_hosting_vllm(tmp_path, warm_policy):
         f"output_dir={tmp_path}", f"policy.path={warm_policy}", "ray.enabled=true", "ray.num_cpus=2",
         "rollout.backend=vllm", "rollout.actors.num_actors=1", "rollout.actors.num_cpus=1",
         "rollout.vllm={max_model_len: 512, enforce_eager: true, gpu_memory_utilization: 0.15}",
+        f"rollout.weight_transfer={weight_transfer or 'null'}",
         "trainer.max_steps=2", "trainer.per_device_train_batch_size=8", "trainer.num_generations=4",
         "trainer.report_to=[]"])
     summary = grpo.main(cfg)

@@ -1,0 +1,78 @@
+"""The learner's side of vLLM's weight-transfer path, without vLLM: rank layout and the control
+plane over real Ray actors (the engines here record what they are asked; test_vllm.py runs the
+same client against real vLLM engines)."""
+
+import pytest
+
+from rl.transfer import PoolSyncClient, rank_offsets
+
+
+def test_each_actor_gets_the_ranks_after_the_previous_one():
+    assert rank_offsets([1]) == [1]
+    assert rank_offsets([2, 1, 4]) == [1, 3, 4]  # learner 0; actor 0: 1-2; actor 1: 3; actor 2: 4-7
+    with pytest.raises(ValueError, match="no workers"):
+        rank_offsets([1, 0])
+
+
+def test_weight_transfer_needs_the_vllm_backend():
+    from policies.engines import engine_factory
+    from rl.config import PolicyConfig, RolloutConfig
+
+    with pytest.raises(ValueError, match="rollout.weight_transfer='gloo'.*needs rollout.backend=vllm"):
+        engine_factory(RolloutConfig(backend="hf", weight_transfer="gloo"), PolicyConfig(), "unused")
+
+
+class Recorder:
+    """Stands in for a VLLMEngine's control-plane methods: records the calls it gets."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self.calls = []
+        self.version = 0
+
+    def transfer_world_size(self):
+        return self.world_size
+
+    def init_weight_transfer(self, init_info):
+        self.calls.append(("init", init_info["rank_offset"], init_info["world_size"]))
+
+    def start_weight_update(self):
+        self.calls.append(("start",))
+
+    def update_weights(self, update_info):
+        self.calls.append(("update", tuple(update_info["names"])))
+
+    def finish_weight_update(self, version):
+        self.calls.append(("finish", version))
+        self.version = version
+
+
+def test_the_client_fans_out_with_per_actor_ranks_and_the_round_version(ray_local):
+    import sys
+
+    from ray import cloudpickle
+
+    from rl.actors import spawn_group
+    from rl.config import ActorGroupConfig
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import a test module
+
+    a = spawn_group("rec", Recorder, {"world_size": 2}, ActorGroupConfig(num_actors=1, num_cpus=0.5))
+    b = spawn_group("rec", Recorder, {"world_size": 1}, ActorGroupConfig(num_actors=1, num_cpus=0.5))
+    try:
+        actors = a + b
+        sizes = ray_local.get([x.call.remote("transfer_world_size") for x in actors])
+        client = PoolSyncClient(actors, sizes, timeout_s=60)
+        client.init_weight_transfer_engine({"master_address": "127.0.0.1", "master_port": 1, "world_size": 4,
+                                            "rank_offset": 1})
+        client.version = 5
+        client.start_weight_update()
+        client.update_weights({"names": ["w"], "dtype_names": ["float32"], "shapes": [[2]]})
+        client.finish_weight_update()
+        assert ray_local.get([x.get.remote("calls") for x in actors]) == [
+            [("init", 1, 4), ("start",), ("update", ("w",)), ("finish", 5)],
+            [("init", 3, 4), ("start",), ("update", ("w",)), ("finish", 5)],
+        ]
+    finally:
+        for x in a + b:
+            ray_local.kill(x)
