@@ -22,7 +22,6 @@ registers the gloo engine where vLLM creates it (in `Worker.load_model`).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +30,10 @@ from typing import Any, ClassVar
 
 import torch
 from torch.distributed import BroadcastOptions
+from vllm.distributed.utils import (
+    stateless_destroy_torch_distributed_process_group,
+    stateless_init_torch_distributed_process_group,
+)
 from vllm.distributed.weight_transfer import (
     ParamMeta,
     WeightSource,
@@ -45,10 +48,10 @@ from vllm.distributed.weight_transfer.nccl_engine import (
     NCCLWeightTransferInitInfo,
     NCCLWeightTransferUpdateInfo,
 )
+from vllm.utils.network_utils import get_open_port
 
 from policies.vllm_engine import WeightReloadExtension
 
-BACKENDS = ("nccl", "gloo")
 GLOO_TIMEOUT = timedelta(minutes=10)  # a peer that never arrives is an error, not a hang
 
 
@@ -76,10 +79,6 @@ class GlooGroup:
     """What the NCCL engines need of their communicator (broadcast from a rank, destroy), over gloo."""
 
     def __init__(self, address: str, port: int, rank: int, world_size: int, timeout: timedelta = GLOO_TIMEOUT):
-        from vllm.distributed.utils import (
-            stateless_init_torch_distributed_process_group,
-        )
-
         self.pg = stateless_init_torch_distributed_process_group(address, port, rank, world_size, backend="gloo",
                                                                   timeout=timeout)
 
@@ -91,10 +90,6 @@ class GlooGroup:
         self.pg.broadcast([tensor], options).wait()
 
     def destroy(self) -> None:
-        from vllm.distributed.utils import (
-            stateless_destroy_torch_distributed_process_group,
-        )
-
         stateless_destroy_torch_distributed_process_group(self.pg)
 
 
@@ -168,6 +163,8 @@ def register() -> None:
 
 
 register()
+TRAINER_INIT_INFO = {"nccl": NCCLTrainerInitInfo, "gloo": GlooTrainerInitInfo}  # the learner's side, per backend
+BACKENDS = tuple(TRAINER_INIT_INFO)
 
 
 class TransferWorkerExtension(WeightReloadExtension):
@@ -175,22 +172,10 @@ class TransferWorkerExtension(WeightReloadExtension):
     worker before the model loads) registers the gloo engine there."""
 
 
-def trainer_init_info(backend: str, address: str, port: int, world_size: int) -> NCCLTrainerInitInfo:
-    if backend == "nccl":
-        return NCCLTrainerInitInfo(master_address=address, master_port=port, world_size=world_size, rank=0)
-    if backend == "gloo":
-        return GlooTrainerInitInfo(master_address=address, master_port=port, world_size=world_size, rank=0)
-    raise ValueError(f"rollout.weight_transfer must be one of {BACKENDS} (or null), got {backend!r}")
-
-
 def open_trainer(backend: str, client: Any, source: WeightSource, world_size: int,
                  address: str = "127.0.0.1") -> NCCLTrainerWeightTransferEngine:
-    """Rendezvous the learner (rank 0) with `world_size - 1` inference workers behind `client`."""
-    info = trainer_init_info(backend, address, free_port(address), world_size)
+    """Rendezvous the learner (rank 0) with `world_size - 1` inference workers behind `client`
+    (`backend` is one of BACKENDS: TransferLink checks it)."""
+    info = TRAINER_INIT_INFO[backend](master_address=address, master_port=get_open_port(), world_size=world_size,
+                                      rank=0)
     return WeightTransferTrainerFactory.trainer_init(info, client=client, source=source)
-
-
-def free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]

@@ -186,12 +186,12 @@ class RolloutPool:
         if self.link.engine is None:  # the first round forms the group
             return
         pids = []
-        for i, actor in enumerate(self.actors):
+        for i, ref in enumerate([actor.pid.remote() for actor in self.actors]):  # asked all at once
             try:
-                pids.append(ray.get(actor.pid.remote(), timeout=self.timeout_s))
+                pids.append(ray.get(ref, timeout=self.timeout_s))
             except RayActorError:  # dead or restarting: wait for Ray's restart (ActorFailureError if none)
                 self.calls._await_restart(i)
-                pids.append(ray.get(actor.pid.remote(), timeout=self.timeout_s))
+                pids.append(ray.get(self.actors[i].pid.remote(), timeout=self.timeout_s))
         restarted = [i for i, (old, new) in enumerate(zip(self.link.pids, pids)) if old != new]
         if restarted:
             log.warning("rollout actors %s were restarted; re-forming the weight-transfer group", restarted)

@@ -76,9 +76,8 @@ class TransferLink:
     """One weight-transfer group between this process (the learner) and a fixed list of rollout actors."""
 
     def __init__(self, actors: list[Any], backend: str, timeout_s: float):
-        from policies import (
-            vllm_transfer,  # imports vLLM: only runs with rollout.weight_transfer set
-        )
+        # Imports vLLM: only runs with rollout.weight_transfer set.
+        from policies import vllm_transfer
 
         self._transfer = vllm_transfer
         if backend not in vllm_transfer.BACKENDS:

@@ -32,6 +32,15 @@ def _requests(n, seed=0):
     return [RolloutRequest(p, imgs) for p, imgs in zip(ds["prompt"], ds["images"])]
 
 
+def _perturbed_learner(path, seed):
+    learner = HFEngine.from_pretrained(path)
+    torch.manual_seed(seed)
+    with torch.no_grad():  # perturbed weights, so a no-op update would fail the test
+        for p in learner.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return learner
+
+
 def test_batched_sampling_with_n_and_logprobs(engine, warm_policy):
     requests = _requests(4)
     groups = engine.generate(requests, SamplingParams(n=3, temperature=1.0, max_tokens=6, seed=1))
@@ -52,11 +61,7 @@ def test_batched_sampling_with_n_and_logprobs(engine, warm_policy):
 
 
 def test_weight_update_then_greedy_equals_transformers(engine, warm_policy):
-    learner = HFEngine.from_pretrained(warm_policy)
-    torch.manual_seed(0)
-    with torch.no_grad():  # perturbed weights, so a no-op update would fail the test
-        for name, p in learner.model.named_parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    learner = _perturbed_learner(warm_policy, seed=0)
     requests = _requests(4, seed=5)
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=10)
     expected = [g[0].completion_ids for g in learner.generate(requests, greedy)]
@@ -90,15 +95,6 @@ def test_shutdown_leaves_no_engine_processes(warm_policy):
     eng.shutdown()
     psutil.wait_procs([p for p in me.children(recursive=True) if p.pid not in before], timeout=30)
     assert not {p.pid for p in me.children(recursive=True) if p.is_running()} - before
-
-
-def _perturbed_learner(path, seed):
-    learner = HFEngine.from_pretrained(path)
-    torch.manual_seed(seed)
-    with torch.no_grad():  # perturbed weights, so a no-op update would fail the test
-        for p in learner.model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return learner
 
 
 def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_policy):
