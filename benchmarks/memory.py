@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
 
-    cli = [sys.executable, "-m", "rl.cli"]
+    cli = [sys.executable, "-m", "recipes.cli"]
     grpo = [*cli, "grpo", str(CONFIG), f"trainer.max_steps={args.steps}", "trainer.report_to=[]"]
     jobs = {
         f"brl grpo tiny_cpu_rule.yaml ({args.steps} steps, one process)": [*grpo, f"output_dir={tempfile.mkdtemp()}"],

@@ -33,7 +33,6 @@ def plain_trl(policy: str, steps: int, trainer_kwargs: dict) -> float:
 
 def pipeline(policy: str, steps: int, trainer_kwargs: dict, overlap: bool = False) -> tuple[float, list[float]]:
     from recipes import grpo
-    from rl.cli import load_recipe_config
 
     overrides = [f"output_dir={tempfile.mkdtemp()}", f"policy.path={policy}", "data.train_size=1024",
                  "reward.scheme=rule", "reward.rule.in_actor=true", "ray.enabled=true", "ray.num_cpus=3",
@@ -42,7 +41,7 @@ def pipeline(policy: str, steps: int, trainer_kwargs: dict, overlap: bool = Fals
                  "trainer.report_to=[]"] + [f"trainer.{k}={v}" for k, v in trainer_kwargs.items()]
     if overlap:
         overrides += ["rollout.overlap=true", "rollout.max_staleness=1"]
-    summary = grpo.main(load_recipe_config("grpo", None, overrides))
+    summary = grpo.main(grpo.load(None, overrides))
     rewards = [r["reward"] for r in summary["log_history"] if "reward" in r]
     return summary["train_runtime_s"] / steps, rewards
 
@@ -50,11 +49,11 @@ def pipeline(policy: str, steps: int, trainer_kwargs: dict, overlap: bool = Fals
 def warm_policy(sft_steps: int) -> str:
     """The tiny policy after the tests' short SFT warm-up: it answers in the task's format, so the
     rule reward has variance and the reward curves mean something."""
-    from policies.tiny import make_tiny_qwen2_5_vl
+    from rl.tasks.shapes import make_tiny_policy
     from recipes import sft
     from rl.config import SFTRecipeConfig, load_config
 
-    base = str(make_tiny_qwen2_5_vl(tempfile.mkdtemp()))
+    base = str(make_tiny_policy(tempfile.mkdtemp()))
     cfg = load_config(SFTRecipeConfig, None, [f"output_dir={tempfile.mkdtemp()}", f"policy.path={base}",
                                               "data.train_size=512", f"trainer.max_steps={sft_steps}",
                                               "trainer.per_device_train_batch_size=32", "trainer.learning_rate=1e-3",

@@ -20,17 +20,17 @@ def main() -> None:
     parser.add_argument("--verdict-tokens", type=int, default=32)
     args = parser.parse_args()
 
-    from policies.engine import RolloutRequest, SamplingParams
+    from policies.rollout_engine import RolloutRequest, SamplingParams
     from policies.hf_engine import HFEngine
     from policies.loading import load_processor
-    from policies.tiny import make_tiny_qwen2_5_vl
+    from rl.tasks.shapes import make_tiny_policy
     from reward.model import BaseRewardModel, HeadConfig
     from reward.rule import RuleMatcher
     from reward.scorer import BaseRewardScorer
     from rl.tasks.shapes import make_shapes_dataset
 
     tmp = tempfile.mkdtemp()
-    policy = make_tiny_qwen2_5_vl(f"{tmp}/policy")
+    policy = make_tiny_policy(f"{tmp}/policy")
     rm = BaseRewardModel.from_backbone(str(policy), HeadConfig(), seed=0).save_pretrained(
         f"{tmp}/rm", load_processor(str(policy)))
     rows = make_shapes_dataset(args.samples, seed=0)
@@ -46,7 +46,7 @@ def main() -> None:
 
     # A generative judge on the same backbone: it reads the same prompt + answer and must write a
     # verdict of k tokens before a score exists (R1-Reward style), batched the same way.
-    judge = HFEngine.from_pretrained(str(policy))
+    judge = HFEngine(str(policy))
     judge_requests = [RolloutRequest(p + [{"role": "assistant", "content": c},
                                           {"role": "user", "content": "Judge the answer."}], i)
                       for p, c, i in zip(prompts, completions, images)]

@@ -28,15 +28,15 @@ def main() -> None:
 
     import ray
 
-    from policies.engine import RolloutRequest, SamplingParams
+    from policies.rollout_engine import RolloutRequest, SamplingParams
     from policies.hf_engine import HFEngine
-    from policies.tiny import make_tiny_qwen2_5_vl
+    from rl.tasks.shapes import make_tiny_policy
     from rl.actors import spawn_group
     from rl.config import ActorGroupConfig
-    from rl.pool import RolloutPool
+    from rl.rollout_pool import RolloutPool
     from rl.tasks.shapes import make_shapes_dataset
 
-    policy = str(make_tiny_qwen2_5_vl(tempfile.mkdtemp()))
+    policy = str(make_tiny_policy(tempfile.mkdtemp()))
     ds = make_shapes_dataset(args.prompts, seed=0)
     requests = [RolloutRequest(p, imgs) for p, imgs in zip(ds["prompt"], ds["images"])]
     # min_tokens = max_tokens: every run generates exactly the same number of tokens.
@@ -49,7 +49,7 @@ def main() -> None:
         for n in args.actors:
             # Each actor gets an equal share of the machine's cores (at least one thread).
             group = ActorGroupConfig(num_actors=n, num_cpus=max(1, cores // n))
-            actors = spawn_group("rollout", HFEngine.from_pretrained, {"path": policy}, group)
+            actors = spawn_group("rollout", HFEngine, {"model": policy}, group)
             pool = RolloutPool(actors, timeout_s=600)
             seconds = best_of(lambda: pool.generate(requests, sampling), repeats=3)
             rows.append({"actors": n, "threads_per_actor": max(1, cores // n), "seconds": seconds,

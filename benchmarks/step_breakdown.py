@@ -47,11 +47,10 @@ class StepTimer(TrainerCallback):
 
 def run(size: str, steps: int, rm_path: str) -> dict:
     from policies.loading import load_policy
-    from policies.tiny import make_tiny_qwen2_5_vl
+    from rl.tasks.shapes import make_tiny_policy
     from recipes import grpo
-    from rl.cli import load_recipe_config
 
-    policy = make_tiny_qwen2_5_vl(tempfile.mkdtemp(), text=SIZES[size])
+    policy = make_tiny_policy(tempfile.mkdtemp(), text=SIZES[size])
     params = sum(p.numel() for p in load_policy(str(policy)).parameters())
     overrides = [f"output_dir={tempfile.mkdtemp()}", f"policy.path={policy}", "data.train_size=256",
                  "reward.scheme=hybrid", f"reward.model.paths=[{rm_path}]", "reward.model.actors.num_cpus=0.5",
@@ -60,7 +59,7 @@ def run(size: str, steps: int, rm_path: str) -> dict:
                  "trainer.max_completion_length=8", "trainer.learning_rate=1e-5", "trainer.beta=0.0",
                  "trainer.report_to=[]"]
     timer = StepTimer()
-    summary = grpo.main(load_recipe_config("grpo", None, overrides), callbacks=[timer])
+    summary = grpo.main(grpo.load(None, overrides), callbacks=[timer])
     rows = [r for r in summary["log_history"] if "timing/generate" in r][1:]  # drop the warm-up step
 
     def mean(key: str) -> float:
@@ -81,10 +80,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from policies.loading import load_processor
-    from policies.tiny import make_tiny_qwen2_5_vl
+    from rl.tasks.shapes import make_tiny_policy
     from reward.model import BaseRewardModel, HeadConfig
 
-    backbone = str(make_tiny_qwen2_5_vl(tempfile.mkdtemp()))
+    backbone = str(make_tiny_policy(tempfile.mkdtemp()))
     rm = str(BaseRewardModel.from_backbone(backbone, HeadConfig(), seed=0).save_pretrained(
         tempfile.mkdtemp(), load_processor(backbone)))
     rows = [run(size, args.steps, rm) for size in args.sizes]

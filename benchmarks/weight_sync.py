@@ -24,8 +24,9 @@ def build_model(path: str, hidden: int, layers: int):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from policies.tiny import build_tokenizer
+    from rl.tasks.shapes import vocabulary_corpus
 
-    tok = build_tokenizer()
+    tok = build_tokenizer(vocabulary_corpus())
     cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
                       num_attention_heads=hidden // 64, num_key_value_heads=2, tie_word_embeddings=True)
     torch.manual_seed(0)
@@ -48,7 +49,7 @@ def main() -> None:
     from policies.hf_engine import HFEngine
     from rl.actors import spawn_group
     from rl.config import ActorGroupConfig
-    from rl.pool import RolloutPool
+    from rl.rollout_pool import RolloutPool
 
     path = tempfile.mkdtemp()
     model = build_model(path, args.hidden, args.layers)
@@ -66,7 +67,7 @@ def main() -> None:
         # are timed warm.
         for n, phase in [(args.actors[0], "cold (first syncs of a new cluster)")] + \
                 [(n, "warm") for n in args.actors]:
-            actors = spawn_group("rollout", HFEngine.from_pretrained, {"path": path},
+            actors = spawn_group("rollout", HFEngine, {"model": path},
                                  ActorGroupConfig(num_actors=n, num_cpus=1))
             pool = RolloutPool(actors, timeout_s=600)
             version = iter(range(1, 10_000))
@@ -91,9 +92,10 @@ def vllm_rows(path: str, state: dict, nbytes: int, t_copy: float, repeats: int =
     from policies.vllm_engine import VLLMEngine
     from rl.actors import spawn_group
     from rl.config import ActorGroupConfig
-    from rl.pool import RolloutPool
+    from rl.rollout_pool import RolloutPool
+    from rl.weight_sync import engine_options
 
-    engine = {"path": path, "dtype": "float32", "weight_transfer": "gloo",
+    engine = {"path": path, "dtype": "float32", **engine_options("gloo"),
               "engine_kwargs": {"max_model_len": 512, "enforce_eager": True, "gpu_memory_utilization": 0.15}}
     actors = spawn_group("rollout", VLLMEngine, engine, ActorGroupConfig(num_actors=1, num_cpus=1))
     paths = {"vLLM actor: object store + reload_weights": RolloutPool(actors, timeout_s=600),

@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from policies.chat import images_of, is_vlm_processor, render_prompt, vision_token_ids
-from policies.engine import Rollout, RolloutRequest, SamplingParams
-from policies.weights import as_tensors
+from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 
 
 class HFEngine:
-    """Holds a policy and its processor; generates batched, with per-token log-probabilities."""
+    """Holds a policy and its processor; generates batched, with per-token log-probabilities.
 
-    def __init__(self, model: torch.nn.Module, processor: Any, version: int = 0, device: str | None = None):
+    `model` is a checkpoint (hub id or local directory: the policy and its processor are loaded
+    from it, as a rollout actor does) or a live model (with its `processor`: e.g. the learner's own
+    model, for held-out evaluation without a copy)."""
+
+    def __init__(self, model: torch.nn.Module | str, processor: Any = None, *, dtype: str = "float32",
+                 device: str | None = None, max_pixels: int | None = None, trust_remote_code: bool = False,
+                 version: int = 0):
+        if isinstance(model, str):
+            from policies.loading import load_policy, load_processor
+
+            processor = load_processor(model, max_pixels, trust_remote_code)
+            model = load_policy(model, dtype, trust_remote_code)
+        elif processor is None:
+            raise ValueError("HFEngine(model=<a live model>) needs its processor")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.processor = processor
@@ -25,14 +38,6 @@ class HFEngine:
         self.version = version
         self.is_vlm = is_vlm_processor(processor)
         self.suppress = vision_token_ids(processor)
-
-    @classmethod
-    def from_pretrained(cls, path: str, dtype: str = "float32", device: str | None = None,
-                        max_pixels: int | None = None, trust_remote_code: bool = False) -> HFEngine:
-        from policies.loading import load_policy, load_processor
-
-        return cls(load_policy(path, dtype, trust_remote_code), load_processor(path, max_pixels, trust_remote_code),
-                   device=device)
 
     def _encode(self, requests: list[RolloutRequest]) -> dict[str, torch.Tensor]:
         texts = [render_prompt(self.processor, r.messages) for r in requests]
@@ -97,8 +102,7 @@ class HFEngine:
             results.append(group)
         return results
 
-    def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> None:
-        named_tensors = as_tensors(named_tensors)
+    def load_weights(self, named_tensors: Mapping[str, torch.Tensor], version: int) -> None:
         state = self.model.state_dict()
         unknown = [k for k in named_tensors if k not in state]
         if unknown:
@@ -107,6 +111,9 @@ class HFEngine:
             for name, tensor in named_tensors.items():
                 state[name].copy_(tensor.to(state[name].device, state[name].dtype))
         self.version = version
+
+    def loaded_version(self) -> int:
+        return self.version
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
@@ -18,19 +17,6 @@ def resolve_dtype(name: str) -> torch.dtype | str:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}") from None
-
-
-def resolve_policy_path(path: str, output_dir: str | Path, seed: int = 0) -> str:
-    """`"tiny"` builds the offline tiny Qwen2.5-VL under `output_dir/tiny-policy` (once); others pass through."""
-    if path != "tiny":
-        return path
-    target = Path(output_dir) / "tiny-policy"
-    if not (target / "config.json").is_file():
-        from policies.tiny import make_tiny_qwen2_5_vl
-
-        log.info("building the offline tiny Qwen2.5-VL policy in %s", target)
-        make_tiny_qwen2_5_vl(target, seed=seed)
-    return str(target)
 
 
 def is_vision_language(path: str, trust_remote_code: bool = False) -> bool:

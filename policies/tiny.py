@@ -5,6 +5,9 @@ a byte-level BPE tokenizer trained on a small corpus with Qwen's special tokens,
 template, the real `Qwen2_5_VLProcessor` and the real `Qwen2_5_VLForConditionalGeneration`
 architecture with random weights. The result is saved with `save_pretrained`, so every loader in
 the project treats it exactly like `Qwen/Qwen2.5-VL-3B-Instruct`.
+
+The tokenizer is trained on a corpus the caller gives: a task's own vocabulary (the shapes task
+builds its tiny policy with `rl.tasks.shapes.make_tiny_policy`), so a few hundred tokens cover it.
 """
 
 from __future__ import annotations
@@ -61,14 +64,7 @@ TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, o
 TINY_IMAGE_PIXELS = (56 * 56, 112 * 112)
 
 
-def _corpus() -> list[str]:
-    """Text the tokenizer is trained on: the synthetic task's vocabulary plus general English."""
-    from rl.tasks.shapes import vocabulary_corpus
-
-    return vocabulary_corpus()
-
-
-def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+def build_tokenizer(corpus: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE locally and wrap it like a Qwen tokenizer (special tokens, chat template)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -79,7 +75,7 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -91,8 +87,7 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     return fast
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen2_5_VLProcessor:
-    tokenizer = tokenizer or build_tokenizer()
+def build_processor(tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLProcessor:
     min_pixels, max_pixels = TINY_IMAGE_PIXELS
     image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels,
                                             patch_size=14, merge_size=2, temporal_patch_size=2)
@@ -108,15 +103,17 @@ def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
                 pad_token_id=ids["<|endoftext|>"])
 
 
-def make_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, text: dict[str, Any] | None = None) -> Path:
-    """Build and save a tiny random-weight Qwen2.5-VL policy with its processor. Returns `out_dir`.
+def make_tiny_qwen2_5_vl(out_dir: str | Path, corpus: list[str], seed: int = 0,
+                         text: dict[str, Any] | None = None) -> Path:
+    """Build and save a tiny random-weight Qwen2.5-VL policy with its processor (tokenizer trained on
+    `corpus`). Returns `out_dir`.
 
     `text` overrides fields of the language model's config (TINY_TEXT), e.g. a mid-size benchmark
     policy: {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16,
     "num_attention_heads": 16} (head_dim stays 64, which the M-RoPE sections assume)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    processor = build_processor()
+    processor = build_processor(build_tokenizer(corpus))
     tokenizer = processor.tokenizer
     special = _token_ids(tokenizer)
     text_config = dict(TINY_TEXT, **(text or {}), vocab_size=len(tokenizer), rope_parameters={
@@ -141,11 +138,11 @@ def make_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, text: dict[str, Any
     return out
 
 
-def make_tiny_qwen2(out_dir: str | Path, seed: int = 0) -> Path:
-    """A tiny text-only Qwen2 causal LM sharing the same tokenizer (text-only reward models, vLLM tests)."""
+def make_tiny_qwen2(out_dir: str | Path, corpus: list[str], seed: int = 0) -> Path:
+    """A tiny text-only Qwen2 causal LM with a tokenizer trained on `corpus` (text-only reward models)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(corpus)
     config = Qwen2Config(vocab_size=len(tokenizer), tie_word_embeddings=True, **TINY_TEXT,
                          **_token_ids(tokenizer))
     torch.manual_seed(seed)

@@ -9,9 +9,10 @@ Weights reach a running engine by one of two paths, both versioned and bounded b
   the state dict travels with the call (through Ray's object store in the pipeline). Calling
   `model.load_weights` directly fails on the CPU backend, which repacks linear weights.
 - `weight_transfer="nccl"` (GPUs) or `"gloo"` (its CPU twin): vLLM's weight-transfer engine. The
-  learner opens a process group with every worker and broadcasts; this class exposes the worker
-  side of vLLM's control plane (`init_weight_transfer` .. `finish_weight_update`), driven by
-  `rl.transfer` (see `policies.vllm_transfer`).
+  learner opens a process group with every worker and broadcasts; this class is the worker side of
+  vLLM's control plane (`init_weight_transfer` .. `finish_weight_update`), driven by the learner's
+  transport in `rl/weight_sync/vllm_transfer.py`, which also names the worker extension that
+  registers the gloo twin in the workers.
 
 Either way the state dict must carry the output head explicitly (`lm_head.weight`) even for tied
 embeddings: a checkpoint written by `save_pretrained` omits it, and vLLM would keep a stale head.
@@ -21,11 +22,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from policies.chat import images_of, is_vlm_processor, render_prompt, vision_token_ids
-from policies.engine import Rollout, RolloutRequest, SamplingParams
-from policies.weights import as_tensors
+from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,15 @@ def _explain_start_failure(err: Exception, engine_kwargs: dict[str, Any]) -> str
 
 class VLLMEngine:
     """One `vllm.LLM`. `engine_kwargs` go to it unchanged (tensor_parallel_size, gpu_memory_utilization,
-    max_model_len, enforce_eager, enable_sleep_mode, ...)."""
+    max_model_len, enforce_eager, ...).
+
+    `weight_transfer`: a vLLM weight-transfer backend ("nccl", or "gloo" with the worker extension
+    that registers it); None: weights arrive through `load_weights` only."""
 
     def __init__(self, path: str, dtype: str = "auto", max_pixels: int | None = None,
                  engine_kwargs: dict[str, Any] | None = None, version: int = 0, sync_timeout_s: float = 600.0,
-                 weight_transfer: str | None = None):
+                 weight_transfer: str | None = None,
+                 worker_extension: str = "policies.vllm_engine.WeightReloadExtension"):
         try:
             import vllm
         except ImportError as e:
@@ -80,17 +85,9 @@ class VLLMEngine:
         self.processor = load_processor(path, max_pixels)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.is_vlm = is_vlm_processor(self.processor)
-        extension = f"{__name__}.WeightReloadExtension"
-        if weight_transfer:
-            from policies import vllm_transfer  # registers the gloo twin in this process
-
-            if weight_transfer not in vllm_transfer.BACKENDS:
-                raise ValueError(f"rollout.weight_transfer must be one of {vllm_transfer.BACKENDS} (or null), "
-                                 f"got {weight_transfer!r}")
-            extension = "policies.vllm_transfer.TransferWorkerExtension"  # registers it in the workers
         kwargs: dict[str, Any] = {
             "dtype": dtype, "seed": 0, "logprobs_mode": "processed_logprobs",  # temperature applied, like TRL
-            "worker_extension_cls": extension,
+            "worker_extension_cls": worker_extension,
             **({"weight_transfer_config": {"backend": weight_transfer}} if weight_transfer else {}),
             **({"limit_mm_per_prompt": {"image": 4}} if self.is_vlm else {}),
             **({"mm_processor_kwargs": {"max_pixels": max_pixels}} if self.is_vlm and max_pixels else {}),
@@ -106,7 +103,6 @@ class VLLMEngine:
         self.suppress = {tid: -100.0 for tid in vision_token_ids(self.processor)}
         self.version = version
         self.sync_timeout_s = sync_timeout_s
-        self.sleeping = False
 
     def _params(self, sampling: SamplingParams):
         return self._vllm.SamplingParams(
@@ -128,8 +124,6 @@ class VLLMEngine:
             return []
         if sampling.n > 1 and sampling.greedy:
             raise ValueError("n > 1 needs temperature > 0 (greedy decoding gives n identical completions)")
-        if self.sleeping:
-            self.wake_up()
         outputs = self.llm.generate([self._prompt(r) for r in requests], self._params(sampling), use_tqdm=False)
         results = []
         for out in outputs:
@@ -142,10 +136,7 @@ class VLLMEngine:
             results.append(group)
         return results
 
-    def load_weights(self, named_tensors: dict[str, Any], version: int) -> None:
-        named_tensors = as_tensors(named_tensors)
-        if self.sleeping:
-            self.wake_up()
+    def load_weights(self, named_tensors: Mapping[str, Any], version: int) -> None:
         from safetensors.torch import save
 
         # Clone: tied parameters share storage, which safetensors (rightly) refuses to serialise twice.
@@ -161,8 +152,11 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
         self.version = version
 
+    def loaded_version(self) -> int:
+        return self.version
+
     # The worker side of vLLM's weight-transfer control plane (rollout.weight_transfer), called by
-    # the learner's client (rl.transfer.PoolSyncClient) in this order every round.
+    # the learner's transport (rl/weight_sync/vllm_transfer.py) in this order every round.
     def transfer_world_size(self) -> int:
         """How many ranks this engine's workers take in the learner's transfer group."""
         parallel = self.llm.llm_engine.vllm_config.parallel_config
@@ -175,8 +169,6 @@ class VLLMEngine:
         self.llm.shutdown_weight_transfer_engine()
 
     def start_weight_update(self) -> None:
-        if self.sleeping:
-            self.wake_up()
         self.llm.start_weight_update()
 
     def update_weights(self, update_info: dict[str, Any]) -> None:
@@ -186,15 +178,6 @@ class VLLMEngine:
     def finish_weight_update(self, version: int) -> None:
         self.llm.finish_weight_update(weight_version=str(version))
         self._weights_changed(version)
-
-    # Colocation with the learner on GPUs: free the KV cache (and weights) between rollouts.
-    def sleep(self, level: int = 1) -> None:
-        self.llm.sleep(level=level)
-        self.sleeping = True
-
-    def wake_up(self) -> None:
-        self.llm.wake_up()
-        self.sleeping = False
 
     def shutdown(self) -> None:
         """Stop the engine's worker processes now (also happens when the process exits)."""

@@ -14,18 +14,26 @@ import copy
 import json
 import logging
 import math
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from policies.loading import resolve_policy_path
+from trl import GRPOConfig
+
 from recipes import grpo
-from rl.config import CompareRecipeConfig, GRPORecipeConfig, to_yaml
+from rl.config import CompareRecipeConfig, GRPORecipeConfig, load_config, to_yaml
 from rl.data import load_rl_splits
 from rl.evaluate import HeldOutCallback, evaluate_policy
+from rl.tasks.shapes import resolve_policy_path
 
 log = logging.getLogger("brl.compare")
+
+
+def load(path: str | None = None, overrides: Sequence[str] = ()) -> CompareRecipeConfig:
+    """This recipe's config: defaults, then the YAML file, then `key=value` overrides; `grpo.trainer:`
+    keys must be fields of TRL's GRPOConfig."""
+    return load_config(CompareRecipeConfig, path, overrides, passthrough={"grpo.trainer": GRPOConfig})
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -75,9 +83,8 @@ def model_scores(policy_path: str, held_out: Any, scorer_cfg: Any, max_tokens: i
     from policies.hf_engine import HFEngine
     from reward.scorer import BaseRewardScorer
 
-    scorer = BaseRewardScorer.from_paths(list(scorer_cfg.paths), scorer_cfg.text_path, device=scorer_cfg.device,
-                                         batch_size=scorer_cfg.batch_size, max_pixels=scorer_cfg.max_pixels)
-    result = evaluate_policy(HFEngine.from_pretrained(policy_path), held_out, max_tokens=max_tokens, scorer=scorer)
+    scorer = BaseRewardScorer(scorer_cfg)  # the section is the scorer's options (calibrate included)
+    result = evaluate_policy(HFEngine(policy_path), held_out, max_tokens=max_tokens, scorer=scorer)
     return result.mean_model_score
 
 
@@ -171,8 +178,3 @@ def main(cfg: CompareRecipeConfig) -> dict:
     log.info("wrote %s, %s and %s", out / "results.json", out / "results.md", out / "compare.png")
     return results
 
-
-if __name__ == "__main__":
-    from rl.cli import main as cli
-
-    sys.exit(cli(["compare", *sys.argv[1:]]))

@@ -14,18 +14,19 @@ import json
 import logging
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
-from policies.tiny import make_tiny_qwen2_5_vl
-from rl.cli import load_recipe_config
+from rl.tasks.shapes import make_tiny_policy
 
 log = logging.getLogger("brl.demo")
 CONFIGS = Path(__file__).parent / "configs"
 
 # --quick: the same pipeline with budgets small enough for CI (numbers are then not meaningful).
-QUICK = {
-    "sft": ["trainer.max_steps=40", "data.train_size=1280"],
-    "train-rm": ["trainer.max_steps=20", "data.sources.0.size=320", "data.eval_size=64"],
-    "compare": ["grpo.trainer.max_steps=3", "grpo.trainer.per_device_train_batch_size=8",
+QUICK = {  # recipe module -> overrides
+    "recipes.sft": ["trainer.max_steps=40", "data.train_size=1280"],
+    "recipes.train_reward_model": ["trainer.max_steps=20", "data.sources.0.size=320", "data.eval_size=64"],
+    "recipes.compare": ["grpo.trainer.max_steps=3", "grpo.trainer.per_device_train_batch_size=8",
                 "grpo.trainer.num_generations=4", "eval.size=32", "eval.every=3", "seeds=[0]"],
 }
 
@@ -42,25 +43,25 @@ def run(out: str | Path = "runs/demo", quick: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    def cfg(command: str, yaml: str, overrides: list[str]):
-        return load_recipe_config(command, str(CONFIGS / yaml), overrides + (QUICK[command] if quick else []))
+    def cfg(recipe: ModuleType, yaml: str, overrides: list[str]) -> Any:
+        return recipe.load(str(CONFIGS / yaml), overrides + (QUICK[recipe.__name__] if quick else []))
 
     t = _stage(1, 4, "building the offline tiny Qwen2.5-VL policy")
-    policy = make_tiny_qwen2_5_vl(out / "tiny-policy")
+    policy = make_tiny_policy(out / "tiny-policy")
     timings["build"] = time.perf_counter() - t
 
     t = _stage(2, 4, "SFT warm-up on the shapes task")
-    sft_summary = sft.main(cfg("sft", "tiny_cpu_sft.yaml", [f"output_dir={out / 'sft'}", f"policy.path={policy}",
+    sft_summary = sft.main(cfg(sft, "tiny_cpu_sft.yaml", [f"output_dir={out / 'sft'}", f"policy.path={policy}",
                                                             "trainer.report_to=[]"]))
     timings["sft"] = time.perf_counter() - t
 
     t = _stage(3, 4, "training a tiny BaseReward on synthetic preference pairs")
-    rm_summary = train_reward_model.main(cfg("train-rm", "tiny_cpu_rm.yaml", [
+    rm_summary = train_reward_model.main(cfg(train_reward_model, "tiny_cpu_rm.yaml", [
         f"output_dir={out / 'reward_model'}", f"backbone.path={sft_summary['final_policy']}", "trainer.report_to=[]"]))
     timings["reward_model"] = time.perf_counter() - t
 
     t = _stage(4, 4, "GRPO under the rule, model and hybrid rewards (Ray pipeline)")
-    results = compare.main(cfg("compare", "tiny_cpu_compare.yaml", [
+    results = compare.main(cfg(compare, "tiny_cpu_compare.yaml", [
         f"output_dir={out / 'compare'}", f"grpo.policy.path={sft_summary['final_policy']}",
         f"grpo.reward.model.paths=[{rm_summary['checkpoint']}]"]))
     timings["compare"] = time.perf_counter() - t

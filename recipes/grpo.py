@@ -7,8 +7,9 @@ GRPOTrainer, train, save. With `ray.enabled`, generation runs on rollout actors 
 after optimizer steps) and the BaseReward scorer on its own actors; TRL stays the learner.
 Reliability: `checkpoint.every_steps` writes atomic, resumable checkpoints (rl/checkpoint.py) and
 `resume=auto` continues from the latest one, bit-exactly; a non-finite gradient skips its step
-(rl/guards.py); rewards that fail are counted (reward/guard.py); a dead actor is restarted and its
-work retried (rl/pool.py). A run that has to stop (too many failures) writes a checkpoint first.
+(rl/step_guard.py); rewards that fail are counted (reward/failures.py); a dead actor is restarted
+and its work retried (rl/actor_calls.py). A run that has to stop (too many failures) writes a
+checkpoint first.
 """
 
 from __future__ import annotations
@@ -16,40 +17,50 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import set_seed
+from trl import GRPOConfig
 
 from policies.chat import vision_token_ids
-from policies.loading import load_policy, load_processor, resolve_policy_path
-from reward.build import build_reward_funcs, check_model_paths, make_rule
-from reward.guard import RewardFailureError
+from policies.loading import load_policy, load_processor
+from reward.failures import RewardFailureError
 from reward.hybrid import HybridReward
 from rl.checkpoint import CheckpointCallback, check_resume_has_work, resolve_resume, save_now
-from rl.config import GRPORecipeConfig, to_container, to_yaml
+from rl.config import GRPORecipeConfig, load_config, to_container, to_yaml
 from rl.data import load_rl_splits
-from rl.guards import NonFiniteGuard, NonFiniteStepError
+from rl.errors import ActorFailureError
 from rl.learner import build_grpo_trainer, grpo_args, planned_steps
 from rl.metrics import ScoreHistogramCallback
-from rl.pool import ActorFailureError
+from rl.rewards import build_reward_funcs, check_model_paths, rule_options
+from rl.step_guard import NonFiniteGuard, NonFiniteStepError
+from rl.tasks.shapes import resolve_policy_path
+from rl.weight_sync import check_transport
 
 log = logging.getLogger("brl.grpo")
+
+
+def load(path: str | None = None, overrides: Sequence[str] = ()) -> GRPORecipeConfig:
+    """This recipe's config: defaults, then the YAML file, then `key=value` overrides; `trainer:`
+    keys must be fields of TRL's GRPOConfig."""
+    return load_config(GRPORecipeConfig, path, overrides, passthrough={"trainer": GRPOConfig})
 
 
 def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.ExitStack):
     """Rollout pool + reward proxies on Ray actors, killed when `stack` closes.
 
     Returns (rollout_func, scorer, rule); scorer/rule are None where they stay in this process."""
-    from policies.engines import engine_factory
-    from reward.build import make_local_scorer
+    from reward.rule import RuleMatcher
+    from reward.scorer import BaseRewardScorer
     from rl.actors import kill_on_exit, spawn_group
     from rl.config import ActorGroupConfig
-    from rl.pool import RemoteReward, RolloutPool
+    from rl.remote_reward import RemoteReward
     from rl.rollout import ActorRollouts
+    from rl.rollout_pool import RolloutPool, engine_spec
 
-    factory, kwargs = engine_factory(cfg.rollout, cfg.policy, policy_path)
-    rollout_actors = kill_on_exit(stack, spawn_group("rollout", factory, kwargs, cfg.rollout.actors))
+    engine_cls, kwargs = engine_spec(cfg.rollout, cfg.policy, policy_path)
+    rollout_actors = kill_on_exit(stack, spawn_group("rollout", engine_cls, kwargs, cfg.rollout.actors))
     pool = RolloutPool(rollout_actors, cfg.rollout.timeout_s, cfg.rollout.actors.max_retries,
                        cfg.rollout.weight_transfer)
     stack.callback(pool.close)
@@ -59,11 +70,12 @@ def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.Exit
     scorer = rule = None
     model_actors = cfg.reward.model.actors
     if cfg.reward.scheme in ("model", "hybrid") and model_actors.num_actors > 0:
-        actors = kill_on_exit(stack, spawn_group("scorer", make_local_scorer, {"cfg": cfg.reward}, model_actors))
+        actors = kill_on_exit(stack, spawn_group("scorer", BaseRewardScorer, {"options": cfg.reward.model},
+                                                 model_actors))
         scorer = RemoteReward(actors, "basereward", cfg.reward.timeout_s, model_actors.max_retries)
     if cfg.reward.rule.in_actor:
         group = ActorGroupConfig(num_actors=1, num_cpus=0.5)
-        actors = kill_on_exit(stack, spawn_group("rule", make_rule, {"cfg": cfg.reward}, group))
+        actors = kill_on_exit(stack, spawn_group("rule", RuleMatcher, rule_options(cfg.reward), group))
         rule = RemoteReward(actors, "rule", cfg.reward.timeout_s, group.max_retries)
     return rollout_func, scorer, rule
 
@@ -80,6 +92,7 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     args = grpo_args(str(out), cfg.seed, trainer_kwargs)  # bad trainer keys fail here, before any model loads
     resume_from = resolve_resume(cfg.resume, out)
     check_model_paths(cfg.reward)
+    check_transport(cfg.rollout.weight_transfer, cfg.rollout.backend)
     train, _ = load_rl_splits(cfg.data)
     policy_path = resolve_policy_path(cfg.policy.path, out, cfg.seed)
 
@@ -154,8 +167,3 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     log.info("saved the final policy to %s", final)
     return summary
 
-
-if __name__ == "__main__":
-    from rl.cli import main as cli
-
-    sys.exit(cli(["grpo", *sys.argv[1:]]))

@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from datasets import Dataset
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from policies.loading import load_policy, load_processor, resolve_policy_path
-from rl.config import SFTRecipeConfig, to_yaml
+from policies.loading import load_policy, load_processor
+from rl.config import SFTRecipeConfig, load_config, to_yaml
 from rl.data import load_rl_splits
 from rl.learner import device_defaults
+from rl.tasks.shapes import resolve_policy_path
 
 log = logging.getLogger("brl.sft")
+
+
+def load(path: str | None = None, overrides: Sequence[str] = ()) -> SFTRecipeConfig:
+    """This recipe's config: defaults, then the YAML file, then `key=value` overrides; `trainer:`
+    keys must be fields of TRL's SFTConfig."""
+    return load_config(SFTRecipeConfig, path, overrides, passthrough={"trainer": SFTConfig})
 
 
 def to_prompt_completion(rows: Dataset) -> Dataset:
@@ -56,8 +63,3 @@ def main(cfg: SFTRecipeConfig) -> dict:
     log.info("saved the warmed-up policy to %s (train loss %.3f)", final, result.training_loss)
     return summary
 
-
-if __name__ == "__main__":
-    from rl.cli import main as cli
-
-    sys.exit(cli(["sft", *sys.argv[1:]]))

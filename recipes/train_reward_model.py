@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import TrainingArguments, set_seed
 
-from policies.loading import freeze_vision_tower, load_processor, resolve_dtype, resolve_policy_path
-from reward.model import BaseRewardModel, HeadConfig
+from policies.loading import freeze_vision_tower, load_processor, resolve_dtype
+from reward.model import BaseRewardModel, ScoreStats
 from reward.train import BTTrainer, PairCollator, compute_pair_metrics, pair_metrics
-from rl.config import RMRecipeConfig, to_yaml
+from rl.config import RMRecipeConfig, load_config, to_yaml
 from rl.data import load_preference_mixture
 from rl.learner import device_defaults
+from rl.tasks.shapes import resolve_policy_path
 
 log = logging.getLogger("brl.train_rm")
+
+
+def load(path: str | None = None, overrides: Sequence[str] = ()) -> RMRecipeConfig:
+    """This recipe's config: defaults, then the YAML file, then `key=value` overrides; `trainer:`
+    keys must be fields of transformers' TrainingArguments."""
+    return load_config(RMRecipeConfig, path, overrides, passthrough={"trainer": TrainingArguments})
 
 
 def main(cfg: RMRecipeConfig) -> dict:
@@ -39,9 +46,7 @@ def main(cfg: RMRecipeConfig) -> dict:
 
     path = resolve_policy_path(cfg.backbone.path, out, cfg.seed)
     processor = load_processor(path, cfg.backbone.max_pixels, cfg.backbone.trust_remote_code)
-    head = HeadConfig(num_layers=cfg.head.num_layers, hidden_size=cfg.head.hidden_size,
-                      activation=cfg.head.activation)
-    model = BaseRewardModel.from_backbone(path, head, resolve_dtype(cfg.backbone.dtype),
+    model = BaseRewardModel.from_backbone(path, cfg.head, resolve_dtype(cfg.backbone.dtype),
                                           cfg.backbone.trust_remote_code, seed=cfg.seed)
     if cfg.backbone.freeze_vision:
         freeze_vision_tower(model.backbone)
@@ -66,7 +71,7 @@ def main(cfg: RMRecipeConfig) -> dict:
     stats_rows = train.select(range(min(256, len(train))))
     preds = trainer.predict(stats_rows).predictions  # [N, 2]
     scores = preds.reshape(-1)
-    model.head_cfg.score_mean, model.head_cfg.score_std = float(scores.mean()), float(scores.std() or 1.0)
+    model.stats = ScoreStats(float(scores.mean()), float(scores.std() or 1.0))
     final = model.save_pretrained(out / "final", processor)
 
     summary = {
@@ -78,8 +83,8 @@ def main(cfg: RMRecipeConfig) -> dict:
         "eval_before": before,
         "eval_after": after,
         "eval_accuracy_by_kind": by_kind,
-        "score_mean": model.head_cfg.score_mean,
-        "score_std": model.head_cfg.score_std,
+        "score_mean": model.stats.mean,
+        "score_std": model.stats.std,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if after:
@@ -89,8 +94,3 @@ def main(cfg: RMRecipeConfig) -> dict:
     log.info("saved the reward model to %s", final)
     return summary
 
-
-if __name__ == "__main__":
-    from rl.cli import main as cli
-
-    sys.exit(cli(["train-rm", *sys.argv[1:]]))

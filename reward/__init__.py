@@ -1,7 +1,7 @@
 """Pluggable rewards with TRL's reward-function signature: rule, BaseReward model, hybrid, custom."""
 
 from reward.base import Reward, completion_text
-from reward.guard import FailureStats, GuardedReward, RewardFailureError
+from reward.failures import FailureStats, GuardedReward, RewardFailureError
 from reward.hybrid import HybridReward, hybrid_value, sigmoid
 from reward.rule import FormatReward, RuleMatcher, extract_answer, normalize
 

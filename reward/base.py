@@ -13,22 +13,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+from policies.chat import message_text
+
 
 @runtime_checkable
 class Reward(Protocol):
     __name__: str
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]: ...
-
-
-def message_text(message: Any) -> str:
-    """Text of one chat message (string content or a list of typed parts)."""
-    content = message.get("content") if isinstance(message, dict) else message
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
 
 
 def completion_text(completion: Any) -> str:

@@ -1,9 +1,9 @@
-"""Reward-model benchmarks in their published formats: MM-RLHF-RewardBench, VL-RewardBench, pairs.
+"""Reward-model benchmark metrics in their published forms: MM-RLHF-RewardBench, VL-RewardBench, pairs.
 
 Metric code is pure (rows + scores -> numbers) and tested on hand-made fixtures; scoring is pluggable:
 a BaseReward checkpoint, or the model-free baselines `length` (longer response wins) and `random`
 (a seeded coin) that sanity-check the metric code. A pair is correct only when the better response
-scores strictly higher: ties and NaN are wrong.
+scores strictly higher: ties and NaN are wrong. Reading benchmark files is rl/rm_benchmarks.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 MM_RLHF_CATEGORIES = ("mcq", "long", "short", "safety", "video")
@@ -123,78 +122,3 @@ def model_scorer(paths: list[str], device: str = "cpu", batch_size: int = 16) ->
         return [math.nan if s is None else s for s in raw]
 
     return score
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading benchmark files and running
-# ---------------------------------------------------------------------------------------------
-
-
-def _open_image(ref: Any, base: Path) -> Any:
-    from PIL import Image
-
-    if ref is None or ref == "":
-        return None
-    if hasattr(ref, "convert"):
-        return ref
-    p = Path(ref)
-    p = p if p.is_absolute() else base / p
-    return Image.open(p).convert("RGB")
-
-
-def _item(prompt_text: str, image: Any, response: str) -> dict:
-    content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": prompt_text}]
-    return {"prompt": [{"role": "user", "content": content}], "images": [image] if image is not None else [],
-            "response": response, "prompt_text": prompt_text}
-
-
-def evaluate_file(path: str, fmt: str, scorer: Scorer, needs_images: bool = True) -> dict[str, Any]:
-    """Score every row of a benchmark file and compute its metrics."""
-    from rl.data import RowError, iter_rows
-
-    base = Path(path).parent
-    rows = []
-    for rownum, row in iter_rows(path, "test"):
-        if isinstance(row, RowError):
-            raise ValueError(f"{path}: {row}")
-        rows.append(row)
-    video_without_frames = 0
-
-    def image_of(row: dict) -> Any:
-        nonlocal video_without_frames
-        if row.get("video") and not row.get("image"):
-            video_without_frames += 1  # scored on the text alone: frame sampling is not implemented
-            return None
-        return _open_image(row.get("image"), base) if needs_images else None
-
-    if fmt == "mm-rlhf":
-        items_c, items_r = [], []
-        for row in rows:
-            img = image_of(row)
-            items_c.append(_item(row["prompt"], img, row["chosen"]))
-            items_r.append(_item(row["prompt"], img, row["rejected"]))
-        result = mm_rlhf_metrics(rows, scorer(items_c), scorer(items_r))
-    elif fmt == "vl-reward":
-        items = []
-        for row in rows:
-            img = image_of(row)
-            items += [_item(row["query"], img, r) for r in row["response"][:2]]
-        flat = scorer(items)
-        result = vl_reward_metrics(rows, [flat[i:i + 2] for i in range(0, len(flat), 2)])
-    elif fmt == "pairs":
-        items_c, items_r = [], []
-        for row in rows:
-            imgs = [_open_image(i, base) for i in (row.get("images") or [])] if needs_images else []
-            text = row["prompt"] if isinstance(row["prompt"], str) else str(row["prompt"])
-            c, r = _item(text, None, row["chosen"]), _item(text, None, row["rejected"])
-            if imgs:
-                for it in (c, r):
-                    it["images"] = imgs
-                    it["prompt"][0]["content"] = [{"type": "image"}] * len(imgs) + it["prompt"][0]["content"]
-            items_c.append(c)
-            items_r.append(r)
-        result = pairs_metrics(scorer(items_c), scorer(items_r))
-    else:
-        raise ValueError(f"unknown benchmark format {fmt!r}; use mm-rlhf, vl-reward or pairs")
-    result["video_rows_scored_without_frames"] = video_without_frames
-    return result

@@ -9,6 +9,8 @@ Checkpoints are a directory with the backbone's `config.json`, the processor/tok
 `reward_head.json` (head shape and score statistics) and `model.safetensors` (every weight). Loading
 builds the architecture from the config and loads the safetensors strictly: bit-exact, no pickle,
 no remote code.
+
+`HeadConfig` is the head's options and also the `head:` section of the reward-model recipe's config.
 """
 
 from __future__ import annotations
@@ -29,18 +31,29 @@ WEIGHTS_FILE = "model.safetensors"
 
 @dataclass
 class HeadConfig:
-    num_layers: int = 2  # 1 = a single linear layer
+    """The scalar head's shape (the paper's ablations: depth, width, activation)."""
+
+    num_layers: int = 2  # the paper's best; 1 = a linear head
     hidden_size: int | None = None  # width of the hidden layers (None: the backbone's hidden size)
-    activation: str = "silu"
-    # Score statistics on the training data, saved for calibration (standardising before sigmoid).
-    score_mean: float = 0.0
-    score_std: float = 1.0
+    activation: str = "silu"  # silu | relu | tanh | gelu
 
     def __post_init__(self) -> None:
         if self.num_layers < 1:
             raise ValueError(f"reward head needs at least 1 layer, got num_layers={self.num_layers}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; use one of {sorted(ACTIVATIONS)}")
+
+
+@dataclass
+class ScoreStats:
+    """Score statistics on the training data, saved with the checkpoint for calibration
+    (standardising scores before a sigmoid: `reward.model.calibrate`)."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    def standardize(self, score: float) -> float:
+        return (score - self.mean) / (self.std or 1.0)
 
 
 def build_head(in_features: int, cfg: HeadConfig) -> nn.Sequential:
@@ -68,10 +81,11 @@ def text_hidden_size(config) -> int:
 class BaseRewardModel(nn.Module):
     """backbone (no LM head) + MLP head -> one scalar per sequence."""
 
-    def __init__(self, backbone: nn.Module, head_cfg: HeadConfig | None = None):
+    def __init__(self, backbone: nn.Module, head_cfg: HeadConfig | None = None, stats: ScoreStats | None = None):
         super().__init__()
         self.backbone = backbone
         self.head_cfg = head_cfg or HeadConfig()
+        self.stats = stats or ScoreStats()
         param = next(backbone.parameters())
         self.head = build_head(text_hidden_size(backbone.config), self.head_cfg).to(param.dtype)
 
@@ -113,7 +127,8 @@ class BaseRewardModel(nn.Module):
         self.backbone.config.save_pretrained(out)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, out / WEIGHTS_FILE, metadata={"format": "pt"})
-        (out / HEAD_FILE).write_text(json.dumps(asdict(self.head_cfg), indent=2))
+        head = {**asdict(self.head_cfg), "score_mean": self.stats.mean, "score_std": self.stats.std}
+        (out / HEAD_FILE).write_text(json.dumps(head, indent=2))
         if processor is not None:
             processor.save_pretrained(out)
         return out
@@ -125,11 +140,13 @@ class BaseRewardModel(nn.Module):
             if not (p / name).is_file():
                 raise FileNotFoundError(f"{p} is not a BaseReward checkpoint: {name} is missing")
         config = AutoConfig.from_pretrained(p)  # never trust_remote_code: only built-in architectures
-        head_cfg = HeadConfig(**json.loads((p / HEAD_FILE).read_text()))
+        head = json.loads((p / HEAD_FILE).read_text())
+        stats = ScoreStats(head.pop("score_mean", 0.0), head.pop("score_std", 1.0))
+        head_cfg = HeadConfig(**head)
         state = load_file(p / WEIGHTS_FILE, device="cpu")
         dtype = next(iter(state.values())).dtype
         backbone = AutoModel.from_config(config, dtype=dtype)
-        model = cls(backbone, head_cfg)
+        model = cls(backbone, head_cfg, stats)
         missing, unexpected = model.load_state_dict(state, strict=False)
         # Tied / buffer-only entries may legitimately be absent; real weights may not.
         if unexpected or [k for k in missing if not k.endswith("inv_freq")]:

@@ -15,7 +15,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reward.base import completion_text
@@ -113,14 +113,17 @@ def _math_equal(pred: str, truth: str) -> bool:
 
 @dataclass
 class RuleMatcher:
-    """1.0 if the completion's answer matches the ground truth, 0.0 if not, None with no ground truth."""
+    """1.0 if the completion's answer matches the ground truth, 0.0 if not, None with no ground truth.
 
+    Its fields are its options, and (with `in_actor`) the `reward.rule:` section of the GRPO config."""
+
+    # Where the answer is in a completion: auto | whole | last_line | answer_tag | boxed
     extract: str = "auto"
-    number_words: bool = True
-    units: tuple[str, ...] | list[str] = ()
-    math_verify: bool = False
-    max_chars: int = 4096
-    answer_column: str = "answer"
+    number_words: bool = True  # "three" == "3"
+    units: list[str] = field(default_factory=list)  # suffixes to ignore when comparing ("cm", "kg")
+    math_verify: bool = False  # symbolic equivalence through math-verify (extra: math)
+    max_chars: int = 4096  # completions are cut to this many characters before matching (time bound)
+    answer_column: str = "answer"  # the dataset column that holds the ground truth
 
     def __post_init__(self) -> None:
         self.__name__ = "rule"  # the name TRL logs this reward under

@@ -4,23 +4,39 @@ The images reach the reward model: each prompt is rendered with the checkpoint's
 its images go through the checkpoint's processor (after a per-image pixel bound), and the reward
 model sees pixel values next to the text. Several checkpoints are averaged (the paper's ensemble);
 rows with no image can be routed to a text-only reward model (the paper's recipe for text inputs).
+
+`ScorerOptions` is the scorer's options and, with where its actors run, the `reward.model:` section
+of the GRPO recipe's config.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image as PILImage
 
-from policies.chat import embedded_images, is_vlm_processor, render_conversation
-from reward.base import completion_text, message_text
+from policies.chat import as_messages, embedded_images, is_vlm_processor, render_conversation, with_image_parts
+from reward.base import completion_text
 from reward.model import BaseRewardModel
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScorerOptions:
+    # BaseReward checkpoint(s): one path, or several whose scores are averaged (the paper's ensemble).
+    paths: list[str] = field(default_factory=list)
+    # Optional text-only reward model that scores rows without images (the paper's routing).
+    text_path: str | None = None
+    batch_size: int = 16
+    max_pixels: int | None = 200_704  # per image, before the processor (28*28*256)
+    device: str = "cpu"
+    # Standardise scores with the mean/std stored in the checkpoint (before the hybrid's sigmoid).
+    calibrate: bool = False
 
 
 def bound_pixels(image: PILImage.Image, max_pixels: int | None) -> PILImage.Image:
@@ -60,54 +76,40 @@ class ScoringBackend:
         return self.model(**inputs).tolist()
 
 
-@dataclass
 class BaseRewardScorer:
     """A TRL-compatible reward: raw BaseReward scores (mean over an ensemble), batched."""
 
-    backends: list[ScoringBackend]
-    text_backend: ScoringBackend | None = None
-    batch_size: int = 16
-    max_pixels: int | None = 200_704
-    calibrate: bool = False
-
-    def __post_init__(self) -> None:
+    def __init__(self, options: ScorerOptions):
+        if not options.paths:
+            raise ValueError("BaseRewardScorer needs at least one checkpoint (reward.model.paths)")
+        self.options = options
+        self.backends = [ScoringBackend.load(p, options.device) for p in options.paths]
+        self.text_backend = ScoringBackend.load(options.text_path, options.device) if options.text_path else None
         self.__name__ = "basereward"  # the name TRL logs this reward under
 
     @classmethod
-    def from_paths(cls, paths: list[str], text_path: str | None = None, device: str = "cpu",
-                   **kwargs: Any) -> BaseRewardScorer:
-        if not paths:
-            raise ValueError("BaseRewardScorer needs at least one checkpoint (reward.model.paths)")
-        return cls([ScoringBackend.load(p, device) for p in paths],
-                   ScoringBackend.load(text_path, device) if text_path else None, **kwargs)
+    def from_paths(cls, paths: list[str], text_path: str | None = None, **options: Any) -> BaseRewardScorer:
+        return cls(ScorerOptions(paths=list(paths), text_path=text_path, **options))
 
     @staticmethod
     def _conversation(prompt: Any, completion: Any, n_images: int) -> list[dict]:
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
-        has_parts = any(isinstance(m.get("content"), list) and any(p.get("type") == "image" for p in m["content"])
-                        for m in messages)
-        if n_images and not has_parts:  # images came in the `images` column: put them before the user text
-            first = next(i for i, m in enumerate(messages) if m["role"] == "user")
-            user = messages[first]
-            messages = [*messages[:first], {"role": "user", "content": [{"type": "image"}] * n_images
-                                            + [{"type": "text", "text": message_text(user)}]}, *messages[first + 1:]]
+        """The prompt (images in the `images` column get placeholders) followed by the completion."""
+        messages = with_image_parts(as_messages(prompt), n_images)
         return [*messages, {"role": "assistant", "content": completion_text(completion)}]
 
     def _score_with(self, backend: ScoringBackend, convs: list, imgs: list) -> list[float]:
         scores: list[float] = []
-        for start in range(0, len(convs), self.batch_size):
-            chunk = slice(start, start + self.batch_size)
-            raw = backend.score(convs[chunk], imgs[chunk])
-            if self.calibrate:
-                h = backend.model.head_cfg
-                raw = [(s - h.score_mean) / (h.score_std or 1.0) for s in raw]
-            scores += raw
+        size = self.options.batch_size
+        for start in range(0, len(convs), size):
+            raw = backend.score(convs[start:start + size], imgs[start:start + size])
+            scores += [backend.model.stats.standardize(s) for s in raw] if self.options.calibrate else raw
         return scores
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         n = len(completions)
         column_images = columns.get("images") or [None] * n
-        imgs = [[bound_pixels(im, self.max_pixels) for im in ((embedded_images(p) if isinstance(p, list) else []) or list(col or []))]
+        imgs = [[bound_pixels(im, self.options.max_pixels)
+                 for im in ((embedded_images(p) if isinstance(p, list) else []) or list(col or []))]
                 for p, col in zip(prompts, column_images, strict=True)]
         convs = [self._conversation(p, c, len(im)) for p, c, im in zip(prompts, completions, imgs, strict=True)]
         out: list[float | None] = [None] * n

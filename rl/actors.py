@@ -1,47 +1,23 @@
-"""The only module that spawns Ray actors: cluster start/join, placement, resources, restarts.
+"""Spawning Ray actors: cluster start/join, placement, resources, restarts.
 
-Every actor is a `Host` around a plain object built by a factory (a rollout engine, a reward
-scorer, a rule matcher), so the same classes run in-process in tests and in notebooks. Ray wraps
-`Host` at spawn time; nothing else in the project is decorated.
+Ray hosts plain classes (a rollout engine, a reward scorer, a rule matcher), wrapped at spawn time
+only, so the same classes run in-process in tests and notebooks, and every call through an actor
+is one of the class's own methods: `actor.generate.remote(requests, sampling)`. Calling groups of
+actors (fan-out, timeouts, restarts, retries) is `rl/actor_calls.py`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-
-
-class Host:
-    """Builds `factory(**kwargs)` inside the actor process and forwards method calls to it."""
-
-    def __init__(self, factory: Callable[..., Any], kwargs: dict[str, Any], num_threads: int | None = None):
-        if num_threads:
-            import torch
-
-            torch.set_num_threads(num_threads)  # one actor per core on small machines, no oversubscription
-        self.obj = factory(**kwargs)
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.obj, method)(*args, **kwargs)
-
-    def get(self, attribute: str) -> Any:
-        return getattr(self.obj, attribute)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def node_id(self) -> str:
-        """The Ray node this actor runs on (placement checks, debugging)."""
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
 
 
 @contextmanager
@@ -68,12 +44,26 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.shutdown()
 
 
-def spawn_group(name: str, factory: Callable[..., Any], kwargs: dict[str, Any], group: Any) -> list[Any]:
-    """`group.num_actors` actors of `Host(factory, kwargs)` with the group's resources and placement.
+def _hosted(cls: type[T], num_threads: int) -> type[T]:
+    """`cls` as an actor runs it: its own methods, with torch's thread count set before its
+    constructor (one actor per core on small machines: no oversubscription). A fresh subclass, so
+    the plain class stays undecorated."""
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        import torch
+
+        torch.set_num_threads(num_threads)
+        cls.__init__(self, *args, **kwargs)
+
+    return type(cls.__name__, (cls,), {"__init__": __init__, "__doc__": cls.__doc__})
+
+
+def spawn_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any) -> list[Any]:
+    """`group.num_actors` actors of `cls(**kwargs)` with the group's resources and placement.
 
     `group` is an `rl.config.ActorGroupConfig`: num_actors, num_cpus, num_gpus, resources (custom
     resource labels that pin actors to nodes), placement (a placement-group strategy or None),
-    max_restarts.
+    max_restarts. Returns Ray actor handles whose methods are `cls`'s.
     """
     import ray
     from ray.util.placement_group import placement_group
@@ -89,7 +79,7 @@ def spawn_group(name: str, factory: Callable[..., Any], kwargs: dict[str, Any], 
         pg = placement_group([dict(bundle) for _ in range(group.num_actors)], strategy=group.placement)
         ray.get(pg.ready(), timeout=group.ready_timeout_s)
         strategy = pg
-    remote_host = ray.remote(Host)
+    actor_cls = ray.remote(_hosted(cls, max(1, int(group.num_cpus))))
     actors = []
     for i in range(group.num_actors):
         options: dict[str, Any] = dict(
@@ -99,12 +89,32 @@ def spawn_group(name: str, factory: Callable[..., Any], kwargs: dict[str, Any], 
         if strategy is not None:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=strategy, placement_group_bundle_index=i)
-        actors.append(remote_host.options(**options).remote(factory, kwargs, max(1, int(group.num_cpus))))
+        actors.append(actor_cls.options(**options).remote(**kwargs))
     # Fail fast (and clearly) if an actor cannot be constructed or placed.
-    ray.get([a.pid.remote() for a in actors], timeout=group.ready_timeout_s)
+    ray.get([actor_pid(a) for a in actors], timeout=group.ready_timeout_s)
     log.info("%s: %d actor(s) ready (%s CPU, %s GPU each%s)", name, len(actors), group.num_cpus, group.num_gpus,
              f", {group.placement}" if group.placement else "")
     return actors
+
+
+def _pid(_obj: Any) -> int:
+    return os.getpid()
+
+
+def _node_id(_obj: Any) -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def actor_pid(actor: Any) -> Any:
+    """An ObjectRef of the actor's process id (a restart changes it)."""
+    return actor.__ray_call__.remote(_pid)
+
+
+def actor_node(actor: Any) -> Any:
+    """An ObjectRef of the Ray node the actor runs on (placement checks, debugging)."""
+    return actor.__ray_call__.remote(_node_id)
 
 
 def kill_on_exit(stack: ExitStack, actors: list[Any]) -> list[Any]:

@@ -129,10 +129,9 @@ class CheckpointCallback(TrainerCallback):
 
 
 def save_now(trainer: Any, callback: CheckpointCallback) -> Path:
-    """Write a resumable checkpoint of the trainer as it is (an abort path: the run stops after this).
+    """Write a resumable checkpoint of the trainer as it is (an abort path: the run stops after this)."""
+    from rl.trl_adapter import save_checkpoint_now
 
-    The Trainer has no public "checkpoint now" call; `_save_checkpoint` is what its own periodic save
-    runs, so the folder is the same format a resume reads."""
-    trainer._save_checkpoint(trainer.model, trial=None)
+    save_checkpoint_now(trainer)
     callback.on_save(trainer.args, trainer.state, trainer.control)
     return callback.last

@@ -1,10 +1,12 @@
 """Typed recipe configs: dataclass defaults, then a YAML file, then `key=value` overrides.
 
 Every recipe declares its schema here as OmegaConf structured dataclasses, so a typo or a wrong type
-is an error that names the key and where it came from, before any model is loaded. The `trainer:`
-section of a recipe is passed through to a TRL / transformers config class (GRPOConfig, SFTConfig,
-TrainingArguments) and checked against that class's fields, so every knob those libraries document
-works from YAML without being copied here.
+is an error that names the key and where it came from, before any model is loaded. A component's
+options are declared once, by the component: the `reward.rule:` section is the rule matcher's own
+dataclass, `reward.model:` the scorer's options, `head:` the reward head's; this module adds only
+where their actors run. The `trainer:` section of a recipe is passed through to a TRL /
+transformers config class (GRPOConfig, SFTConfig, TrainingArguments) and checked against that
+class's fields, so every knob those libraries document works from YAML without being copied here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from reward.model import HeadConfig
+from reward.rule import RuleMatcher
+from reward.scorer import ScorerOptions
 
 T = TypeVar("T")
 
@@ -141,13 +147,6 @@ class PreferenceDataConfig:
 
 
 @dataclass
-class HeadSection:
-    num_layers: int = 2  # the paper's best; 1 = a linear head
-    hidden_size: int | None = None  # None: the backbone's hidden size
-    activation: str = "silu"  # silu | relu | tanh | gelu
-
-
-@dataclass
 class BTLossConfig:
     # Both off by default: the paper found that each of them lowers accuracy.
     zero_mean_weight: float = 0.0  # lambda * (r_w + r_l)^2
@@ -155,27 +154,16 @@ class BTLossConfig:
 
 
 @dataclass
-class RuleConfig:
-    # Where the answer is in a completion: auto | whole | last_line | answer_tag | boxed
-    extract: str = "auto"
-    number_words: bool = True  # "three" == "3"
-    units: list[str] = field(default_factory=list)  # suffixes to ignore when comparing ("cm", "kg")
-    math_verify: bool = False  # symbolic equivalence through math-verify (extra: math)
-    max_chars: int = 4096  # completions are cut to this many characters before matching (time bound)
+class RuleConfig(RuleMatcher):
+    """The rule matcher's options (reward/rule.py), and where it runs."""
+
     in_actor: bool = False  # with ray.enabled: run the matcher on its own actor instead of the driver
 
 
 @dataclass
-class ScorerConfig:
-    # BaseReward checkpoint(s): one path, or several whose scores are averaged (the paper's ensemble).
-    paths: list[str] = field(default_factory=list)
-    # Optional text-only reward model that scores rows without images (the paper's routing).
-    text_path: str | None = None
-    batch_size: int = 16
-    max_pixels: int | None = 200_704  # per image, before the processor (28*28*256)
-    device: str = "cpu"
-    # Standardise scores with the mean/std stored in the checkpoint before the sigmoid.
-    calibrate: bool = False
+class ScorerConfig(ScorerOptions):
+    """The BaseReward scorer's options (reward/scorer.py), and its actors."""
+
     # With ray.enabled: scorer actors (0 = score in the driver process).
     actors: ActorGroupConfig = field(default_factory=lambda: ActorGroupConfig(num_actors=1))
 
@@ -249,7 +237,7 @@ class RMRecipeConfig:
     output_dir: str = "runs/reward_model"
     seed: int = 0
     backbone: PolicyConfig = field(default_factory=PolicyConfig)
-    head: HeadSection = field(default_factory=HeadSection)
+    head: HeadConfig = field(default_factory=HeadConfig)
     loss: BTLossConfig = field(default_factory=BTLossConfig)
     data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
     # Any field of transformers.TrainingArguments.
@@ -324,6 +312,8 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:  # e.g. a required "???" value left unset
         raise ConfigError(f"{path or 'config'}: {_describe(e)}") from None
+    except ValueError as e:  # a component's own check of its options (e.g. an unknown extract mode)
+        raise ConfigError(f"{path or 'command line'}: {e}") from None
 
 
 def _check_passthrough(section_cfg: Any, section: str, cls: type, source: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from datasets import Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 
+from policies.chat import with_image_parts
 from rl.config import DataConfig, ValidationConfig
 
 log = logging.getLogger(__name__)
@@ -132,17 +133,15 @@ def iter_rows(source: str, split: str) -> Iterator[tuple[int, dict | RowError]]:
 
 
 def _normalise_prompt(prompt: Any, n_images: int, max_chars: int) -> list[dict]:
-    """A string or messages -> messages whose content is a list of typed parts (Arrow-friendly)."""
+    """A string or messages -> messages whose content is a list of typed parts (Arrow-friendly), with
+    one image placeholder per image (put before the first user text when the prompt has none)."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ValueError("prompt is empty")
-        if len(prompt) > max_chars:
-            raise ValueError(f"prompt has {len(prompt)} characters, more than max_prompt_chars={max_chars}")
-        parts = [{"type": "image", "text": None}] * n_images + [{"type": "text", "text": prompt}]
-        return [{"role": "user", "content": parts}]
+        prompt = [{"role": "user", "content": prompt}]
     if not isinstance(prompt, list) or not prompt:
         raise ValueError(f"prompt must be a string or a non-empty list of messages, got {type(prompt).__name__}")
-    messages, chars, placeholders = [], 0, 0
+    messages, chars = [], 0
     for i, m in enumerate(prompt):
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
             raise ValueError(f"prompt[{i}] must be a message with role system/user/assistant")
@@ -161,20 +160,11 @@ def _normalise_prompt(prompt: Any, n_images: int, max_chars: int) -> list[dict]:
                     raise ValueError(f"prompt[{i}].content has an invalid part {str(part)[:80]!r}")
         else:
             raise ValueError(f"prompt[{i}].content must be a string or a list of parts")
-        placeholders += sum(p["type"] == "image" for p in parts)
         chars += sum(len(p["text"] or "") for p in parts)
         messages.append({"role": m["role"], "content": parts})
     if chars > max_chars:
         raise ValueError(f"prompt has {chars} characters, more than max_prompt_chars={max_chars}")
-    if placeholders == 0 and n_images:
-        # Plain-text messages with images: put the placeholders before the first user text (as TRL does).
-        first_user = next((m for m in messages if m["role"] == "user"), None)
-        if first_user is None:
-            raise ValueError("prompt has images but no user message to attach them to")
-        first_user["content"] = [{"type": "image", "text": None}] * n_images + first_user["content"]
-    elif placeholders != n_images:
-        raise ValueError(f"prompt has {placeholders} image placeholder(s) but the row has {n_images} image(s)")
-    return messages
+    return with_image_parts(messages, n_images)
 
 
 def check_image(image: Any, base_dir: Path | None, max_pixels: int) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from policies.engine import RolloutRequest, SamplingParams
+from policies.rollout_engine import RolloutRequest, SamplingParams
 from reward.rule import RuleMatcher
 
 
@@ -27,9 +27,6 @@ class EvalResult:
     sampled_rule_match: float | None = None
     per_task: dict[str, dict[str, float]] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)  # a few examples for reports
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
 
 
 def summarize(answers: list[str], completions: list[str], lengths: list[int], tasks: list[str] | None = None,

@@ -1,12 +1,12 @@
 """Wire TRL's GRPOTrainer: our YAML `trainer:` section -> GRPOConfig, reward functions, rollout hook.
 
 TRL owns the GRPO algorithm (advantages, clipping, KL, loss types, optimizer); this module only
-chooses defaults that work on a CPU and plugs in what this project adds.
+chooses defaults that work on a CPU and plugs in what this project adds, through TRL's public API.
+What needs TRL's internals lives in rl/trl_adapter.py.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import RepeatSampler
+
+from rl.trl_adapter import GRPOLearner
 
 log = logging.getLogger(__name__)
 
@@ -42,78 +43,6 @@ def grpo_args(output_dir: str, seed: int, trainer: dict[str, Any]) -> GRPOConfig
     return GRPOConfig(**kwargs)
 
 
-class EpochSeededRepeatSampler(RepeatSampler):
-    """TRL's RepeatSampler, with the shuffle of epoch e seeded by (seed, e).
-
-    TRL's draws every epoch's order from one generator, which a new process restarts: a run resumed in
-    epoch 2 would replay epoch 0's order. Seeding per epoch makes a resumed run read exactly the data
-    an uninterrupted one reads. The Trainer calls `set_epoch` (through accelerate's DataLoaderShard)
-    before each epoch.
-    """
-
-    epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        if self.shuffle and self.seed is not None:
-            self.generator.manual_seed(self.seed + self.epoch)
-        yield from super().__iter__()
-
-    def epoch_order(self, epoch: int) -> list[int]:
-        """The dataset indices epoch `epoch` yields, without disturbing this sampler (for prefetching).
-
-        Asked for every step with overlapped rollouts; the last epoch's order is kept, so the
-        permutation is drawn once per epoch, not once per step."""
-        cached = self.__dict__.get("_order")
-        if cached is None or cached[0] != epoch:
-            other = copy.copy(self)
-            other.generator, other.epoch = torch.Generator(), epoch
-            cached = self._order = (epoch, list(iter(other)))
-        return cached[1]
-
-
-class ResumableGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer that resumes exactly (the data order, the weights) and can correct stale rollouts.
-
-    `rollout_logprobs_as_old`: when rollouts may come from older weights (weights synced every k
-    steps, or generated one step ahead), the PPO ratio's "old" policy is the one that actually sampled
-    them: the rollout engine's log-probabilities replace the learner's recomputed ones. The ratio is
-    then the importance weight pi_theta / pi_behaviour, clipped as usual (decoupled PPO; the role TRL's
-    vLLM importance-sampling correction plays, which TRL only applies to its own vLLM path).
-    """
-
-    rollout_logprobs_as_old = False
-    train_sampler: EpochSeededRepeatSampler | None = None
-
-    def _get_train_sampler(self, dataset: Any = None) -> RepeatSampler:
-        sampler = super()._get_train_sampler(dataset)
-        sampler.__class__ = EpochSeededRepeatSampler  # same fields, per-epoch seeding
-        if dataset is None or dataset is self.train_dataset:
-            self.train_sampler = sampler
-        return sampler
-
-    def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
-        output = super()._generate_and_score_completions(inputs)
-        if self.rollout_logprobs_as_old and output.get("sampling_per_token_logps") is not None:
-            output["old_per_token_logps"] = output["sampling_per_token_logps"]  # [B, T], 0 where masked
-        return output
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        # The Trainer reads model.safetensors with the runtime key names, but save_pretrained writes
-        # Qwen2-VL / Qwen2.5-VL weights under their legacy names (the model's key mapping), so its
-        # load silently matches nothing and training "resumes" from the initial weights (seen with
-        # transformers 5.19 and 5.23). from_pretrained applies the mapping; copy its tensors in, strictly.
-        model = self.accelerator.unwrap_model(model if model is not None else self.model)
-        if not isinstance(model, torch.nn.Module) or not hasattr(type(model), "from_pretrained") or \
-                getattr(model, "peft_config", None):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
-        model.load_state_dict(saved.state_dict(), strict=True)
-        log.info("policy weights restored from %s", resume_from_checkpoint)
-
-
 def planned_steps(trainer: GRPOTrainer) -> int:
     """Optimizer steps the run will take: max_steps, or the epochs' worth of the train dataloader."""
     args = trainer.args
@@ -126,7 +55,7 @@ def planned_steps(trainer: GRPOTrainer) -> int:
 def build_grpo_trainer(args: GRPOConfig, model: torch.nn.Module, processor: Any, train_dataset: Any,
                        reward_funcs: list[Callable], rollout_func: Callable | None = None,
                        callbacks: list | None = None, eval_dataset: Any = None,
-                       lora: dict[str, Any] | None = None) -> GRPOTrainer:
+                       lora: dict[str, Any] | None = None) -> GRPOLearner:
     """`lora`: peft.LoraConfig keyword arguments; TRL wraps the policy with the adapter (None: full tuning)."""
     peft_config = None
     if lora:
@@ -135,7 +64,7 @@ def build_grpo_trainer(args: GRPOConfig, model: torch.nn.Module, processor: Any,
         except ImportError as e:
             raise ImportError("policy.lora needs PEFT: pip install 'basereward-rl[lora]'") from e
         peft_config = LoraConfig(**{"task_type": "CAUSAL_LM", **lora})
-    return ResumableGRPOTrainer(
+    return GRPOLearner(
         model=model,
         reward_funcs=reward_funcs,
         args=args,

@@ -22,7 +22,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.engine import Rollout, RolloutRequest, SamplingParams
+from policies.chat import prompt_key
+from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
+from rl.trl_adapter import log_metric, planned_prompts
+from rl.weight_sync.export import policy_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +37,20 @@ class StaleRolloutError(RuntimeError):
 def group_prompts(prompts: list[Any], group_size: int) -> list[Any]:
     """The distinct prompts of a batch that TRL built by repeating each prompt `group_size` times.
 
-    Raises if the batch does not have that shape, rather than silently mis-assigning completions."""
+    Raises if the batch does not have that shape (texts and images compared), rather than silently
+    mis-assigning completions."""
     if group_size < 1 or len(prompts) % group_size:
         raise ValueError(f"{len(prompts)} prompts cannot be split into groups of {group_size}")
     firsts = prompts[::group_size]
     for g, first in enumerate(firsts):
+        key = None
         for p in prompts[g * group_size:(g + 1) * group_size]:
-            if p is not first and _text_of(p) != _text_of(first):
+            if p is first:
+                continue
+            key = key or prompt_key(first)
+            if prompt_key(p) != key:
                 raise ValueError(f"prompt group {g} mixes different prompts; expected {group_size} repeats in a row")
     return firsts
-
-
-def _text_of(prompt: Any) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return repr([(m.get("role"), [p.get("text") for p in m["content"]] if isinstance(m.get("content"), list)
-                  else m.get("content")) for m in prompt])
 
 
 def version_lags(step: int, groups: list[list[Rollout]], max_staleness: int) -> list[int]:
@@ -101,73 +102,17 @@ def logprob_gap(model: Any, processor: Any, requests: list[RolloutRequest], grou
     return gaps
 
 
-def policy_state_dict(model: Any, on_cpu: bool = True) -> dict[str, Any]:
-    """The policy's full weights as a rollout engine loads them, on the CPU (or where they are:
-    `on_cpu=False`, for a broadcast from the learner's GPU).
-
-    Full state dict: it includes tied copies (e.g. lm_head.weight), so engines with a separate
-    output head (vLLM) do not keep a stale one. A PEFT (LoRA) policy is merged functionally: each
-    adapted layer's base weight plus its adapter delta (PEFT's get_delta_weight), under the base
-    model's key names; the training model is not touched (no merge/unmerge round trip in place).
-    """
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:
-        LoraLayer = None  # noqa: N806 (no PEFT installed: no adapters to merge)
-    deltas: dict[str, Any] = {}
-    if LoraLayer is not None and getattr(model, "peft_config", None):
-        for name, module in model.named_modules():
-            if isinstance(module, LoraLayer) and not module.merged:
-                for adapter in module.active_adapters:
-                    if adapter in module.lora_A:
-                        delta = module.get_delta_weight(adapter).detach()
-                        deltas[name] = deltas[name] + delta if name in deltas else delta
-    state: dict[str, Any] = {}
-    for key, value in model.state_dict().items():
-        if ".lora_" in key:
-            continue
-        value = value.detach()
-        if key.endswith(".base_layer.weight") and key[: -len(".base_layer.weight")] in deltas:
-            value = value + deltas[key[: -len(".base_layer.weight")]]
-        state[key.removeprefix("base_model.model.").replace(".base_layer.", ".")] = value.cpu() if on_cpu else value
-    return state
-
-
-def planned_prompts(trainer: Any, step: int) -> list[Any] | None:
-    """The distinct prompts TRL will ask for at optimizer step `step` (None: cannot tell).
-
-    Needs one generation per optimizer step (steps_per_generation = num_iterations = 1) and the
-    trainer's EpochSeededRepeatSampler; prompts are built the way TRL builds them (images put into
-    the messages)."""
-    from trl.data_utils import prepare_multimodal_messages
-
-    sampler, args = getattr(trainer, "train_sampler", None), trainer.args
-    if sampler is None or args.steps_per_generation != 1 or args.num_iterations != 1:
-        return None
-    group = trainer.num_generations
-    per_step = sampler.batch_size  # distinct prompts per generation batch
-    steps_per_epoch = sampler.num_samples // per_step
-    if steps_per_epoch == 0:
-        return None
-    epoch, k = divmod(step, steps_per_epoch)
-    order = sampler.epoch_order(epoch)  # each index repeated `group` times in a row
-    indices = order[k * per_step * group:(k + 1) * per_step * group:group]
-    rows = [trainer.train_dataset[i] for i in indices]
-    return [prepare_multimodal_messages(r["prompt"], images=r["images"]) if r.get("images") else r["prompt"]
-            for r in rows]
-
-
 @dataclass
 class ActorRollouts:
     """A `rollout_func` that generates on a RolloutPool and keeps its weights in sync with the learner."""
 
-    pool: Any  # RolloutPool (or anything with generate/load_weights/version)
+    pool: Any  # RolloutPool (or anything with generate/load_weights/version/sync.on_device)
     sync_every: int = 1
     max_staleness: int = 1
     logprob_gap_samples: int = 4
     overlap: bool = False
-    # overlap: (step, distinct prompt texts, future of the groups) generated ahead for that step
-    _ahead: tuple[int, list[str], Future] | None = field(default=None, repr=False)
+    # overlap: (step, keys of its distinct prompts, future of the groups) generated ahead for that step
+    _ahead: tuple[int, list[tuple], Future] | None = field(default=None, repr=False)
     _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -184,25 +129,23 @@ class ActorRollouts:
     def sync(self, model: Any, version: int) -> float:
         """Push the learner's weights to every actor; returns seconds taken."""
         start = time.perf_counter()
-        broadcast = getattr(self.pool, "link", None) is not None  # straight from the learner's device
-        self.pool.load_weights(policy_state_dict(model, on_cpu=not broadcast), version)
+        self.pool.load_weights(policy_state_dict(model, on_cpu=not self.pool.sync.on_device), version)
         return time.perf_counter() - start
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list]:
         step = trainer.state.global_step
-        metrics = trainer._metrics["train"]  # TRL averages and logs these with its own metrics
         group_size = trainer.num_generations
         firsts = group_prompts(prompts, group_size)
         requests = [RolloutRequest(messages=p) for p in firsts]
         start = time.perf_counter()
         groups = self._take_ahead(step, firsts)  # with overlap: only the wait the learner sees
         if groups is None:
-            self._maybe_sync(trainer, step, metrics)  # timed on its own (timing/weight_sync)
+            self._maybe_sync(trainer, step)  # timed on its own (timing/weight_sync)
             start = time.perf_counter()
             groups = self.pool.generate(requests, sampling_from_trl(trainer.args, group_size, step))
         seconds = time.perf_counter() - start
         if self.overlap:
-            self._maybe_sync(trainer, step, metrics)
+            self._maybe_sync(trainer, step)
             self._start_ahead(trainer, step + 1)
         lags = version_lags(step, groups, self.max_staleness)
         tokens = sum(len(r.completion_ids) for g in groups for r in g)
@@ -211,11 +154,11 @@ class ActorRollouts:
         gaps = logprob_gap(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, requests,
                            groups, trainer.args.temperature, self.logprob_gap_samples)
         if gaps:
-            metrics["rollout/logprob_gap_mean"].append(sum(gaps) / len(gaps))
-            metrics["rollout/logprob_gap_max"].append(max(gaps))
-        metrics["timing/generate"].append(seconds)
-        metrics["rollout/tokens_per_s"].append(tokens / seconds if seconds > 0 else 0.0)
-        metrics["rollout/version_lag"].append(sum(lags) / len(lags))
+            log_metric(trainer, "rollout/logprob_gap_mean", sum(gaps) / len(gaps))
+            log_metric(trainer, "rollout/logprob_gap_max", max(gaps))
+        log_metric(trainer, "timing/generate", seconds)
+        log_metric(trainer, "rollout/tokens_per_s", tokens / seconds if seconds > 0 else 0.0)
+        log_metric(trainer, "rollout/version_lag", sum(lags) / len(lags))
         return to_trl_output(groups)
 
     def close(self) -> None:
@@ -224,9 +167,9 @@ class ActorRollouts:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._ahead = None
 
-    def _maybe_sync(self, trainer: Any, step: int, metrics: Any) -> None:
+    def _maybe_sync(self, trainer: Any, step: int) -> None:
         if step - self.pool.version >= self.sync_every:
-            metrics["timing/weight_sync"].append(self.sync(trainer.accelerator.unwrap_model(trainer.model), step))
+            log_metric(trainer, "timing/weight_sync", self.sync(trainer.accelerator.unwrap_model(trainer.model), step))
 
     def _start_ahead(self, trainer: Any, step: int) -> None:
         """Generate step `step`'s rollouts in the background with the weights the actors hold now."""
@@ -237,15 +180,15 @@ class ActorRollouts:
         requests = [RolloutRequest(messages=p) for p in planned]
         sampling = sampling_from_trl(trainer.args, trainer.num_generations, step)
         future = self._executor.submit(self.pool.generate, requests, sampling)
-        self._ahead = (step, [_text_of(p) for p in planned], future)
+        self._ahead = (step, [prompt_key(p) for p in planned], future)
 
     def _take_ahead(self, step: int, firsts: list[Any]) -> list[list[Rollout]] | None:
         if self._ahead is None:
             return None
-        ahead_step, texts, future = self._ahead
+        ahead_step, keys, future = self._ahead
         self._ahead = None
         groups = future.result()  # the actors' own timeouts and retries bound this wait
-        if ahead_step == step and texts == [_text_of(p) for p in firsts]:
+        if ahead_step == step and keys == [prompt_key(p) for p in firsts]:
             return groups
         log.warning("rollouts generated ahead for step %d do not match step %d's prompts; generating now",
                     ahead_step, step)

@@ -14,17 +14,17 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_vl(tmp_path_factory) -> str:
     """A random-weight tiny Qwen2.5-VL checkpoint directory (with processor)."""
-    from policies.tiny import make_tiny_qwen2_5_vl
+    from rl.tasks.shapes import make_tiny_policy
 
-    return str(make_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-vl")))
+    return str(make_tiny_policy(tmp_path_factory.mktemp("tiny-vl")))
 
 
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory) -> str:
     """A random-weight tiny Qwen2 (text-only) checkpoint directory (with tokenizer)."""
-    from policies.tiny import make_tiny_qwen2
+    from rl.tasks.shapes import make_tiny_policy
 
-    return str(make_tiny_qwen2(tmp_path_factory.mktemp("tiny-lm")))
+    return str(make_tiny_policy(tmp_path_factory.mktemp("tiny-lm"), text_only=True))
 
 
 @pytest.fixture(scope="session")

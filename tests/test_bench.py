@@ -3,9 +3,10 @@ import math
 
 import pytest
 
-from reward.bench import (evaluate_file, length_scorer, mm_rlhf_category, mm_rlhf_metrics, pairs_metrics,
-                          random_scorer, vl_reward_group, vl_reward_metrics)
-from rl.cli import main as cli
+from reward.bench import (length_scorer, mm_rlhf_category, mm_rlhf_metrics, pairs_metrics, random_scorer,
+                          vl_reward_group, vl_reward_metrics)
+from rl.rm_benchmarks import evaluate_file
+from recipes.cli import main as cli
 
 NAN = float("nan")
 
@@ -85,19 +86,31 @@ def test_eval_rm_cli_with_the_length_baseline_matches_an_independent_count(tmp_p
 
 
 def test_eval_rm_with_a_model_sees_images(tmp_path, untrained_rm):
+    """The benchmark runner hands the model each row's image: two rows alike but for their image
+    (red vs blue) get different scores, and rows with the same image get the same."""
     from PIL import Image
 
-    (tmp_path / "imgs" / "short").mkdir(parents=True)
-    for i, color in enumerate(("red", "blue")):
-        Image.new("RGB", (56, 56), color).save(tmp_path / "imgs" / "short" / f"{i}.png")
-    rows = [{"id": i, "image": f"imgs/short/{i}.png", "prompt": "What color?", "chosen": "red", "rejected": "blue"}
-            for i in range(2)]
-    data = tmp_path / "mm.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows))
     from reward.bench import model_scorer
 
-    result = evaluate_file(str(data), "mm-rlhf", model_scorer([untrained_rm]))
-    assert result["pairs"] == 2 and 0.0 <= result["acc"] <= 1.0
+    (tmp_path / "imgs" / "short").mkdir(parents=True)
+    for i, color in enumerate(("red", "blue", "red")):
+        Image.new("RGB", (56, 56), color).save(tmp_path / "imgs" / "short" / f"{i}.png")
+    rows = [{"id": i, "image": f"imgs/short/{i}.png", "prompt": "What color?", "chosen": "red", "rejected": "blue"}
+            for i in range(3)]
+    data = tmp_path / "mm.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    seen = []
+    score = model_scorer([untrained_rm])
+
+    def recording(items):
+        scores = score(items)
+        seen.append(scores)
+        return scores
+
+    result = evaluate_file(str(data), "mm-rlhf", recording)
+    assert result["pairs"] == 3
+    chosen = seen[0]  # the "red" answers: rows 0 and 2 show a red image, row 1 a blue one
+    assert chosen[0] != chosen[1] and chosen[0] == pytest.approx(chosen[2], abs=1e-6)
 
 
 def test_unknown_format_is_an_error(tmp_path):

@@ -21,8 +21,10 @@ from rl.checkpoint import (
     latest_checkpoint,
     resolve_resume,
 )
-from rl.guards import NonFiniteGuard, NonFiniteStepError, grads_finite
-from rl.learner import EpochSeededRepeatSampler
+from recipes import grpo
+from rl.actors import actor_pid
+from rl.step_guard import NonFiniteGuard, NonFiniteStepError, grads_finite
+from rl.trl_adapter import EpochSeededRepeatSampler
 
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
 
@@ -110,9 +112,7 @@ class StopAfterSave(TrainerCallback):
 
 
 def _grpo_cfg(run: Path, policy: str, *extra: str):
-    from rl.cli import load_recipe_config
-
-    return load_recipe_config("grpo", str(CONFIGS / "tiny_cpu_rule.yaml"), [
+    return grpo.load(str(CONFIGS / "tiny_cpu_rule.yaml"), [
         f"output_dir={run}", f"policy.path={policy}", "data.train_size=4", "trainer.max_steps=4",
         "trainer.per_device_train_batch_size=4", "trainer.num_generations=2", "trainer.max_completion_length=4",
         "trainer.learning_rate=1e-3", "trainer.report_to=[]", *extra])
@@ -130,8 +130,6 @@ def _assert_same(a: dict, b: dict) -> None:
 
 def test_resume_mid_epoch_is_bit_exact_in_process(tmp_path, warm_policy):
     """4 steps straight vs 3 steps, stop, resume=auto: identical weights (2 steps/epoch, so mid-epoch)."""
-    from recipes import grpo
-
     straight = grpo.main(_grpo_cfg(tmp_path / "straight", warm_policy))
     run = tmp_path / "interrupted"
     first = grpo.main(_grpo_cfg(run, warm_policy, "checkpoint.every_steps=3"), callbacks=[StopAfterSave(3)])
@@ -158,14 +156,14 @@ class KillActorsAfter(TrainerCallback):
 
         if state.global_step == self.step:
             for calls in self.groups:
-                pid = ray.get(calls.actors[0].pid.remote(), timeout=60)
+                pid = ray.get(actor_pid(calls.actors[0]), timeout=60)
                 os.kill(pid, signal.SIGKILL)
                 self.killed.append(pid)
 
     def on_train_end(self, args, state, control, **kwargs):
         import ray
 
-        self.at_end = [ray.get(calls.actors[0].pid.remote(), timeout=60) for calls in self.groups]
+        self.at_end = [ray.get(actor_pid(calls.actors[0]), timeout=60) for calls in self.groups]
 
 
 @pytest.mark.ray
@@ -175,8 +173,7 @@ def test_resume_and_actor_kills_through_ray_actors_are_bit_exact(tmp_path, warm_
     straight; stopped at the epoch boundary (step 2) and resumed; with both actor processes killed
     after step 3. All three end with identical weights: the resumed actors were re-synced, and the
     restarted rollout actor got the weights it held back and regenerated the same samples."""
-    from recipes import grpo
-    from rl import pool
+    from rl.actor_calls import ActorCalls
 
     ray_opts = ("ray.enabled=true", "ray.num_cpus=2", "rollout.actors.num_cpus=1", "reward.rule.in_actor=true",
                 "rollout.sync_every=2", "rollout.max_staleness=1")
@@ -190,8 +187,8 @@ def test_resume_and_actor_kills_through_ray_actors_are_bit_exact(tmp_path, warm_
     _assert_same(_weights(straight), _weights(resumed))
 
     groups: list = []  # every ActorCalls the recipe makes (rollout pool, rule reward), to kill from
-    init = pool.ActorCalls.__init__
-    monkeypatch.setattr(pool.ActorCalls, "__init__", lambda self, *a, **k: (init(self, *a, **k), groups.append(self))[0])
+    init = ActorCalls.__init__
+    monkeypatch.setattr(ActorCalls, "__init__", lambda self, *a, **k: (init(self, *a, **k), groups.append(self))[0])
     chaos = KillActorsAfter(3, groups)
     killed = grpo.main(_grpo_cfg(tmp_path / "killed", warm_policy, *ray_opts), callbacks=[chaos])
     assert len(chaos.killed) == 2 and not set(chaos.killed) & set(chaos.at_end)  # both are new processes
@@ -219,8 +216,6 @@ class PoisonGradient(TrainerCallback):
 
 
 def test_a_non_finite_step_is_skipped_and_counted_not_applied(tmp_path, warm_policy):
-    from recipes import grpo
-
     poison = PoisonGradient(step=2)
     summary = grpo.main(_grpo_cfg(tmp_path, warm_policy, "trainer.max_steps=3"), callbacks=[poison])
     assert summary["global_step"] == 3 and summary["skipped_steps"] == [2]
@@ -237,7 +232,6 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path, warm_po
     import sys
     import time
 
-    from recipes import grpo
     from rl.checkpoint import checkpoint_step
 
     steps = ("trainer.max_steps=8", "checkpoint.every_steps=1", "checkpoint.keep_last=2")
@@ -245,7 +239,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path, warm_po
     args = [f"output_dir={run}", f"policy.path={warm_policy}", "data.train_size=4", *steps,
             "trainer.per_device_train_batch_size=4", "trainer.num_generations=2", "trainer.max_completion_length=4",
             "trainer.learning_rate=1e-3", "trainer.report_to=[]"]
-    proc = subprocess.Popen([sys.executable, "-m", "rl.cli", "grpo", str(CONFIGS / "tiny_cpu_rule.yaml"), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "recipes.cli", "grpo", str(CONFIGS / "tiny_cpu_rule.yaml"), *args],
                             cwd=Path(__file__).parent.parent, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300

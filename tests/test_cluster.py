@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
+from recipes import grpo
+from rl.actors import actor_node
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
 
@@ -45,22 +48,20 @@ class Record(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         import ray
 
-        self.nodes = [ray.get([a.node_id.remote() for a in calls.actors], timeout=60) for calls in self.groups]
+        self.nodes = [ray.get([actor_node(a) for a in calls.actors], timeout=60) for calls in self.groups]
 
 
 def _record_actor_groups(monkeypatch) -> list:
-    from rl import pool
+    from rl.actor_calls import ActorCalls
 
     groups: list = []
-    init = pool.ActorCalls.__init__
-    monkeypatch.setattr(pool.ActorCalls, "__init__", lambda self, *a, **k: (init(self, *a, **k), groups.append(self))[0])
+    init = ActorCalls.__init__
+    monkeypatch.setattr(ActorCalls, "__init__", lambda self, *a, **k: (init(self, *a, **k), groups.append(self))[0])
     return groups
 
 
 def _cfg(run: Path, policy: str, rm: str, *extra: str):
-    from rl.cli import load_recipe_config
-
-    return load_recipe_config("grpo", str(CONFIGS / "tiny_cpu_hybrid.yaml"), [
+    return grpo.load(str(CONFIGS / "tiny_cpu_hybrid.yaml"), [
         f"output_dir={run}", f"policy.path={policy}", f"reward.model.paths=[{rm}]", "ray.enabled=true",
         "trainer.max_steps=3", "trainer.per_device_train_batch_size=4", "trainer.num_generations=2",
         "trainer.max_completion_length=4", "trainer.report_to=[]", "rollout.timeout_s=30", "reward.timeout_s=30",
@@ -71,8 +72,6 @@ def _cfg(run: Path, policy: str, rm: str, *extra: str):
 
 def test_actors_go_where_their_labels_and_placement_groups_say(cluster, tmp_path, warm_policy, untrained_rm,
                                                                monkeypatch):
-    from recipes import grpo
-
     c, nodes = cluster
     groups = _record_actor_groups(monkeypatch)
     record = Record(groups)
@@ -90,8 +89,7 @@ def test_losing_a_node_ends_in_recovery_elsewhere_or_a_clean_abort_with_a_checkp
     """The rollout actors' node dies after step 1 (no graceful shutdown). With another node carrying
     their label, Ray restarts them there, the pool re-sends their work, and the run finishes. With no
     such node left: no hang, an ActorFailureError within the timeout, and a checkpoint to resume from."""
-    from recipes import grpo
-    from rl.pool import ActorFailureError
+    from rl.errors import ActorFailureError
 
     c, nodes = cluster
     groups = _record_actor_groups(monkeypatch)

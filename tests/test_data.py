@@ -8,7 +8,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from rl.cli import main as cli
+from recipes.cli import main as cli
 from rl.config import ValidationConfig
 from rl.data import DataError, load_rows, validate_source
 
@@ -123,9 +123,8 @@ def test_placeholder_count_must_match_images(tmp_path):
 
 def test_grpo_recipe_skips_bad_rows_and_trains(tmp_path, corpus, warm_policy):
     from recipes import grpo
-    from rl.cli import load_recipe_config
 
-    cfg = load_recipe_config("grpo", None, [
+    cfg = grpo.load(None, [
         f"output_dir={tmp_path / 'run'}", f"policy.path={warm_policy}", f"data.source={corpus}",
         "data.validation.max_image_pixels=10000000", "trainer.max_steps=1", "trainer.per_device_train_batch_size=4",
         "trainer.num_generations=2", "trainer.max_completion_length=4", "trainer.report_to=[]"])

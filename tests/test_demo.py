@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from rl.cli import main as cli
+from recipes.cli import main as cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

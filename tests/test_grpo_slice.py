@@ -6,7 +6,6 @@ import torch
 from safetensors.torch import load_file
 
 from recipes import grpo
-from rl.cli import load_recipe_config
 
 CONFIG = str(Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml")
 
@@ -16,7 +15,7 @@ def _weights(path: str) -> dict[str, torch.Tensor]:
 
 
 def test_two_grpo_steps_change_the_policy_and_write_metrics(tmp_path, warm_policy):
-    cfg = load_recipe_config("grpo", CONFIG, [f"output_dir={tmp_path}", f"policy.path={warm_policy}",
+    cfg = grpo.load(CONFIG, [f"output_dir={tmp_path}", f"policy.path={warm_policy}",
                                               "trainer.max_steps=2", "trainer.learning_rate=1e-3"])
     summary = grpo.main(cfg)
 
@@ -40,7 +39,7 @@ def test_two_grpo_steps_change_the_policy_and_write_metrics(tmp_path, warm_polic
 def test_hybrid_run_writes_a_histogram_of_model_scores(tmp_path, warm_policy, untrained_rm):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = load_recipe_config("grpo", CONFIG, [f"output_dir={tmp_path}", f"policy.path={warm_policy}",
+    cfg = grpo.load(CONFIG, [f"output_dir={tmp_path}", f"policy.path={warm_policy}",
                                               "reward.scheme=hybrid", f"reward.model.paths=[{untrained_rm}]",
                                               "trainer.max_steps=2"])
     summary = grpo.main(cfg)

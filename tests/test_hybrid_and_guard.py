@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from reward.guard import GuardedReward, RewardFailureError
+from reward.failures import GuardedReward, RewardFailureError
 from reward.hybrid import HybridReward, hybrid_value, score_summary, sigmoid
 from reward.rule import RuleMatcher
 

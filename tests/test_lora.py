@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 
 peft = pytest.importorskip("peft")
 
-from policies.engine import RolloutRequest, SamplingParams  # noqa: E402
+from policies.rollout_engine import RolloutRequest, SamplingParams  # noqa: E402
 from policies.hf_engine import HFEngine  # noqa: E402
-from rl.rollout import policy_state_dict  # noqa: E402
+from recipes import grpo  # noqa: E402
+from rl.weight_sync.export import policy_state_dict  # noqa: E402
 from rl.tasks.shapes import make_shapes_dataset  # noqa: E402
 
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
@@ -31,7 +32,7 @@ def test_merged_lora_weights_give_an_engine_the_adapted_policy(warm_policy):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = policy_state_dict(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing merged in place
-    engine = HFEngine.from_pretrained(warm_policy)
+    engine = HFEngine(warm_policy)
     assert state.keys() == engine.state_dict().keys()
     engine.load_weights(state, version=1)
 
@@ -41,7 +42,7 @@ def test_merged_lora_weights_give_an_engine_the_adapted_policy(warm_policy):
     with torch.no_grad():
         ours, theirs = engine.model(**inputs).logits, model(**inputs).logits
     assert torch.allclose(ours, theirs, atol=1e-5)
-    plain = HFEngine.from_pretrained(warm_policy).model(**inputs).logits
+    plain = HFEngine(warm_policy).model(**inputs).logits
     assert not torch.allclose(plain, theirs, atol=1e-3)  # the adapter does change the policy
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=6)
     adapted = HFEngine(model.merge_and_unload(), engine.processor)
@@ -50,9 +51,7 @@ def test_merged_lora_weights_give_an_engine_the_adapted_policy(warm_policy):
 
 
 def _cfg(run: Path, policy: str, *extra: str):
-    from rl.cli import load_recipe_config
-
-    return load_recipe_config("grpo", str(CONFIGS / "tiny_cpu_rule.yaml"), [
+    return grpo.load(str(CONFIGS / "tiny_cpu_rule.yaml"), [
         f"output_dir={run}", f"policy.path={policy}", "trainer.max_steps=2", "trainer.per_device_train_batch_size=8",
         "trainer.num_generations=4", "trainer.max_completion_length=6", "trainer.report_to=[]", *extra])
 
@@ -60,8 +59,6 @@ def _cfg(run: Path, policy: str, *extra: str):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_lora_grpo_through_a_rollout_actor_syncs_the_merged_policy(tmp_path, warm_policy):
-    from recipes import grpo
-
     summary = grpo.main(_cfg(tmp_path, warm_policy, LORA, "trainer.learning_rate=2e-2", "ray.enabled=true",
                              "ray.num_cpus=2", "rollout.actors.num_cpus=1"))
     assert summary["global_step"] == 2 and summary["rollout_version"] == 1
@@ -75,8 +72,6 @@ def test_lora_grpo_through_a_rollout_actor_syncs_the_merged_policy(tmp_path, war
 
 
 def test_a_frozen_vision_tower_is_unchanged_by_training_with_gradient_checkpointing(tmp_path, warm_policy):
-    from recipes import grpo
-
     summary = grpo.main(_cfg(tmp_path, warm_policy, "policy.freeze_vision=true", "trainer.learning_rate=1e-2",
                              "trainer.gradient_checkpointing=true"))
     before = load_file(Path(warm_policy) / "model.safetensors")

@@ -6,11 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from policies.engine import RolloutRequest, SamplingParams
 from policies.hf_engine import HFEngine
-from rl.actors import spawn_group
+from policies.rollout_engine import RolloutRequest, SamplingParams
+from recipes import grpo
+from rl.actor_calls import shard
+from rl.actors import actor_pid, spawn_group
 from rl.config import ActorGroupConfig
-from rl.pool import RemoteReward, RolloutPool, shard
+from rl.remote_reward import RemoteReward
+from rl.rollout_pool import RolloutPool
 from rl.tasks.shapes import make_shapes_dataset
 
 pytestmark = pytest.mark.ray
@@ -32,11 +35,11 @@ def _requests(n, seed=0):
 
 def test_pool_gathers_in_order_across_actors(ray_local, warm_policy):
     group = ActorGroupConfig(num_actors=2, num_cpus=1)
-    pool = RolloutPool(spawn_group("rollout", HFEngine.from_pretrained, {"path": warm_policy}, group), 120)
+    pool = RolloutPool(spawn_group("rollout", HFEngine, {"model": warm_policy}, group), 120)
     requests = _requests(5)
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=6)
     got = pool.generate(requests, greedy)
-    local = HFEngine.from_pretrained(warm_policy).generate(requests, greedy)
+    local = HFEngine(warm_policy).generate(requests, greedy)
     assert [g[0].completion_ids for g in got] == [g[0].completion_ids for g in local]
     sampled = pool.generate(requests, SamplingParams(n=3, temperature=1.0, max_tokens=4))
     assert [len(g) for g in sampled] == [3] * 5
@@ -44,9 +47,9 @@ def test_pool_gathers_in_order_across_actors(ray_local, warm_policy):
 
 
 def test_weight_sync_makes_actor_greedy_output_equal_the_learners(ray_local, warm_policy):
-    learner = HFEngine.from_pretrained(warm_policy)
+    learner = HFEngine(warm_policy)
     group = ActorGroupConfig(num_actors=2, num_cpus=1)
-    pool = RolloutPool(spawn_group("rollout", HFEngine.from_pretrained, {"path": warm_policy}, group), 120)
+    pool = RolloutPool(spawn_group("rollout", HFEngine, {"model": warm_policy}, group), 120)
     torch.manual_seed(1)
     with torch.no_grad():  # perturb: the synced weights must differ from what the actors loaded
         for name, p in learner.model.named_parameters():
@@ -66,7 +69,9 @@ def test_weight_sync_makes_actor_greedy_output_equal_the_learners(ray_local, war
 def test_remote_reward_matches_local(ray_local, untrained_rm):
     from reward.scorer import BaseRewardScorer
 
-    actors = spawn_group("scorer", BaseRewardScorer.from_paths, {"paths": [untrained_rm]},
+    from reward.scorer import ScorerOptions
+
+    actors = spawn_group("scorer", BaseRewardScorer, {"options": ScorerOptions(paths=[untrained_rm])},
                          ActorGroupConfig(num_actors=2, num_cpus=1))
     remote = RemoteReward(actors, "basereward", 120)
     ds = make_shapes_dataset(5, seed=2)
@@ -79,10 +84,7 @@ def test_remote_reward_matches_local(ray_local, untrained_rm):
 @pytest.mark.slow
 def test_grpo_through_ray_actors(tmp_path, warm_policy, untrained_rm):
     """Two steps of the hybrid scheme: 2 rollout actors + 1 scorer actor, TRL learner, weight sync."""
-    from recipes import grpo
-    from rl.cli import load_recipe_config
-
-    cfg = load_recipe_config("grpo", str(CONFIGS / "tiny_cpu_hybrid.yaml"), [
+    cfg = grpo.load(str(CONFIGS / "tiny_cpu_hybrid.yaml"), [
         f"output_dir={tmp_path}", f"policy.path={warm_policy}", f"reward.model.paths=[{untrained_rm}]",
         "trainer.max_steps=2", "trainer.per_device_train_batch_size=8", "trainer.num_generations=4",
         "trainer.learning_rate=1e-3", "trainer.report_to=[]"])
@@ -116,32 +118,42 @@ def test_actor_groups_use_placement_groups_and_resources(ray_local, untrained_rm
         spawn_group("rule", RuleMatcher, {}, ActorGroupConfig(placement="TIGHT"))
 
 
-def test_a_reward_actor_killed_mid_call_is_restarted_and_retried_then_the_budget_ends_it(ray_local, tmp_path):
+class SlowLength:
+    """A reward that takes 2 s per call (time to kill its actor mid-call)."""
+
+    def __call__(self, prompts, completions, **columns):
+        import time
+
+        time.sleep(2)
+        return [float(len(c)) for c in completions]
+
+
+def test_a_reward_actor_killed_mid_call_is_restarted_and_retried_then_the_budget_ends_it(ray_local):
     """A real SIGKILL of the actor process while it is scoring: Ray restarts it (max_restarts=1), the
     pool re-sends that shard and gets every value once; a second death exceeds max_restarts and is
     a clear ActorFailureError, not a hang."""
     import os
     import signal
+    import sys
     import threading
 
-    from reward.build import make_custom_reward
-    from rl.pool import ActorFailureError
+    from ray import cloudpickle
 
-    f = tmp_path / "slow.py"
-    f.write_text("import time\ndef slow(prompts, completions, **kw):\n    time.sleep(2)\n"
-                 "    return [float(len(c)) for c in completions]\n")
+    from rl.errors import ActorFailureError
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import a test module
     group = ActorGroupConfig(num_actors=1, num_cpus=0.5, max_restarts=1, max_retries=2)
-    actors = spawn_group("slow", make_custom_reward, {"spec": f"{f}:slow"}, group)
+    actors = spawn_group("slow", SlowLength, {}, group)
     remote = RemoteReward(actors, "slow", timeout_s=60, max_retries=group.max_retries)
 
     def kill_soon():
-        pid = ray_local.get(actors[0].pid.remote())
+        pid = ray_local.get(actor_pid(actors[0]))
         threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
         return pid
 
     first_pid = kill_soon()
     assert remote(["q"] * 3, ["a", "bb", "ccc"]) == [1.0, 2.0, 3.0]
-    assert remote.calls.restarts == 1 and ray_local.get(actors[0].pid.remote()) != first_pid
+    assert remote.calls.restarts == 1 and ray_local.get(actor_pid(actors[0])) != first_pid
     kill_soon()
     with pytest.raises(ActorFailureError, match="could not be restarted"):
         remote(["q"], ["a"])

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from reward.build import build_reward_funcs, load_callable, make_custom_reward
-from reward.guard import RewardFailureError
+from rl.rewards import build_reward_funcs, load_callable, make_custom_reward
+from reward.failures import RewardFailureError
 from rl.config import CustomRewardConfig, RewardConfig
 
 
@@ -56,7 +56,7 @@ def test_duplicate_names_and_unknown_schemes_are_errors():
 def test_a_broken_reward_stops_grpo_cleanly_with_a_resumable_checkpoint(tmp_path, warm_policy, capsys, caplog):
     f = tmp_path / "broken.py"
     f.write_text("def broken(prompts, completions, **kw):\n    raise RuntimeError('reward server down')\n")
-    from rl.cli import main as cli
+    from recipes.cli import main as cli
 
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml"
     code = cli(["grpo", str(config), f"output_dir={tmp_path / 'run'}", f"policy.path={warm_policy}",
@@ -71,14 +71,14 @@ def test_a_broken_reward_stops_grpo_cleanly_with_a_resumable_checkpoint(tmp_path
 
 
 def test_reward_failure_error_is_raised_by_the_guard_directly():
-    from reward.guard import GuardedReward
+    from reward.failures import GuardedReward
 
     with pytest.raises(RewardFailureError):
         asyncio.run(GuardedReward(lambda p, c, **k: [float("nan")] * len(c), max_failure_rate=0.5)(["q"], ["a"]))
 
 
 def test_a_missing_reward_model_is_a_clear_error_before_anything_starts(tmp_path, capsys):
-    from rl.cli import main as cli
+    from recipes.cli import main as cli
 
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_hybrid.yaml"
     code = cli(["grpo", str(config), f"output_dir={tmp_path}", f"reward.model.paths=[{tmp_path / 'nope'}]"])

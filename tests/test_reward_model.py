@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from reward.model import BaseRewardModel, HeadConfig, build_head, last_token_index
+from reward.model import BaseRewardModel, HeadConfig, ScoreStats, build_head, last_token_index
 from reward.train import PairCollator, bt_loss, pair_metrics
 
 
@@ -61,12 +61,12 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, rm, tiny_vl, shapes_small):
     from policies.loading import load_processor
 
     proc = load_processor(tiny_vl)
-    rm.head_cfg.score_mean, rm.head_cfg.score_std = 0.25, 2.0
+    rm.stats = ScoreStats(0.25, 2.0)
     path = rm.save_pretrained(tmp_path / "rm", proc)
     loaded = BaseRewardModel.from_pretrained(path)
     a, b = rm.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert loaded.head_cfg == rm.head_cfg
+    assert loaded.head_cfg == rm.head_cfg and loaded.stats == rm.stats
     rows = [{"prompt": r["prompt"], "images": r["images"], "chosen": r["answer"], "rejected": "no"}
             for r in shapes_small[0].select(range(4))]
     batch = PairCollator(proc)(rows)
@@ -147,10 +147,9 @@ def test_tiny_reward_model_training_beats_chance_on_held_out_pairs(tmp_path, war
     from pathlib import Path
 
     from recipes import train_reward_model
-    from rl.cli import load_recipe_config
 
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rm.yaml"
-    cfg = load_recipe_config("train-rm", str(config), [f"output_dir={tmp_path}", f"backbone.path={warm_policy}",
+    cfg = train_reward_model.load(str(config), [f"output_dir={tmp_path}", f"backbone.path={warm_policy}",
                                                        "trainer.report_to=[]"])
     summary = train_reward_model.main(cfg)
     after = summary["eval_after"]["eval_accuracy"]
@@ -159,4 +158,29 @@ def test_tiny_reward_model_training_beats_chance_on_held_out_pairs(tmp_path, war
     assert after >= 0.65
     assert summary["eval_accuracy_by_kind"]["hallucination"] >= 0.8
     reloaded = BaseRewardModel.from_pretrained(summary["checkpoint"])
-    assert reloaded.head_cfg.score_std > 0
+    assert reloaded.stats.std > 0
+
+
+def test_calibrate_standardises_scores_with_the_checkpoints_statistics(tmp_path, tiny_vl):
+    """`reward.model.calibrate` reaches the scorer from the config and gives (raw - mean) / std with the
+    statistics the checkpoint stores."""
+    import asyncio
+
+    from PIL import Image
+
+    from policies.loading import load_processor
+    from recipes import grpo
+    from reward.scorer import BaseRewardScorer
+    from rl.rewards import build_reward_funcs
+
+    model = BaseRewardModel.from_backbone(tiny_vl, HeadConfig(), seed=0)
+    model.stats = ScoreStats(mean=1.5, std=4.0)
+    path = str(model.save_pretrained(tmp_path / "rm", load_processor(tiny_vl)))
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is it?"}]}]
+    images = [[Image.new("RGB", (56, 56), c)] for c in ("red", "blue")]
+    raw = BaseRewardScorer.from_paths([path])([prompt, prompt], ["red", "blue"], images=images)
+    cfg = grpo.load(None, ["reward.scheme=model", f"reward.model.paths=[{path}]", "reward.model.calibrate=true"])
+    (reward,), _ = build_reward_funcs(cfg.reward)
+    calibrated = asyncio.run(reward([prompt, prompt], ["red", "blue"], images=images))
+    assert calibrated == pytest.approx([(r - 1.5) / 4.0 for r in raw], abs=1e-6)
+    assert calibrated != pytest.approx(raw, abs=1e-3)

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from policies.engine import Rollout
+from policies.rollout_engine import Rollout
 from rl.rollout import ActorRollouts, StaleRolloutError, group_prompts, sampling_from_trl, to_trl_output, version_lags
 
 
@@ -23,6 +23,21 @@ def test_group_prompts_refuses_a_batch_that_is_not_made_of_runs():
         group_prompts([a, b, a, b], 2)
     with pytest.raises(ValueError, match="cannot be split"):
         group_prompts([a, a, a], 2)
+
+
+def _with_image(text, color):
+    from PIL import Image
+
+    return [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (8, 8), color)},
+                                         {"type": "text", "text": text}]}]
+
+
+def test_prompts_with_the_same_question_and_different_images_are_different_prompts():
+    # TRL builds every repeat anew (the images decoded again): equal pixels are the same prompt...
+    assert len(group_prompts([_with_image("q", "red"), _with_image("q", "red")], 2)) == 1
+    # ...while the same question about another image is not.
+    with pytest.raises(ValueError, match="mixes different prompts"):
+        group_prompts([_with_image("q", "red"), _with_image("q", "blue")], 2)
 
 
 def test_to_trl_output_flattens_in_order():
@@ -56,11 +71,11 @@ def test_staleness_bound_must_allow_the_sync_period():
 
 
 def test_teacher_forced_logprobs_equal_the_engines_own(warm_policy):
-    from policies.engine import RolloutRequest, SamplingParams
+    from policies.rollout_engine import RolloutRequest, SamplingParams
     from policies.hf_engine import HFEngine, completion_logprobs
     from rl.tasks.shapes import make_shapes_dataset
 
-    engine = HFEngine.from_pretrained(warm_policy)
+    engine = HFEngine(warm_policy)
     ds = make_shapes_dataset(3, seed=1)
     requests = [RolloutRequest(p, i) for p, i in zip(ds["prompt"], ds["images"])]
     groups = engine.generate(requests, SamplingParams(n=2, temperature=0.8, max_tokens=6, seed=0))
@@ -74,6 +89,7 @@ class _SlowSyncPool:
     """A pool whose weight load takes 0.3 s and whose generation is instant (timing attribution)."""
 
     version = 0
+    sync = SimpleNamespace(on_device=False)  # the pool's transport wants CPU tensors
 
     def load_weights(self, state, version):
         import time
@@ -85,18 +101,31 @@ class _SlowSyncPool:
         return [[Rollout([1], [2], [-0.5], "x", version=self.version)] * sampling.n for _ in requests]
 
 
-def test_weight_sync_time_is_not_counted_as_generation_time():
+def test_weight_sync_time_is_not_counted_as_generation_time(monkeypatch):
     from collections import defaultdict
 
     import torch
 
+    from rl import rollout
+
+    metrics = defaultdict(list)
+    monkeypatch.setattr(rollout, "log_metric", lambda trainer, name, value: metrics[name].append(value))
     model = torch.nn.Linear(2, 2)
     trainer = SimpleNamespace(
-        state=SimpleNamespace(global_step=1), _metrics={"train": defaultdict(list)}, num_generations=2,
+        state=SimpleNamespace(global_step=1), num_generations=2,
         accelerator=SimpleNamespace(unwrap_model=lambda m: m), model=model, processing_class=None,
         args=SimpleNamespace(temperature=1.0, top_p=1.0, top_k=None, max_completion_length=4, seed=0))
     rollouts = ActorRollouts(_SlowSyncPool(), sync_every=1, max_staleness=0, logprob_gap_samples=0)
     out = rollouts([_msg("a"), _msg("a")], trainer)
-    metrics = trainer._metrics["train"]
     assert metrics["timing/weight_sync"][0] >= 0.3 and metrics["timing/generate"][0] < 0.1
     assert out["policy_version"] == [1, 1]
+
+
+def test_weight_transfer_needs_the_vllm_backend():
+    from rl.config import PolicyConfig, RolloutConfig
+    from rl.rollout_pool import engine_spec
+
+    with pytest.raises(ValueError, match="rollout.weight_transfer='gloo'.*needs rollout.backend=vllm"):
+        engine_spec(RolloutConfig(backend="hf", weight_transfer="gloo"), PolicyConfig(), "unused")
+    with pytest.raises(ValueError, match="must be one of"):
+        engine_spec(RolloutConfig(backend="vllm", weight_transfer="ucx"), PolicyConfig(), "unused")

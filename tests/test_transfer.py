@@ -1,10 +1,12 @@
-"""The learner's side of vLLM's weight-transfer path, without vLLM: rank layout and the control
-plane over real Ray actors (the engines here record what they are asked; test_vllm.py runs the
-same client against real vLLM engines)."""
+"""The learner's side of vLLM's weight-transfer path: rank layout and the control plane over real
+Ray actors (the engines here record what they are asked; test_vllm.py runs the same client against
+real vLLM engines). Importing the transport imports vLLM: skipped where it is not installed."""
 
 import pytest
 
-from rl.transfer import PoolSyncClient, rank_offsets
+pytest.importorskip("vllm")
+
+from rl.weight_sync.vllm_transfer import PoolSyncClient, rank_offsets  # noqa: E402
 
 
 def test_each_actor_gets_the_ranks_after_the_previous_one():
@@ -14,12 +16,11 @@ def test_each_actor_gets_the_ranks_after_the_previous_one():
         rank_offsets([1, 0])
 
 
-def test_weight_transfer_needs_the_vllm_backend():
-    from policies.engines import engine_factory
-    from rl.config import PolicyConfig, RolloutConfig
+def test_the_backends_the_config_accepts_are_the_ones_the_transport_has():
+    from rl.weight_sync import VLLM_BACKENDS
+    from rl.weight_sync.vllm_transfer import BACKENDS
 
-    with pytest.raises(ValueError, match="rollout.weight_transfer='gloo'.*needs rollout.backend=vllm"):
-        engine_factory(RolloutConfig(backend="hf", weight_transfer="gloo"), PolicyConfig(), "unused")
+    assert set(VLLM_BACKENDS) == set(BACKENDS)
 
 
 class Recorder:
@@ -47,11 +48,16 @@ class Recorder:
         self.version = version
 
 
+def _calls(recorder):
+    return recorder.calls
+
+
 def test_the_client_fans_out_with_per_actor_ranks_and_the_round_version(ray_local):
     import sys
 
     from ray import cloudpickle
 
+    from rl.actor_calls import ActorCalls
     from rl.actors import spawn_group
     from rl.config import ActorGroupConfig
 
@@ -60,16 +66,16 @@ def test_the_client_fans_out_with_per_actor_ranks_and_the_round_version(ray_loca
     a = spawn_group("rec", Recorder, {"world_size": 2}, ActorGroupConfig(num_actors=1, num_cpus=0.5))
     b = spawn_group("rec", Recorder, {"world_size": 1}, ActorGroupConfig(num_actors=1, num_cpus=0.5))
     try:
-        actors = a + b
-        sizes = ray_local.get([x.call.remote("transfer_world_size") for x in actors])
-        client = PoolSyncClient(actors, sizes, timeout_s=60)
+        calls = ActorCalls(a + b, timeout_s=60, max_retries=0, what="rollout actors")
+        sizes = calls.all(lambda i: calls.actors[i].transfer_world_size.remote(), "world size")
+        client = PoolSyncClient(calls, sizes)
         client.init_weight_transfer_engine({"master_address": "127.0.0.1", "master_port": 1, "world_size": 4,
                                             "rank_offset": 1})
         client.version = 5
         client.start_weight_update()
         client.update_weights({"names": ["w"], "dtype_names": ["float32"], "shapes": [[2]]})
         client.finish_weight_update()
-        assert ray_local.get([x.get.remote("calls") for x in actors]) == [
+        assert ray_local.get([x.__ray_call__.remote(_calls) for x in a + b]) == [
             [("init", 1, 4), ("start",), ("update", ("w",)), ("finish", 5)],
             [("init", 3, 4), ("start",), ("update", ("w",)), ("finish", 5)],
         ]

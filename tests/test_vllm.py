@@ -10,7 +10,7 @@ import torch
 
 vllm = pytest.importorskip("vllm")
 
-from policies.engine import RolloutRequest, SamplingParams  # noqa: E402
+from policies.rollout_engine import RolloutRequest, SamplingParams  # noqa: E402
 from policies.hf_engine import HFEngine  # noqa: E402
 from policies.vllm_engine import EngineStartError, VLLMEngine  # noqa: E402
 from rl.tasks.shapes import make_shapes_dataset  # noqa: E402
@@ -33,7 +33,7 @@ def _requests(n, seed=0):
 
 
 def _perturbed_learner(path, seed):
-    learner = HFEngine.from_pretrained(path)
+    learner = HFEngine(path)
     torch.manual_seed(seed)
     with torch.no_grad():  # perturbed weights, so a no-op update would fail the test
         for p in learner.model.parameters():
@@ -50,7 +50,7 @@ def test_batched_sampling_with_n_and_logprobs(engine, warm_policy):
             assert len(r.logprobs) == len(r.completion_ids) > 0
             assert all(lp <= 0.0 for lp in r.logprobs) and r.version == 0
     # The prompt tokens vLLM used are the ones the learner's processor makes (images expanded).
-    hf = HFEngine.from_pretrained(warm_policy)
+    hf = HFEngine(warm_policy)
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=6)
     mine = hf.generate(requests, greedy)
     theirs = engine.generate(requests, greedy)
@@ -106,15 +106,14 @@ def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_
     import os
     import signal
 
-    from policies.engines import engine_factory
-    from rl.actors import spawn_group
+    from rl.actors import actor_pid, spawn_group
     from rl.config import ActorGroupConfig, PolicyConfig, RolloutConfig
-    from rl.pool import RolloutPool
-    from rl.rollout import policy_state_dict
+    from rl.rollout_pool import RolloutPool, engine_spec
+    from rl.weight_sync.export import policy_state_dict
 
     rollout = RolloutConfig(backend="vllm", weight_transfer="gloo", vllm=dict(ENGINE), timeout_s=300)
-    factory, kwargs = engine_factory(rollout, PolicyConfig(dtype="float32"), warm_policy)
-    actors = spawn_group("rollout", factory, kwargs, ActorGroupConfig(num_actors=2, num_cpus=1, max_restarts=1))
+    engine_cls, kwargs = engine_spec(rollout, PolicyConfig(dtype="float32"), warm_policy)
+    actors = spawn_group("rollout", engine_cls, kwargs, ActorGroupConfig(num_actors=2, num_cpus=1, max_restarts=1))
     pool = RolloutPool(actors, timeout_s=300, weight_transfer="gloo")
     try:
         requests = _requests(4, seed=5)  # two per actor
@@ -127,13 +126,13 @@ def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_
         assert [g[0].completion_ids for g in pool.generate(requests, greedy)] == expected
         assert pool.versions() == [3, 3]
 
-        os.kill(ray_local.get(actors[1].pid.remote()), signal.SIGKILL)
+        os.kill(ray_local.get(actor_pid(actors[1])), signal.SIGKILL)
         got = pool.generate(requests, greedy)  # actor 1's shard: restart, new group, version 3 again
         assert [g[0].completion_ids for g in got] == expected
         assert pool.restarts == 1 and pool.versions() == [3, 3]
 
         # Killed just before a round: the round meets the dead actor, waits for it, re-forms the group.
-        os.kill(ray_local.get(actors[0].pid.remote()), signal.SIGKILL)
+        os.kill(ray_local.get(actor_pid(actors[0])), signal.SIGKILL)
         learner = _perturbed_learner(warm_policy, seed=1)
         expected = [g[0].completion_ids for g in learner.generate(requests, greedy)]
         pool.load_weights(policy_state_dict(learner.model), version=4)
@@ -150,10 +149,9 @@ def test_grpo_with_a_ray_actor_hosting_vllm(tmp_path, warm_policy, weight_transf
     from pathlib import Path
 
     from recipes import grpo
-    from rl.cli import load_recipe_config
 
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml"
-    cfg = load_recipe_config("grpo", str(config), [
+    cfg = grpo.load(str(config), [
         f"output_dir={tmp_path}", f"policy.path={warm_policy}", "ray.enabled=true", "ray.num_cpus=2",
         "rollout.backend=vllm", "rollout.actors.num_actors=1", "rollout.actors.num_cpus=1",
         "rollout.vllm={max_model_len: 512, enforce_eager: true, gpu_memory_utilization: 0.15}",

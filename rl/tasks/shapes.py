@@ -12,12 +12,20 @@ learns what it was shown.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from datasets import Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 from PIL import ImageDraw
+
+from policies.chat import with_image_parts
+from policies.tiny import make_tiny_qwen2, make_tiny_qwen2_5_vl
+
+log = logging.getLogger(__name__)
 
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (235, 200, 20)}
 SHAPES = ("circle", "square", "triangle")
@@ -101,7 +109,7 @@ def wrong_answers(answer: str, task: str) -> list[str]:
 
 def prompt_messages(question: str) -> list[dict]:
     """Conversational prompt with one image placeholder, in the structure TRL and the processor expect."""
-    return [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": question}]}]
+    return with_image_parts([{"role": "user", "content": [{"type": "text", "text": question}]}], 1)
 
 
 FEATURES = Features({
@@ -225,3 +233,24 @@ def vocabulary_corpus() -> list[str]:
         "<answer> </answer> \\boxed{}",
     ]
     return lines * 4
+
+
+def make_tiny_policy(out_dir: str | Path, seed: int = 0, text: dict[str, Any] | None = None,
+                     text_only: bool = False) -> Path:
+    """The offline tiny Qwen2.5-VL (or, `text_only`, Qwen2) with a tokenizer that knows this task's
+    words. `text` overrides fields of the language model's config (see policies.tiny)."""
+    if text_only:
+        return make_tiny_qwen2(out_dir, vocabulary_corpus(), seed=seed)
+    return make_tiny_qwen2_5_vl(out_dir, vocabulary_corpus(), seed=seed, text=text)
+
+
+def resolve_policy_path(path: str, output_dir: str | Path, seed: int = 0) -> str:
+    """`policy.path: tiny` builds the offline tiny policy under `output_dir/tiny-policy` (once); a hub
+    id or a local directory passes through."""
+    if path != "tiny":
+        return path
+    target = Path(output_dir) / "tiny-policy"
+    if not (target / "config.json").is_file():
+        log.info("building the offline tiny Qwen2.5-VL policy in %s", target)
+        make_tiny_policy(target, seed=seed)
+    return str(target)

@@ -3,10 +3,13 @@
 An engine turns chat prompts with images into completions, each with its token ids, per-token
 log-probabilities and the policy version that produced it, and accepts new weights with a version.
 The choice of backend is configuration (`rollout.backend`); the RL loop only sees this protocol.
+Rollout actors host engines directly (`ray.remote(HFEngine)`), so every call the rollout pool and
+the weight sync make is one of the methods listed here: `actor.generate.remote(...)`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,12 +50,40 @@ class Rollout:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
+    """What the rollout pool and every weight-sync transport call on an engine."""
+
     version: int
 
     def generate(self, requests: list[RolloutRequest], sampling: SamplingParams) -> list[list[Rollout]]:
         """For each request, `sampling.n` rollouts, in request order."""
         ...
 
-    def load_weights(self, named_tensors: dict[str, Any], version: int) -> None:
+    def load_weights(self, named_tensors: Mapping[str, Any], version: int) -> None:
         """Replace the engine's weights (all or a subset, by parameter name) and set its version."""
         ...
+
+    def loaded_version(self) -> int:
+        """The policy version of the weights the engine holds."""
+        ...
+
+
+@runtime_checkable
+class WeightTransferEngine(RolloutEngine, Protocol):
+    """The worker side of vLLM's weight-transfer control plane (`rollout.weight_transfer`), called by
+    the learner's transport (rl/weight_sync/vllm_transfer.py) in this order every round."""
+
+    def transfer_world_size(self) -> int:
+        """How many ranks this engine's workers take in the learner's transfer group."""
+        ...
+
+    def init_weight_transfer(self, init_info: dict[str, Any]) -> None: ...
+
+    def shutdown_weight_transfer(self) -> None: ...
+
+    def start_weight_update(self) -> None: ...
+
+    def update_weights(self, update_info: dict[str, Any]) -> None:
+        """Receive one round: blocks in the broadcast the learner runs at the same time."""
+        ...
+
+    def finish_weight_update(self, version: int) -> None: ...

@@ -7,6 +7,7 @@ Every reward comes back wrapped in `GuardedReward`, so failures are counted rath
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -15,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rl.config import RewardConfig
 from reward.base import reward_name
-from reward.guard import GuardedReward
+from reward.failures import GuardedReward
 from reward.hybrid import HybridReward
+from reward.model import HEAD_FILE
 from reward.rule import RuleMatcher
+from rl.config import RewardConfig
 
 SCHEMES = ("rule", "model", "hybrid", "none")
 
@@ -62,18 +64,9 @@ def make_custom_reward(spec: str, kwargs: dict[str, Any] | None = None) -> Calla
     return fn
 
 
-def make_rule(cfg: RewardConfig) -> RuleMatcher:
-    r = cfg.rule
-    return RuleMatcher(extract=r.extract, number_words=r.number_words, units=tuple(r.units),
-                       math_verify=r.math_verify, max_chars=r.max_chars)
-
-
-def make_local_scorer(cfg: RewardConfig) -> Callable:
-    from reward.scorer import BaseRewardScorer
-
-    m = cfg.model
-    return BaseRewardScorer.from_paths(list(m.paths), m.text_path, device=m.device, batch_size=m.batch_size,
-                                       max_pixels=m.max_pixels, calibrate=m.calibrate)
+def rule_options(cfg: RewardConfig) -> dict[str, Any]:
+    """The rule matcher's own options out of the `reward.rule:` section (which adds where it runs)."""
+    return {f.name: getattr(cfg.rule, f.name) for f in dataclasses.fields(RuleMatcher)}
 
 
 def check_model_paths(cfg: RewardConfig) -> None:
@@ -82,8 +75,6 @@ def check_model_paths(cfg: RewardConfig) -> None:
         return
     if not cfg.model.paths:
         raise ValueError(f"reward.scheme={cfg.scheme} needs reward.model.paths (BaseReward checkpoints)")
-    from reward.model import HEAD_FILE
-
     for path in [*cfg.model.paths, *([cfg.model.text_path] if cfg.model.text_path else [])]:
         if not (Path(path) / HEAD_FILE).is_file():
             raise FileNotFoundError(f"reward.model.paths: {path} is not a BaseReward checkpoint (no {HEAD_FILE}); "
@@ -99,9 +90,11 @@ def build_reward_funcs(cfg: RewardConfig, scorer: Callable | None = None,
     guard = functools.partial(GuardedReward, timeout_s=cfg.timeout_s, max_failure_rate=cfg.max_failure_rate)
     funcs: list[GuardedReward] = []
     weights: list[float] = []
-    if cfg.scheme in ("model", "hybrid"):
-        scorer = scorer or make_local_scorer(cfg)
-    rule = rule or make_rule(cfg)
+    if cfg.scheme in ("model", "hybrid") and scorer is None:
+        from reward.scorer import BaseRewardScorer
+
+        scorer = BaseRewardScorer(cfg.model)  # the section is the scorer's options (plus its actors)
+    rule = rule or RuleMatcher(**rule_options(cfg))
     if cfg.scheme == "rule":
         funcs.append(guard(rule, name="rule"))
     elif cfg.scheme == "model":

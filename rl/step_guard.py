@@ -2,7 +2,7 @@
 
 A NaN or inf anywhere upstream (a reward, an advantage, the loss) ends up in the gradient, so one
 check right before `optimizer.step()` covers them all. Non-finite rewards are already turned into
-counted failures by `reward.guard.GuardedReward`; this catches what gets past it (overflowing logits,
+counted failures by `reward.failures.GuardedReward`; this catches what gets past it (overflowing logits,
 a custom loss). Past `max_skipped` skipped steps the run stops (the recipe checkpoints first).
 """
 

@@ -1,54 +1,41 @@
-"""`brl`: the command line. Each subcommand loads a config (or flags) and calls one recipe's main()."""
+"""`brl`: the command line. Each recipe subcommand loads that recipe's config (its `load`) and calls
+its `main(cfg)`; the other subcommands wrap one function each. The CLI sits on top of the recipes:
+nothing imports it, and recipe modules are imported only for the command that runs.
+
+    python -m recipes.cli COMMAND ...   (the same as `brl COMMAND ...`)
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
 
-from reward.guard import RewardFailureError
-from rl.config import ConfigError, load_config
+from reward.failures import RewardFailureError
+from rl.config import ConfigError
 from rl.errors import ActorFailureError, NonFiniteStepError
 
-# command -> (config schema in rl.config, recipe module with main(cfg),
-#             (section, class) whose fields that section's keys must be, help)
-RECIPES: dict[str, tuple[str, str, tuple[str, str], str]] = {
-    "grpo": ("GRPORecipeConfig", "recipes.grpo", ("trainer", "trl.GRPOConfig"),
-             "GRPO fine-tuning with rule / model / hybrid rewards"),
-    "sft": ("SFTRecipeConfig", "recipes.sft", ("trainer", "trl.SFTConfig"),
-            "supervised warm-up of a policy on the RL data's answers"),
-    "train-rm": ("RMRecipeConfig", "recipes.train_reward_model", ("trainer", "transformers.TrainingArguments"),
-                 "train a BaseReward model (Bradley-Terry, MLP head) on preference pairs"),
-    "compare": ("CompareRecipeConfig", "recipes.compare", ("grpo.trainer", "trl.GRPOConfig"),
-                "run GRPO under several reward schemes and compare them on held-out data"),
+# command -> (recipe module with load(path, overrides) and main(cfg), help)
+RECIPES: dict[str, tuple[str, str]] = {
+    "grpo": ("recipes.grpo", "GRPO fine-tuning with rule / model / hybrid rewards"),
+    "sft": ("recipes.sft", "supervised warm-up of a policy on the RL data's answers"),
+    "train-rm": ("recipes.train_reward_model", "train a BaseReward model (Bradley-Terry, MLP head) on preference pairs"),
+    "compare": ("recipes.compare", "run GRPO under several reward schemes and compare them on held-out data"),
 }
 
 
-def load_recipe_config(command: str, path: str | None, overrides: list[str] | tuple[str, ...] = ()):
-    """Load a recipe's config the way `brl COMMAND CONFIG key=value ...` does."""
-    import importlib
-
-    from rl import config as config_module
-
-    schema_name, _, (section, class_path), _ = RECIPES[command]
-    module, cls_name = class_path.rsplit(".", 1)
-    passthrough = {section: getattr(importlib.import_module(module), cls_name)}
-    return load_config(getattr(config_module, schema_name), path, overrides, passthrough=passthrough)
-
-
 def _run_recipe(ns: argparse.Namespace) -> int:
-    import importlib
-
-    cfg = load_recipe_config(ns.command, ns.config, ns.overrides)
-    importlib.import_module(RECIPES[ns.command][1]).main(cfg)
+    recipe = importlib.import_module(RECIPES[ns.command][0])
+    recipe.main(recipe.load(ns.config, ns.overrides))
     return 0
 
 
 def _make_tiny(ns: argparse.Namespace) -> int:
-    from policies.tiny import make_tiny_qwen2, make_tiny_qwen2_5_vl
+    from rl.tasks.shapes import make_tiny_policy
 
-    path = (make_tiny_qwen2 if ns.text_only else make_tiny_qwen2_5_vl)(ns.out, seed=ns.seed)
+    path = make_tiny_policy(ns.out, seed=ns.seed, text_only=ns.text_only)
     print(f"tiny {'Qwen2' if ns.text_only else 'Qwen2.5-VL'} saved to {path}")
     return 0
 
@@ -71,7 +58,8 @@ def _demo(ns: argparse.Namespace) -> int:
 
 
 def _eval_rm(ns: argparse.Namespace) -> int:
-    from reward.bench import evaluate_file, length_scorer, model_scorer, random_scorer
+    from reward.bench import length_scorer, model_scorer, random_scorer
+    from rl.rm_benchmarks import evaluate_file
 
     if ns.scorer == "model":
         if not ns.model:
@@ -100,7 +88,7 @@ def _eval_policy(ns: argparse.Namespace) -> int:
         from reward.scorer import BaseRewardScorer
 
         scorer = BaseRewardScorer.from_paths(ns.reward_model)
-    result = evaluate_policy(HFEngine.from_pretrained(ns.model), rows, ns.batch_size, ns.max_tokens, scorer=scorer)
+    result = evaluate_policy(HFEngine(ns.model), rows, ns.batch_size, ns.max_tokens, scorer=scorer)
     return _emit(asdict(result), ns.out)
 
 
@@ -121,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for name, (_, _, _, help_) in RECIPES.items():
+    for name, (_, help_) in RECIPES.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("config", help="YAML config (see recipes/configs/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=3")
@@ -134,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-rm", help="evaluate a reward model on MM-RLHF-RewardBench / VL-RewardBench / pairs")
     p.add_argument("--model", nargs="*", default=None, help="BaseReward checkpoint(s); several are averaged")
-    p.add_argument("--format", required=True, choices=["mm-rlhf", "vl-reward", "pairs"])
+    p.add_argument("--format", required=True, choices=["mm-rlhf", "vl-reward", "pairs"])  # rl.rm_benchmarks.FORMATS
     p.add_argument("--data", required=True, help="benchmark file (.jsonl/.json/.parquet); images relative to it")
     p.add_argument("--scorer", default="model", choices=["model", "length", "random"],
                    help="length / random: model-free baselines that check the metric code")

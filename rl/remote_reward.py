@@ -1,0 +1,35 @@
+"""A reward hosted on Ray actors, called like a local TRL reward function."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reward.base import slice_columns
+from rl.actor_calls import ActorCalls, shard
+
+# Reward kwargs that only make sense in the driver process (TRL's callbacks and state objects).
+DRIVER_ONLY = ("log_metric", "log_extra", "trainer_state", "environments")
+
+
+class RemoteReward:
+    """Samples split across the actors (each hosting a reward: `actor.__call__.remote(...)`), gathered
+    in order; blocking, with a timeout, restarts and retries (rl/actor_calls.py)."""
+
+    def __init__(self, actors: list[Any], name: str, timeout_s: float = 300.0, max_retries: int = 2):
+        self.calls = ActorCalls(actors, timeout_s, max_retries, f"reward actors ({name})")
+        self.actors = actors
+        self.__name__ = name
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
+        n = len(completions)
+        k = min(len(self.actors), max(1, n))
+        index_parts = shard(list(range(n)), k)
+        columns = {key: v for key, v in columns.items() if key not in DRIVER_ONLY}
+
+        def submit(a: int) -> Any:
+            idx = index_parts[a]
+            return self.actors[a].__call__.remote([prompts[i] for i in idx], [completions[i] for i in idx],
+                                                  **slice_columns(columns, idx, n))
+
+        results = self.calls.run(submit, [a for a, idx in enumerate(index_parts) if idx])
+        return [v for part in results for v in part]

@@ -1,0 +1,79 @@
+"""The rollout actors as one engine: generation fanned out in order, weights kept in sync, versions.
+
+`RolloutPool` shards each generation call across N actors (each hosting a `RolloutEngine`) and
+gathers the groups back in request order; weight syncs go through the transport that
+`rollout.weight_transfer` names (rl/weight_sync/). An actor that dies mid-call is restarted by Ray,
+given the weights it held (the transport's `restore`) and sent only its share again (ActorCalls).
+`engine_spec` turns the config into the engine class and arguments each actor is built with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
+from rl.actor_calls import ActorCalls, gather, shard
+from rl.weight_sync import check_transport, engine_options, make_weight_sync
+
+BACKENDS = ("hf", "vllm")
+
+
+def engine_spec(rollout: Any, policy: Any, policy_path: str) -> tuple[type, dict[str, Any]]:
+    """(engine class, constructor kwargs) for `rollout` (an `rl.config.RolloutConfig`) and `policy`
+    (a `PolicyConfig`); each rollout actor hosts `cls(**kwargs)`."""
+    if rollout.backend not in BACKENDS:
+        raise ValueError(f"rollout.backend must be one of {BACKENDS}, got {rollout.backend!r}")
+    check_transport(rollout.weight_transfer, rollout.backend)
+    if rollout.backend == "hf":
+        from policies.hf_engine import HFEngine
+
+        return HFEngine, dict(model=policy_path, dtype=policy.dtype, device=rollout.device,
+                              max_pixels=policy.max_pixels, trust_remote_code=policy.trust_remote_code)
+    from policies.vllm_engine import VLLMEngine
+
+    return VLLMEngine, dict(path=policy_path, dtype=policy.dtype, max_pixels=policy.max_pixels,
+                            engine_kwargs=dict(rollout.vllm), sync_timeout_s=rollout.timeout_s,
+                            **engine_options(rollout.weight_transfer))
+
+
+class RolloutPool:
+    """N rollout actors, each hosting a RolloutEngine, used as one."""
+
+    def __init__(self, actors: list[Any], timeout_s: float = 600.0, max_retries: int = 2,
+                 weight_transfer: str | None = None):
+        self.calls = ActorCalls(actors, timeout_s, max_retries, "rollout actors")
+        self.actors = actors
+        self.sync = make_weight_sync(weight_transfer, self.calls)
+        self.version = 0  # the policy version every actor holds
+
+    @property
+    def restarts(self) -> int:
+        return self.calls.restarts
+
+    def generate(self, requests: list[RolloutRequest], sampling: SamplingParams) -> list[list[Rollout]]:
+        parts = shard(requests, len(self.actors))
+
+        # Each shard gets its own seed (seed + shard index): distinct streams per actor, and a retried
+        # shard reproduces exactly what it would have made.
+        def submit(i: int) -> Any:
+            seeded = sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + i)
+            return self.actors[i].generate.remote(parts[i], seeded)
+
+        results = self.calls.run(submit, [i for i, part in enumerate(parts) if part],
+                                 restore=lambda i: self.sync.restore(i, self.version))
+        return [group for part in results for group in part]
+
+    def load_weights(self, named_tensors: Mapping[str, Any], version: int) -> None:
+        """Every actor holds `named_tensors` as policy `version` when this returns."""
+        self.sync.send(named_tensors, version)
+        self.version = version
+
+    def versions(self) -> list[int]:
+        return gather([a.loaded_version.remote() for a in self.actors], self.calls.timeout_s,
+                      "rollout actors (version)")
+
+    def close(self) -> None:
+        """Let go of the weight transport (a transfer group is left; the engines go with the actors)."""
+        self.sync.close()

@@ -1,0 +1,154 @@
+"""Every touch of TRL's private internals, in one module, checked against the TRL version it was
+written for.
+
+TRL's public API (GRPOConfig, GRPOTrainer, `rollout_func`, reward functions) carries most of this
+project; what it does not offer is done here, and only here:
+
+- `GRPOLearner`, a GRPOTrainer that resumes exactly and can correct stale rollouts: it seeds each
+  epoch's data order by (seed, epoch) (its sampler), uses the rollout engine's log-probabilities as
+  the PPO "old" policy when asked, and restores Qwen-VL policy weights through `from_pretrained`;
+- `log_metric`: a metric logged with TRL's own per-step metrics (from the rollout hook);
+- `save_checkpoint_now`: a resumable checkpoint outside the save schedule (the abort path);
+- `planned_prompts`: the prompts TRL will ask for at a future step (overlapped rollouts).
+
+On another TRL version importing this module fails with a message saying what to do: each of these
+relies on internals that TRL changes between releases.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+import trl
+from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
+
+log = logging.getLogger(__name__)
+
+WRITTEN_FOR_TRL = "1.16"
+
+
+def check_trl_version(version: str = trl.__version__) -> None:
+    if ".".join(version.split(".")[:2]) != WRITTEN_FOR_TRL:
+        raise RuntimeError(
+            f"rl/trl_adapter.py was written against TRL {WRITTEN_FOR_TRL}.x and TRL {version} is installed. It "
+            f"overrides TRL internals (GRPOTrainer._get_train_sampler, _generate_and_score_completions, "
+            f"_load_from_checkpoint, _save_checkpoint, _metrics) that change between releases. Install "
+            f"trl=={WRITTEN_FOR_TRL}.* (the project's constraints.txt pins it), or port this module to {version}.")
+
+
+check_trl_version()
+
+
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler, with the shuffle of epoch e seeded by (seed, e).
+
+    TRL's draws every epoch's order from one generator, which a new process restarts: a run resumed in
+    epoch 2 would replay epoch 0's order. Seeding per epoch makes a resumed run read exactly the data
+    an uninterrupted one reads. The Trainer calls `set_epoch` (through accelerate's DataLoaderShard)
+    before each epoch.
+    """
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(self.seed + self.epoch)
+        yield from super().__iter__()
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The dataset indices epoch `epoch` yields, without disturbing this sampler (for prefetching).
+
+        Asked for every step with overlapped rollouts; the last epoch's order is kept, so the
+        permutation is drawn once per epoch, not once per step."""
+        cached = self.__dict__.get("_order")
+        if cached is None or cached[0] != epoch:
+            other = copy.copy(self)
+            other.generator, other.epoch = torch.Generator(), epoch
+            cached = self._order = (epoch, list(iter(other)))
+        return cached[1]
+
+
+class GRPOLearner(GRPOTrainer):
+    """GRPOTrainer that resumes exactly (the data order, the weights) and can correct stale rollouts.
+
+    `rollout_logprobs_as_old`: when rollouts may come from older weights (weights synced every k
+    steps, or generated one step ahead), the PPO ratio's "old" policy is the one that actually sampled
+    them: the rollout engine's log-probabilities replace the learner's recomputed ones. The ratio is
+    then the importance weight pi_theta / pi_behaviour, clipped as usual (decoupled PPO; the role TRL's
+    vLLM importance-sampling correction plays, which TRL only applies to its own vLLM path).
+    """
+
+    rollout_logprobs_as_old = False
+    train_sampler: EpochSeededRepeatSampler | None = None
+
+    def _get_train_sampler(self, dataset: Any = None) -> RepeatSampler:
+        sampler = super()._get_train_sampler(dataset)
+        sampler.__class__ = EpochSeededRepeatSampler  # same fields, per-epoch seeding
+        if dataset is None or dataset is self.train_dataset:
+            self.train_sampler = sampler
+        return sampler
+
+    def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        if self.rollout_logprobs_as_old and output.get("sampling_per_token_logps") is not None:
+            output["old_per_token_logps"] = output["sampling_per_token_logps"]  # [B, T], 0 where masked
+        return output
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        # The Trainer reads model.safetensors with the runtime key names, but save_pretrained writes
+        # Qwen2-VL / Qwen2.5-VL weights under their legacy names (the model's key mapping), so its
+        # load silently matches nothing and training "resumes" from the initial weights (seen with
+        # transformers 5.19 and 5.23). from_pretrained applies the mapping; copy its tensors in, strictly.
+        model = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if not isinstance(model, torch.nn.Module) or not hasattr(type(model), "from_pretrained") or \
+                getattr(model, "peft_config", None):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
+        model.load_state_dict(saved.state_dict(), strict=True)
+        log.info("policy weights restored from %s", resume_from_checkpoint)
+
+
+def log_metric(trainer: GRPOTrainer, name: str, value: float) -> None:
+    """Log `value` under `name` with this step's training metrics: TRL averages and logs it with
+    its own (`kl`, `reward`, ...). For metrics measured outside reward functions (which get TRL's
+    `log_metric` callback), e.g. in the rollout hook."""
+    trainer._metrics["train"][name].append(value)
+
+
+def save_checkpoint_now(trainer: GRPOTrainer) -> None:
+    """Write the Trainer's checkpoint of the state as it is, in the folder its own periodic save uses.
+
+    The Trainer has no public "checkpoint now" call; `_save_checkpoint` is what its save schedule
+    runs, so the folder is the same format a resume reads."""
+    trainer._save_checkpoint(trainer.model, trial=None)
+
+
+def planned_prompts(trainer: GRPOLearner, step: int) -> list[Any] | None:
+    """The distinct prompts TRL will ask for at optimizer step `step` (None: cannot tell).
+
+    Needs one generation per optimizer step (steps_per_generation = num_iterations = 1) and the
+    learner's EpochSeededRepeatSampler; prompts are built the way TRL builds them (images put into
+    the messages), so they compare equal to what TRL then passes to the rollout hook."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    sampler, args = trainer.train_sampler, trainer.args
+    if sampler is None or args.steps_per_generation != 1 or args.num_iterations != 1:
+        return None
+    group = trainer.num_generations
+    per_step = sampler.batch_size  # distinct prompts per generation batch
+    steps_per_epoch = sampler.num_samples // per_step
+    if steps_per_epoch == 0:
+        return None
+    epoch, k = divmod(step, steps_per_epoch)
+    order = sampler.epoch_order(epoch)  # each index repeated `group` times in a row
+    indices = order[k * per_step * group:(k + 1) * per_step * group:group]
+    rows = [trainer.train_dataset[i] for i in indices]
+    return [prepare_multimodal_messages(r["prompt"], images=r["images"]) if r.get("images") else r["prompt"]
+            for r in rows]
