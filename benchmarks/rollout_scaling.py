@@ -43,7 +43,7 @@ def main() -> None:
     sampling = SamplingParams(n=args.samples, temperature=1.0, max_tokens=args.tokens, min_tokens=args.tokens, seed=0)
     tokens = args.prompts * args.samples * args.tokens
     cores = os.cpu_count() or 1
-    ray.init(num_cpus=max(max(args.actors), cores), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(max(args.actors), cores), include_dashboard=False, log_to_driver=False)
     rows = []
     try:
         for n in args.actors:

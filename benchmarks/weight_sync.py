@@ -59,7 +59,7 @@ def main() -> None:
     t_copy = best_of(lambda: {k: v.clone() for k, v in state.items()}, repeats=5)
     rows = [{"path": "in-memory copy (ceiling)", "actors": 0, "seconds": t_copy, "GB_per_s": nbytes / t_copy / 1e9,
              "slowdown_vs_copy": 1.0}]
-    ray.init(num_cpus=max(args.actors) + 1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(args.actors) + 1, include_dashboard=False, log_to_driver=False)
     try:
         # A fresh cluster's first syncs are several times slower than the rest (measured: ~5x on
         # this machine, in whichever group came first, warm-up rounds or not: the object store's

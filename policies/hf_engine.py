@@ -7,11 +7,50 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor
 
 from policies.chat import images_of, is_vlm_processor, render_prompt, vision_token_ids
 from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
 
 log = logging.getLogger(__name__)
+
+
+class TokenLogprobs(LogitsProcessor):
+    """Each generated token's log-probability under softmax(logits / temperature), as TRL computes
+    them (over the whole vocabulary, before top-k/top-p and token suppression), streamed.
+
+    A forward hook on the output head keeps the step's log-probabilities [B, V]; at the next step the
+    token sampled from them is the last input id, so one step is held at a time. (`generate`'s
+    `output_logits=True` keeps every step: [B, T, V] in fp32, 40 GB for 64 rollouts x 1,024 tokens x
+    151,936 vocabulary.) Passed to `generate` as a logits processor that leaves the scores alone.
+    """
+
+    def __init__(self, head: torch.nn.Module, temperature: float):
+        self.temperature = temperature
+        self.latest: torch.Tensor | None = None  # [B, V] of the step just computed
+        self.previous: torch.Tensor | None = None  # [B, V] of the step whose token is being sampled
+        self.chosen: list[torch.Tensor] = []  # [B] per generated token
+        self._hook = head.register_forward_hook(self._record)
+
+    def _record(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+        logits = output[:, -1, :].float()  # [B, V]; prefill computes the last position only, or all
+        if self.temperature > 0:
+            logits = logits / self.temperature
+        self.latest = torch.log_softmax(logits, dim=-1)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.previous is not None:  # input_ids[:, -1] was sampled from `previous`
+            self.chosen.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.previous = self.latest
+        return scores
+
+    def close(self) -> None:
+        self._hook.remove()
+
+    def result(self, sequences: torch.Tensor) -> torch.Tensor:
+        """[B, T_new] log-probabilities, given the finished sequences (for the last token)."""
+        chosen = [*self.chosen, self.previous.gather(-1, sequences[:, -1:]).squeeze(-1)]
+        return torch.stack(chosen, dim=1)
 
 
 class HFEngine:
@@ -57,27 +96,28 @@ class HFEngine:
         if sampling.n > 1 and sampling.greedy:
             raise ValueError("n > 1 needs temperature > 0 (greedy decoding gives n identical completions)")
         inputs = self._encode(requests)
-        if sampling.seed is not None:
+        if sampling.seed is not None:  # one stream for the batch: the call's first request's seed
             torch.manual_seed(sampling.seed)
+        recorder = TokenLogprobs(self.model.get_output_embeddings(), sampling.temperature) if sampling.logprobs \
+            else None
         gen_kwargs: dict[str, Any] = dict(
             max_new_tokens=sampling.max_tokens, min_new_tokens=sampling.min_tokens or None,
-            num_return_sequences=sampling.n, do_sample=not sampling.greedy,
-            return_dict_in_generate=True, output_logits=True,
+            num_return_sequences=sampling.n, do_sample=not sampling.greedy, return_dict_in_generate=True,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            suppress_tokens=self.suppress or None,
+            suppress_tokens=self.suppress or None, logits_processor=[recorder] if recorder else None,
         )
         if not sampling.greedy:
             gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
         if sampling.stop:
             gen_kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
-        out = self.model.generate(**inputs, **gen_kwargs)
+        try:
+            out = self.model.generate(**inputs, **gen_kwargs)
+        finally:
+            if recorder:
+                recorder.close()
         prompt_len = inputs["input_ids"].shape[1]
         completions = out.sequences[:, prompt_len:]  # [B*n, T_new]
-        # Log-probabilities under the sampling distribution (logits / temperature), as TRL computes them.
-        logits = torch.stack(out.logits, dim=1).float()  # [B*n, T_new, V]
-        if not sampling.greedy:
-            logits = logits / sampling.temperature
-        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, completions.unsqueeze(-1)).squeeze(-1)  # [B*n, T]
+        token_logps = recorder.result(out.sequences) if recorder else None  # [B*n, T_new]
 
         results: list[list[Rollout]] = []
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
@@ -98,7 +138,8 @@ class HFEngine:
                     finish = "stop" if end < len(ids) else "length"
                 ids = ids[:end]
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                group.append(Rollout(prompt_ids, ids, token_logps[row, :end].tolist(), text, self.version, finish))
+                logps = token_logps[row, :end].tolist() if token_logps is not None else []
+                group.append(Rollout(prompt_ids, ids, logps, text, self.version, finish))
             results.append(group)
         return results
 

@@ -22,12 +22,19 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     max_tokens: int = 16
     min_tokens: int = 0  # EOS is suppressed until this many tokens exist
+    # Request i of a call samples with seed + i * n (+ j for its j-th sample, as vLLM does), so every
+    # (prompt, sample) of a call has its own seed; None: unseeded.
     seed: int | None = None
     stop: list[str] = field(default_factory=list)  # extra stop strings (EOS always stops)
+    logprobs: bool = True  # report each token's log-probability (held-out evaluation needs none)
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    def request_seed(self, i: int) -> int | None:
+        """The seed of request i of a call (its samples use this + 0 .. n-1)."""
+        return None if self.seed is None else self.seed + i * self.n
 
 
 @dataclass

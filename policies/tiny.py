@@ -87,8 +87,10 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 512) -> PreTrainedToken
     return fast
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLProcessor:
-    min_pixels, max_pixels = TINY_IMAGE_PIXELS
+def build_processor(tokenizer: PreTrainedTokenizerFast,
+                    pixels: tuple[int, int] = TINY_IMAGE_PIXELS) -> Qwen2_5_VLProcessor:
+    """Qwen2.5-VL's processor around `tokenizer`; images are resized to `pixels` = (min, max) pixels."""
+    min_pixels, max_pixels = pixels
     image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels,
                                             patch_size=14, merge_size=2, temporal_patch_size=2)
     video_processor = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels,

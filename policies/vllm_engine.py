@@ -104,12 +104,13 @@ class VLLMEngine:
         self.version = version
         self.sync_timeout_s = sync_timeout_s
 
-    def _params(self, sampling: SamplingParams):
+    def _params(self, sampling: SamplingParams, seed: int | None):
+        # vLLM gives the j-th of n samples seed + j (parallel sampling), as our contract says.
         return self._vllm.SamplingParams(
             n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0,
-            max_tokens=sampling.max_tokens, min_tokens=sampling.min_tokens, seed=sampling.seed,
+            max_tokens=sampling.max_tokens, min_tokens=sampling.min_tokens, seed=seed,
             stop=list(sampling.stop) or None,
-            logprobs=0, logit_bias=self.suppress or None)
+            logprobs=0 if sampling.logprobs else None, logit_bias=self.suppress or None)
 
     def _prompt(self, request: RolloutRequest) -> dict[str, Any]:
         text = render_prompt(self.processor, request.messages)
@@ -124,7 +125,8 @@ class VLLMEngine:
             return []
         if sampling.n > 1 and sampling.greedy:
             raise ValueError("n > 1 needs temperature > 0 (greedy decoding gives n identical completions)")
-        outputs = self.llm.generate([self._prompt(r) for r in requests], self._params(sampling), use_tqdm=False)
+        params = [self._params(sampling, sampling.request_seed(i)) for i in range(len(requests))]
+        outputs = self.llm.generate([self._prompt(r) for r in requests], params, use_tqdm=False)
         results = []
         for out in outputs:
             group = []

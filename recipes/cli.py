@@ -7,15 +7,22 @@ nothing imports it, and recipe modules are imported only for the command that ru
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
-import sys
-from pathlib import Path
+import os
 
-from reward.failures import RewardFailureError
-from rl.config import ConfigError
-from rl.errors import ActorFailureError, NonFiniteStepError
+# Before anything imports torch: CUDA availability checks go through NVML instead of initialising
+# CUDA, so this process can still be pinned to the learner's GPU(s) once they are chosen
+# (rl/placement.py); CUDA reads CUDA_VISIBLE_DEVICES only when it initialises.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from reward.failures import RewardFailureError  # noqa: E402
+from rl.config import ConfigError  # noqa: E402
+from rl.errors import ActorFailureError, NonFiniteStepError  # noqa: E402
 
 # command -> (recipe module with load(path, overrides) and main(cfg), help)
 RECIPES: dict[str, tuple[str, str]] = {
@@ -48,6 +55,32 @@ def _validate_data(ns: argparse.Namespace) -> int:
     _, report = validate_source(ns.path, ns.kind, cfg, split=ns.split)
     print(report.summary(limit=ns.limit))
     return 1 if report.errors else 0
+
+
+def _plan(ns: argparse.Namespace) -> int:
+    """GPU memory per GPU of a GRPO (or compare) config; exit 1 when a GPU overflows."""
+    from pathlib import Path
+
+    from recipes import compare, grpo
+    from rl.learner import grpo_args
+    from rl.memory_plan import GiB, fewest_gpus, format_plan, plan_for
+    from rl.placement import visible_gpus
+
+    first = Path(ns.config).read_text().split("\n", 1)[0] if Path(ns.config).is_file() else ""
+    cfg = compare.load(ns.config, ns.overrides).grpo if first.startswith("# brl compare") else \
+        grpo.load(ns.config, ns.overrides)
+    gpus = ns.gpus or len(visible_gpus()) or fewest_gpus(cfg)
+    capacity = ns.gpu_memory_gib * GiB if ns.gpu_memory_gib else _gpu_memory() or 80 * GiB
+    args = grpo_args(cfg.output_dir, cfg.seed, dict(cfg.trainer))
+    plans, header = plan_for(cfg, args, gpus, int(capacity), ns.reward_model, ns.text_tokens, ns.images_per_prompt)
+    print(format_plan(plans, f"{ns.config}: {header}"))
+    return 0 if all(p.fits for p in plans) else 1
+
+
+def _gpu_memory() -> int | None:
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
 
 
 def _demo(ns: argparse.Namespace) -> int:
@@ -115,6 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=3")
         p.set_defaults(func=_run_recipe)
 
+    p = sub.add_parser("plan", help="GPU memory per GPU of a GRPO or compare config, and whether it fits")
+    p.add_argument("config", help="YAML config (see recipes/configs/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, as for `brl grpo`")
+    p.add_argument("--gpus", type=int, help="GPUs of the node (default: the visible ones, else the fewest the "
+                                             "config's requests pack into)")
+    p.add_argument("--gpu-memory-gib", type=float, help="memory per GPU (default: the first visible GPU's, else 80)")
+    p.add_argument("--text-tokens", type=int, default=256, help="prompt text tokens (images are counted apart)")
+    p.add_argument("--images-per-prompt", type=int, default=1)
+    p.add_argument("--reward-model", help="a BaseReward checkpoint or backbone to size the scorer by "
+                                          "(default: reward.model.paths[0], else Qwen2.5-VL-7B)")
+    p.set_defaults(func=_plan)
+
     p = sub.add_parser("demo", help="the embedded main job: tiny rule / model / hybrid comparison on CPU")
     p.add_argument("--out", default="runs/demo", help="where the report, table and plot go")
     p.add_argument("--quick", action="store_true", help="CI-sized budgets (minutes, numbers not meaningful)")
@@ -161,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # TRL 1.16 warns at import that it was tested up to vLLM 0.31; this project runs vLLM 0.32 (the
+    # vLLM lane tests it), and TRL's own vLLM path is not used.
+    warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
     ns = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

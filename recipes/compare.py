@@ -154,11 +154,11 @@ def main(cfg: CompareRecipeConfig) -> dict:
     base = copy.deepcopy(base)
     base.policy.path = resolve_policy_path(base.policy.path, out, base.seed)  # one starting policy for all
 
-    from rl.actors import ray_session
+    from rl.placement import ray_cluster
 
     results: dict[str, Any] = {"held_out_size": len(held_out), "samples": cfg.eval.samples,
                                "start_policy": base.policy.path, "schemes": {}}
-    with ray_session(base.ray.address, base.ray.num_cpus) if base.ray.enabled else contextlib.nullcontext():
+    with ray_cluster(base) if base.ray.enabled else contextlib.nullcontext():  # one cluster for every run
         for seed in cfg.seeds:
             for scheme in cfg.schemes:
                 log.info("=== scheme %s, seed %d ===", scheme, seed)

@@ -24,15 +24,17 @@ from transformers import set_seed
 from trl import GRPOConfig
 
 from policies.chat import vision_token_ids
-from policies.loading import load_policy, load_processor
+from policies.loading import load_policy, load_processor, resolve_dtype
 from reward.failures import RewardFailureError
 from reward.hybrid import HybridReward
 from rl.checkpoint import CheckpointCallback, check_resume_has_work, resolve_resume, save_now
 from rl.config import GRPORecipeConfig, load_config, to_container, to_yaml
 from rl.data import load_rl_splits
 from rl.errors import ActorFailureError
-from rl.learner import build_grpo_trainer, grpo_args, planned_steps
+from rl.learner import build_grpo_trainer, check_update_precision, grpo_args, planned_steps
 from rl.metrics import ScoreHistogramCallback
+from rl.memory_plan import check_fits, format_plan, plan_for
+from rl.placement import Placement, placed
 from rl.rewards import build_reward_funcs, check_model_paths, rule_options
 from rl.step_guard import NonFiniteGuard, NonFiniteStepError
 from rl.tasks.shapes import resolve_policy_path
@@ -64,8 +66,10 @@ def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.Exit
     pool = RolloutPool(rollout_actors, cfg.rollout.timeout_s, cfg.rollout.actors.max_retries,
                        cfg.rollout.weight_transfer)
     stack.callback(pool.close)
-    rollout_func = ActorRollouts(pool, cfg.rollout.sync_every, cfg.rollout.max_staleness,
-                                 cfg.rollout.logprob_gap_samples, cfg.rollout.overlap)
+    engine_dtype = resolve_dtype(cfg.rollout.dtype) if cfg.rollout.dtype not in (None, "auto") else None
+    rollout_func = ActorRollouts(pool, sync_every=cfg.rollout.sync_every, max_staleness=cfg.rollout.max_staleness,
+                                 logprob_gap_samples=cfg.rollout.logprob_gap_samples, overlap=cfg.rollout.overlap,
+                                 dtype=engine_dtype)
     stack.callback(rollout_func.close)
     scorer = rule = None
     model_actors = cfg.reward.model.actors
@@ -80,6 +84,17 @@ def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.Exit
     return rollout_func, scorer, rule
 
 
+def check_memory(cfg: GRPORecipeConfig, args: GRPOConfig, placement: Placement) -> None:
+    """`brl plan`'s estimate for the GPUs this run got; a GPU that would overflow stops the run here,
+    naming its largest item and the setting that shrinks it."""
+    import torch
+
+    gpus = int(placement.cluster_gpus) if cfg.ray.enabled else len(placement.learner_gpu_ids)
+    plans, header = plan_for(cfg, args, gpus, torch.cuda.get_device_properties(0).total_memory)
+    log.info("memory plan:\n%s", format_plan(plans, header))
+    check_fits(plans)
+
+
 def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     """Train; returns a summary dict (final metrics, where things were written)."""
     out = Path(cfg.output_dir)
@@ -89,19 +104,23 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     trainer_kwargs = dict(cfg.trainer)
     if cfg.checkpoint.every_steps > 0:
         trainer_kwargs.update(save_strategy="steps", save_steps=cfg.checkpoint.every_steps)
-    args = grpo_args(str(out), cfg.seed, trainer_kwargs)  # bad trainer keys fail here, before any model loads
+    # What cannot work is refused before anything starts or loads.
     resume_from = resolve_resume(cfg.resume, out)
     check_model_paths(cfg.reward)
     check_transport(cfg.rollout.weight_transfer, cfg.rollout.backend)
+    check_update_precision(cfg.policy, trainer_kwargs, "policy")
     train, _ = load_rl_splits(cfg.data)
     policy_path = resolve_policy_path(cfg.policy.path, out, cfg.seed)
 
     with contextlib.ExitStack() as stack:
+        # GPUs checked, Ray started or joined, this process pinned to the learner's GPU: before anything
+        # here touches CUDA (GRPOConfig asks it about bf16).
+        placement = stack.enter_context(placed(cfg))
+        args = grpo_args(str(out), cfg.seed, trainer_kwargs)
+        if placement.learner_gpu_ids:  # a GPU run: refuse one that cannot fit before any model loads
+            check_memory(cfg, args, placement)
         rollout_func = scorer = rule = None
         if cfg.ray.enabled:
-            from rl.actors import ray_session
-
-            stack.enter_context(ray_session(cfg.ray.address, cfg.ray.num_cpus))
             rollout_func, scorer, rule = spawn_actors(cfg, policy_path, stack)
         reward_funcs, reward_weights = build_reward_funcs(cfg.reward, scorer=scorer, rule=rule)
         args.reward_weights = args.reward_weights or reward_weights
@@ -161,6 +180,7 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
             "skipped_steps": guard.skipped_steps,
             "rollout_version": rollout_func.pool.version if rollout_func else None,
             "actor_restarts": rollout_func.pool.restarts if rollout_func else None,
+            "learner_gpus": placement.learner_gpu_ids,
             "log_history": trainer.state.log_history,
         }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

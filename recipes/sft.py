@@ -20,7 +20,7 @@ from trl import SFTConfig, SFTTrainer
 from policies.loading import load_policy, load_processor
 from rl.config import SFTRecipeConfig, load_config, to_yaml
 from rl.data import load_rl_splits
-from rl.learner import device_defaults
+from rl.learner import check_update_precision, device_defaults
 from rl.tasks.shapes import resolve_policy_path
 
 log = logging.getLogger("brl.sft")
@@ -44,6 +44,7 @@ def main(cfg: SFTRecipeConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     set_seed(cfg.seed)
+    check_update_precision(cfg.policy, cfg.trainer, "policy")
     args = SFTConfig(**{**device_defaults(), "logging_steps": 10, "report_to": ["tensorboard"],
                         "save_strategy": "no", "completion_only_loss": True, "max_length": None,
                         **cfg.trainer, "output_dir": str(out), "seed": cfg.seed})

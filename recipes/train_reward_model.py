@@ -21,7 +21,7 @@ from reward.model import BaseRewardModel, ScoreStats
 from reward.train import BTTrainer, PairCollator, compute_pair_metrics, pair_metrics
 from rl.config import RMRecipeConfig, load_config, to_yaml
 from rl.data import load_preference_mixture
-from rl.learner import device_defaults
+from rl.learner import check_update_precision, device_defaults
 from rl.tasks.shapes import resolve_policy_path
 
 log = logging.getLogger("brl.train_rm")
@@ -38,6 +38,7 @@ def main(cfg: RMRecipeConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     set_seed(cfg.seed)
+    check_update_precision(cfg.backbone, cfg.trainer, "backbone")
     args = TrainingArguments(**{
         **device_defaults(), "logging_steps": 10, "report_to": ["tensorboard"], "save_strategy": "no",
         "eval_strategy": "no", "remove_unused_columns": False, "label_names": [],

@@ -5,10 +5,11 @@ The BaseReward recipe: Qwen2.5-VL backbone, the hidden state of the last non-pad
 the paper's ablations (1 layer = a linear head). A text-only variant runs on a Qwen2 (any causal LM)
 backbone for text-only inputs.
 
-Checkpoints are a directory with the backbone's `config.json`, the processor/tokenizer files,
-`reward_head.json` (head shape and score statistics) and `model.safetensors` (every weight). Loading
-builds the architecture from the config and loads the safetensors strictly: bit-exact, no pickle,
-no remote code.
+A checkpoint is a directory: the backbone as transformers saves it (`config.json` and safetensors,
+sharded like `save_pretrained`), the head's weights (`reward_head.safetensors`), `reward_head.json`
+(head shape and score statistics) and the processor/tokenizer files. Loading goes through
+transformers' `from_pretrained` straight onto the target device: no random initialisation of
+weights about to be overwritten, at most one host copy, no pickle, no remote code, bit-exact.
 
 `HeadConfig` is the head's options and also the `head:` section of the reward-model recipe's config.
 """
@@ -26,7 +27,9 @@ from transformers import AutoConfig, AutoModel
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 HEAD_FILE = "reward_head.json"
-WEIGHTS_FILE = "model.safetensors"
+HEAD_WEIGHTS_FILE = "reward_head.safetensors"
+LEGACY_WEIGHTS_FILE = "model.safetensors"  # before the head had its own file: every weight, one file
+MAX_SHARD_SIZE = "5GB"
 
 
 @dataclass
@@ -124,9 +127,9 @@ class BaseRewardModel(nn.Module):
     def save_pretrained(self, out_dir: str | Path, processor=None) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.backbone.config.save_pretrained(out)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, out / WEIGHTS_FILE, metadata={"format": "pt"})
+        self.backbone.save_pretrained(out, max_shard_size=MAX_SHARD_SIZE)  # config + (sharded) safetensors
+        head_state = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        save_file(head_state, out / HEAD_WEIGHTS_FILE, metadata={"format": "pt"})
         head = {**asdict(self.head_cfg), "score_mean": self.stats.mean, "score_std": self.stats.std}
         (out / HEAD_FILE).write_text(json.dumps(head, indent=2))
         if processor is not None:
@@ -136,20 +139,36 @@ class BaseRewardModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> BaseRewardModel:
         p = Path(path)
-        for name in ("config.json", HEAD_FILE, WEIGHTS_FILE):
+        for name in ("config.json", HEAD_FILE):
             if not (p / name).is_file():
                 raise FileNotFoundError(f"{p} is not a BaseReward checkpoint: {name} is missing")
-        config = AutoConfig.from_pretrained(p)  # never trust_remote_code: only built-in architectures
         head = json.loads((p / HEAD_FILE).read_text())
         stats = ScoreStats(head.pop("score_mean", 0.0), head.pop("score_std", 1.0))
         head_cfg = HeadConfig(**head)
-        state = load_file(p / WEIGHTS_FILE, device="cpu")
-        dtype = next(iter(state.values())).dtype
-        backbone = AutoModel.from_config(config, dtype=dtype)
+        if not (p / HEAD_WEIGHTS_FILE).is_file():
+            return cls._from_legacy(p, head_cfg, stats, device)
+        # Never trust_remote_code: only built-in architectures. dtype "auto": as saved.
+        backbone = AutoModel.from_pretrained(p, dtype="auto", device_map={"": str(device)})
         model = cls(backbone, head_cfg, stats)
+        model.head.load_state_dict(load_file(p / HEAD_WEIGHTS_FILE, device=str(device)), strict=True)
+        return model.to(device).eval()
+
+    @classmethod
+    def _from_legacy(cls, p: Path, head_cfg: HeadConfig, stats: ScoreStats,
+                     device: str | torch.device) -> BaseRewardModel:
+        """A checkpoint written before the backbone was saved by transformers (every weight in one
+        model.safetensors under our own key names): built empty on the device, then loaded strictly."""
+        from transformers.initialization import no_init_weights
+
+        if not (p / LEGACY_WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{p} is not a BaseReward checkpoint: {HEAD_WEIGHTS_FILE} is missing")
+        state = load_file(p / LEGACY_WEIGHTS_FILE, device=str(device))
+        dtype = next(iter(state.values())).dtype
+        with torch.device(device), no_init_weights():
+            model = cls(AutoModel.from_config(AutoConfig.from_pretrained(p), dtype=dtype), head_cfg, stats)
         missing, unexpected = model.load_state_dict(state, strict=False)
-        # Tied / buffer-only entries may legitimately be absent; real weights may not.
+        # Buffers computed at construction (rotary inv_freq) are not saved; real weights must all be there.
         if unexpected or [k for k in missing if not k.endswith("inv_freq")]:
             raise ValueError(f"{p}: weights do not match the architecture "
                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-        return model.to(device).eval()
+        return model.eval()

@@ -34,7 +34,7 @@ class ScorerOptions:
     text_path: str | None = None
     batch_size: int = 16
     max_pixels: int | None = 200_704  # per image, before the processor (28*28*256)
-    device: str = "cpu"
+    device: str | None = None  # None: cuda if this process has a GPU, else cpu
     # Standardise scores with the mean/std stored in the checkpoint (before the hybrid's sigmoid).
     calibrate: bool = False
 
@@ -83,8 +83,9 @@ class BaseRewardScorer:
         if not options.paths:
             raise ValueError("BaseRewardScorer needs at least one checkpoint (reward.model.paths)")
         self.options = options
-        self.backends = [ScoringBackend.load(p, options.device) for p in options.paths]
-        self.text_backend = ScoringBackend.load(options.text_path, options.device) if options.text_path else None
+        device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.backends = [ScoringBackend.load(p, device) for p in options.paths]
+        self.text_backend = ScoringBackend.load(options.text_path, device) if options.text_path else None
         self.__name__ = "basereward"  # the name TRL logs this reward under
 
     @classmethod

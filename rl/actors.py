@@ -1,4 +1,4 @@
-"""Spawning Ray actors: cluster start/join, placement, resources, restarts.
+"""Spawning Ray actors: resources, placement groups, restarts (the cluster itself: rl/placement.py).
 
 Ray hosts plain classes (a rollout engine, a reward scorer, a rule matcher), wrapped at spawn time
 only, so the same classes run in-process in tests and notebooks, and every call through an actor
@@ -10,38 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-
-
-@contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
-    """Join a cluster (`address`: "auto", "ray://host:10001", "host:6379") or start a local one.
-
-    A local cluster is shut down on exit; a joined cluster is only disconnected from. Ray's token
-    authentication stays as Ray configures it; the dashboard is off for local clusters.
-    """
-    import ray
-
-    if ray.is_initialized():  # a caller (a test, a notebook) owns the cluster
-        yield
-        return
-    if address:
-        log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True)
-    else:
-        log.info("starting a local Ray cluster with %s CPUs", num_cpus or "all")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _hosted(cls: type[T], num_threads: int) -> type[T]:

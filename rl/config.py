@@ -57,9 +57,22 @@ class ActorGroupConfig:
 @dataclass
 class RayConfig:
     enabled: bool = False  # false: everything in this process (TRL generates itself)
-    # None: start a local cluster; "auto" / "host:6379" / "ray://host:10001": join an existing one.
+    # None: start a new local cluster (even if another runs on this machine); "auto" / "host:6379" /
+    # "ray://host:10001": join an existing one.
     address: str | None = None
     num_cpus: int | None = None  # for a local cluster (None: all cores)
+    # GPUs of a local cluster (None: the GPUs this machine has). Set on a machine without GPUs, they are
+    # logical GPUs: placement runs as on a GPU node (what the CPU tests of placement do).
+    num_gpus: int | None = None
+
+
+@dataclass
+class LearnerConfig:
+    # Learner processes; 1 = TRL's GRPOTrainer in this process (the driver).
+    num_workers: int = 1
+    # GPUs each learner process trains on (a fraction shares its GPU with actors). None: 1 on a machine
+    # (or Ray cluster) with GPUs, 0 without.
+    gpus_per_worker: float | None = None
 
 
 @dataclass
@@ -67,6 +80,9 @@ class RolloutConfig:
     backend: str = "hf"  # hf (transformers generate) | vllm
     actors: ActorGroupConfig = field(default_factory=ActorGroupConfig)
     device: str | None = None  # None: cuda if the actor has a GPU, else cpu
+    # The engines' weights (None: policy.dtype). On GPUs: bfloat16 engines beside a float32 learner
+    # (whose master weights must stay float32; see policy.dtype).
+    dtype: str | None = None
     sync_every: int = 1  # push learner weights to the actors every k optimizer steps
     max_staleness: int = 0  # abort if a rollout is more policy versions behind than this
     # Generate step t+1's rollouts while the learner trains on step t (one-step-off-policy; needs
@@ -90,7 +106,9 @@ class PolicyConfig:
     # Hub id (Qwen/Qwen2.5-VL-3B-Instruct), a local directory, or "tiny" to build the offline tiny
     # Qwen2.5-VL under <output_dir>/tiny-policy.
     path: str = "tiny"
-    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
+    # The trained weights' dtype: float32 (master weights; compute in bf16 with trainer.bf16: true) |
+    # bfloat16 | float16 | auto. 16-bit trained weights lose small updates and are refused (LoRA aside).
+    dtype: str = "float32"
     trust_remote_code: bool = False
     # Upper bound on pixels per image given to the processor (None: the checkpoint's own setting).
     max_pixels: int | None = None
@@ -217,6 +235,7 @@ class GRPORecipeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     # Any field of trl.GRPOConfig (num_generations, beta, epsilon, loss_type, learning_rate, ...).
     trainer: dict[str, Any] = field(default_factory=dict)

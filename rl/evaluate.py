@@ -61,8 +61,9 @@ def evaluate_policy(engine: Any, dataset: Any, batch_size: int = 32, max_tokens:
     """Greedy-decode every row of `dataset` (RL rows) with `engine` and score the answers; with
     `samples` > 0 also sample that many answers per row and report their mean rule match."""
     matcher = matcher or RuleMatcher()
-    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens)
-    sampled = SamplingParams(n=samples, temperature=temperature, max_tokens=max_tokens, seed=seed)
+    # Only the answers are scored: no per-token log-probabilities are kept.
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, logprobs=False)
+    sampled = SamplingParams(n=samples, temperature=temperature, max_tokens=max_tokens, seed=seed, logprobs=False)
     completions, lengths, scores, sampled_hits = [], [], [], []
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start:start + batch_size]

@@ -43,6 +43,48 @@ def grpo_args(output_dir: str, seed: int, trainer: dict[str, Any]) -> GRPOConfig
     return GRPOConfig(**kwargs)
 
 
+HALF_DTYPES = ("bfloat16", "float16")
+
+
+def checkpoint_dtype(path: str) -> str | None:
+    """The dtype a checkpoint stores its weights in (what `dtype: auto` loads), when its config says."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):  # not local and no hub: cannot tell
+        return None
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else None
+
+
+def check_update_precision(policy: Any, trainer: dict[str, Any], section: str) -> None:
+    """Refuse trained weights held in 16 bits with an optimizer that keeps no fp32 state.
+
+    AdamW's update of a bfloat16 weight is rounded to bfloat16: an update smaller than half a unit in
+    the last place (2^-9 of the weight's magnitude) vanishes, so at RL learning rates (1e-6) most
+    weights never move. Measured on an H100 with the 3.75B policy: 1.8% of a layer's weights changed
+    in two steps. float32 master weights with bf16 compute (what TRL does by default) move them all.
+    LoRA is exempt: PEFT keeps the trained adapters in float32 and the 16-bit base frozen."""
+    if policy.lora:
+        return
+    dtype = checkpoint_dtype(policy.path) if policy.dtype == "auto" else policy.dtype
+    if dtype not in HALF_DTYPES:
+        return
+    optim, optim_args = trainer.get("optim", ""), str(trainer.get("optim_args") or "").replace(" ", "").lower()
+    if optim == "adamw_anyprecision" and "use_kahan_summation=true" in optim_args:
+        return  # compensated (Kahan) summation keeps the lost low bits
+    lr = trainer.get("learning_rate")
+    raise ValueError(
+        f"{section}.dtype={policy.dtype} keeps the trained weights in {dtype}, and with them the optimizer's "
+        f"updates: an update below half a unit in {dtype}'s last place (about 2^-9 of a weight's magnitude for "
+        f"bfloat16) is rounded away, so at learning_rate={lr if lr is not None else 'the default'} most weights "
+        f"would never move (on an H100, 1.8% of a layer's weights changed in two steps at 1e-6). Keep float32 "
+        f"master weights and compute in bf16: `{section}.dtype: float32` with `trainer.bf16: true` (TRL's "
+        f"default), or train a LoRA adapter ({section}.lora), or use `trainer.optim: adamw_anyprecision` with "
+        f"`trainer.optim_args: use_kahan_summation=True`.")
+
+
 def planned_steps(trainer: GRPOTrainer) -> int:
     """Optimizer steps the run will take: max_steps, or the epochs' worth of the train dataloader."""
     args = trainer.args

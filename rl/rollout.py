@@ -16,6 +16,7 @@ then asks for other prompts, the prefetch is dropped and the step generates sync
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -75,8 +76,11 @@ def to_trl_output(groups: list[list[Rollout]]) -> dict[str, list]:
 
 def step_seed(seed: int, step: int) -> int:
     """The sampling seed of optimizer step `step`: a function of (run seed, step) only, so a resumed
-    run and a retried shard draw exactly the samples an uninterrupted run draws."""
-    return (seed * 1_000_003 + step * 7_919) % (2**31 - 1)
+    run and a retried shard draw exactly the samples an uninterrupted run draws. A 48-bit hash: the
+    step's (prompt, sample) seeds are this + 0 .. prompts x n - 1, and ranges of different steps
+    overlap only by a 2^-48-scale chance, where consecutive seeds would collide for large batches."""
+    digest = hashlib.blake2b(f"{seed}/{step}".encode(), digest_size=6).digest()
+    return int.from_bytes(digest, "big")
 
 
 def sampling_from_trl(args: Any, group_size: int, step: int) -> SamplingParams:
@@ -111,6 +115,7 @@ class ActorRollouts:
     max_staleness: int = 1
     logprob_gap_samples: int = 4
     overlap: bool = False
+    dtype: Any = None  # the engines' weights (a torch dtype; None: the learner's)
     # overlap: (step, keys of its distinct prompts, future of the groups) generated ahead for that step
     _ahead: tuple[int, list[tuple], Future] | None = field(default=None, repr=False)
     _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
@@ -129,7 +134,7 @@ class ActorRollouts:
     def sync(self, model: Any, version: int) -> float:
         """Push the learner's weights to every actor; returns seconds taken."""
         start = time.perf_counter()
-        self.pool.load_weights(policy_state_dict(model, on_cpu=not self.pool.sync.on_device), version)
+        self.pool.load_weights(policy_state_dict(model, on_cpu=not self.pool.sync.on_device, dtype=self.dtype), version)
         return time.perf_counter() - start
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list]:

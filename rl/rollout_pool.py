@@ -29,11 +29,11 @@ def engine_spec(rollout: Any, policy: Any, policy_path: str) -> tuple[type, dict
     if rollout.backend == "hf":
         from policies.hf_engine import HFEngine
 
-        return HFEngine, dict(model=policy_path, dtype=policy.dtype, device=rollout.device,
+        return HFEngine, dict(model=policy_path, dtype=rollout.dtype or policy.dtype, device=rollout.device,
                               max_pixels=policy.max_pixels, trust_remote_code=policy.trust_remote_code)
     from policies.vllm_engine import VLLMEngine
 
-    return VLLMEngine, dict(path=policy_path, dtype=policy.dtype, max_pixels=policy.max_pixels,
+    return VLLMEngine, dict(path=policy_path, dtype=rollout.dtype or policy.dtype, max_pixels=policy.max_pixels,
                             engine_kwargs=dict(rollout.vllm), sync_timeout_s=rollout.timeout_s,
                             **engine_options(rollout.weight_transfer))
 
@@ -54,11 +54,13 @@ class RolloutPool:
 
     def generate(self, requests: list[RolloutRequest], sampling: SamplingParams) -> list[list[Rollout]]:
         parts = shard(requests, len(self.actors))
+        starts = [sum(len(p) for p in parts[:i]) for i in range(len(parts))]
 
-        # Each shard gets its own seed (seed + shard index): distinct streams per actor, and a retried
-        # shard reproduces exactly what it would have made.
+        # Actor i's share starts at request starts[i] of the call, and is seeded as that request: every
+        # (prompt, sample) keeps the seed it has in the whole call whichever actor makes it, so seeds
+        # never repeat across actors, and a retried share reproduces exactly what it would have made.
         def submit(i: int) -> Any:
-            seeded = sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + i)
+            seeded = dataclasses.replace(sampling, seed=sampling.request_seed(starts[i]))
             return self.actors[i].generate.remote(parts[i], seeded)
 
         results = self.calls.run(submit, [i for i, part in enumerate(parts) if part],

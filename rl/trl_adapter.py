@@ -133,22 +133,25 @@ def save_checkpoint_now(trainer: GRPOTrainer) -> None:
 def planned_prompts(trainer: GRPOLearner, step: int) -> list[Any] | None:
     """The distinct prompts TRL will ask for at optimizer step `step` (None: cannot tell).
 
-    Needs one generation per optimizer step (steps_per_generation = num_iterations = 1) and the
-    learner's EpochSeededRepeatSampler; prompts are built the way TRL builds them (images put into
-    the messages), so they compare equal to what TRL then passes to the rollout hook."""
+    Needs one generation per optimizer step: steps_per_generation = gradient_accumulation_steps (TRL's
+    default) and num_iterations = 1. TRL's sampler yields each generation's prompts (each repeated
+    num_generations times) once per micro-step that generation serves; generation k of an epoch is
+    the k-th such block of the learner's EpochSeededRepeatSampler. Prompts are built the way TRL builds
+    them (images put into the messages), so they compare equal to what TRL then passes to the hook."""
     from trl.data_utils import prepare_multimodal_messages
 
     sampler, args = trainer.train_sampler, trainer.args
-    if sampler is None or args.steps_per_generation != 1 or args.num_iterations != 1:
+    if sampler is None or args.num_iterations != 1 or args.steps_per_generation != args.gradient_accumulation_steps:
         return None
     group = trainer.num_generations
-    per_step = sampler.batch_size  # distinct prompts per generation batch
-    steps_per_epoch = sampler.num_samples // per_step
-    if steps_per_epoch == 0:
+    per_generation = sampler.batch_size  # distinct prompts per generation
+    generations_per_epoch = sampler.num_samples // per_generation
+    if generations_per_epoch == 0:
         return None
-    epoch, k = divmod(step, steps_per_epoch)
-    order = sampler.epoch_order(epoch)  # each index repeated `group` times in a row
-    indices = order[k * per_step * group:(k + 1) * per_step * group:group]
+    epoch, k = divmod(step, generations_per_epoch)
+    block = per_generation * group * sampler.repeat_count  # what the sampler yields for one generation
+    order = sampler.epoch_order(epoch)
+    indices = order[k * block:k * block + per_generation * group:group]
     rows = [trainer.train_dataset[i] for i in indices]
     return [prepare_multimodal_messages(r["prompt"], images=r["images"]) if r.get("images") else r["prompt"]
             for r in rows]

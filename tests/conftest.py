@@ -8,7 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -66,5 +69,44 @@ def ray_local():
     and left running for the next test; restarted if a test (a multi-node one) shut it down."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     return ray
+
+
+class UpdateWatch(TrainerCallback):
+    """The share of the weights a gradient reached that the optimizer step changed."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, model=None, **kwargs):
+        self.reached = {n: p.grad.detach() != 0 for n, p in model.named_parameters() if p.grad is not None}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        params = dict(model.named_parameters())
+        changed = sum(int(((params[n].detach() != self.before[n]) & mask).sum()) for n, mask in self.reached.items())
+        self.share_changed = changed / sum(int(mask.sum()) for mask in self.reached.values())
+
+
+def _share_updated(tmp_path, policy, dtype):
+    """One GRPO step at lr 1e-6 with bf16 compute; the reward (completion length) differs within groups."""
+    from recipes import grpo
+
+    reward = tmp_path / "length.py"
+    reward.write_text("def length(prompts, completions, **kw):\n"
+                      "    return [float(len(c[0]['content'])) for c in completions]\n")
+    config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml"
+    cfg = grpo.load(str(config), [f"output_dir={tmp_path / dtype}", f"policy.path={policy}", "trainer.max_steps=1",
+                                  "trainer.learning_rate=1e-6", "trainer.bf16=true", "trainer.report_to=[]",
+                                  "trainer.max_completion_length=8", "reward.scheme=none",
+                                  f"reward.extra=[{{fn: '{reward}:length'}}]", f"policy.dtype={dtype}"])
+    watch = UpdateWatch()
+    grpo.main(cfg, callbacks=[watch])
+    return watch.share_changed
+
+
+@pytest.fixture()
+def share_updated():
+    """share_updated(tmp_path, policy, dtype): the share of the weights a gradient reached that one GRPO
+    step at lr 1e-6 with bf16 compute changed (the recipe, with weights loaded in `dtype`)."""
+    return _share_updated

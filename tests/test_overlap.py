@@ -66,6 +66,46 @@ class LocalPool:
         self.version = version
 
 
+def _learner(tmp_path, policy, rollouts, train_size=8, **trainer):
+    """TRL's GRPOTrainer (our GRPOLearner) on the tiny policy with the rule reward and `rollouts`."""
+    from policies.loading import load_policy, load_processor
+    from rl.config import RewardConfig
+    from rl.learner import build_grpo_trainer, grpo_args
+    from rl.rewards import build_reward_funcs
+    from rl.tasks.shapes import make_shapes_dataset
+
+    args = grpo_args(str(tmp_path), 0, {"per_device_train_batch_size": 4, "num_generations": 2,
+                                        "max_completion_length": 4, "beta": 0.0, "report_to": [], **trainer})
+    funcs, args.reward_weights = build_reward_funcs(RewardConfig())
+    return build_grpo_trainer(args, load_policy(policy), load_processor(policy), make_shapes_dataset(train_size, seed=0),
+                              funcs, rollout_func=rollouts)
+
+
+def test_overlap_predicts_the_prompts_of_every_step_with_gradient_accumulation(tmp_path, warm_policy, caplog):
+    """2 micro-batches per optimizer step (TRL generates once per step for both), 3 steps per epoch:
+    every step after the first is generated ahead, with exactly the prompts TRL then asks for, across
+    the epoch boundary."""
+    from policies.hf_engine import HFEngine
+
+    lags = []
+
+    class Recording(ActorRollouts):
+        def __call__(self, prompts, trainer):
+            out = super().__call__(prompts, trainer)
+            lags.append([trainer.state.global_step - v for v in out["policy_version"]])
+            return out
+
+    rollouts = Recording(LocalPool(HFEngine(warm_policy)), max_staleness=1, logprob_gap_samples=0, overlap=True)
+    trainer = _learner(tmp_path, warm_policy, rollouts, train_size=6, max_steps=5, per_device_train_batch_size=2,
+                       gradient_accumulation_steps=2, learning_rate=1e-3)
+    with caplog.at_level(logging.WARNING, logger="rl.rollout"):
+        trainer.train()
+    rollouts.close()
+    assert trainer.args.steps_per_generation == 2 and trainer.state.global_step == 5
+    assert [set(step) for step in lags] == [{0}, {1}, {1}, {1}, {1}]  # generated one version behind, ahead
+    assert "do not match" not in caplog.text
+
+
 @pytest.mark.parametrize("correct", [True, False])
 def test_correct_off_policy_makes_the_engines_logprobs_the_old_policy_the_loss_sees(tmp_path, warm_policy, correct):
     """Weights synced every 2 steps, so step 2's rollouts come from the step-0 weights. With the
@@ -74,11 +114,6 @@ def test_correct_off_policy_makes_the_engines_logprobs_the_old_policy_the_loss_s
     import torch
 
     from policies.hf_engine import HFEngine
-    from policies.loading import load_policy, load_processor
-    from rl.learner import build_grpo_trainer, grpo_args
-    from rl.rewards import build_reward_funcs
-    from rl.config import RewardConfig
-    from rl.tasks.shapes import make_shapes_dataset
     from rl.trl_adapter import GRPOLearner
 
     seen, made = [], []
@@ -86,13 +121,7 @@ def test_correct_off_policy_makes_the_engines_logprobs_the_old_policy_the_loss_s
     generate = engine.generate
     engine.generate = lambda requests, sampling: made.append(generate(requests, sampling)) or made[-1]
     rollouts = ActorRollouts(LocalPool(engine), sync_every=2, max_staleness=1, logprob_gap_samples=0)
-    args = grpo_args(str(tmp_path), 0, {"max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 2,
-                                        "max_completion_length": 4, "learning_rate": 5e-2, "beta": 0.0,
-                                        "report_to": []})
-    funcs, weights = build_reward_funcs(RewardConfig())
-    args.reward_weights = weights
-    trainer = build_grpo_trainer(args, load_policy(warm_policy), load_processor(warm_policy),
-                                 make_shapes_dataset(8, seed=0), funcs, rollout_func=rollouts)
+    trainer = _learner(tmp_path, warm_policy, rollouts, max_steps=2, learning_rate=5e-2)
     trainer.rollout_logprobs_as_old = correct
     original = GRPOLearner.compute_loss
 

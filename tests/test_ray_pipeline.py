@@ -157,3 +157,32 @@ def test_a_reward_actor_killed_mid_call_is_restarted_and_retried_then_the_budget
     kill_soon()
     with pytest.raises(ActorFailureError, match="could not be restarted"):
         remote(["q"], ["a"])
+
+
+class SeedRecorder:
+    """An engine that reports the seed each of its requests samples with (nothing generated)."""
+
+    def generate(self, requests, sampling):
+        from policies.rollout_engine import Rollout
+
+        return [[Rollout([0], [sampling.request_seed(i) + j], [0.0], "", 0) for j in range(sampling.n)]
+                for i in range(len(requests))]
+
+
+def test_every_prompt_and_sample_of_a_step_has_its_own_seed_across_actors_and_steps(ray_local):
+    """Seeds per (step, actor, prompt, sample): actor i's share is seeded as the requests it takes, so no
+    two samples of a step, on whichever actor, share a seed; nor do two steps' samples."""
+    import sys
+
+    from ray import cloudpickle
+
+    from rl.rollout import sampling_from_trl
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    pool = RolloutPool(spawn_group("rollout", SeedRecorder, {}, ActorGroupConfig(num_actors=3, num_cpus=0.5)), 60)
+    args = type("Args", (), dict(temperature=1.0, top_p=1.0, top_k=0, max_completion_length=4, seed=0))()
+    seeds = []
+    for step in range(3):
+        groups = pool.generate(_requests(7), sampling_from_trl(args, 8, step))  # 7 prompts x 8 samples
+        seeds += [r.completion_ids[0] for g in groups for r in g]
+    assert len(seeds) == 3 * 7 * 8 == len(set(seeds))

@@ -184,3 +184,32 @@ def test_calibrate_standardises_scores_with_the_checkpoints_statistics(tmp_path,
     calibrated = asyncio.run(reward([prompt, prompt], ["red", "blue"], images=images))
     assert calibrated == pytest.approx([(r - 1.5) / 4.0 for r in raw], abs=1e-6)
     assert calibrated != pytest.approx(raw, abs=1e-3)
+
+
+def test_a_checkpoint_in_the_earlier_single_file_format_still_loads_bit_exact(tmp_path, rm, tiny_vl):
+    """Before the backbone was saved by transformers, every weight was in one model.safetensors under
+    our own key names; such checkpoints load (strictly) into the same model."""
+    import json
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    old = tmp_path / "old"
+    old.mkdir()
+    rm.backbone.config.save_pretrained(old)
+    save_file({k: v.contiguous() for k, v in rm.state_dict().items()}, old / "model.safetensors")
+    (old / "reward_head.json").write_text(json.dumps({**asdict(rm.head_cfg), "score_mean": 0.5, "score_std": 3.0}))
+    loaded = BaseRewardModel.from_pretrained(old)
+    a, b = rm.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.stats == ScoreStats(0.5, 3.0)
+
+
+def test_large_checkpoints_are_written_in_shards_and_read_back(tmp_path, rm, monkeypatch):
+    from reward import model as model_module
+
+    monkeypatch.setattr(model_module, "MAX_SHARD_SIZE", "200KB")  # the tiny model, cut like a 7B one at 5GB
+    path = rm.save_pretrained(tmp_path / "sharded")
+    assert (path / "model.safetensors.index.json").is_file() and len(list(path.glob("model-*.safetensors"))) > 1
+    loaded = BaseRewardModel.from_pretrained(path)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in rm.state_dict().items())

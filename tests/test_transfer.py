@@ -82,3 +82,66 @@ def test_the_client_fans_out_with_per_actor_ranks_and_the_round_version(ray_loca
     finally:
         for x in a + b:
             ray_local.kill(x)
+
+
+class Receiving:
+    """An engine stuck receiving a round, as a worker blocked in an NCCL broadcast is."""
+
+    def start_weight_update(self):
+        pass
+
+    def update_weights(self, update_info):
+        import time
+
+        time.sleep(3600)
+
+
+class NCCLLikeTrainerEngine:
+    """vLLM's trainer-side round trip (start, receive on a thread, broadcast, ...) with a broadcast that,
+    like NCCL's, never returns when a peer is gone."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def send_weights(self):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.client.start_weight_update()
+        receive = ThreadPoolExecutor(max_workers=1)
+        receive.submit(self.client.update_weights, {"names": []})  # as vLLM's engine runs it: errors kept
+        receive.shutdown(wait=False)
+        threading.Event().wait()  # the broadcast: blocked for good
+
+
+@pytest.mark.parametrize("kill", [True, False])
+def test_a_round_whose_receiver_dies_or_hangs_ends_in_actor_failure_not_a_hang(ray_local, kill):
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    from ray import cloudpickle
+
+    from rl.actor_calls import ActorCalls
+    from rl.actors import actor_pid, spawn_group
+    from rl.config import ActorGroupConfig
+    from rl.errors import ActorFailureError
+    from rl.weight_sync.vllm_transfer import VLLMTransferSync
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    actors = spawn_group("stuck", Receiving, {}, ActorGroupConfig(num_actors=1, num_cpus=0.5, max_restarts=0))
+    pid = ray_local.get(actor_pid(actors[0]))
+    calls = ActorCalls(actors, timeout_s=8, max_retries=0, what="rollout actors")
+    sync = VLLMTransferSync(calls, "gloo")
+    sync.client = PoolSyncClient(calls, [1])
+    sync.engine = NCCLLikeTrainerEngine(sync.client)  # the group as if formed
+    sync.pids = [pid]
+    if kill:
+        threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
+    start = time.monotonic()
+    with pytest.raises(ActorFailureError, match="died while receiving" if kill else "did not finish within"):
+        sync.send({}, version=1)
+    assert time.monotonic() - start < (6 if kill else 12)  # the actor's death is seen at once, a hang at the timeout
+    ray_local.kill(actors[0])

@@ -4,6 +4,7 @@ Where vLLM is not installed (`make test-fast`, a user's own environment) the mod
 """
 
 import os
+import time
 
 import pytest
 import torch
@@ -97,12 +98,13 @@ def test_shutdown_leaves_no_engine_processes(warm_policy):
     assert not {p.pid for p in me.children(recursive=True) if p.is_running()} - before
 
 
-def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_policy):
+def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_policy, monkeypatch):
     """vLLM's weight-transfer engine (the path NCCL takes on GPUs; gloo here) from this process into
     two rollout actors: after a round both engines decode greedily what transformers decodes with
     the same weights, at the round's version. An actor SIGKILLed after a round comes back (Ray
     restarts it with the initial weights): its next generate gets the group re-formed and the round
-    re-sent; an actor SIGKILLed before a round is waited for by that round, which then reaches both."""
+    re-sent; an actor SIGKILLed before a round is waited for by that round, which then reaches both; an
+    actor SIGKILLed during a broadcast ends the round with ActorFailureError, not a hang."""
     import os
     import signal
 
@@ -138,6 +140,24 @@ def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_
         pool.load_weights(policy_state_dict(learner.model), version=4)
         assert [g[0].completion_ids for g in pool.generate(requests, greedy)] == expected
         assert pool.restarts == 2 and pool.versions() == [4, 4]
+
+        # Killed inside a round, once the broadcast has begun: vLLM cannot abort the other engine's
+        # half-done update, so the round ends in ActorFailureError (the recipe checkpoints and stops),
+        # within seconds, never a hang (an NCCL broadcast would wait forever for the dead peer).
+        from rl.errors import ActorFailureError
+        from rl.weight_sync import vllm_transfer
+
+        victim, broadcast = ray_local.get(actor_pid(actors[1])), vllm_transfer.GlooTrainerWeightTransferEngine._broadcast
+
+        def kill_then_broadcast(engine, source, meta):
+            os.kill(victim, signal.SIGKILL)
+            return broadcast(engine, source, meta)
+
+        monkeypatch.setattr(vllm_transfer.GlooTrainerWeightTransferEngine, "_broadcast", kill_then_broadcast)
+        start = time.monotonic()
+        with pytest.raises(ActorFailureError, match="weight transfer of version 5 failed mid-round"):
+            pool.load_weights(policy_state_dict(learner.model), version=5)
+        assert time.monotonic() - start < 60
     finally:
         pool.close()
         for actor in actors:

@@ -13,9 +13,10 @@ import torch
 _BIT_VIEWS = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.int8, torch.float8_e5m2: torch.int8}
 
 
-def policy_state_dict(model: Any, on_cpu: bool = True) -> dict[str, torch.Tensor]:
+def policy_state_dict(model: Any, on_cpu: bool = True, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The policy's full weights as a rollout engine loads them, on the CPU (or where they are:
-    `on_cpu=False`, for a broadcast from the learner's GPU).
+    `on_cpu=False`, for a broadcast from the learner's GPU), in `dtype` (None: the learner's; bfloat16
+    engines beside float32 master weights get half the bytes, cast tensor by tensor).
 
     Full state dict: it includes tied copies (e.g. lm_head.weight), so engines with a separate
     output head (vLLM) do not keep a stale one. A PEFT (LoRA) policy is merged functionally: each
@@ -41,6 +42,8 @@ def policy_state_dict(model: Any, on_cpu: bool = True) -> dict[str, torch.Tensor
         value = value.detach()
         if key.endswith(".base_layer.weight") and key[: -len(".base_layer.weight")] in deltas:
             value = value + deltas[key[: -len(".base_layer.weight")]]
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
         state[key.removeprefix("base_model.model.").replace(".base_layer.", ".")] = value.cpu() if on_cpu else value
     return state
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -205,6 +206,7 @@ class PoolSyncClient:
         self.calls = calls
         self.offsets = rank_offsets(world_sizes)
         self.version = 0
+        self.receiving: list[Any] = []  # the actors' update_weights calls of the round in flight
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
         actors = self.calls.actors
@@ -217,12 +219,27 @@ class PoolSyncClient:
 
     def start_weight_update(self) -> None:
         actors = self.calls.actors
+        self.receiving = []
         self.calls.all(lambda i: actors[i].start_weight_update.remote(), f"starting weight update {self.version}")
 
     def update_weights(self, update_info: dict[str, Any]) -> None:
-        actors = self.calls.actors
-        self.calls.all(lambda i: actors[i].update_weights.remote(update_info),
-                       f"receiving weights version {self.version}")
+        """Every actor receives (blocking in the broadcast the learner runs at the same time)."""
+        self.receiving = [actor.update_weights.remote(update_info) for actor in self.calls.actors]
+        gather(self.receiving, self.calls.timeout_s, f"rollout actors (receiving weights version {self.version})")
+
+    def failed_receiver(self) -> int | None:
+        """The actor whose receive of the round in flight ended in an error (its process died), if any."""
+        import ray
+        from ray.exceptions import RayError
+
+        receiving = self.receiving
+        ready, _ = ray.wait(receiving, num_returns=len(receiving), timeout=0) if receiving else ([], [])
+        for ref in ready:
+            try:
+                ray.get(ref, timeout=0)
+            except RayError:
+                return receiving.index(ref)
+        return None
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         version = int(weight_version) if weight_version is not None else self.version
@@ -258,7 +275,8 @@ class VLLMTransferSync:
         self._reform_if_restarted()
         try:
             self._round(state, version)
-        except (RayActorError, RuntimeError) as e:  # a dead peer: Ray's error, or the broadcast's
+        except (RayActorError, RuntimeError, TimeoutError) as e:  # a dead peer: Ray's error, or the broadcast's
+            self.engine = None  # the group is broken; its communicator may still be blocked, so it is not touched
             raise ActorFailureError(f"rollout actors: weight transfer of version {version} failed mid-round: {e}") from e
 
     def restore(self, actor: int, version: int) -> None:
@@ -287,11 +305,32 @@ class VLLMTransferSync:
         self.engine = None
 
     def _round(self, state: Mapping[str, torch.Tensor], version: int) -> None:
+        """One round, watched: an NCCL broadcast has no timeout of its own and waits forever for a peer
+        that died, so it runs on a (daemon) thread while this one watches the receiving actors."""
         if self.engine is None:
             self._open()
         self.source.update(state)
         self.client.version = version
-        self.engine.send_weights()
+        done, errors = threading.Event(), []
+
+        def send() -> None:
+            try:
+                self.engine.send_weights()
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+                errors.append(e)
+            finally:
+                done.set()
+
+        threading.Thread(target=send, name=f"weight-transfer-{version}", daemon=True).start()
+        deadline = time.monotonic() + self.calls.timeout_s
+        while not done.wait(0.2):
+            dead = self.client.failed_receiver()
+            if dead is not None:
+                raise RuntimeError(f"rollout actor {dead} died while receiving the broadcast")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the round did not finish within rollout.timeout_s={self.calls.timeout_s:.0f}s")
+        if errors:
+            raise errors[0]
 
     def _open(self) -> None:
         import ray

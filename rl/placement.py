@@ -1,0 +1,221 @@
+"""Where the learner and the actors run: GPUs checked before anything loads, then Ray started (or
+joined) with them, the learner's share reserved in Ray and this process pinned to it.
+
+The learner trains in this process (the driver); the rollout and scorer actors are Ray's. On a GPU
+node, two things must hold: the learner's process sees exactly the GPU(s) it trains on (else
+transformers counts every GPU of the node and TRL refuses DataParallel), and Ray never hands that
+GPU share to an actor. Both come from one mechanism: the learner's share is a placement-group bundle
+in the same Ray cluster as the actors, and this process is pinned (CUDA_VISIBLE_DEVICES) to the GPU
+that Ray put the bundle on, before CUDA is initialised here. Fractional shares work the same way
+(a learner, a rollout actor and a scorer sharing one GPU). A config asking for more GPUs than there
+are is refused up front, naming the numbers.
+
+Nothing here initialises CUDA: GPUs are counted with NVML (torch's device_count before CUDA is
+initialised) and `brl` sets PYTORCH_NVML_BASED_CUDA_CHECK=1 so that no import does it first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from rl.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GPURequest:
+    who: str  # "learner", "rollout actor 2", "scorer actor 0"
+    gpus: float
+
+
+def learner_gpus(cfg: Any, machine_gpus: int) -> float:
+    """GPUs per learner worker: `learner.gpus_per_worker`, or 1 on a machine with GPUs, 0 without."""
+    g = cfg.learner.gpus_per_worker
+    return (1.0 if machine_gpus > 0 else 0.0) if g is None else float(g)
+
+
+def gpu_requests(cfg: Any, machine_gpus: int) -> list[GPURequest]:
+    """Every GPU share a GRPO config asks for: the learner's and, with Ray, each actor's."""
+    requests = [GPURequest("learner" if cfg.learner.num_workers == 1 else f"learner worker {i}",
+                           learner_gpus(cfg, machine_gpus)) for i in range(cfg.learner.num_workers)]
+    if cfg.ray.enabled:
+        groups = [("rollout actor", cfg.rollout.actors)]
+        if cfg.reward.scheme in ("model", "hybrid") and cfg.reward.model.actors.num_actors > 0:
+            groups.append(("scorer actor", cfg.reward.model.actors))
+        requests += [GPURequest(f"{name} {i}", group.num_gpus) for name, group in groups
+                     for i in range(group.num_actors)]
+    return [r for r in requests if r.gpus > 0]
+
+
+def pack(requests: list[GPURequest], num_gpus: int) -> list[list[GPURequest]]:
+    """Assign the requests to `num_gpus` GPUs the way Ray can place them: a whole number of GPUs takes
+    whole GPUs; a fraction shares one GPU with others (first fit, largest first). Raises ConfigError,
+    naming the numbers, when they do not fit."""
+    for r in requests:
+        if r.gpus > 1 and r.gpus != int(r.gpus):
+            raise ConfigError(f"{r.who} asks for {r.gpus} GPUs: more than one GPU must be a whole number")
+    free = [1.0] * num_gpus
+    placed: list[list[GPURequest]] = [[] for _ in range(num_gpus)]
+    for r in sorted(requests, key=lambda r: -r.gpus):
+        need = math.ceil(r.gpus) if r.gpus >= 1 else 1
+        slots = [i for i, f in enumerate(free) if f >= min(r.gpus, 1.0) - 1e-9]
+        if len(slots) < need:
+            total = sum(q.gpus for q in requests)
+            asked = ", ".join(f"{who}: {g:g}" for who, g in _summary(requests))
+            raise ConfigError(f"the config asks for {total:g} GPUs ({asked}) and they do not fit on the {num_gpus} "
+                              f"GPU(s) available (a whole GPU per whole-number request, fractions packed): lower "
+                              f"the num_gpus of an actor group, the number of actors or learner.gpus_per_worker")
+        for i in slots[:need] if r.gpus >= 1 else slots[:1]:
+            free[i] -= min(r.gpus, 1.0)
+            placed[i].append(r)
+    return placed
+
+
+def _summary(requests: list[GPURequest]) -> list[tuple[str, float]]:
+    """'rollout actor 0..5' collapsed to one entry per group, with the group's total."""
+    totals: dict[str, float] = {}
+    for r in requests:
+        group = r.who.rsplit(" ", 1)[0] if r.who[-1].isdigit() else r.who
+        totals[group] = totals.get(group, 0.0) + r.gpus
+    return list(totals.items())
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may use, without initialising CUDA: CUDA_VISIBLE_DEVICES if set, else
+    every GPU NVML sees (none on a machine without CUDA)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]  # NVML before CUDA is initialised
+
+
+def _pin(gpu_ids: list[str]) -> None:
+    """This process uses exactly `gpu_ids` (before CUDA initialises; afterwards it would be too late)."""
+    import torch
+
+    if torch.cuda.is_initialized() and gpu_ids != visible_gpus():
+        raise RuntimeError(f"CUDA was initialised in this process before the learner's GPUs ({gpu_ids}) were chosen; "
+                           "run through `brl`, or set CUDA_VISIBLE_DEVICES before anything touches CUDA")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+
+
+def _assigned_gpu_ids() -> list[str]:
+    import ray
+
+    return [str(i) for i in ray.get_gpu_ids()]
+
+
+@dataclass
+class Placement:
+    learner_gpu_ids: list[str]  # what this process (the learner) trains on
+    cluster_gpus: float  # GPUs in the Ray cluster (0 without Ray)
+
+
+@contextmanager
+def placed(cfg: Any) -> Iterator[Placement]:
+    """Check the GPUs `cfg` asks for, start (or join) Ray with them, reserve the learner's share and pin
+    this process to it. Restores this process's CUDA_VISIBLE_DEVICES (and stops a cluster it started)
+    on exit."""
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        if cfg.ray.enabled:
+            with ray_cluster(cfg) as cluster_gpus, _learner_share(cfg, cluster_gpus) as ids:
+                yield Placement(ids, cluster_gpus)
+        else:
+            gpus = _local_gpus(cfg)
+            pack(gpu_requests(cfg, len(gpus)), len(gpus))
+            ids = gpus[:math.ceil(learner_gpus(cfg, len(gpus)))]
+            if ids:
+                _pin(ids)
+            yield Placement(ids, 0.0)
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+
+
+def _local_gpus(cfg: Any) -> list[str]:
+    return visible_gpus() if cfg.ray.num_gpus is None else [str(i) for i in range(cfg.ray.num_gpus)]
+
+
+@contextmanager
+def ray_cluster(cfg: Any) -> Iterator[float]:
+    """The Ray cluster `cfg.ray` names, with the config's GPU requests checked against it first; yields
+    its GPU count. `ray.address` unset: a new local cluster, even if another runs on this machine
+    (`ray.address: auto` joins that one), shut down on exit. A cluster this process is already
+    connected to (a test, a notebook, `brl compare`) is used as it is."""
+    import ray
+
+    if ray.is_initialized():
+        free = ray.available_resources().get("GPU", 0.0)
+        _check_total(gpu_requests(cfg, int(ray.cluster_resources().get("GPU", 0))), free,
+                     "the Ray cluster this process is connected to (GPUs free)")
+        yield ray.cluster_resources().get("GPU", 0.0)
+        return
+    if cfg.ray.address:
+        log.info("joining the Ray cluster at %s", cfg.ray.address)
+        ray.init(address=cfg.ray.address, log_to_driver=True)
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        try:
+            _check_total(gpu_requests(cfg, int(gpus)), gpus, f"the Ray cluster at {cfg.ray.address}")
+        except ConfigError:
+            ray.shutdown()
+            raise
+    else:
+        local = _local_gpus(cfg)
+        pack(gpu_requests(cfg, len(local)), len(local))  # refused here, before anything starts
+        log.info("starting a local Ray cluster with %s CPUs and %d GPUs", cfg.ray.num_cpus or "all", len(local))
+        # address="local": a new cluster even if another runs on this machine. Ray numbers its GPUs after
+        # the CUDA_VISIBLE_DEVICES it starts with, so the ids it hands out are this machine's.
+        if cfg.ray.num_gpus is None and local:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(local)
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=len(local), include_dashboard=False,
+                 log_to_driver=True)
+        gpus = float(len(local))
+    try:
+        yield gpus
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def _learner_share(cfg: Any, cluster_gpus: float) -> Iterator[list[str]]:
+    """Reserve the learner's GPU share on this node for the run and pin this process to the GPU Ray
+    chose for it (read back by a task inside the reservation); yields those GPU ids."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    share = learner_gpus(cfg, int(cluster_gpus))
+    if share <= 0:
+        yield []
+        return
+    node = f"node:{ray.util.get_node_ip_address()}"
+    group = placement_group([{"GPU": share, node: 0.001}], strategy="STRICT_PACK")
+    try:
+        ray.get(group.ready(), timeout=cfg.rollout.actors.ready_timeout_s)
+        probe = ray.remote(_assigned_gpu_ids).options(num_cpus=0, num_gpus=share,
+                                                      scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0))
+        ids = ray.get(probe.remote(), timeout=cfg.rollout.actors.ready_timeout_s)
+        _pin(ids)
+        log.info("learner: GPU %s (%g of it); %g GPUs left to the actors", ",".join(ids), share, cluster_gpus - share)
+        yield ids
+    finally:
+        remove_placement_group(group)
+
+
+def _check_total(requests: list[GPURequest], available: float, where: str) -> None:
+    total = sum(r.gpus for r in requests)
+    if total > available + 1e-9:
+        asked = ", ".join(f"{who}: {g:g}" for who, g in _summary(requests))
+        raise ConfigError(f"the config asks for {total:g} GPUs ({asked}) but {where} has {available:g}")

@@ -1,0 +1,84 @@
+"""On one CUDA GPU, with random-weight models of the real shapes: placement and mixed precision on
+CUDA, the 7B reward model's load time, the hybrid pipeline sharing the GPU, and memory against the plan."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+CONFIGS = Path(__file__).parent.parent.parent / "recipes" / "configs"
+
+
+def test_float32_master_weights_with_bf16_compute_move_every_weight_on_cuda(tmp_path, tiny_vl, share_updated):
+    """The CPU test's check (tests/test_precision.py), on CUDA: bf16 autocast on the GPU."""
+    assert share_updated(tmp_path, tiny_vl, "float32") >= 0.99
+
+
+def test_the_7b_reward_model_loads_within_30_seconds(reward_7b):
+    from reward.model import BaseRewardModel
+
+    start = time.perf_counter()
+    model = BaseRewardModel.from_pretrained(reward_7b, device="cuda")
+    seconds = time.perf_counter() - start
+    params = sum(p.numel() for p in model.parameters())
+    print(f"BaseReward-7B shapes ({params / 1e9:.2f}B parameters): loaded onto the GPU in {seconds:.1f}s")
+    assert abs(params - 7.76e9) < 0.01e9 and next(model.parameters()).is_cuda
+    assert seconds < 30
+
+
+class PeakMemory:
+    """Device-wide memory in use (every process on the GPU), sampled every 0.2 s."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            free, total = torch.cuda.mem_get_info()
+            self.peak = max(self.peak, total - free)
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def test_the_hybrid_pipeline_shares_one_gpu_for_3_steps_within_the_plan(tmp_path, policy_3b, reward_7b, brl):
+    """Learner (LoRA on the 3.75B policy), one rollout actor and the 7.76B scorer actor on one GPU in
+    fractions; 3 GRPO steps; the learner pinned to the GPU; peak memory of the GPU (all processes)
+    within 15% of what `brl plan` estimates for it."""
+    from recipes import grpo
+    from rl.learner import grpo_args
+    from rl.memory_plan import GiB, plan_for
+
+    overrides = [f"output_dir={tmp_path}", f"policy.path={policy_3b}", f"reward.model.paths=[{reward_7b}]",
+                 "data.source=shapes", "data.train_size=64", "policy.max_pixels=3136", "policy.dtype=bfloat16",
+                 "policy.lora={r: 16, lora_alpha: 32, target_modules: [q_proj, k_proj, v_proj, o_proj]}",
+                 "ray.num_cpus=8", "learner.gpus_per_worker=0.4", "rollout.actors.num_actors=1",
+                 "rollout.actors.num_gpus=0.3", "rollout.actors.num_cpus=2", "rollout.actors.placement=null",
+                 "reward.model.actors.num_gpus=0.3", "reward.model.actors.num_cpus=2", "reward.model.batch_size=16",
+                 "trainer.max_steps=3", "trainer.per_device_train_batch_size=8", "trainer.gradient_accumulation_steps=1",
+                 "trainer.num_generations=4", "trainer.max_completion_length=128", "trainer.save_strategy=no",
+                 "trainer.report_to=[]", "trainer.learning_rate=1e-5"]
+    config = str(CONFIGS / "gpu_grpo_qwen25vl3b_hybrid.yaml")
+    with PeakMemory() as memory:
+        run = brl("grpo", config, *overrides)
+    assert run.returncode == 0, run.stderr[-5000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["global_step"] == 3 and summary["learner_gpus"] == ["0"]
+    cfg = grpo.load(config, overrides)
+    (gpu,), _ = plan_for(cfg, grpo_args(str(tmp_path), 0, dict(cfg.trainer)), 1,
+                         torch.cuda.get_device_properties(0).total_memory, text_tokens=32)
+    print(f"GPU peak {memory.peak / GiB:.1f} GiB; `brl plan` estimate {gpu.total / GiB:.1f} GiB")
+    assert memory.peak <= 1.15 * gpu.total
