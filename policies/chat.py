@@ -67,6 +67,28 @@ def with_image_parts(messages: list[dict], n_images: int) -> list[dict]:
     return [*messages[:first], placed, *messages[first + 1:]]
 
 
+IMAGE_PLACEHOLDER = "<image>"  # how LLaVA-style datasets mark where an image goes in a prompt string
+
+
+def parts_from_placeholders(text: str, n_images: int, placeholder: str = IMAGE_PLACEHOLDER) -> list[dict]:
+    """A prompt string with `<image>` markers as content parts: an image part at each marker (their
+    count must equal the number of images), the text between them as text parts. A string without
+    markers gets its images' parts before the text."""
+    pieces = text.split(placeholder)
+    markers = len(pieces) - 1
+    if markers == 0:
+        return [{"type": "image", "text": None}] * n_images + [{"type": "text", "text": text}]
+    if markers != n_images:
+        raise ValueError(f"prompt has {markers} {placeholder} marker(s) but the row has {n_images} image(s)")
+    parts: list[dict] = []
+    for i, piece in enumerate(pieces):
+        if i:
+            parts.append({"type": "image", "text": None})
+        if piece.strip():
+            parts.append({"type": "text", "text": piece.strip("\n") if i == 0 or i == markers else piece})
+    return parts
+
+
 def images_of(request: Any) -> list[Any]:
     """A request's images: embedded ones if present, else the request's `images` list; as RGB.
     The number of image placeholders must equal the number of images."""

@@ -48,13 +48,24 @@ def _make_tiny(ns: argparse.Namespace) -> int:
 
 
 def _validate_data(ns: argparse.Namespace) -> int:
-    from rl.config import ValidationConfig
-    from rl.data import validate_source
+    from rl.config import SourceConfig, ValidationConfig
+    from rl.data import Source, validate_source
 
-    cfg = ValidationConfig(max_image_pixels=ns.max_image_pixels)
-    _, report = validate_source(ns.path, ns.kind, cfg, split=ns.split)
+    if not ns.path and not ns.preset:
+        raise ConfigError("name a data file, folder or hub dataset, or a --preset")
+    columns = dict(_key_value(c, "--column") for c in ns.column)
+    source = Source.of(SourceConfig(source=ns.path, split=ns.split, preset=ns.preset, columns=columns,
+                                    image_root=ns.image_root), ns.kind)
+    report = validate_source(source, ns.kind, ValidationConfig(max_image_pixels=ns.max_image_pixels))
     print(report.summary(limit=ns.limit))
-    return 1 if report.errors else 0
+    return 1 if report.bad else 0
+
+
+def _key_value(text: str, flag: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise ConfigError(f"{flag} takes field=column (e.g. prompt=question), got {text!r}")
+    return key, value
 
 
 def _plan(ns: argparse.Namespace) -> int:
@@ -100,7 +111,8 @@ def _eval_rm(ns: argparse.Namespace) -> int:
         scorer = model_scorer(ns.model, device=ns.device, batch_size=ns.batch_size)
     else:
         scorer = length_scorer if ns.scorer == "length" else random_scorer(ns.seed)
-    result = evaluate_file(ns.data, ns.format, scorer, needs_images=ns.scorer == "model")
+    result = evaluate_file(ns.data, ns.format, scorer, needs_images=ns.scorer == "model", split=ns.split,
+                           image_root=ns.image_root)
     result.update(format=ns.format, data=ns.data, scorer=ns.scorer, model=ns.model)
     return _emit(result, ns.out)
 
@@ -165,10 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="CI-sized budgets (minutes, numbers not meaningful)")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("eval-rm", help="evaluate a reward model on MM-RLHF-RewardBench / VL-RewardBench / pairs")
+    p = sub.add_parser("eval-rm", help="evaluate a reward model on VL-RewardBench, MM-RLHF-RewardBench, Multimodal "
+                                       "RewardBench, RewardBench or preference pairs")
     p.add_argument("--model", nargs="*", default=None, help="BaseReward checkpoint(s); several are averaged")
-    p.add_argument("--format", required=True, choices=["mm-rlhf", "vl-reward", "pairs"])  # rl.rm_benchmarks.FORMATS
-    p.add_argument("--data", required=True, help="benchmark file (.jsonl/.json/.parquet); images relative to it")
+    p.add_argument("--format", required=True,
+                   choices=["vl-reward", "mm-rlhf", "multimodal-rewardbench", "rewardbench", "pairs"])
+    p.add_argument("--data", required=True, help="the benchmark: a .jsonl/.json/.parquet file (images relative to "
+                                                 "it) or its hub dataset name (e.g. MMInstruction/VL-RewardBench)")
+    p.add_argument("--split", default="test", help="split, for hub datasets")
+    p.add_argument("--image-root", help="image paths are relative to this (default: the file's folder)")
     p.add_argument("--scorer", default="model", choices=["model", "length", "random"],
                    help="length / random: model-free baselines that check the metric code")
     p.add_argument("--seed", type=int, default=0)
@@ -196,9 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_make_tiny)
 
     p = sub.add_parser("validate-data", help="check every row of a dataset; report bad rows by number")
-    p.add_argument("path")
+    p.add_argument("path", nargs="?", help="a data file, a dataset folder with a meta.json, or a hub dataset name "
+                                           "(default with --preset: the preset's hub id)")
     p.add_argument("--kind", choices=["rl", "preference"], default="rl")
-    p.add_argument("--split", default="train", help="split, for hub datasets")
+    p.add_argument("--preset", help="a published dataset's mapping (see the README's list)")
+    p.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="where a field is in the dataset, e.g. --column prompt=question (repeatable)")
+    p.add_argument("--image-root", help="image paths are relative to this (default: the data file's folder)")
+    p.add_argument("--split", help="split, for hub datasets (default: the preset's, else train)")
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
     p.add_argument("--limit", type=int, default=50, help="bad rows to list")
     p.set_defaults(func=_validate_data)

@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from transformers import set_seed
 from trl import GRPOConfig
@@ -29,7 +30,7 @@ from reward.failures import RewardFailureError
 from reward.hybrid import HybridReward
 from rl.checkpoint import CheckpointCallback, check_resume_has_work, resolve_resume, save_now
 from rl.config import GRPORecipeConfig, load_config, to_container, to_yaml
-from rl.data import load_rl_splits
+from rl.data import load_rl_splits, rows_without_answer
 from rl.errors import ActorFailureError
 from rl.learner import build_grpo_trainer, check_update_precision, grpo_args, planned_steps
 from rl.metrics import ScoreHistogramCallback
@@ -84,6 +85,16 @@ def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.Exit
     return rollout_func, scorer, rule
 
 
+def report_rows_without_answer(train: Any, scheme: str) -> int:
+    """How many training rows have no ground truth, said before training when the reward needs one."""
+    missing = rows_without_answer(train)
+    if missing and scheme in ("rule", "hybrid"):
+        log.warning("%d of %d training rows have no answer: the %s reward %s", missing, len(train), scheme,
+                    "cannot score them (None, counted as unscored)" if scheme == "rule" else
+                    "scores them by the reward model alone")
+    return missing
+
+
 def check_memory(cfg: GRPORecipeConfig, args: GRPOConfig, placement: Placement) -> None:
     """`brl plan`'s estimate for the GPUs this run got; a GPU that would overflow stops the run here,
     naming its largest item and the setting that shrinks it."""
@@ -110,6 +121,7 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     check_transport(cfg.rollout.weight_transfer, cfg.rollout.backend)
     check_update_precision(cfg.policy, trainer_kwargs, "policy")
     train, _ = load_rl_splits(cfg.data)
+    report_rows_without_answer(train, cfg.reward.scheme)
     policy_path = resolve_policy_path(cfg.policy.path, out, cfg.seed)
 
     with contextlib.ExitStack() as stack:

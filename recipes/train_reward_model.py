@@ -39,11 +39,11 @@ def main(cfg: RMRecipeConfig) -> dict:
     (out / "config.yaml").write_text(to_yaml(cfg))
     set_seed(cfg.seed)
     check_update_precision(cfg.backbone, cfg.trainer, "backbone")
+    train, held_out = load_preference_mixture(cfg.data)  # data problems surface before anything loads
     args = TrainingArguments(**{
         **device_defaults(), "logging_steps": 10, "report_to": ["tensorboard"], "save_strategy": "no",
         "eval_strategy": "no", "remove_unused_columns": False, "label_names": [],
         **cfg.trainer, "output_dir": str(out), "seed": cfg.seed})
-    train, held_out = load_preference_mixture(cfg.data)
 
     path = resolve_policy_path(cfg.backbone.path, out, cfg.seed)
     processor = load_processor(path, cfg.backbone.max_pixels, cfg.backbone.trust_remote_code)

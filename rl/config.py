@@ -126,13 +126,31 @@ class ValidationConfig:
     on_bad_row: str = "skip"
     max_image_pixels: int = 4096 * 4096  # larger images are errors (decompression-bomb guard)
     max_prompt_chars: int = 16_384
+    # Decode every image while checking rows (about 1 ms each); false for very large sets (MMPR's 2M):
+    # headers and file integrity (PIL's verify) are checked, pixels only decoded when a batch needs them.
+    decode_images: bool = True
 
 
 @dataclass
-class DataConfig:
-    # "shapes" (the synthetic task), a local .jsonl/.json/.parquet file, or a hub dataset name.
-    source: str = "shapes"
-    split: str = "train"
+class SourceConfig:
+    """Where a dataset is, and where the project's fields are in it."""
+
+    # "shapes" (the synthetic task), a .jsonl/.json/.parquet file, a downloaded dataset folder with a
+    # meta.json (MMPR's layout), or a hub dataset name. Unset with a preset: the preset's hub id;
+    # unset without one: "shapes".
+    source: str | None = None
+    split: str | None = None  # None: the preset's split, else "train"
+    # A published dataset by name (rlaif-v, mmpr-v1.2, omnialign-v-dpo, r1-reward, tulu3-preference,
+    # olmo2-preference, ultrafeedback-binarized, shp, geometry3k, multimodal-open-r1-8k): its mapping.
+    preset: str | None = None
+    # The project's field -> the dataset's column, e.g. {prompt: question, images: image, answer: solution}
+    # (added to, and winning over, the preset's).
+    columns: dict[str, str] = field(default_factory=dict)
+    image_root: str | None = None  # relative image paths are relative to this (default: the data file's folder)
+
+
+@dataclass
+class DataConfig(SourceConfig):
     # Held-out data: same kinds as `source`; for "shapes" a disjoint seed is used automatically.
     eval_source: str | None = None
     eval_split: str = "test"
@@ -144,11 +162,9 @@ class DataConfig:
 
 
 @dataclass
-class PreferenceSourceConfig:
-    # "shapes" (synthetic pairs from the shapes task), a local .jsonl/.json/.parquet, or a hub dataset.
-    source: str = "shapes"
+class PreferenceSourceConfig(SourceConfig):
+    # (source: "shapes" are synthetic pairs from the shapes task)
     weight: float = 1.0  # share of this source in the training mixture
-    split: str = "train"
     size: int = 1024  # synthetic source only
     seed: int = 0  # synthetic source only
 

@@ -118,3 +118,79 @@ def test_unknown_format_is_an_error(tmp_path):
     data.write_text('{"id": 1}\n')
     with pytest.raises(ValueError, match="unknown benchmark format"):
         evaluate_file(str(data), "rewardbench2", length_scorer, needs_images=False)
+
+
+def test_multimodal_rewardbench_per_category_with_the_safety_and_reasoning_sub_splits(tmp_path):
+    """Its published all_data.json (images as paths under the data folder), the length baseline, and
+    the same accuracies counted by hand the way its accuracy script counts them."""
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "images" / "a.png")
+    rows = [  # Output1 is the longer one in each row; Better says which is right
+        {"ID": "nocaps_1", "Text": "q", "Image": "images/a.png", "Output1": "long answer", "Output2": "short",
+         "Better": "Output1", "Category": "open_generation/correctness_task"},
+        {"ID": "pairs_2", "Text": "q", "Image": "images/a.png", "Output1": "long answer", "Output2": "short",
+         "Better": "Output2", "Category": "safety"},
+        {"ID": "hateful_3", "Text": "q", "Image": "images/a.png", "Output1": "long answer", "Output2": "short",
+         "Better": "Output1", "Category": "safety"},
+        {"ID": "mathvista_4", "Text": "q", "Image": "images/a.png", "Output1": "long answer", "Output2": "short",
+         "Better": "Output1", "Category": "reasoning"},
+        {"ID": "emma-coding_5", "Text": "q", "Image": "images/a.png", "Output1": "long answer", "Output2": "short",
+         "Better": "Output2", "Category": "reasoning"},
+    ]
+    data = tmp_path / "all_data.json"
+    data.write_text(json.dumps(rows))
+    result = evaluate_file(str(data), "multimodal-rewardbench", length_scorer, needs_images=False)
+    by_hand = {"general correctness": 1.0, "safety/bias": 0.0, "safety/toxicity": 1.0, "reasoning/math": 1.0,
+               "reasoning/coding": 0.0}
+    assert {k: v["acc"] for k, v in result["per_category"].items()} == by_hand
+    assert result["overall_acc"] == 3 / 5 and result["category_mean"] == (1.0 + 0.5 + 0.5) / 3
+
+
+def test_rewardbench_sections_are_weighted_like_the_official_scores(tmp_path):
+    rows = ([{"subset": "alpacaeval-easy", "prompt": "p", "chosen": "good long", "rejected": "bad"}] * 2 +
+            [{"subset": "mt-bench-easy", "prompt": "p", "chosen": "x", "rejected": "longer"}] +
+            [{"subset": "math-prm", "prompt": "p", "chosen": "right answer", "rejected": "wrong"},
+             {"subset": "hep-python", "prompt": "p", "chosen": "a", "rejected": "longer"}])
+    data = tmp_path / "rb.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    result = evaluate_file(str(data), "rewardbench", length_scorer, needs_images=False)
+    chat = (1.0 * 100 + 0.0 * 28) / (100 + 28)  # alpacaeval-easy (100 examples) right, mt-bench-easy (28) wrong
+    reasoning = (1.0 * 984 + 0.0 * 164) / (984 + 164)  # math-prm upweighted to the code subsets' total
+    assert result["sections"] == pytest.approx({"Chat": chat, "Reasoning": reasoning})
+    assert result["score"] == pytest.approx((chat + reasoning) / 2) and result["pairs"] == 5
+
+
+def test_vl_reward_bench_in_its_hub_schema_with_embedded_images(tmp_path, untrained_rm):
+    """VL-RewardBench as the hub ships it (parquet, images embedded): groups from the id prefix, and the
+    model scores each response with its own row's image."""
+    import io
+
+    from datasets import Dataset, Features, Image, Sequence, Value
+    from PIL import Image as PILImage
+
+    from reward.bench import model_scorer
+
+    def png(color):
+        buf = io.BytesIO()
+        PILImage.new("RGB", (56, 56), color).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    features = Features({"id": Value("string"), "query": Value("string"), "response": Sequence(Value("string")),
+                         "image": Image(), "human_ranking": Sequence(Value("int64")), "models": Sequence(Value("string")),
+                         "judge": Value("string"), "rationale": Value("string"), "query_source": Value("string"),
+                         "ground_truth": Value("string")})
+    base = {"query": "What color?", "response": ["red", "blue"], "models": ["a", "b"], "judge": "human",
+            "rationale": "", "query_source": "x", "ground_truth": ""}
+    rows = [{**base, "id": "RLAIF-V_1", "image": png("red"), "human_ranking": [0, 1]},
+            {**base, "id": "wildvision-battle_2", "image": png("blue"), "human_ranking": [1, 0]},
+            {**base, "id": "mathverse_3", "image": png("red"), "human_ranking": [0, 1]}]
+    data = tmp_path / "test.parquet"
+    Dataset.from_list(rows, features=features).to_parquet(str(data))
+    seen = []
+    score = model_scorer([untrained_rm])
+    result = evaluate_file(str(data), "vl-reward", lambda items: seen.append(score(items)) or seen[-1])
+    assert result["pairs"] == 3 and set(result["per_group"]) == {"hallucination", "general", "reasoning"}
+    flat = seen[0]  # [red row: red, blue], [blue row: red, blue], [red row again]
+    assert flat[0] != flat[2] and flat[0] == pytest.approx(flat[4], abs=1e-6)  # same text, image differs / agrees

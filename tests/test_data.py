@@ -62,8 +62,8 @@ EXPECTED = {2: "cannot decode", 3: "empty file", 4: "cannot decode", 5: "decompr
 
 
 def test_every_bad_row_is_reported_with_its_number_and_reason(corpus):
-    good, report = validate_source(str(corpus), "rl", ValidationConfig(max_image_pixels=10_000_000))
-    assert len(good) == 2 and report.total == 12  # the blank line is not a row; numbers are lines
+    report = validate_source(str(corpus), "rl", ValidationConfig(max_image_pixels=10_000_000))
+    assert report.ok == 2 and report.total == 12  # the blank line is not a row; numbers are lines
     reasons = {e.row: e.reason for e in report.errors}
     assert set(reasons) == set(EXPECTED)
     for row, fragment in EXPECTED.items():
@@ -89,7 +89,7 @@ def test_the_configured_pixel_bound_is_enforced(tmp_path):
     (tmp_path / "big.png").write_bytes(_png(size=(100, 100)))
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"prompt": "q", "images": ["big.png"], "answer": "x"}))
-    _, report = validate_source(str(path), "rl", ValidationConfig(max_image_pixels=5_000))
+    report = validate_source(str(path), "rl", ValidationConfig(max_image_pixels=5_000))
     assert "100x100 pixels, more than max_image_pixels=5000" in report.errors[0].reason
 
 
@@ -104,10 +104,10 @@ def test_preference_rows(tmp_path):
             {"prompt": "x", "chosen": "a"},
             {"prompt": "x", "chosen": "a", "rejected": 3}]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    good, report = validate_source(str(path), "preference")
-    assert len(good) == 1 and good[0]["images"] == []
-    assert {e.row: e.reason for e in report.errors} == {2: "missing field(s) ['rejected']",
-                                                         3: "rejected must be a string, got int"}
+    report = validate_source(str(path), "preference")
+    assert report.ok == 1 and load_rows(str(path), "preference", ValidationConfig())[0]["images"] == []
+    assert {e.row: e.reason for e in report.errors} == {
+        2: "missing field(s) ['rejected']", 3: "rejected must be a string or a list of messages, got int"}
 
 
 def test_placeholder_count_must_match_images(tmp_path):
@@ -117,7 +117,7 @@ def test_placeholder_count_must_match_images(tmp_path):
            "images": ["a.png"], "answer": "x"}
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(row))
-    _, report = validate_source(str(path), "rl")
+    report = validate_source(str(path), "rl")
     assert "2 image placeholder(s) but the row has 1 image(s)" in report.errors[0].reason
 
 
@@ -129,3 +129,11 @@ def test_grpo_recipe_skips_bad_rows_and_trains(tmp_path, corpus, warm_policy):
         "data.validation.max_image_pixels=10000000", "trainer.max_steps=1", "trainer.per_device_train_batch_size=4",
         "trainer.num_generations=2", "trainer.max_completion_length=4", "trainer.report_to=[]"])
     assert grpo.main(cfg)["global_step"] == 1
+
+
+def test_integrity_checks_without_decoding_still_catch_broken_files(corpus):
+    """validation.decode_images=false (very large sets): headers and integrity checked, no pixels decoded."""
+    report = validate_source(str(corpus), "rl", ValidationConfig(max_image_pixels=10_000_000, decode_images=False))
+    reasons = {e.row: e.reason for e in report.errors}
+    assert report.ok == 2 and set(reasons) == set(EXPECTED)
+    assert "cannot decode" in reasons[2] and "cannot decode" in reasons[4]
