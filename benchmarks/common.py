@@ -28,7 +28,8 @@ def best_of(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
 def machine() -> dict[str, Any]:
     import torch
 
-    return {"date": date.today().isoformat(), "cpus": os.cpu_count(), "platform": platform.platform(),
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"date": date.today().isoformat(), "cpus": os.cpu_count(), "gpu": gpu, "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
@@ -38,10 +39,11 @@ def report(name: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> Path
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     path.write_text(json.dumps({"benchmark": name, "machine": machine(), **extra, "rows": rows}, indent=2))
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for row in rows for k in row))  # every column, in first-seen order
     print(f"\n{name} ({path})\n")
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for row in rows:
-        print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+        cells = [row.get(k, "-") for k in keys]
+        print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in cells) + " |")
     return path

@@ -1,79 +1,145 @@
 """Reward cost: BaseReward scoring batched vs one sample per call, vs a generative judge that must
 write a k-token verdict on the same backbone (the paper's efficiency argument), and rule-matcher
-throughput. All on the tiny offline Qwen2.5-VL, side by side in one run.
+throughput, side by side in one run. Samples come as GRPO scores them: G completions per prompt.
 
-    python -m benchmarks.reward_cost [--samples 64] [--verdict-tokens 32]
+    python -m benchmarks.reward_cost [--prompts 8] [--group 8] [--verdict-tokens 32 256]
+
+CPU: the tiny offline Qwen2.5-VL (56 x 56 images). GPU (../shared/gpu/README.md): `--size 7b` builds
+random-weight BaseReward-7B and Qwen2.5-VL-7B judge models of the real shapes, 448 x 448 images (256
+vision tokens) and ~80-token answers, bfloat16.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 
 from benchmarks.common import best_of, report
 
+REAL = "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+def build(size: str, tmp: str) -> tuple[str, str]:
+    """(reward model, judge policy) checkpoints on the same backbone."""
+    from rl.tasks.shapes import make_real_shape_model, make_tiny_policy
+
+    if size == "7b":
+        return (str(make_real_shape_model(REAL, f"{tmp}/rm", reward_model=True)),
+                str(make_real_shape_model(REAL, f"{tmp}/judge")))
+    from policies.loading import load_processor
+    from reward.model import BaseRewardModel, HeadConfig
+
+    policy = str(make_tiny_policy(f"{tmp}/policy"))
+    rm = BaseRewardModel.from_backbone(policy, HeadConfig(), seed=0).save_pretrained(f"{tmp}/rm",
+                                                                                      load_processor(policy))
+    return str(rm), policy
+
+
+def samples(prompts: int, group: int, size: str) -> tuple[list, list, list]:
+    """`prompts` prompts with their images, each with `group` completions of different lengths."""
+    import numpy as np
+    from PIL import Image
+
+    from rl.tasks.shapes import make_shapes_dataset
+
+    rows = make_shapes_dataset(prompts, seed=0)
+    words = 70 if size == "7b" else 6  # ~80 tokens, or a short answer for the tiny model
+    out_prompts, out_completions, out_images = [], [], []
+    for prompt, images, answer in zip(rows["prompt"], rows["images"], rows["answer"]):
+        if size == "7b":
+            pixels = np.random.default_rng(len(out_prompts)).integers(0, 255, (448, 448, 3), dtype="uint8")
+            images = [Image.fromarray(pixels)]
+        for k in range(group):
+            filler = " ".join(["the picture shows it"] * ((words * (k + 1)) // (4 * group)))
+            out_prompts.append(prompt)
+            out_completions.append(f"{filler} It is {answer}.".strip())
+            out_images.append(images)
+    return out_prompts, out_completions, out_images
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--verdict-tokens", type=int, default=32)
+    parser.add_argument("--size", default="tiny", choices=["tiny", "7b"])
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--group", type=int, default=8, help="completions per prompt (GRPO's G)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64],
+                        help="the scorer's batch sizes timed (the first is also the plain path's and the judge's)")
+    parser.add_argument("--verdict-tokens", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from policies.rollout_engine import RolloutRequest, SamplingParams
+    import torch
+
     from policies.hf_engine import HFEngine
-    from policies.loading import load_processor
-    from rl.tasks.shapes import make_tiny_policy
-    from reward.model import BaseRewardModel, HeadConfig
+    from policies.rollout_engine import RolloutRequest, SamplingParams
     from reward.rule import RuleMatcher
     from reward.scorer import BaseRewardScorer
-    from rl.tasks.shapes import make_shapes_dataset
 
     tmp = tempfile.mkdtemp()
-    policy = make_tiny_policy(f"{tmp}/policy")
-    rm = BaseRewardModel.from_backbone(str(policy), HeadConfig(), seed=0).save_pretrained(
-        f"{tmp}/rm", load_processor(str(policy)))
-    rows = make_shapes_dataset(args.samples, seed=0)
-    prompts, images = list(rows["prompt"]), list(rows["images"])
-    completions = [f"It is {a}." for a in rows["answer"]]
-    n = args.samples
+    rm, judge_path = build(args.size, tmp)
+    prompts, completions, images = samples(args.prompts, args.group, args.size)
+    n = len(prompts)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
-    batched = BaseRewardScorer.from_paths([str(rm)], batch_size=args.batch_size)
-    single = BaseRewardScorer.from_paths([str(rm)], batch_size=1)
-    t_batched = best_of(lambda: batched(prompts, completions, images=images), repeats=3)
-    t_single = best_of(lambda: [single([p], [c], images=[i]) for p, c, i in zip(prompts, completions, images)],
-                       repeats=3)
+    def timed(fn) -> float:
+        return best_of(lambda: (fn(), sync()), repeats=args.repeats)
 
+    batch_size = args.batch_sizes[0]  # the reference: ratios are to this batched path
+    scorer = BaseRewardScorer.from_paths([rm])  # one model, its options changed between timings
+
+    def score_all() -> None:
+        scorer(prompts, completions, images=images)
+
+    batched: dict[int, float] = {}
+    for size in args.batch_sizes:
+        scorer.options.batch_size = size
+        batched[size] = timed(score_all)
+    t_batched = batched[batch_size]
+    rows = [{"method": f"BaseReward, batches of {size} (length-sorted, each image processed and encoded once, "
+                       "prefetch on GPUs)", "samples_per_s": n / t, "x_slower_than_batched": t / t_batched}
+            for size, t in batched.items()]
+    scorer.options = dataclasses.replace(scorer.options, batch_size=batch_size, prefetch=False,
+                                         sort_by_length=False, encode_images_once=False)
+    scorer.backends[0].encode_images_once = False
+    t_plain = timed(score_all)
+    scorer.options.batch_size = 1
+    t_single = timed(lambda: [scorer([p], [c], images=[i]) for p, c, i in zip(prompts, completions, images)])
+    scorer.backends.clear()  # frees the model before the judge loads
+    rows += [
+        {"method": f"BaseReward, batches of {batch_size}, plain", "samples_per_s": n / t_plain,
+         "x_slower_than_batched": t_plain / t_batched},
+        {"method": "BaseReward, one per call", "samples_per_s": n / t_single,
+         "x_slower_than_batched": t_single / t_batched},
+    ]
     # A generative judge on the same backbone: it reads the same prompt + answer and must write a
-    # verdict of k tokens before a score exists (R1-Reward style), batched the same way.
-    judge = HFEngine(str(policy))
-    judge_requests = [RolloutRequest(p + [{"role": "assistant", "content": c},
-                                          {"role": "user", "content": "Judge the answer."}], i)
-                      for p, c, i in zip(prompts, completions, images)]
-    # min_tokens: the untrained tiny judge would stop early; the argument is about a k-token verdict.
-    verdict = SamplingParams(n=1, temperature=0.0, max_tokens=args.verdict_tokens, min_tokens=args.verdict_tokens)
+    # verdict of k tokens before a score exists (R1-Reward-style judges write hundreds), batched the same way.
+    judge = HFEngine(judge_path, dtype="bfloat16" if args.size == "7b" else "float32")
+    requests = [RolloutRequest(p + [{"role": "assistant", "content": c}, {"role": "user", "content": "Judge it."}], i)
+                for p, c, i in zip(prompts, completions, images)]
+    for k in args.verdict_tokens:
+        # min_tokens: an untrained judge would stop early; the argument is about a k-token verdict.
+        verdict = SamplingParams(n=1, temperature=0.0, max_tokens=k, min_tokens=k, logprobs=False)
 
-    def run_judge() -> None:
-        for start in range(0, n, args.batch_size):
-            judge.generate(judge_requests[start:start + args.batch_size], verdict)
+        def run_judge(verdict: SamplingParams = verdict) -> None:
+            for start in range(0, n, batch_size):
+                judge.generate(requests[start:start + batch_size], verdict)
 
-    t_judge = best_of(run_judge, repeats=3)
+        t_judge = timed(run_judge)
+        rows.append({"method": f"generative judge, {k}-token verdict", "samples_per_s": n / t_judge,
+                     "x_slower_than_batched": t_judge / t_batched})
 
     matcher = RuleMatcher()
-    answers = list(rows["answer"]) * 50
+    answers = [c.rsplit(" ", 1)[-1].rstrip(".") for c in completions] * 50
     many = completions * 50
     t_rule = best_of(lambda: matcher(["q"] * len(many), many, answer=answers), repeats=5)
-
-    result_rows = [
-        {"method": "BaseReward, batched", "samples_per_s": n / t_batched, "ratio_vs_batched": 1.0},
-        {"method": "BaseReward, one per call", "samples_per_s": n / t_single, "ratio_vs_batched": t_single / t_batched},
-        {"method": f"generative judge, {args.verdict_tokens}-token verdict", "samples_per_s": n / t_judge,
-         "ratio_vs_batched": t_judge / t_batched},
-        {"method": "rule matcher", "samples_per_s": len(many) / t_rule, "ratio_vs_batched": t_rule / len(many) * n / t_batched},
-    ]
-    report("reward_cost", result_rows, {"samples": n, "batch_size": args.batch_size,
-                                        "verdict_tokens": args.verdict_tokens,
-                                        "targets": {"batched_vs_single": ">= 5x"}})
+    rows.append({"method": "rule matcher", "samples_per_s": len(many) / t_rule,
+                 "x_slower_than_batched": t_rule / len(many) * n / t_batched})
+    report("reward_cost" if args.size == "tiny" else f"reward_cost_{args.size}", rows,
+           {"size": args.size, "samples": n, "prompts": args.prompts, "group": args.group,
+            "batch_sizes": args.batch_sizes, "verdict_tokens": args.verdict_tokens,
+            "targets": {"one per call / batched": ">= 5", "256-token judge / batched": ">= 10",
+                        "7b batched samples_per_s (H100)": ">= 80"}})
 
 
 if __name__ == "__main__":

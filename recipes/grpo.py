@@ -65,7 +65,7 @@ def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.Exit
     engine_cls, kwargs = engine_spec(cfg.rollout, cfg.policy, policy_path)
     rollout_actors = kill_on_exit(stack, spawn_group("rollout", engine_cls, kwargs, cfg.rollout.actors))
     pool = RolloutPool(rollout_actors, cfg.rollout.timeout_s, cfg.rollout.actors.max_retries,
-                       cfg.rollout.weight_transfer)
+                       cfg.rollout.weight_sync, cfg.rollout.weight_transfer, cfg.rollout.bucket_mb)
     stack.callback(pool.close)
     engine_dtype = resolve_dtype(cfg.rollout.dtype) if cfg.rollout.dtype not in (None, "auto") else None
     rollout_func = ActorRollouts(pool, sync_every=cfg.rollout.sync_every, max_staleness=cfg.rollout.max_staleness,
@@ -118,7 +118,7 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     # What cannot work is refused before anything starts or loads.
     resume_from = resolve_resume(cfg.resume, out)
     check_model_paths(cfg.reward)
-    check_transport(cfg.rollout.weight_transfer, cfg.rollout.backend)
+    check_transport(cfg.rollout.weight_sync, cfg.rollout.weight_transfer, cfg.rollout.backend)
     check_update_precision(cfg.policy, trainer_kwargs, "policy")
     train, _ = load_rl_splits(cfg.data)
     report_rows_without_answer(train, cfg.reward.scheme)

@@ -92,9 +92,14 @@ class RolloutConfig:
     # the PPO "old" policy, so the clipped ratio is the importance weight pi_theta / pi_behaviour.
     correct_off_policy: bool = True
     timeout_s: float = 600.0  # a generate or weight-sync call that takes longer is an error
-    # How learner weights reach vLLM engines: null = through Ray's object store (any backend);
-    # "nccl" = vLLM's NCCL weight-transfer engine (GPUs: learner and engines in one NCCL group);
-    # "gloo" = the same path over gloo (CPU machines; what CI runs).
+    # How learner weights reach the engines (rl/weight_sync/): auto = the fastest that reaches every
+    # actor: shared_memory (actors on the learner's node and device: the CPU, or its GPU through CUDA
+    # IPC), broadcast (NCCL from the learner's GPU to actors on other GPUs; gloo between CPUs),
+    # object_store (Ray's object store: any engine, any node). vLLM engines: see weight_transfer.
+    weight_sync: str = "auto"
+    bucket_mb: float = 512  # shared_memory / broadcast: tensors are cast and sent in buckets of this size
+    # vLLM's own weight-transfer engine: "nccl" (GPUs: learner and engines in one NCCL group), "gloo"
+    # (the same path over gloo: CPU machines, what CI runs); null: weight_sync decides.
     weight_transfer: str | None = None
     # Rollouts per step re-scored by the learner to report the engine/learner logprob gap (0: off).
     logprob_gap_samples: int = 4

@@ -26,7 +26,7 @@ from typing import Any
 from policies.chat import prompt_key
 from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
 from rl.trl_adapter import log_metric, planned_prompts
-from rl.weight_sync.export import policy_state_dict
+from rl.weight_sync.export import PolicyWeights
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def logprob_gap(model: Any, processor: Any, requests: list[RolloutRequest], grou
 class ActorRollouts:
     """A `rollout_func` that generates on a RolloutPool and keeps its weights in sync with the learner."""
 
-    pool: Any  # RolloutPool (or anything with generate/load_weights/version/sync.on_device)
+    pool: Any  # RolloutPool (or anything with generate/load_weights/version)
     sync_every: int = 1
     max_staleness: int = 1
     logprob_gap_samples: int = 4
@@ -134,7 +134,7 @@ class ActorRollouts:
     def sync(self, model: Any, version: int) -> float:
         """Push the learner's weights to every actor; returns seconds taken."""
         start = time.perf_counter()
-        self.pool.load_weights(policy_state_dict(model, on_cpu=not self.pool.sync.on_device, dtype=self.dtype), version)
+        self.pool.load_weights(PolicyWeights(model, self.dtype), version)
         return time.perf_counter() - start
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list]:

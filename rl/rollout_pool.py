@@ -2,7 +2,7 @@
 
 `RolloutPool` shards each generation call across N actors (each hosting a `RolloutEngine`) and
 gathers the groups back in request order; weight syncs go through the transport that
-`rollout.weight_transfer` names (rl/weight_sync/). An actor that dies mid-call is restarted by Ray,
+`rollout.weight_sync` / `rollout.weight_transfer` name (rl/weight_sync/). An actor that dies mid-call is restarted by Ray,
 given the weights it held (the transport's `restore`) and sent only its share again (ActorCalls).
 `engine_spec` turns the config into the engine class and arguments each actor is built with.
 """
@@ -25,7 +25,7 @@ def engine_spec(rollout: Any, policy: Any, policy_path: str) -> tuple[type, dict
     (a `PolicyConfig`); each rollout actor hosts `cls(**kwargs)`."""
     if rollout.backend not in BACKENDS:
         raise ValueError(f"rollout.backend must be one of {BACKENDS}, got {rollout.backend!r}")
-    check_transport(rollout.weight_transfer, rollout.backend)
+    check_transport(rollout.weight_sync, rollout.weight_transfer, rollout.backend)
     if rollout.backend == "hf":
         from policies.hf_engine import HFEngine
 
@@ -42,10 +42,10 @@ class RolloutPool:
     """N rollout actors, each hosting a RolloutEngine, used as one."""
 
     def __init__(self, actors: list[Any], timeout_s: float = 600.0, max_retries: int = 2,
-                 weight_transfer: str | None = None):
+                 weight_sync: str = "auto", weight_transfer: str | None = None, bucket_mb: float = 512):
         self.calls = ActorCalls(actors, timeout_s, max_retries, "rollout actors")
         self.actors = actors
-        self.sync = make_weight_sync(weight_transfer, self.calls)
+        self.sync = make_weight_sync(weight_sync, weight_transfer, self.calls, int(bucket_mb * 2**20))
         self.version = 0  # the policy version every actor holds
 
     @property

@@ -15,9 +15,11 @@ ROOT = Path(__file__).parent.parent
 
 
 @pytest.mark.parametrize("module,args", [
-    ("benchmarks.reward_cost", ["--samples", "8", "--batch-size", "4", "--verdict-tokens", "4"]),
-    ("benchmarks.weight_sync", ["--hidden", "128", "--layers", "2", "--actors", "1"]),
-    pytest.param("benchmarks.weight_sync", ["--hidden", "128", "--layers", "2", "--actors", "1", "--vllm"],
+    ("benchmarks.reward_cost", ["--prompts", "2", "--group", "4", "--batch-sizes", "4", "8", "--verdict-tokens", "4",
+                                "--repeats", "1"]),
+    ("benchmarks.weight_sync", ["--size", "tiny", "--actors", "1", "--repeats", "1"]),
+    pytest.param("benchmarks.weight_sync", ["--size", "tiny", "--actors", "1", "--repeats", "1", "--paths",
+                                            "shared_memory", "--vllm"],
                  marks=[pytest.mark.vllm, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                                              reason="vLLM is not installed")], id="weight_sync-vllm"),
     ("benchmarks.pipeline_overhead", ["--steps", "2", "--sft-steps", "2", "--repeats", "1"]),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -52,8 +51,6 @@ def test_overlapped_rollouts_finish_with_bounded_staleness_and_correct_prefetche
 
 class LocalPool:
     """The rollout pool's interface over one in-process engine (the Ray lane covers the real pool)."""
-
-    sync = SimpleNamespace(on_device=False)
 
     def __init__(self, engine):
         self.engine, self.version = engine, 0

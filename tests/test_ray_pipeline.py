@@ -15,6 +15,7 @@ from rl.config import ActorGroupConfig
 from rl.remote_reward import RemoteReward
 from rl.rollout_pool import RolloutPool
 from rl.tasks.shapes import make_shapes_dataset
+from rl.weight_sync.export import PolicyWeights
 
 pytestmark = pytest.mark.ray
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
@@ -46,24 +47,130 @@ def test_pool_gathers_in_order_across_actors(ray_local, warm_policy):
     assert all(len(r.logprobs) == len(r.completion_ids) for g in sampled for r in g)
 
 
-def test_weight_sync_makes_actor_greedy_output_equal_the_learners(ray_local, warm_policy):
-    learner = HFEngine(warm_policy)
-    group = ActorGroupConfig(num_actors=2, num_cpus=1)
-    pool = RolloutPool(spawn_group("rollout", HFEngine, {"model": warm_policy}, group), 120)
+def _perturbed_learner(policy, dtype="float32"):
+    learner = HFEngine(policy, dtype=dtype)
     torch.manual_seed(1)
     with torch.no_grad():  # perturb: the synced weights must differ from what the actors loaded
         for name, p in learner.model.named_parameters():
             if "visual" not in name:
                 p.add_(torch.randn_like(p) * 0.05)
-    requests = _requests(4, seed=3)
-    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=10)
-    before = [g[0].completion_ids for g in pool.generate(requests, greedy)]
-    mine = [g[0].completion_ids for g in learner.generate(requests, greedy)]
-    assert before != mine, "perturbation too small to test anything"
-    pool.load_weights({k: v.clone() for k, v in learner.model.state_dict().items()}, version=7)
-    after = pool.generate(requests, greedy)
-    assert [g[0].completion_ids for g in after] == mine
-    assert {r.version for g in after for r in g} == {7} and pool.versions() == [7, 7]
+    return learner
+
+
+# Every transport that reaches HF engines, with buckets small enough that a sync takes many (64 KiB).
+SYNC_PATHS = ["object_store", "shared_memory", "broadcast"]
+TRANSPORTS = {"object_store": "ObjectStoreSync", "shared_memory": "SharedMemorySync", "broadcast": "BroadcastSync"}
+
+
+@pytest.mark.parametrize("weight_sync", SYNC_PATHS)
+def test_weight_sync_makes_actor_greedy_output_equal_the_learners(ray_local, warm_policy, weight_sync):
+    learner = _perturbed_learner(warm_policy)
+    group = ActorGroupConfig(num_actors=2, num_cpus=1)
+    pool = RolloutPool(spawn_group("rollout", HFEngine, {"model": warm_policy}, group), 120, weight_sync=weight_sync,
+                       bucket_mb=1 / 16)
+    assert type(pool.sync).__name__ == TRANSPORTS[weight_sync]
+    try:
+        requests = _requests(4, seed=3)
+        greedy = SamplingParams(n=1, temperature=0.0, max_tokens=10)
+        before = [g[0].completion_ids for g in pool.generate(requests, greedy)]
+        mine = [g[0].completion_ids for g in learner.generate(requests, greedy)]
+        assert before != mine, "perturbation too small to test anything"
+        pool.load_weights(PolicyWeights(learner.model), version=7)
+        after = pool.generate(requests, greedy)
+        assert [g[0].completion_ids for g in after] == mine
+        assert {r.version for g in after for r in g} == {7} and pool.versions() == [7, 7]
+        # A second sync (the path's steady state: mapped files, a formed group) after another change.
+        with torch.no_grad():
+            learner.model.get_output_embeddings().weight.mul_(1.5)
+        pool.load_weights(PolicyWeights(learner.model), version=8)
+        assert [g[0].completion_ids for g in pool.generate(requests, greedy)] == \
+            [g[0].completion_ids for g in learner.generate(requests, greedy)]
+        actor_state = ray_local.get(pool.actors[1].state_dict.remote())
+        assert all(torch.equal(actor_state[k], v) for k, v in learner.model.state_dict().items())
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("weight_sync", SYNC_PATHS)
+def test_float32_learner_weights_reach_bfloat16_engines_cast(ray_local, warm_policy, weight_sync):
+    """The GPU layout's dtypes (float32 masters, bfloat16 engines): each path casts on the way (in its
+    staging buckets), and the engines decode as a bfloat16 engine given the same weights does."""
+    learner = _perturbed_learner(warm_policy)
+    pool = RolloutPool(spawn_group("rollout", HFEngine, {"model": warm_policy, "dtype": "bfloat16"},
+                                   ActorGroupConfig(num_actors=1, num_cpus=1)), 120, weight_sync=weight_sync,
+                       bucket_mb=1 / 16)
+    try:
+        pool.load_weights(PolicyWeights(learner.model, torch.bfloat16), version=1)
+        local = HFEngine(warm_policy, dtype="bfloat16")
+        local.load_weights(PolicyWeights(learner.model, torch.bfloat16), version=1)
+        requests, greedy = _requests(4, seed=3), SamplingParams(n=1, temperature=0.0, max_tokens=10)
+        assert [g[0].completion_ids for g in pool.generate(requests, greedy)] == \
+            [g[0].completion_ids for g in local.generate(requests, greedy)]
+        actor_state = ray_local.get(pool.actors[0].state_dict.remote())
+        assert all(v.dtype == torch.bfloat16 and torch.equal(v, local.state_dict()[k])
+                   for k, v in actor_state.items() if v.is_floating_point())
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("weight_sync", ["shared_memory", "broadcast"])
+def test_an_actor_restarted_between_syncs_gets_the_last_weights_again(ray_local, warm_policy, weight_sync):
+    """Killed after a sync, an actor comes back with the checkpoint's weights: the pool restores the
+    version it held (the broadcast re-forms its group) before re-issuing its share."""
+    learner = _perturbed_learner(warm_policy)
+    pool = RolloutPool(spawn_group("rollout", HFEngine, {"model": warm_policy},
+                                   ActorGroupConfig(num_actors=2, num_cpus=1, max_restarts=1)), 120,
+                       weight_sync=weight_sync, bucket_mb=1 / 16)
+    try:
+        pool.load_weights(PolicyWeights(learner.model), version=3)
+        old_pid = ray_local.get(actor_pid(pool.actors[1]))
+        ray_local.kill(pool.actors[1], no_restart=False)
+        requests, greedy = _requests(4, seed=3), SamplingParams(n=1, temperature=0.0, max_tokens=10)
+        got = pool.generate(requests, greedy)
+        assert ray_local.get(actor_pid(pool.actors[1])) != old_pid and pool.restarts == 1
+        assert [g[0].completion_ids for g in got] == [g[0].completion_ids for g in learner.generate(requests, greedy)]
+        assert pool.versions() == [3, 3]
+        pool.load_weights(PolicyWeights(learner.model), version=4)  # the group (if any) works after the restart
+        assert pool.versions() == [4, 4]
+    finally:
+        pool.close()
+
+
+class BrokenReceiver:
+    """An engine whose process dies (or hangs) while it loads a broadcast bucket."""
+
+    device = "cpu"
+
+    def __init__(self, hang: bool):
+        self.hang = hang
+
+    def load_weights(self, state, version):
+        import os
+        import time
+
+        if self.hang:
+            time.sleep(3600)
+        os._exit(1)
+
+
+@pytest.mark.parametrize("hang", [False, True])
+def test_a_broadcast_whose_receiver_dies_or_hangs_ends_in_actor_failure_not_a_hang(ray_local, hang):
+    import sys
+    import time
+
+    from ray import cloudpickle
+
+    from rl.errors import ActorFailureError
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    actors = spawn_group("broken", BrokenReceiver, {"hang": hang},
+                         ActorGroupConfig(num_actors=1, num_cpus=0.5, max_restarts=0))
+    pool = RolloutPool(actors, timeout_s=8, max_retries=0, weight_sync="broadcast")
+    start = time.monotonic()
+    with pytest.raises(ActorFailureError, match="failed mid-round"):
+        pool.load_weights({"w": torch.ones(1000)}, version=1)
+    assert time.monotonic() - start < (6 if not hang else 14)  # a death is seen at once, a hang at the timeout
+    ray_local.kill(actors[0])
 
 
 def test_remote_reward_matches_local(ray_local, untrained_rm):

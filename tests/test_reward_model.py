@@ -120,6 +120,83 @@ def test_scores_change_when_only_the_image_changes(untrained_rm):
     assert scores[0] != scores[1] and scores[0] == pytest.approx(scores[2], abs=1e-6)
 
 
+def test_the_scorers_throughput_options_change_nothing_but_speed(untrained_rm):
+    """Prefetching, length-sorted batches and one vision pass per distinct image give the scores of
+    the plain path, in the caller's order; the vision tower really sees each distinct image once."""
+    from PIL import Image
+
+    from reward.scorer import BaseRewardScorer
+
+    colors = ["red", "blue", "green"]
+    prompts, completions, images = [], [], []
+    for c in colors:  # 3 prompts x 4 completions of different lengths, as GRPO scores them
+        for k in range(4):
+            prompts.append([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Color {c}?"}]}])
+            completions.append("It is " + "very " * (3 * k % 5) + c)
+            images.append([Image.new("RGB", (56, 56), c)])
+    plain = BaseRewardScorer.from_paths([untrained_rm], batch_size=5, prefetch=False, sort_by_length=False,
+                                        encode_images_once=False)
+    fast = BaseRewardScorer.from_paths([untrained_rm], batch_size=5)
+    visual = fast.backends[0].model.backbone.visual
+    seen = []
+    visual.register_forward_hook(lambda module, args, kwargs, out: seen.append(len(kwargs["grid_thw"])),
+                                 with_kwargs=True)
+    expected = plain(prompts, completions, images=images)
+    got = fast(prompts, completions, images=images)
+    assert got == pytest.approx(expected, abs=1e-5)
+    # Batches of 5 over 3 groups of 4 (sorted, groups kept together): distinct images per batch only.
+    assert sum(seen) < len(images) and len(seen) == 3
+
+
+def test_distinct_images_are_processed_once_into_what_the_processor_gives(untrained_rm):
+    """process_distinct_images: the processor's own tokens, token types and grids for every occurrence,
+    with each distinct image's pixels once; expanded back, its pixels equal the processor's."""
+    from PIL import Image
+
+    from policies.chat import render_conversation
+    from reward.scorer import BaseRewardScorer, process_distinct_images
+
+    scorer = BaseRewardScorer.from_paths([untrained_rm])
+    processor = scorer.backends[0].processor
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Color?"}]}]
+    red, blue = Image.new("RGB", (56, 56), "red"), Image.new("RGB", (112, 56), "blue")
+    images = [red, blue, red.copy(), red]
+    texts = [render_conversation(processor, scorer._conversation(prompt, f"it is {k}", 1)) for k in range(4)]
+    mine, occurrence = process_distinct_images(processor, texts, images, torch.device("cpu"))
+    theirs = processor(text=texts, images=images, padding=True, padding_side="right", return_tensors="pt")
+    assert occurrence == [0, 1, 0, 0] and mine["pixel_values"].shape[0] < theirs["pixel_values"].shape[0]
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw"):
+        assert torch.equal(mine[key], theirs[key]), key
+    patches = mine["distinct_grid_thw"].prod(-1).tolist()
+    starts = [0, patches[0]]
+    expanded = torch.cat([mine["pixel_values"][starts[j]:starts[j] + patches[j]] for j in occurrence])
+    assert torch.equal(expanded, theirs["pixel_values"])
+
+
+def test_a_backbone_without_precomputed_image_features_gets_every_occurrences_pixels(untrained_rm):
+    from PIL import Image
+
+    from reward.scorer import BaseRewardScorer
+
+    class WithoutEncoderOutputs(torch.nn.Module):  # a VLM whose forward takes pixels only
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask, use_cache=False, pixel_values=None, image_grid_thw=None,
+                    mm_token_type_ids=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                              image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids)
+
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Color?"}]}]
+    images = [[Image.new("RGB", (56, 56), c)] for c in ("red", "red", "blue", "red")]
+    plain = BaseRewardScorer.from_paths([untrained_rm], encode_images_once=False)
+    expected = plain([prompt] * 4, ["a", "bb", "a", "ccc"], images=images)
+    other = BaseRewardScorer.from_paths([untrained_rm])
+    other.backends[0].model.backbone = WithoutEncoderOutputs(other.backends[0].model.backbone)
+    assert other([prompt] * 4, ["a", "bb", "a", "ccc"], images=images) == pytest.approx(expected, abs=1e-5)
+
+
 def test_ensemble_averages_and_text_rows_route_to_the_text_model(untrained_rm, tiny_lm, tmp_path):
     from PIL import Image
 

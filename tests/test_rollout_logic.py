@@ -89,7 +89,6 @@ class _SlowSyncPool:
     """A pool whose weight load takes 0.3 s and whose generation is instant (timing attribution)."""
 
     version = 0
-    sync = SimpleNamespace(on_device=False)  # the pool's transport wants CPU tensors
 
     def load_weights(self, state, version):
         import time

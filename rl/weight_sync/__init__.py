@@ -1,34 +1,40 @@
 """How the learner's weights reach the rollout engines: one protocol, one module per transport.
 
-- `object_store.py`: the state dict goes into Ray's object store once, packed as numpy; every
-  rollout actor loads the same shared copy (any engine, any node).
-- `vllm_transfer.py`: vLLM's weight-transfer engine: the learner is rank 0 of one process group with
-  every inference worker and broadcasts straight into the engines (`rollout.weight_transfer: nccl`
-  on GPUs; `gloo`, its CPU twin, runs the same path in CI).
-- `export.py`: what is sent: the policy's full state dict (tied output head included, LoRA merged)
-  and its packing for the object store.
+- `shared_memory.py`: actors on the learner's node copy straight from the learner's memory: POSIX
+  shared memory on the CPU, CUDA IPC for actors on the learner's GPU. The fast path on one node.
+- `broadcast.py`: a bucketed broadcast from the learner's device to every actor: NCCL for actors
+  on other GPUs (and nodes), gloo between CPUs.
+- `object_store.py`: the state dict goes into Ray's object store once and every actor loads that
+  copy: any engine, any node, no process group. The fallback.
+- `vllm_transfer.py`: vLLM's own weight-transfer engine (`rollout.weight_transfer: nccl`; `gloo` is
+  its CPU twin, what CI runs): the learner broadcasts straight into vLLM's workers.
+- `export.py`: what is sent: the policy's weights as engines load them (tied head included, LoRA
+  merged, shards gathered), one tensor at a time, and the staging buffers of the bucketed paths.
+- `collective.py`: the process group the broadcasting transports form with the actors.
 
-The rollout pool calls `send` after optimizer steps and `restore` for an actor Ray restarted (it
-comes back with the initial weights); it never looks at which transport it holds. A transport
-receives the pool's `ActorCalls` (rl/actor_calls.py), whose actors host `RolloutEngine`s
-(policies/rollout_engine.py): every engine method a transport calls is listed there.
+`rollout.weight_sync: auto` picks the first of shared_memory, broadcast, object_store that can reach
+every actor from where they are (`choose_weight_sync`). The rollout pool calls `send` after
+optimizer steps and `restore` for an actor Ray restarted (it comes back with the initial weights);
+it never looks at which transport it holds.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+log = logging.getLogger(__name__)
+
+WEIGHT_SYNCS = ("auto", "shared_memory", "broadcast", "object_store")  # rollout.weight_sync values
 VLLM_BACKENDS = ("nccl", "gloo")  # rollout.weight_transfer values (vllm_transfer.TRAINER_INIT_INFO's keys)
 
 
 class WeightSync(Protocol):
-    # True: `send` takes the tensors where the learner holds them (a broadcast from its device);
-    # False: CPU tensors.
-    on_device: bool
-
     def send(self, state: Mapping[str, Any], version: int) -> None:
-        """Every actor holds `state` as policy `version` when this returns."""
+        """Every actor holds `state` as policy `version` when this returns. `state` is read once, in
+        order, one tensor at a time (a PolicyWeights, or any state dict)."""
         ...
 
     def restore(self, actor: int, version: int) -> None:
@@ -38,8 +44,29 @@ class WeightSync(Protocol):
     def close(self) -> None: ...
 
 
-def check_transport(transport: str | None, backend: str) -> None:
+@dataclass(frozen=True)
+class Location:
+    """Where a process's weights live: its Ray node, and the UUID of its GPU (None: the CPU)."""
+
+    node: str
+    gpu: str | None = None
+
+
+def choose_weight_sync(learner: Location, actors: list[Location]) -> str:
+    """The fastest transport that reaches every actor: shared memory when all share the learner's node
+    and device (the CPU, or the learner's own GPU through CUDA IPC), a broadcast when the learner and
+    every actor are on GPUs (NCCL), else the object store."""
+    if all(a.node == learner.node and a.gpu == learner.gpu for a in actors):
+        return "shared_memory"
+    if learner.gpu is not None and all(a.gpu is not None for a in actors):
+        return "broadcast"
+    return "object_store"
+
+
+def check_transport(weight_sync: str, transport: str | None, backend: str) -> None:
     """A config whose transport cannot work with its engine backend fails before anything starts."""
+    if weight_sync not in WEIGHT_SYNCS:
+        raise ValueError(f"rollout.weight_sync must be one of {WEIGHT_SYNCS}, got {weight_sync!r}")
     if transport is None:
         return
     if transport not in VLLM_BACKENDS:
@@ -47,6 +74,9 @@ def check_transport(transport: str | None, backend: str) -> None:
     if backend != "vllm":
         raise ValueError(f"rollout.weight_transfer={transport!r} is vLLM's weight-transfer engine: it needs "
                          f"rollout.backend=vllm (got {backend!r})")
+    if weight_sync != "auto":
+        raise ValueError(f"rollout.weight_transfer={transport!r} is the transport; rollout.weight_sync="
+                         f"{weight_sync!r} would name another: leave weight_sync at auto")
 
 
 def engine_options(transport: str | None) -> dict[str, Any]:
@@ -57,12 +87,49 @@ def engine_options(transport: str | None) -> dict[str, Any]:
     return {"weight_transfer": transport, "worker_extension": "rl.weight_sync.vllm_transfer.TransferWorkerExtension"}
 
 
-def make_weight_sync(transport: str | None, calls: Any) -> WeightSync:
-    """The transport for `rollout.weight_transfer` over the rollout actors behind `calls` (ActorCalls)."""
-    if transport is None:
-        from rl.weight_sync.object_store import ObjectStoreSync
+def here() -> Location:
+    """This process's Location (the learner's, when the learner builds its rollout pool)."""
+    import ray
+    import torch
 
-        return ObjectStoreSync(calls)
-    from rl.weight_sync.vllm_transfer import VLLMTransferSync  # imports vLLM
+    gpu = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid) \
+        if torch.cuda.is_available() else None
+    return Location(ray.get_runtime_context().get_node_id(), gpu)
 
-    return VLLMTransferSync(calls, transport)
+
+def _engine_location(engine: Any) -> Location:
+    import ray
+    import torch
+
+    device = torch.device(getattr(engine, "device", "cpu"))
+    gpu = str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None
+    return Location(ray.get_runtime_context().get_node_id(), gpu)
+
+
+def make_weight_sync(weight_sync: str, transport: str | None, calls: Any, bucket_bytes: int = 512 << 20) -> WeightSync:
+    """The transport over the rollout actors behind `calls` (ActorCalls): vLLM's weight-transfer
+    engine when `transport` names one, else `weight_sync` (`auto`: see choose_weight_sync; an engine
+    without a `device` attribute counts as on the CPU, so vLLM engines on GPUs get the object store
+    unless they have a weight-transfer backend)."""
+    if weight_sync not in WEIGHT_SYNCS:
+        raise ValueError(f"rollout.weight_sync must be one of {WEIGHT_SYNCS}, got {weight_sync!r}")
+    if transport is not None:
+        from rl.weight_sync.vllm_transfer import VLLMTransferSync  # imports vLLM
+
+        return VLLMTransferSync(calls, transport)
+    learner = here()
+    if weight_sync == "auto":
+        actors = calls.all(lambda i: calls.actors[i].__ray_call__.remote(_engine_location), "location")
+        weight_sync = choose_weight_sync(learner, actors)
+        log.info("weight sync: %s (learner on %s; actors on %s)", weight_sync, learner, set(actors))
+    if weight_sync == "shared_memory":
+        from rl.weight_sync.shared_memory import SharedMemorySync
+
+        return SharedMemorySync(calls, bucket_bytes)
+    if weight_sync == "broadcast":
+        from rl.weight_sync.broadcast import BroadcastSync
+
+        return BroadcastSync(calls, "nccl" if learner.gpu is not None else "gloo", bucket_bytes)
+    from rl.weight_sync.object_store import ObjectStoreSync
+
+    return ObjectStoreSync(calls)

@@ -1,5 +1,5 @@
-"""What a weight sync sends: the policy's state dict as a rollout engine loads it, and its packing
-for Ray's object store."""
+"""What a weight sync sends: the policy's weights as a rollout engine loads them, produced one tensor
+at a time (`PolicyWeights`), and their packing for Ray's object store (`PackedState`)."""
 
 from __future__ import annotations
 
@@ -11,41 +11,168 @@ import torch
 
 # dtypes numpy lacks: sent as same-width integers and viewed back on arrival
 _BIT_VIEWS = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.int8, torch.float8_e5m2: torch.int8}
+_PEFT_PREFIX = "base_model.model."
 
 
-def policy_state_dict(model: Any, on_cpu: bool = True, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The policy's full weights as a rollout engine loads them, on the CPU (or where they are:
-    `on_cpu=False`, for a broadcast from the learner's GPU), in `dtype` (None: the learner's; bfloat16
-    engines beside float32 master weights get half the bytes, cast tensor by tensor).
+class PolicyWeights(Mapping[str, torch.Tensor]):
+    """The policy's full weights as a rollout engine loads them, materialised lazily, one tensor per
+    lookup, where the learner holds them (its GPU, or the CPU).
 
-    Full state dict: it includes tied copies (e.g. lm_head.weight), so engines with a separate
-    output head (vLLM) do not keep a stale one. A PEFT (LoRA) policy is merged functionally: each
-    adapted layer's base weight plus its adapter delta (PEFT's get_delta_weight), under the base
-    model's key names; the training model is not touched (no merge/unmerge round trip in place).
+    - Full state dict: tied copies included (e.g. lm_head.weight), so engines with a separate output
+      head (vLLM) never keep a stale one.
+    - A PEFT (LoRA) policy is merged functionally: an adapted layer's weight is its base weight plus
+      the adapters' deltas (PEFT's get_delta_weight), under the base model's key names; the training
+      model is not touched.
+    - A sharded learner (FSDP2's DTensors) is gathered tensor by tensor (`full_tensor`, a collective:
+      every rank must look the tensors up in the same order, which iteration order gives).
+    - `dtype` (None: the learner's): floating tensors are cast to it on lookup; transports that copy
+      into a buffer anyway cast while copying (`source` + `target_dtype`), so no cast copy is made.
+
+    Nothing is held beyond one tensor, so the peak extra memory of a sync is the transport's bucket,
+    never a second copy of the policy.
     """
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None):
+        self.dtype = dtype
+        self._state = model.state_dict()  # references to the live tensors (or shards), no copies
+        self._lora = _lora_layers(model)  # base-layer weight key -> its LoraLayer
+        self._names = {_engine_name(k): k for k in self._state if ".lora_" not in k}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = self.source(name)
+        target = self.target_dtype(tensor)
+        return tensor if tensor.dtype == target else tensor.to(target)
+
+    def source(self, name: str) -> torch.Tensor:
+        """The tensor for `name` in the learner's dtype: its own storage where it can be (see `persistent`)."""
+        key = self._names[name]
+        value = self._state[key].detach()
+        if hasattr(value, "full_tensor"):  # a DTensor shard (FSDP2): all ranks gather it together
+            value = value.full_tensor()
+        layer = self._lora.get(key)
+        if layer is not None:
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    value = value + layer.get_delta_weight(adapter).detach()
+        return value
+
+    def persistent(self, name: str) -> bool:
+        """True when `source(name)` is the learner's own tensor (not a gathered or merged copy): a
+        transport may then share its memory with the engines instead of copying it."""
+        key = self._names[name]
+        return key not in self._lora and not hasattr(self._state[key], "full_tensor")
+
+    def target_dtype(self, tensor: torch.Tensor) -> torch.dtype:
+        return self.dtype if self.dtype is not None and tensor.is_floating_point() else tensor.dtype
+
+    def meta(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        """(name, dtype as sent, shape) of every tensor, without materialising any."""
+        out = []
+        for name, key in self._names.items():
+            value = self._state[key]
+            out.append((name, self.target_dtype(value), tuple(value.shape)))
+        return out
+
+
+def as_weights(state: Mapping[str, torch.Tensor]) -> Any:
+    """`state` with PolicyWeights' interface (a plain dict: nothing persistent, no cast)."""
+    return state if isinstance(state, (PolicyWeights, _PlainWeights)) else _PlainWeights(state)
+
+
+class _PlainWeights(Mapping[str, torch.Tensor]):
+    dtype = None
+
+    def __init__(self, state: Mapping[str, torch.Tensor]):
+        self._state = state
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._state[name]
+
+    def source(self, name: str) -> torch.Tensor:
+        return self._state[name].detach()
+
+    def persistent(self, name: str) -> bool:
+        return False  # whoever built the dict may drop or reuse its tensors: copy them
+
+    def target_dtype(self, tensor: torch.Tensor) -> torch.dtype:
+        return tensor.dtype
+
+    def meta(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        return [(name, t.dtype, tuple(t.shape)) for name, t in self._state.items()]
+
+
+def policy_state_dict(model: Any, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """PolicyWeights copied to the CPU at once (tests and tools; the transports stream instead)."""
+    return {name: tensor.cpu().clone() for name, tensor in PolicyWeights(model, dtype).items()}
+
+
+def _engine_name(key: str) -> str:
+    return key.removeprefix(_PEFT_PREFIX).replace(".base_layer.", ".")
+
+
+def _lora_layers(model: torch.nn.Module) -> dict[str, Any]:
+    if not getattr(model, "peft_config", None):
+        return {}
     try:
         from peft.tuners.lora import LoraLayer
-    except ImportError:
-        LoraLayer = None  # noqa: N806 (no PEFT installed: no adapters to merge)
-    deltas: dict[str, Any] = {}
-    if LoraLayer is not None and getattr(model, "peft_config", None):
-        for name, module in model.named_modules():
-            if isinstance(module, LoraLayer) and not module.merged:
-                for adapter in module.active_adapters:
-                    if adapter in module.lora_A:
-                        delta = module.get_delta_weight(adapter).detach()
-                        deltas[name] = deltas[name] + delta if name in deltas else delta
-    state: dict[str, Any] = {}
-    for key, value in model.state_dict().items():
-        if ".lora_" in key:
-            continue
-        value = value.detach()
-        if key.endswith(".base_layer.weight") and key[: -len(".base_layer.weight")] in deltas:
-            value = value + deltas[key[: -len(".base_layer.weight")]]
-        if dtype is not None and value.is_floating_point():
-            value = value.to(dtype)
-        state[key.removeprefix("base_model.model.").replace(".base_layer.", ".")] = value.cpu() if on_cpu else value
-    return state
+    except ImportError:  # no PEFT installed: no adapters to merge
+        return {}
+    return {f"{name}.base_layer.weight": module for name, module in model.named_modules()
+            if isinstance(module, LoraLayer) and not module.merged and module.active_adapters}
+
+
+ALIGN = 256  # bytes: every staged tensor starts on this boundary (any dtype's alignment)
+
+
+def aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+class Staging:
+    """A reusable byte buffer that tensors are copied (and cast) into, bucket after bucket, by the
+    transports that send buckets. `shared`: in POSIX shared memory (CPU; other processes on the node
+    can map it); on a GPU, device memory."""
+
+    def __init__(self, nbytes: int, device: torch.device, shared: bool = False):
+        self.device = device
+        if device.type == "cpu" and shared:
+            storage = torch.UntypedStorage._new_using_filename_cpu(nbytes)
+            self.buffer = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,), (1,))  # [nbytes]
+        else:
+            self.buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)  # [nbytes]
+        self.used = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.numel()
+
+    def fits(self, nbytes: int) -> bool:
+        return aligned(self.used) + nbytes <= self.nbytes
+
+    def put(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """`tensor` cast to `dtype` in the next free bytes; returns that view."""
+        start = aligned(self.used)
+        nbytes = tensor.numel() * dtype.itemsize
+        view = self.buffer[start:start + nbytes].view(dtype).view(tensor.shape)
+        view.copy_(tensor)  # cast while copying: no intermediate copy
+        self.used = start + nbytes
+        return view
+
+    def filled(self) -> torch.Tensor:
+        """The bytes put since the last reset: [used]."""
+        return self.buffer[:self.used]
 
 
 class PackedState(Mapping[str, torch.Tensor]):
@@ -64,9 +191,12 @@ class PackedState(Mapping[str, torch.Tensor]):
 
     @classmethod
     def pack(cls, state: Mapping[str, torch.Tensor]) -> PackedState:
+        """Every tensor of `state` moved to the CPU (and cast, for PolicyWeights) in one copy."""
+        weights = as_weights(state)
         arrays = {}
-        for name, tensor in state.items():
-            t = tensor.detach().cpu().contiguous()
+        for name in weights:
+            source = weights.source(name)
+            t = source.to("cpu", weights.target_dtype(source)).contiguous()
             view = _BIT_VIEWS.get(t.dtype)
             arrays[name] = ((t.view(view) if view is not None else t).numpy(), str(t.dtype).removeprefix("torch."))
         return cls(arrays)

@@ -16,8 +16,6 @@ from rl.weight_sync.export import PackedState
 
 
 class ObjectStoreSync:
-    on_device = False  # the state dict is packed from CPU tensors
-
     def __init__(self, calls: ActorCalls):
         self.calls = calls
         self._last: Any = None  # ObjectRef of the last state sent; None: the actors hold the initial weights

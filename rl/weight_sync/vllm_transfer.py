@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,29 +58,33 @@ from policies.vllm_engine import WeightReloadExtension
 from rl.actor_calls import ActorCalls, gather
 from rl.actors import actor_pid
 from rl.errors import ActorFailureError
+from rl.weight_sync.collective import failed_ref, watched
+from rl.weight_sync.export import as_weights
 
 log = logging.getLogger(__name__)
 GLOO_TIMEOUT = timedelta(minutes=10)  # a peer that never arrives is an error, not a hang
 
 
 class StateDictSource(WeightSource):
-    """A `WeightSource` over the latest state dict the learner handed over (`update` before each round).
+    """A `WeightSource` over the weights the learner handed over (`update` before each round).
 
-    vLLM's `ModuleSource` sends `named_parameters()`; a rollout engine needs the state dict as
-    `policy_state_dict` builds it instead (tied output head included, LoRA merged, PEFT prefixes off).
+    vLLM's `ModuleSource` sends `named_parameters()`; a rollout engine needs the weights as
+    `PolicyWeights` gives them instead (tied output head included, LoRA merged, PEFT prefixes off,
+    cast to the engines' dtype one tensor at a time).
     """
 
     def __init__(self, state: Mapping[str, torch.Tensor] | None = None):
-        self.state = state or {}
+        self.state = as_weights(state or {})
 
     def update(self, state: Mapping[str, torch.Tensor]) -> None:
-        self.state = state
+        self.state = as_weights(state)
 
     def metadata(self) -> list[ParamMeta]:
-        return [ParamMeta(name, t.dtype, tuple(t.shape)) for name, t in self.state.items()]
+        return [ParamMeta(name, dtype, shape) for name, dtype, shape in self.state.meta()]
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        yield from self.state.items()
+        for name in self.state:
+            yield name, self.state[name]
 
 
 class GlooGroup:
@@ -229,17 +232,7 @@ class PoolSyncClient:
 
     def failed_receiver(self) -> int | None:
         """The actor whose receive of the round in flight ended in an error (its process died), if any."""
-        import ray
-        from ray.exceptions import RayError
-
-        receiving = self.receiving
-        ready, _ = ray.wait(receiving, num_returns=len(receiving), timeout=0) if receiving else ([], [])
-        for ref in ready:
-            try:
-                ray.get(ref, timeout=0)
-            except RayError:
-                return receiving.index(ref)
-        return None
+        return failed_ref(self.receiving)
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         version = int(weight_version) if weight_version is not None else self.version
@@ -257,8 +250,6 @@ class VLLMTransferSync:
     ActorFailureError: the run stops with a checkpoint to resume from.
     """
 
-    on_device = True  # broadcast straight from the learner's device
-
     def __init__(self, calls: ActorCalls, backend: str):
         if backend not in TRAINER_INIT_INFO:
             raise ValueError(f"rollout.weight_transfer must be one of {BACKENDS}, got {backend!r}")
@@ -268,10 +259,12 @@ class VLLMTransferSync:
         self.client: PoolSyncClient | None = None
         self.engine: Any = None  # vLLM's trainer engine, once the group is formed
         self.pids: list[int] = []  # the actor processes in the group (a restart changes one)
+        self._learner_thread: threading.Thread | None = None  # the thread that sends (restores must too)
 
     def send(self, state: Mapping[str, torch.Tensor], version: int) -> None:
         from ray.exceptions import RayActorError
 
+        self._learner_thread = threading.current_thread()
         self._reform_if_restarted()
         try:
             self._round(state, version)
@@ -291,7 +284,7 @@ class VLLMTransferSync:
         if not self.source.state:  # nothing sent yet: the restarted actor holds the initial weights
             self._reopen()
             return
-        if threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not self._learner_thread:
             raise ActorFailureError(f"rollout actor {actor} restarted while generating ahead (rollout.overlap); with "
                                     "rollout.weight_transfer its weights can only be restored between steps")
         log.info("rollout actor %d restarted: re-forming the weight-transfer group, re-sending version %d", actor,
@@ -305,32 +298,17 @@ class VLLMTransferSync:
         self.engine = None
 
     def _round(self, state: Mapping[str, torch.Tensor], version: int) -> None:
-        """One round, watched: an NCCL broadcast has no timeout of its own and waits forever for a peer
-        that died, so it runs on a (daemon) thread while this one watches the receiving actors."""
+        """One round, watched (an NCCL broadcast waits forever for a peer that died)."""
         if self.engine is None:
             self._open()
         self.source.update(state)
         self.client.version = version
-        done, errors = threading.Event(), []
 
-        def send() -> None:
-            try:
-                self.engine.send_weights()
-            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
-                errors.append(e)
-            finally:
-                done.set()
+        def dead() -> str | None:
+            i = self.client.failed_receiver()
+            return None if i is None else f"rollout actor {i}"
 
-        threading.Thread(target=send, name=f"weight-transfer-{version}", daemon=True).start()
-        deadline = time.monotonic() + self.calls.timeout_s
-        while not done.wait(0.2):
-            dead = self.client.failed_receiver()
-            if dead is not None:
-                raise RuntimeError(f"rollout actor {dead} died while receiving the broadcast")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the round did not finish within rollout.timeout_s={self.calls.timeout_s:.0f}s")
-        if errors:
-            raise errors[0]
+        watched(self.engine.send_weights, dead, self.calls.timeout_s, f"weight transfer of version {version}")
 
     def _open(self) -> None:
         import ray

@@ -1,0 +1,209 @@
+"""Weight sync by a bucketed broadcast from the learner's device: NCCL between GPUs (across nodes
+too), gloo on CPUs, for engines that load a state dict (the transformers engine; vLLM engines use
+vLLM's own weight-transfer engine, vllm_transfer.py).
+
+The learner is rank 0 of a process group with every rollout actor (collective.py). Each bucket is
+cast into a staging buffer on the learner's device and broadcast once; every actor receives it into a
+buffer of its own on its engine's device and loads the views with the engine's `load_weights`. The
+actors' side runs through `actor.__ray_call__` (the functions below are given the hosted engine), so
+an engine needs no method for it. The group is formed at the first sync and re-formed when Ray
+restarts an actor; an actor that dies inside a round ends the sync in an ActorFailureError (the run
+stops with a checkpoint to resume from), never a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from rl.actor_calls import ActorCalls, gather
+from rl.errors import ActorFailureError
+from rl.weight_sync.collective import (
+    BACKENDS,
+    broadcast,
+    close_group,
+    failed_ref,
+    join_store,
+    open_group,
+    serve_store,
+    watched,
+)
+from rl.weight_sync.export import Staging, aligned, as_weights
+
+log = logging.getLogger(__name__)
+
+# In each actor process: the group it is in (name -> backend object), and its receive buffer.
+_groups: dict[str, Any] = {}
+_buffers: dict[torch.device, torch.Tensor] = {}
+
+
+def _engine_device(engine: Any) -> torch.device:
+    return torch.device(getattr(engine, "device", "cpu"))
+
+
+def join(engine: Any, name: str, backend: str, host: str, port: int, rank: int, world_size: int,
+         timeout_s: float) -> None:
+    """Run in a rollout actor: leave any old group, join group `name` as `rank`."""
+    leave(engine)
+    if backend == "nccl":
+        torch.cuda.set_device(_engine_device(engine))
+    timeout = timedelta(seconds=timeout_s)
+    store = join_store(host, port, world_size, timeout)
+    _groups[name] = (open_group(backend, store, name, rank, world_size, timeout), store)
+
+
+def leave(engine: Any) -> None:
+    for group, _store in _groups.values():
+        close_group(group)
+    _groups.clear()
+    _buffers.clear()
+
+
+def receive(engine: Any, name: str, manifest: list[tuple[str, torch.dtype, tuple[int, ...], int]], nbytes: int,
+            version: int) -> None:
+    """Run in a rollout actor: receive one bucket of `nbytes` and load the tensors `manifest` lays out
+    in it ((name, dtype, shape, byte offset))."""
+    device = _engine_device(engine)
+    buffer = _buffers.get(device)
+    if buffer is None or buffer.numel() < nbytes:
+        buffer = _buffers[device] = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    bucket = buffer[:nbytes]  # [nbytes]
+    broadcast(_groups[name][0], bucket, src=0)
+    views = {key: bucket[offset:offset + dtype.itemsize * _numel(shape)].view(dtype).view(shape)
+             for key, dtype, shape, offset in manifest}
+    engine.load_weights(views, version)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+class BroadcastSync:
+    """The learner's side; see the module docstring."""
+
+    def __init__(self, calls: ActorCalls, backend: str, bucket_bytes: int = 512 << 20):
+        if backend not in BACKENDS:
+            raise ValueError(f"broadcast backend must be one of {BACKENDS}, got {backend!r}")
+        self.calls = calls
+        self.backend = backend
+        self.bucket_bytes = bucket_bytes
+        self.device = torch.device("cuda" if backend == "nccl" else "cpu")  # where buckets are staged
+        self.group: Any = None
+        self.name = ""
+        self.pids: list[int] = []  # the actor processes in the group (a restart changes one)
+        self._store: Any = None
+        self._staging: Staging | None = None
+        self._last: Any = None
+        self._learner_thread: threading.Thread | None = None
+
+    def send(self, state: Mapping[str, torch.Tensor], version: int) -> None:
+        self._learner_thread = threading.current_thread()
+        self._last = as_weights(state)
+        if self.group is None:
+            self._open()
+        else:
+            restarted = [i for i, (old, new) in enumerate(zip(self.pids, self.calls.pids())) if old != new]
+            if restarted:
+                log.warning("rollout actors %s were restarted; re-forming the weight-sync group", restarted)
+                self.calls.restarts += len(restarted)
+                self._open()
+        self._stream(self._last, version)
+
+    def restore(self, actor: int, version: int) -> None:
+        """A restarted actor lost its place in the group: re-form it and broadcast the last weights again."""
+        if self.group is None:  # no group yet: the next sync forms one with everybody
+            return
+        if self._last is None:  # nothing sent yet: the restarted actor holds the initial weights
+            self._open()
+            return
+        if threading.current_thread() is not self._learner_thread:
+            raise ActorFailureError(f"rollout actor {actor} restarted while generating ahead (rollout.overlap); with "
+                                    "rollout.weight_sync=broadcast its weights can only be restored between steps")
+        self._open()
+        self._stream(self._last, version)
+
+    def close(self) -> None:
+        if self.group is not None:
+            import ray
+            from ray.exceptions import RayError
+
+            try:
+                ray.get([a.__ray_call__.remote(leave) for a in self.calls.actors], timeout=self.calls.timeout_s)
+            except RayError as e:
+                log.warning("an actor could not leave the weight-sync group: %s", e)
+            close_group(self.group)
+        self.group = self._store = self._last = None
+
+    def _open(self) -> None:
+        """Form a new group with every actor (each leaves the old one first)."""
+        import ray
+
+        if self.group is not None:
+            close_group(self.group)
+        actors = self.calls.actors
+        world_size = 1 + len(actors)
+        timeout = timedelta(seconds=self.calls.timeout_s)
+        host = ray.util.get_node_ip_address()
+        self._store = serve_store(host, world_size, timeout)
+        self.name = f"brl-weights-{uuid.uuid4().hex[:8]}"
+        joins = [a.__ray_call__.remote(join, self.name, self.backend, host, self._store.port, rank, world_size,
+                                       self.calls.timeout_s) for rank, a in enumerate(actors, start=1)]
+        self.group = open_group(self.backend, self._store, self.name, 0, world_size, timeout)  # gloo: waits for all
+        gather(joins, self.calls.timeout_s, "rollout actors (joining the weight-sync group)")
+        self.pids = self.calls.pids()
+        log.info("weight-sync group (%s broadcast) formed: learner + %d actors", self.backend, len(actors))
+
+    def _stream(self, weights: Any, version: int) -> None:
+        manifest: list[tuple[str, torch.dtype, tuple[int, ...], int]] = []
+        for name in weights:
+            source = weights.source(name)
+            dtype = weights.target_dtype(source)
+            nbytes = source.numel() * dtype.itemsize
+            staging = self._staging_for(nbytes)
+            if manifest and not staging.fits(nbytes):
+                self._round(manifest, version)
+                manifest = []
+                staging = self._staging_for(nbytes)
+            offset = aligned(staging.used)
+            staging.put(source, dtype)  # to the staging device and dtype in one copy
+            manifest.append((name, dtype, tuple(source.shape), offset))
+        if manifest:
+            self._round(manifest, version)
+
+    def _staging_for(self, nbytes: int) -> Staging:
+        staging = self._staging
+        if staging is None or (staging.used == 0 and staging.nbytes < nbytes):
+            staging = self._staging = Staging(max(self.bucket_bytes, aligned(nbytes)), self.device)
+        return staging
+
+    def _round(self, manifest: list, version: int) -> None:
+        staging = self._staging
+        nbytes = staging.used
+        if self.device.type == "cuda":
+            torch.cuda.current_stream().synchronize()  # the bucket is complete before NCCL reads it
+        actors = self.calls.actors
+        receiving = [a.__ray_call__.remote(receive, self.name, manifest, nbytes, version) for a in actors]
+
+        def dead() -> str | None:
+            i = failed_ref(receiving)
+            return None if i is None else f"rollout actor {i}"
+
+        try:
+            watched(lambda: broadcast(self.group, staging.filled(), src=0), dead, self.calls.timeout_s,
+                    f"weight-sync broadcast of version {version}")
+            gather(receiving, self.calls.timeout_s, f"rollout actors (loading weights version {version})")
+        except Exception as e:  # a dead peer (Ray's error or the collective's), or a timeout
+            self.group = None  # broken: a blocked communicator is not touched again; the next sync re-forms
+            raise ActorFailureError(f"rollout actors: weight broadcast of version {version} failed mid-round: {e}") \
+                from e
+        finally:
+            staging.used = 0
