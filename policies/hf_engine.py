@@ -160,7 +160,7 @@ class HFEngine:
         return self.model.state_dict()
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: a sharded (FSDP2) learner's gathered weights must stay ordinary tensors
 def completion_logprobs(model: torch.nn.Module, processor: Any, request: RolloutRequest, prompt_ids: list[int],
                         completion_ids: list[int], temperature: float = 1.0) -> list[float]:
     """Per-token log-probabilities the given model assigns to a completion (teacher forcing).

@@ -22,7 +22,7 @@ from pathlib import Path  # noqa: E402
 
 from reward.failures import RewardFailureError  # noqa: E402
 from rl.config import ConfigError  # noqa: E402
-from rl.errors import ActorFailureError, NonFiniteStepError  # noqa: E402
+from rl.errors import ActorFailureError, LearnerWorkerError, NonFiniteStepError  # noqa: E402
 
 # command -> (recipe module with load(path, overrides) and main(cfg), help)
 RECIPES: dict[str, tuple[str, str]] = {
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return ns.func(ns)
-    except (ValueError, OSError, RewardFailureError, ActorFailureError, NonFiniteStepError) as e:
+    except (ValueError, OSError, RewardFailureError, ActorFailureError, NonFiniteStepError, LearnerWorkerError) as e:
         # A user's mistake (config and data errors are ValueErrors, bad paths OSErrors) or a run
         # stopped on purpose (a reward that cannot score, actors that keep dying, a diverging run:
         # each after writing a checkpoint) reads better without a traceback; -v keeps it.

@@ -4,7 +4,9 @@
 
 Reads like a one-process program: load the policy and data, build the rewards, hand both to TRL's
 GRPOTrainer, train, save. With `ray.enabled`, generation runs on rollout actors (weights synced
-after optimizer steps) and the BaseReward scorer on its own actors; TRL stays the learner.
+after optimizer steps; `rollout.colocate`: on the learner's own model instead) and the BaseReward
+scorer on its own actors; TRL stays the learner. `learner.num_workers: N > 1` runs the same `train`
+on N Ray Train workers (DDP or FSDP2: rl/distributed.py), with the actors this process started.
 Reliability: `checkpoint.every_steps` writes atomic, resumable checkpoints (rl/checkpoint.py) and
 `resume=auto` continues from the latest one, bit-exactly; a non-finite gradient skips its step
 (rl/step_guard.py); rewards that fail are counted (reward/failures.py); a dead actor is restarted
@@ -17,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +32,23 @@ from policies.chat import vision_token_ids
 from policies.loading import load_policy, load_processor, resolve_dtype
 from reward.failures import RewardFailureError
 from reward.hybrid import HybridReward
-from rl.checkpoint import CheckpointCallback, check_resume_has_work, resolve_resume, save_now
-from rl.config import GRPORecipeConfig, load_config, to_container, to_yaml
+from rl.checkpoint import CheckpointCallback, check_resume_has_work, latest_checkpoint, resolve_resume, save_now
+from rl.colocated import ColocatedPool, check_colocate
+from rl.config import ActorGroupConfig, ConfigError, GRPORecipeConfig, load_config, to_container, to_yaml
 from rl.data import load_rl_splits, rows_without_answer
-from rl.errors import ActorFailureError
+from rl.distributed import GatheredRollouts, decoder_layer_classes, run_workers, strategy_args
+from rl.errors import ActorFailureError, LearnerWorkerError
 from rl.learner import build_grpo_trainer, check_update_precision, grpo_args, planned_steps
-from rl.metrics import ScoreHistogramCallback
 from rl.memory_plan import check_fits, format_plan, plan_for
-from rl.placement import Placement, placed
+from rl.metrics import ScoreHistogramCallback
+from rl.placement import Placement, learner_gpus, placed
 from rl.rewards import build_reward_funcs, check_model_paths, rule_options
 from rl.step_guard import NonFiniteGuard, NonFiniteStepError
 from rl.tasks.shapes import resolve_policy_path
 from rl.weight_sync import check_transport
 
 log = logging.getLogger("brl.grpo")
+RULE_ACTOR = ActorGroupConfig(num_actors=1, num_cpus=0.5)  # `reward.rule.in_actor`: one small actor
 
 
 def load(path: str | None = None, overrides: Sequence[str] = ()) -> GRPORecipeConfig:
@@ -50,39 +57,45 @@ def load(path: str | None = None, overrides: Sequence[str] = ()) -> GRPORecipeCo
     return load_config(GRPORecipeConfig, path, overrides, passthrough={"trainer": GRPOConfig})
 
 
-def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.ExitStack):
-    """Rollout pool + reward proxies on Ray actors, killed when `stack` closes.
+@dataclass
+class Actors:
+    """The Ray actors a run's learner uses (handles: learner workers get them too)."""
 
-    Returns (rollout_func, scorer, rule); scorer/rule are None where they stay in this process."""
+    rollout: list | None = None
+    scorer: list | None = None
+    rule: list | None = None
+
+
+def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.ExitStack) -> Actors:
+    """Rollout, scorer and rule actors as the config asks (killed when `stack` closes)."""
     from reward.rule import RuleMatcher
     from reward.scorer import BaseRewardScorer
     from rl.actors import kill_on_exit, spawn_group
-    from rl.config import ActorGroupConfig
-    from rl.remote_reward import RemoteReward
-    from rl.rollout import ActorRollouts
-    from rl.rollout_pool import RolloutPool, engine_spec
+    from rl.rollout_pool import engine_spec
 
-    engine_cls, kwargs = engine_spec(cfg.rollout, cfg.policy, policy_path)
-    rollout_actors = kill_on_exit(stack, spawn_group("rollout", engine_cls, kwargs, cfg.rollout.actors))
-    pool = RolloutPool(rollout_actors, cfg.rollout.timeout_s, cfg.rollout.actors.max_retries,
-                       cfg.rollout.weight_sync, cfg.rollout.weight_transfer, cfg.rollout.bucket_mb)
-    stack.callback(pool.close)
-    engine_dtype = resolve_dtype(cfg.rollout.dtype) if cfg.rollout.dtype not in (None, "auto") else None
-    rollout_func = ActorRollouts(pool, sync_every=cfg.rollout.sync_every, max_staleness=cfg.rollout.max_staleness,
-                                 logprob_gap_samples=cfg.rollout.logprob_gap_samples, overlap=cfg.rollout.overlap,
-                                 dtype=engine_dtype)
-    stack.callback(rollout_func.close)
-    scorer = rule = None
-    model_actors = cfg.reward.model.actors
-    if cfg.reward.scheme in ("model", "hybrid") and model_actors.num_actors > 0:
-        actors = kill_on_exit(stack, spawn_group("scorer", BaseRewardScorer, {"options": cfg.reward.model},
-                                                 model_actors))
-        scorer = RemoteReward(actors, "basereward", cfg.reward.timeout_s, model_actors.max_retries)
+    actors = Actors()
+    if not cfg.rollout.colocate:
+        engine_cls, kwargs = engine_spec(cfg.rollout, cfg.policy, policy_path)
+        actors.rollout = kill_on_exit(stack, spawn_group("rollout", engine_cls, kwargs, cfg.rollout.actors))
+    if cfg.reward.scheme in ("model", "hybrid") and cfg.reward.model.actors.num_actors > 0:
+        actors.scorer = kill_on_exit(stack, spawn_group("scorer", BaseRewardScorer, {"options": cfg.reward.model},
+                                                        cfg.reward.model.actors))
     if cfg.reward.rule.in_actor:
-        group = ActorGroupConfig(num_actors=1, num_cpus=0.5)
-        actors = kill_on_exit(stack, spawn_group("rule", RuleMatcher, rule_options(cfg.reward), group))
-        rule = RemoteReward(actors, "rule", cfg.reward.timeout_s, group.max_retries)
-    return rollout_func, scorer, rule
+        actors.rule = kill_on_exit(stack, spawn_group("rule", RuleMatcher, rule_options(cfg.reward), RULE_ACTOR))
+    return actors
+
+
+def engine_dtype(cfg: GRPORecipeConfig) -> Any:
+    """The rollout engines' weights dtype (None: the learner's)."""
+    return resolve_dtype(cfg.rollout.dtype) if cfg.rollout.dtype not in (None, "auto") else None
+
+
+def rollouts(cfg: GRPORecipeConfig, pool: Any, logprob_gap_samples: int) -> Any:
+    """TRL's rollout_func over `pool` (rollout actors, or the colocated engine)."""
+    from rl.rollout import ActorRollouts
+
+    return ActorRollouts(pool, sync_every=cfg.rollout.sync_every, max_staleness=cfg.rollout.max_staleness,
+                         logprob_gap_samples=logprob_gap_samples, overlap=cfg.rollout.overlap, dtype=engine_dtype(cfg))
 
 
 def report_rows_without_answer(train: Any, scheme: str) -> int:
@@ -93,6 +106,20 @@ def report_rows_without_answer(train: Any, scheme: str) -> int:
                     "cannot score them (None, counted as unscored)" if scheme == "rule" else
                     "scores them by the reward model alone")
     return missing
+
+
+def check_learner(cfg: GRPORecipeConfig) -> None:
+    """A multi-worker learner config that cannot work is refused before anything starts."""
+    if cfg.learner.num_workers == 1:
+        return
+    if not cfg.ray.enabled:
+        raise ConfigError("learner.num_workers > 1 runs the learner on Ray Train workers: set ray.enabled: true")
+    if cfg.rollout.colocate:
+        raise ConfigError("rollout.colocate generates on one learner's model: it needs learner.num_workers: 1 "
+                          "(a multi-worker learner generates on rollout actors)")
+    if cfg.trainer.get("deepspeed"):
+        raise ConfigError("trainer.deepspeed is not supported with learner.num_workers > 1: use learner.strategy: "
+                          "fsdp (FSDP2 shards weights, gradients and optimizer state as ZeRO-3 does)")
 
 
 def check_memory(cfg: GRPORecipeConfig, args: GRPOConfig, placement: Placement) -> None:
@@ -106,41 +133,116 @@ def check_memory(cfg: GRPORecipeConfig, args: GRPOConfig, placement: Placement) 
     check_fits(plans)
 
 
+def cuda_here() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def trainer_kwargs(cfg: GRPORecipeConfig) -> dict[str, Any]:
+    kwargs = dict(cfg.trainer)
+    if cfg.checkpoint.every_steps > 0:
+        kwargs.update(save_strategy="steps", save_steps=cfg.checkpoint.every_steps)
+    return kwargs
+
+
 def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     """Train; returns a summary dict (final metrics, where things were written)."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     set_seed(cfg.seed)
-    trainer_kwargs = dict(cfg.trainer)
-    if cfg.checkpoint.every_steps > 0:
-        trainer_kwargs.update(save_strategy="steps", save_steps=cfg.checkpoint.every_steps)
     # What cannot work is refused before anything starts or loads.
     resume_from = resolve_resume(cfg.resume, out)
     check_model_paths(cfg.reward)
     check_transport(cfg.rollout.weight_sync, cfg.rollout.weight_transfer, cfg.rollout.backend)
-    check_update_precision(cfg.policy, trainer_kwargs, "policy")
-    train, _ = load_rl_splits(cfg.data)
-    report_rows_without_answer(train, cfg.reward.scheme)
+    check_colocate(cfg.rollout, cfg.ray.enabled)
+    check_learner(cfg)
+    check_update_precision(cfg.policy, trainer_kwargs(cfg), "policy")
+    dataset, _ = load_rl_splits(cfg.data)
+    report_rows_without_answer(dataset, cfg.reward.scheme)
     policy_path = resolve_policy_path(cfg.policy.path, out, cfg.seed)
 
     with contextlib.ExitStack() as stack:
         # GPUs checked, Ray started or joined, this process pinned to the learner's GPU: before anything
         # here touches CUDA (GRPOConfig asks it about bf16).
         placement = stack.enter_context(placed(cfg))
-        args = grpo_args(str(out), cfg.seed, trainer_kwargs)
-        if placement.learner_gpu_ids:  # a GPU run: refuse one that cannot fit before any model loads
-            check_memory(cfg, args, placement)
-        rollout_func = scorer = rule = None
-        if cfg.ray.enabled:
-            rollout_func, scorer, rule = spawn_actors(cfg, policy_path, stack)
+        if placement.learner_gpu_ids or (cfg.learner.num_workers > 1 and placement.cluster_gpus and cuda_here()):
+            # A GPU run: refuse one that cannot fit before any model loads.
+            check_memory(cfg, grpo_args(str(out), cfg.seed, trainer_kwargs(cfg)), placement)
+        actors = spawn_actors(cfg, policy_path, stack) if cfg.ray.enabled else Actors()
+        if cfg.learner.num_workers == 1:
+            return train(cfg, policy_path, actors, resume_from, callbacks, dataset, placement.learner_gpu_ids)
+        config = {"cfg": cfg, "policy_path": policy_path, "actors": actors, "resume_from": resume_from,
+                  "callbacks": callbacks}
+        gpus = learner_gpus(cfg, int(placement.cluster_gpus))
+        # Logical GPUs (ray.num_gpus on a machine without CUDA) place workers as GPUs would; they talk gloo.
+        backend = "nccl" if gpus > 0 and (cfg.ray.num_gpus is None or cuda_here()) else "gloo"
+        try:
+            run_workers(train_worker, config, cfg.learner, gpus, backend, out / "ray_train",
+                        name=f"learner-{os.getpid()}")
+        except (LearnerWorkerError, RewardFailureError, NonFiniteStepError, ActorFailureError) as e:
+            last = latest_checkpoint(out)
+            log.error("stopped: %s\nthe last checkpoint is %s; continue with resume=auto once the cause is fixed",
+                      e, last or "(none: the run had not saved one yet)")
+            raise
+    return json.loads((out / "summary.json").read_text())
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """A Ray Train worker of a multi-worker learner (one rank of its torch.distributed group)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    train(**config, learner_gpus=[d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d])
+
+
+def train(cfg: GRPORecipeConfig, policy_path: str, actors: Actors, resume_from: Path | None,
+          callbacks: list | None = None, dataset: Any = None, learner_gpus: list[str] | None = None) -> dict:
+    """Build TRL's GRPOTrainer with this project's rollouts and rewards and train it: in this process
+    (one learner), or as one rank of a multi-worker learner. Rank 0 writes the final policy's folder
+    and `summary.json`, and returns the summary."""
+    import torch.distributed as dist
+
+    from rl.remote_reward import RemoteReward
+    from rl.rollout_pool import RolloutPool
+
+    out = Path(cfg.output_dir)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank0 = world == 1 or dist.get_rank() == 0
+    sharded = world > 1 and cfg.learner.strategy == "fsdp"
+    set_seed(cfg.seed)
+    if dataset is None:
+        dataset, _ = load_rl_splits(cfg.data)
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if actors.rollout and rank0:  # rank 0 alone generates, for every rank
+            pool = RolloutPool(actors.rollout, cfg.rollout.timeout_s, cfg.rollout.actors.max_retries,
+                               cfg.rollout.weight_sync, cfg.rollout.weight_transfer, cfg.rollout.bucket_mb)
+            stack.callback(pool.close)
+        scorer = RemoteReward(actors.scorer, "basereward", cfg.reward.timeout_s,
+                              cfg.reward.model.actors.max_retries) if actors.scorer else None
+        rule = RemoteReward(actors.rule, "rule", cfg.reward.timeout_s, RULE_ACTOR.max_retries) if actors.rule else None
         reward_funcs, reward_weights = build_reward_funcs(cfg.reward, scorer=scorer, rule=rule)
-        args.reward_weights = args.reward_weights or reward_weights
 
         processor = load_processor(policy_path, cfg.policy.max_pixels, cfg.policy.trust_remote_code)
-        if not rollout_func:  # TRL generates in this process: keep vision placeholders out of completions
-            args.generation_kwargs = {"suppress_tokens": vision_token_ids(processor), **(args.generation_kwargs or {})}
         model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
+        kwargs = trainer_kwargs(cfg)
+        if world > 1:
+            kwargs.update(strategy_args(cfg.learner.strategy, decoder_layer_classes(model)))
+        args = grpo_args(str(out), cfg.seed, kwargs)
+        args.reward_weights = args.reward_weights or reward_weights
+        if not cfg.ray.enabled:  # TRL generates in this process: keep vision placeholders out of completions
+            args.generation_kwargs = {"suppress_tokens": vision_token_ids(processor), **(args.generation_kwargs or {})}
+        if cfg.ray.enabled and cfg.rollout.colocate:
+            pool = ColocatedPool(model, processor, engine_dtype(cfg))
+        # A sharded learner's forward is collective: rank 0 alone cannot re-score rollouts for the gap metric
+        # (GatheredRollouts measures it on every rank at once instead).
+        gap_samples = 0 if sharded else cfg.rollout.logprob_gap_samples
+        rollout_func = rollouts(cfg, pool, gap_samples) if pool is not None else None
+        if world > 1 and cfg.ray.enabled:
+            rollout_func = GatheredRollouts(rollout_func, cfg.rollout.sync_every, sharded, engine_dtype(cfg),
+                                            cfg.rollout.logprob_gap_samples if sharded else 0)
+        if rollout_func is not None:
+            stack.callback(rollout_func.close)
 
         guard = NonFiniteGuard(cfg.max_skipped_steps)
 
@@ -152,6 +254,7 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
                            "text_path": cfg.reward.model.text_path},
                 "global_step": state.global_step,
                 "consumed_prompts": state.global_step * prompts_per_step,
+                "learner_workers": world,
                 "rollout_version": rollout_func.pool.version if rollout_func else None,
                 "skipped_steps": list(guard.skipped_steps),
                 "reward_failures": {f.__name__: f.stats.failed for f in reward_funcs},
@@ -160,9 +263,9 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
         checkpoints = CheckpointCallback(out, cfg.checkpoint.keep_last, checkpoint_state)
         callbacks = [*(callbacks or []), guard, checkpoints]
         hybrid = next((f.fn for f in reward_funcs if isinstance(f.fn, HybridReward)), None)
-        if hybrid is not None and "tensorboard" in (args.report_to or []):
+        if hybrid is not None and "tensorboard" in (args.report_to or []) and rank0:
             callbacks.append(ScoreHistogramCallback(hybrid, out / "runs" / "reward_scores"))
-        trainer = build_grpo_trainer(args, model, processor, train, reward_funcs, rollout_func=rollout_func,
+        trainer = build_grpo_trainer(args, model, processor, dataset, reward_funcs, rollout_func=rollout_func,
                                      callbacks=callbacks, lora=cfg.policy.lora)
         trainer.rollout_logprobs_as_old = bool(rollout_func) and cfg.rollout.correct_off_policy and (
             cfg.rollout.overlap or cfg.rollout.sync_every > 1)
@@ -174,12 +277,23 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
         try:
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except (RewardFailureError, NonFiniteStepError, ActorFailureError) as e:
+            if world > 1:  # a checkpoint now would be collective, and the other ranks are elsewhere
+                log.error("stopped: %s\nthe last checkpoint is %s; continue with resume=auto once the cause is "
+                          "fixed", e, checkpoints.last or "(none yet)")
+                raise
             saved = save_now(trainer, checkpoints)
             log.error("stopped: %s\nthe run as it was is checkpointed in %s; continue it with resume=auto "
                       "(or resume=%s) once the cause is fixed", e, saved, saved)
             raise
         final = out / "final"
-        trainer.save_model(str(final))
+        trainer.save_model(str(final))  # collective under FSDP: every rank takes part, rank 0 writes
+        gpus = learner_gpus or []
+        if world > 1:
+            every: list[Any] = [None] * world
+            dist.all_gather_object(every, gpus)
+            gpus = [g for part in every for g in part]
+        if not rank0:
+            return {}
         processor.save_pretrained(final)
         summary = {
             "final_policy": str(final),
@@ -192,10 +306,10 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
             "skipped_steps": guard.skipped_steps,
             "rollout_version": rollout_func.pool.version if rollout_func else None,
             "actor_restarts": rollout_func.pool.restarts if rollout_func else None,
-            "learner_gpus": placement.learner_gpu_ids,
+            "learner_workers": world,
+            "learner_gpus": gpus,
             "log_history": trainer.state.log_history,
         }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     log.info("saved the final policy to %s", final)
     return summary
-

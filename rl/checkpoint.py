@@ -124,8 +124,18 @@ class CheckpointCallback(TrainerCallback):
         self.last: Path | None = None
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import torch.distributed as dist
+
         staged = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        self.last = finalize(staged, self.root, state.global_step, self.extra_state(state), self.keep_last)
+        distributed = dist.is_initialized() and dist.get_world_size() > 1
+        if distributed:
+            dist.barrier()  # every learner worker has written its part (its RNG state, its shard)
+        if state.is_world_process_zero:
+            self.last = finalize(staged, self.root, state.global_step, self.extra_state(state), self.keep_last)
+        else:
+            self.last = self.root / CHECKPOINTS / f"step-{state.global_step}"
+        if distributed:
+            dist.barrier()  # nobody writes the next checkpoint before this one is in place
 
 
 def save_now(trainer: Any, callback: CheckpointCallback) -> Path:

@@ -66,13 +66,33 @@ class RayConfig:
     num_gpus: int | None = None
 
 
+LEARNER_STRATEGIES = ("ddp", "fsdp")
+
+
 @dataclass
 class LearnerConfig:
-    # Learner processes; 1 = TRL's GRPOTrainer in this process (the driver).
+    # Learner processes; 1 = TRL's GRPOTrainer in this process (the driver). N > 1: N Ray Train workers,
+    # each running TRL's GRPOTrainer in one torch.distributed group (rl/distributed.py), placed by Ray
+    # on this node or across the cluster (ray.address).
     num_workers: int = 1
+    # ddp: every worker holds the whole policy and optimizer, gradients are averaged (DistributedDataParallel);
+    # fsdp: weights, gradients and optimizer state are sharded across the workers (FSDP2 through accelerate,
+    # as TRL runs it), a layer gathered only while it computes: what a policy that does not fit one GPU needs.
+    strategy: str = "ddp"
     # GPUs each learner process trains on (a fraction shares its GPU with actors). None: 1 on a machine
     # (or Ray cluster) with GPUs, 0 without.
     gpus_per_worker: float | None = None
+    num_cpus_per_worker: float = 1.0  # (num_workers > 1) CPUs Ray reserves for each learner worker
+    # (num_workers > 1) Custom resource labels that pin the learner workers to nodes, e.g. {learner_node: 1}.
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError(f"learner.num_workers must be >= 1, got {self.num_workers}")
+        if self.strategy not in LEARNER_STRATEGIES:
+            hint = (" (DeepSpeed is not supported: FSDP2 shards the same way, through accelerate, and runs in this "
+                    "project's CPU tests)" if self.strategy == "deepspeed" else "")
+            raise ConfigError(f"learner.strategy must be one of {LEARNER_STRATEGIES}, got {self.strategy!r}{hint}")
 
 
 @dataclass
@@ -83,6 +103,10 @@ class RolloutConfig:
     # The engines' weights (None: policy.dtype). On GPUs: bfloat16 engines beside a float32 learner
     # (whose master weights must stay float32; see policy.dtype).
     dtype: str | None = None
+    # Generate on the learner's own model, in its process and on its GPU (transformers backend): no
+    # rollout actors, no second copy of the weights, no sync; the KV cache is freed after each
+    # generation (rl/colocated.py). Needs sync_every=1 and overlap=false.
+    colocate: bool = False
     sync_every: int = 1  # push learner weights to the actors every k optimizer steps
     max_staleness: int = 0  # abort if a rollout is more policy versions behind than this
     # Generate step t+1's rollouts while the learner trains on step t (one-step-off-policy; needs

@@ -8,3 +8,7 @@ class ActorFailureError(RuntimeError):
 
 class NonFiniteStepError(RuntimeError):
     """Too many optimizer steps had a non-finite gradient: the run is diverging."""
+
+
+class LearnerWorkerError(RuntimeError):
+    """A worker of a multi-worker learner failed (an error in its training, or its process died)."""

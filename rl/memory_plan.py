@@ -121,7 +121,8 @@ def workload(cfg: Any, args: Any, text_tokens: int = DEFAULT_TEXT_TOKENS, images
     image_tokens = images_per_prompt * math.ceil(pixels / PIXELS_PER_TOKEN)
     return Workload(prompt_tokens=text_tokens + image_tokens, image_patches=image_tokens * 4,
                     completion_tokens=args.max_completion_length, micro_batch=args.per_device_train_batch_size,
-                    rollouts_per_step=args.per_device_train_batch_size * args.steps_per_generation,
+                    rollouts_per_step=args.per_device_train_batch_size * args.steps_per_generation
+                    * cfg.learner.num_workers,  # every worker's rollouts come from the same engines
                     group=args.num_generations)
 
 
@@ -159,10 +160,16 @@ def learner_items(cfg: Any, args: Any, shape: Shape, load: Workload) -> list[Ite
         one = _block(patches, shape.vision_hidden, shape.vision_intermediate, c)
         vision_act = (shape.vision_layers * patches * shape.vision_hidden * c + 2 * one
                       if args.gradient_checkpointing else shape.vision_layers * one)
+    workers = cfg.learner.num_workers
+    shards = workers if workers > 1 and cfg.learner.strategy == "fsdp" else 1
+    per = f" (1/{shards}: FSDP shard)" if shards > 1 else ""
+    more = " or more learner workers with learner.strategy: fsdp" if cfg.learner.strategy == "fsdp" or workers > 1 \
+        else ""
     items = [
-        Item("policy weights", shape.params * w + (trained * tw if lora else 0), "policy.lora (a frozen base)"),
-        Item("gradients", trained * tw, fewer),
-        Item("AdamW state (2 per trained weight)", 2 * trained * tw, fewer),
+        Item(f"policy weights{per}", (shape.params * w + (trained * tw if lora else 0)) // shards,
+             f"policy.lora (a frozen base){more}"),
+        Item(f"gradients{per}", trained * tw // shards, fewer + more),
+        Item(f"AdamW state (2 per trained weight){per}", 2 * trained * tw // shards, fewer + more),
         Item(f"activations (micro-batch {b} x {seq} tokens"
              f"{', gradient checkpointing' if args.gradient_checkpointing else ''})", text_act + vision_act,
              f"trainer.gradient_checkpointing: true, or {batch}"),
@@ -172,7 +179,19 @@ def learner_items(cfg: Any, args: Any, shape: Shape, load: Workload) -> list[Ite
              b * load.completion_tokens * shape.vocab * (2 * c + 4), f"{batch}, or trainer.max_completion_length"),
     ]
     if args.beta > 0 and not lora:
-        items.append(Item("reference model (beta > 0)", shape.params * w, "trainer.beta: 0, or policy.lora"))
+        items.append(Item(f"reference model (beta > 0){per}", shape.params * w // shards,
+                          "trainer.beta: 0, or policy.lora"))
+    if shards > 1:
+        # FSDP gathers one unit (a decoder layer, or the embedding) to compute, and prefetches the next.
+        layer = (shape.params - shape.vision_params - shape.vocab * shape.hidden) // max(1, shape.layers)
+        items.append(Item("FSDP: gathered units (the one computing and the one prefetched)",
+                          2 * max(layer, shape.vocab * shape.hidden) * c, "more learner workers do not shrink it"))
+    elif workers > 1:
+        items.append(Item("DDP gradient buckets (a second copy of the gradients)", trained * tw,
+                          "learner.strategy: fsdp (shards instead of copying)"))
+    if cfg.ray.enabled and not cfg.rollout.colocate and cfg.rollout.weight_sync != "object_store":
+        items.append(Item("weight sync: one staging bucket (cast weights on their way to the engines)",
+                          int(cfg.rollout.bucket_mb * 2**20), "rollout.bucket_mb"))
     return items
 
 
@@ -192,6 +211,19 @@ def rollout_items(cfg: Any, shape: Shape, load: Workload, capacity: int) -> list
              seqs * seq * shape.layers * 2 * shape.kv_heads * shape.head_dim * ew, fewer),
         Item("sampling logits and log-probabilities (one step)", seqs * shape.vocab * (ew + 8), fewer),
     ]
+
+
+def colocated_items(cfg: Any, shape: Shape, load: Workload, learner: list[Item]) -> list[Item]:
+    """A colocated engine (rl/colocated.py) shares the learner's weights; its KV cache and sampling
+    logits exist only while it generates, before the learner's forward: what they need beyond the
+    learner's activations and logits (freed by then) is what they add to the peak."""
+    ew = BYTES.get(cfg.rollout.dtype or cfg.policy.dtype, 2)
+    seqs, seq = load.rollouts_per_step, load.prompt_tokens + load.completion_tokens
+    generation = seqs * seq * shape.layers * 2 * shape.kv_heads * shape.head_dim * ew + seqs * shape.vocab * (ew + 8)
+    transient = sum(i.bytes for i in learner if i.name.startswith(("activations", "completion logits")))
+    return [Item(f"colocated generation beyond the learner's activations (KV cache of {seqs} x {seq} tokens, "
+                 "sampling logits)", max(0, generation - transient),
+                 "trainer.max_completion_length, or fewer rollouts per step (trainer.steps_per_generation)")]
 
 
 def scorer_items(cfg: Any, shape: Shape, load: Workload) -> list[Item]:
@@ -215,6 +247,8 @@ def plan(cfg: Any, args: Any, policy: Shape, reward: Shape | None, num_gpus: int
         kind = r.who.split(" ")[0]
         if kind == "learner":
             items = learner_items(cfg, args, policy, load)
+            if cfg.ray.enabled and cfg.rollout.colocate:
+                items += colocated_items(cfg, policy, load, items)
             if not cfg.ray.enabled and reward is not None and cfg.reward.scheme in ("model", "hybrid"):
                 items += scorer_items(cfg, reward, load)  # scored in the learner's process
         elif kind == "rollout":

@@ -1,7 +1,8 @@
 """Where the learner and the actors run: GPUs checked before anything loads, then Ray started (or
 joined) with them, the learner's share reserved in Ray and this process pinned to it.
 
-The learner trains in this process (the driver); the rollout and scorer actors are Ray's. On a GPU
+The learner trains in this process (the driver), or on Ray Train workers (`learner.num_workers > 1`,
+placed by Ray like the actors, their GPUs counted here up front); the rollout and scorer actors are Ray's. On a GPU
 node, two things must hold: the learner's process sees exactly the GPU(s) it trains on (else
 transformers counts every GPU of the node and TRL refuses DataParallel), and Ray never hands that
 GPU share to an actor. Both come from one mechanism: the learner's share is a placement-group bundle
@@ -46,7 +47,7 @@ def gpu_requests(cfg: Any, machine_gpus: int) -> list[GPURequest]:
     requests = [GPURequest("learner" if cfg.learner.num_workers == 1 else f"learner worker {i}",
                            learner_gpus(cfg, machine_gpus)) for i in range(cfg.learner.num_workers)]
     if cfg.ray.enabled:
-        groups = [("rollout actor", cfg.rollout.actors)]
+        groups = [] if cfg.rollout.colocate else [("rollout actor", cfg.rollout.actors)]
         if cfg.reward.scheme in ("model", "hybrid") and cfg.reward.model.actors.num_actors > 0:
             groups.append(("scorer actor", cfg.reward.model.actors))
         requests += [GPURequest(f"{name} {i}", group.num_gpus) for name, group in groups
@@ -127,7 +128,10 @@ def placed(cfg: Any) -> Iterator[Placement]:
     on exit."""
     saved = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
-        if cfg.ray.enabled:
+        if cfg.ray.enabled and cfg.learner.num_workers > 1:  # Ray Train places the learner's workers
+            with ray_cluster(cfg) as cluster_gpus:
+                yield Placement([], cluster_gpus)
+        elif cfg.ray.enabled:
             with ray_cluster(cfg) as cluster_gpus, _learner_share(cfg, cluster_gpus) as ids:
                 yield Placement(ids, cluster_gpus)
         else:

@@ -93,15 +93,30 @@ def sampling_from_trl(args: Any, group_size: int, step: int) -> SamplingParams:
 def logprob_gap(model: Any, processor: Any, requests: list[RolloutRequest], groups: list[list[Rollout]],
                 temperature: float, limit: int = 4) -> list[float]:
     """|engine logprob - learner logprob| per token, for up to `limit` rollouts (cheap: one forward each)."""
+    rows = [(req, r.prompt_ids, r.completion_ids, r.logprobs) for req, g in zip(requests, groups) for r in g
+            if r.completion_ids][:limit]
+    return _gaps(model, processor, rows, temperature)
+
+
+def output_logprob_gap(model: Any, processor: Any, prompts: list[Any], output: dict[str, list], temperature: float,
+                       limit: int) -> list[float]:
+    """logprob_gap over a rollout_func output (one row per prompt), on its first `limit` rows exactly:
+    with a sharded learner every rank runs it at once, and each forward is a collective, so every rank
+    makes the same number of them (rows with an empty completion included)."""
+    rows = [(RolloutRequest(messages=p), pi, ci, lp) for p, pi, ci, lp in
+            zip(prompts, output["prompt_ids"], output["completion_ids"], output["logprobs"])][:limit]
+    return _gaps(model, processor, rows, temperature)
+
+
+def _gaps(model: Any, processor: Any, rows: list[tuple], temperature: float) -> list[float]:
     from policies.hf_engine import completion_logprobs
 
     was_training = model.training
     model.eval()
     gaps: list[float] = []
-    pairs = [(req, r) for req, g in zip(requests, groups) for r in g if r.completion_ids][:limit]
-    for request, rollout in pairs:
-        mine = completion_logprobs(model, processor, request, rollout.prompt_ids, rollout.completion_ids, temperature)
-        gaps += [abs(a - b) for a, b in zip(mine, rollout.logprobs)]
+    for request, prompt_ids, completion_ids, logprobs in rows:
+        mine = completion_logprobs(model, processor, request, prompt_ids, completion_ids, temperature)
+        gaps += [abs(a - b) for a, b in zip(mine, logprobs)]
     model.train(was_training)
     return gaps
 

@@ -1,12 +1,13 @@
-"""Every touch of TRL's private internals, in one module, checked against the TRL version it was
-written for.
+"""Every touch of TRL's private internals (and accelerate's, for FSDP on CPUs), in one module, checked
+against the TRL version it was written for.
 
 TRL's public API (GRPOConfig, GRPOTrainer, `rollout_func`, reward functions) carries most of this
 project; what it does not offer is done here, and only here:
 
 - `GRPOLearner`, a GRPOTrainer that resumes exactly and can correct stale rollouts: it seeds each
   epoch's data order by (seed, epoch) (its sampler), uses the rollout engine's log-probabilities as
-  the PPO "old" policy when asked, and restores Qwen-VL policy weights through `from_pretrained`;
+  the PPO "old" policy when asked, restores Qwen-VL policy weights through `from_pretrained`, and
+  runs FSDP2 on CPU workers too (accelerate's own FSDP2 path, which it enables on accelerators only);
 - `log_metric`: a metric logged with TRL's own per-step metrics (from the rollout hook);
 - `save_checkpoint_now`: a resumable checkpoint outside the save schedule (the abort path);
 - `planned_prompts`: the prompts TRL will ask for at a future step (overlapped rollouts).
@@ -88,6 +89,25 @@ class GRPOLearner(GRPOTrainer):
     rollout_logprobs_as_old = False
     train_sampler: EpochSeededRepeatSampler | None = None
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if self.args.fsdp and not self.is_fsdp_enabled:
+            self._enable_fsdp_on_cpu()
+
+    def _enable_fsdp_on_cpu(self) -> None:
+        """accelerate turns `fsdp` on for accelerators only; on CPU workers (gloo) it would quietly train
+        with DDP. Set the state accelerate sets on GPUs (its FSDP2 plugin from these arguments), before
+        the model is prepared, so the same path runs: fsdp2_prepare_model, fully_shard on a CPU mesh, full
+        state dicts gathered for checkpoints. What the CPU tests of `learner.strategy: fsdp` run."""
+        from accelerate.state import PartialState
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+        state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # every AcceleratorState() re-reads it
+        self.is_fsdp_enabled = True
+
     def _get_train_sampler(self, dataset: Any = None) -> RepeatSampler:
         sampler = super()._get_train_sampler(dataset)
         sampler.__class__ = EpochSeededRepeatSampler  # same fields, per-epoch seeding
@@ -108,7 +128,7 @@ class GRPOLearner(GRPOTrainer):
         # transformers 5.19 and 5.23). from_pretrained applies the mapping; copy its tensors in, strictly.
         model = self.accelerator.unwrap_model(model if model is not None else self.model)
         if not isinstance(model, torch.nn.Module) or not hasattr(type(model), "from_pretrained") or \
-                getattr(model, "peft_config", None):
+                getattr(model, "peft_config", None) or self.is_fsdp_enabled:  # FSDP: accelerate loads its shards
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
         model.load_state_dict(saved.state_dict(), strict=True)

@@ -60,3 +60,17 @@ def test_fractional_shares_of_one_gpu_add_up_on_it():
     assert sorted(o.split(" (")[0] for o in gpu.occupants) == ["learner", "rollout actor 0", "scorer actor 0"]
     assert any(i.name.startswith("scorer actor 0: reward model weights") for i in gpu.items)
     assert gpu.total == sum(i.bytes for i in gpu.items)
+
+
+def test_fsdp_learner_workers_hold_a_shard_and_ddp_workers_a_whole_copy_plus_buckets():
+    config = "gpu_grpo_qwen25vl3b_8gpu_fsdp.yaml"
+    (fsdp, *_), _ = _plan(config)
+    (ddp, *_), _ = _plan(config, "learner.strategy=ddp")
+    (one, *_), _ = _plan(config, "learner.num_workers=1")
+    sharded = {i.name.split(" (")[0]: i.bytes for i in fsdp.items}
+    whole = {i.name.split(" (")[0]: i.bytes for i in one.items}
+    for name in ("policy weights", "gradients", "AdamW state"):
+        assert sharded[name] == pytest.approx(whole[name] / 4, rel=1e-6)  # 4 workers, one quarter each
+    assert "FSDP: gathered units" in sharded and not any(i.name.startswith("DDP") for i in fsdp.items)
+    buckets = next(i for i in ddp.items if i.name.startswith("DDP gradient buckets"))
+    assert buckets.bytes == whole["gradients"] and ddp.total > fsdp.total + 40 * GiB

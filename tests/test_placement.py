@@ -5,6 +5,7 @@ config that asks for more than there is fails before anything starts."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,17 @@ def test_the_learner_takes_a_gpu_only_where_there_are_gpus():
     assert [(r.who, r.gpus) for r in gpu_requests(cfg, 8)] == [("learner", 1.0), ("rollout actor 0", 1.0),
                                                                ("scorer actor 0", 0.5)]
     assert [r.who for r in gpu_requests(cfg, 0)] == ["rollout actor 0", "scorer actor 0"]  # a CPU learner
+
+
+def test_learner_workers_are_placed_with_the_actors_from_one_config_and_checked_up_front():
+    cfg = grpo.load(str(Path(__file__).parent.parent / "recipes" / "configs" / "gpu_grpo_qwen25vl3b_8gpu_fsdp.yaml"))
+    requests = gpu_requests(cfg, 8)
+    assert [r.who for r in requests][:4] == [f"learner worker {i}" for i in range(4)] and len(requests) == 8
+    assert [len(gpu) for gpu in pack(requests, 8)] == [1] * 8
+    with pytest.raises(ConfigError, match=r"asks for 9 GPUs \(learner worker: 5, rollout actor: 3, scorer actor: 1\)"):
+        pack(gpu_requests(grpo.load(None, ["ray.enabled=true", "learner.num_workers=5", "learner.gpus_per_worker=1",
+                                           "rollout.actors.num_actors=3", "rollout.actors.num_gpus=1",
+                                           "reward.scheme=hybrid", "reward.model.actors.num_gpus=1"]), 8), 8)
 
 
 class VisibleDevices:

@@ -34,7 +34,7 @@ from rl.weight_sync.collective import (
     serve_store,
     watched,
 )
-from rl.weight_sync.export import Staging, aligned, as_weights
+from rl.weight_sync.export import Staging, aligned, as_weights, check_rereadable
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,7 @@ class BroadcastSync:
         if self._last is None:  # nothing sent yet: the restarted actor holds the initial weights
             self._open()
             return
-        if threading.current_thread() is not self._learner_thread:
-            raise ActorFailureError(f"rollout actor {actor} restarted while generating ahead (rollout.overlap); with "
-                                    "rollout.weight_sync=broadcast its weights can only be restored between steps")
+        check_rereadable(self._last, self._learner_thread, actor, "rollout.weight_sync=broadcast")
         self._open()
         self._stream(self._last, version)
 

@@ -33,6 +33,7 @@ class PolicyWeights(Mapping[str, torch.Tensor]):
     """
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None):
+        self.model = model  # the module read (a colocated engine generates with it directly)
         self.dtype = dtype
         self._state = model.state_dict()  # references to the live tensors (or shards), no copies
         self._lora = _lora_layers(model)  # base-layer weight key -> its LoraLayer
@@ -62,6 +63,11 @@ class PolicyWeights(Mapping[str, torch.Tensor]):
                     value = value + layer.get_delta_weight(adapter).detach()
         return value
 
+    @property
+    def sharded(self) -> bool:
+        """True for a sharded learner (FSDP2): reading a tensor is a collective every rank takes part in."""
+        return any(hasattr(v, "full_tensor") for v in self._state.values())
+
     def persistent(self, name: str) -> bool:
         """True when `source(name)` is the learner's own tensor (not a gathered or merged copy): a
         transport may then share its memory with the engines instead of copying it."""
@@ -87,6 +93,7 @@ def as_weights(state: Mapping[str, torch.Tensor]) -> Any:
 
 class _PlainWeights(Mapping[str, torch.Tensor]):
     dtype = None
+    sharded = False
 
     def __init__(self, state: Mapping[str, torch.Tensor]):
         self._state = state
@@ -111,6 +118,23 @@ class _PlainWeights(Mapping[str, torch.Tensor]):
 
     def meta(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
         return [(name, t.dtype, tuple(t.shape)) for name, t in self._state.items()]
+
+
+def check_rereadable(weights: Any, learner_thread: Any, actor: int, transport: str) -> None:
+    """A transport that restores a restarted actor by reading the learner's weights again (they are the
+    live tensors, no copy is kept) can do so only between optimizer steps, from the thread that syncs,
+    and only from a learner that is not sharded (reading a sharded tensor is a collective the other
+    ranks are not in). Anything else is an ActorFailureError: the run resumes from its checkpoint."""
+    import threading
+
+    from rl.errors import ActorFailureError
+
+    if threading.current_thread() is not learner_thread:
+        raise ActorFailureError(f"rollout actor {actor} restarted while generating ahead (rollout.overlap); with "
+                                f"{transport} its weights can only be restored between steps")
+    if weights.sharded:
+        raise ActorFailureError(f"rollout actor {actor} restarted mid-step and the learner is sharded (FSDP): with "
+                                f"{transport} its weights can only be given to it at the next sync")
 
 
 def policy_state_dict(model: Any, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

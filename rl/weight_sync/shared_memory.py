@@ -25,8 +25,7 @@ from typing import Any
 import torch
 
 from rl.actor_calls import ActorCalls
-from rl.errors import ActorFailureError
-from rl.weight_sync.export import Staging, aligned, as_weights
+from rl.weight_sync.export import Staging, aligned, as_weights, check_rereadable
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +119,13 @@ class SharedMemorySync:
         self._last = as_weights(state)
         restarted = self._stream(self._last, version, range(len(self.calls.actors)))
         for i in sorted(restarted):  # came back with the initial weights mid-sync: it gets every bucket again
+            check_rereadable(self._last, self._learner_thread, i, "rollout.weight_sync=shared_memory")
             self._stream(self._last, version, [i])
 
     def restore(self, actor: int, version: int) -> None:
         if self._last is None:  # nothing sent yet: the restarted actor holds the initial weights already
             return
-        if threading.current_thread() is not self._learner_thread:
-            raise ActorFailureError(f"rollout actor {actor} restarted while generating ahead (rollout.overlap); with "
-                                    "rollout.weight_sync=shared_memory its weights are the learner's live tensors, "
-                                    "which can only be re-sent between steps")
+        check_rereadable(self._last, self._learner_thread, actor, "rollout.weight_sync=shared_memory")
         self._stream(self._last, version, [actor])
 
     def close(self) -> None:

@@ -59,7 +59,7 @@ from rl.actor_calls import ActorCalls, gather
 from rl.actors import actor_pid
 from rl.errors import ActorFailureError
 from rl.weight_sync.collective import failed_ref, watched
-from rl.weight_sync.export import as_weights
+from rl.weight_sync.export import as_weights, check_rereadable
 
 log = logging.getLogger(__name__)
 GLOO_TIMEOUT = timedelta(minutes=10)  # a peer that never arrives is an error, not a hang
@@ -284,9 +284,7 @@ class VLLMTransferSync:
         if not self.source.state:  # nothing sent yet: the restarted actor holds the initial weights
             self._reopen()
             return
-        if threading.current_thread() is not self._learner_thread:
-            raise ActorFailureError(f"rollout actor {actor} restarted while generating ahead (rollout.overlap); with "
-                                    "rollout.weight_transfer its weights can only be restored between steps")
+        check_rereadable(self.source.state, self._learner_thread, actor, "rollout.weight_transfer")
         log.info("rollout actor %d restarted: re-forming the weight-transfer group, re-sending version %d", actor,
                  version)
         self._reopen()

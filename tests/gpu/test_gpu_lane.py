@@ -82,3 +82,48 @@ def test_the_hybrid_pipeline_shares_one_gpu_for_3_steps_within_the_plan(tmp_path
                          torch.cuda.get_device_properties(0).total_memory, text_tokens=32)
     print(f"GPU peak {memory.peak / GiB:.1f} GiB; `brl plan` estimate {gpu.total / GiB:.1f} GiB")
     assert memory.peak <= 1.15 * gpu.total
+
+
+def test_the_3b_policy_reaches_an_actor_on_the_learners_gpu_in_under_a_second(policy_3b, tmp_path):
+    """Weight sync at hardware speed (issue #17): float32 masters of the 3.75B policy on the GPU, one
+    transformers engine (bfloat16) on the same GPU; rollout.weight_sync: auto picks shared_memory (CUDA
+    IPC): each sync is a cast into a staging bucket and a device-to-device copy."""
+    import ray
+
+    from policies.hf_engine import HFEngine
+    from policies.loading import load_policy
+    from rl.actors import spawn_group
+    from rl.config import ActorGroupConfig
+    from rl.rollout_pool import RolloutPool
+    from rl.weight_sync.export import PolicyWeights
+
+    model = load_policy(policy_3b, "float32").cuda()
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        actors = spawn_group("rollout", HFEngine, {"model": policy_3b, "dtype": "bfloat16"},
+                             ActorGroupConfig(num_actors=1, num_cpus=1, num_gpus=0.3))
+        pool = RolloutPool(actors, timeout_s=600)
+        assert type(pool.sync).__name__ == "SharedMemorySync"
+        weights = PolicyWeights(model, torch.bfloat16)
+        pool.load_weights(weights, 1)
+        times = []
+        for version in range(2, 5):
+            start = time.perf_counter()
+            pool.load_weights(weights, version)
+            times.append(time.perf_counter() - start)
+        print(f"3.75B float32 -> bf16 actor on the same GPU: {sorted(times)[1]:.3f} s per sync (median of 3)")
+        assert pool.versions() == [4] and sorted(times)[1] < 1.0
+        name = "model.language_model.layers.0.mlp.down_proj.weight"
+        theirs = ray.get(actors[0].__ray_call__.remote(lambda engine: engine.model.state_dict()[name].cpu()))
+        assert torch.equal(theirs, model.state_dict()[name].bfloat16().cpu())
+    finally:
+        ray.shutdown()
+
+
+def test_a_colocated_engine_trains_on_cuda_with_bf16_generation(tmp_path, tiny_vl, brl):
+    run = brl("grpo", str(CONFIGS / "tiny_cpu_rule.yaml"), f"output_dir={tmp_path}", f"policy.path={tiny_vl}",
+              "ray.enabled=true", "ray.num_cpus=4", "rollout.colocate=true", "rollout.dtype=bfloat16",
+              "policy.dtype=float32", "trainer.bf16=true", "trainer.max_steps=2", "trainer.report_to=[]")
+    assert run.returncode == 0, run.stderr[-5000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["global_step"] == 2 and summary["learner_gpus"] == ["0"]
