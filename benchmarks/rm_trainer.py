@@ -34,6 +34,22 @@ def pairs(n: int, seed: int = 0) -> list[dict]:
              "rejected": text(rng.randint(12, 40))} for _ in range(n)]
 
 
+def build_backbone(path: str, hidden: int, layers: int) -> None:
+    """A text-only Qwen2 of `hidden` x `layers` (random weights) with the tiny tokenizer, saved to `path`."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from policies.tiny import build_tokenizer
+    from rl.tasks.shapes import vocabulary_corpus
+
+    tok = build_tokenizer(vocabulary_corpus())
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
+                      num_attention_heads=hidden // 64, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).float().save_pretrained(path)
+    tok.save_pretrained(path)
+
+
 def worker(which: str, path: str, steps: int, batch_size: int) -> dict:
     import torch
     from transformers import AutoTokenizer
@@ -84,10 +100,8 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.path, args.steps, args.batch_size)))
         return
 
-    from benchmarks.weight_sync import build_model
-
     path = tempfile.mkdtemp()
-    build_model(path, args.hidden, args.layers)
+    build_backbone(path, args.hidden, args.layers)
     runs: dict[str, list[dict]] = {"ours": [], "trl": []}
     for _ in range(args.repeats):
         for which in runs:

@@ -113,7 +113,7 @@ def main() -> None:
             rows += vllm_rows(path, model, t_copy, nbytes, args.repeats)
     finally:
         ray.shutdown()
-    report("weight_sync", rows, {"size": args.size, "params": params, "bytes_per_sync": nbytes,
+    report("weight_sync" if device == "cpu" else f"weight_sync_{args.size}", rows, {"size": args.size, "params": params, "bytes_per_sync": nbytes,
                                  "engine_dtype": args.engine_dtype, "device": device,
                                  "targets": {"shared_memory vs_copy (CPU, mid)": "<= 1.5",
                                              "seconds (H100, qwen2.5-vl-3b, same-GPU actor)": "< 1"}})

@@ -44,14 +44,19 @@ def known_config(name: str) -> Any:
 
 
 def model_config(path: str, trust_remote_code: bool = False) -> Any:
-    """The config of the model at `path` (a local checkpoint or a hub id); offline, the known shapes."""
+    """The config of the model at `path` (a local checkpoint or a hub id): a local or cached config
+    first, then the shapes known offline (no network wait for those), then the hub."""
     from transformers import AutoConfig
 
     try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    config = known_config(path)
+    if config is not None:
+        return config
+    try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
-        config = known_config(path)
-        if config is None:
-            raise ValueError(f"{path}: no config.json there and the model hub is not reachable; this project "
-                             f"knows the shapes of {sorted(KNOWN_MODELS)} offline") from None
-        return config
+        raise ValueError(f"{path}: no config.json there and the model hub is not reachable; this project "
+                         f"knows the shapes of {sorted(KNOWN_MODELS)} offline") from None
