@@ -1,13 +1,13 @@
 """Step-time breakdown of the Ray pipeline: generate / weight sync / reward / learner, per model size.
 
-    python -m benchmarks.step_breakdown [--steps 6] [--sizes tiny mid]
+    python -m benchmarks.step_breakdown [--steps 8] [--sizes tiny mid]
 
 Runs the GRPO recipe with a rollout actor (transformers backend), the hybrid reward (rule + a
 BaseReward scorer on its own actor) and weight sync every step, and splits each step's wall time
 with the recipe's own per-step metrics; the step itself is timed from the Trainer's step-begin to
 step-end callbacks (everything the step does). "learner" is the rest of the step: TRL's log-prob
-forwards, loss, backward and optimizer step, plus its bookkeeping. The first step (warm-up: lazy
-inits) is left out.
+forwards, loss, backward and optimizer step, plus its bookkeeping. The first two steps (warm-up: lazy
+inits, and the first sync setting up its transport) are left out; the first sync is reported alone.
 
 Sizes: "tiny" is the test policy (hidden 128, 2 layers); "mid" is the same architecture scaled to a
 few hundred million parameters (hidden 1024, 16 layers), still on the CPU.
@@ -29,6 +29,9 @@ SIZES = {
     "mid": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16, "num_attention_heads": 16,
             "num_key_value_heads": 2},
 }
+
+
+WARMUP_STEPS = 2
 
 
 class StepTimer(TrainerCallback):
@@ -60,24 +63,30 @@ def run(size: str, steps: int, rm_path: str) -> dict:
                  "trainer.report_to=[]"]
     timer = StepTimer()
     summary = grpo.main(grpo.load(None, overrides), callbacks=[timer])
-    rows = [r for r in summary["log_history"] if "timing/generate" in r][1:]  # drop the warm-up step
+    rows = [r for r in summary["log_history"] if "timing/generate" in r]
+    first_sync = rows[1].get("timing/weight_sync", 0.0)
+    # Warm-up left out: step 1 (lazy inits) and step 2 (the first sync, which sets up the transport:
+    # shared-memory files mapped, process groups formed; reported on its own as first_sync_s).
+    rows = rows[WARMUP_STEPS:]
 
     def mean(key: str) -> float:
         return statistics.mean(r.get(key, 0.0) for r in rows)
 
-    step = statistics.mean(timer.seconds[1:])
+    step = statistics.mean(timer.seconds[WARMUP_STEPS:])
     parts = {"generate": mean("timing/generate"), "weight_sync": mean("timing/weight_sync"),
              "reward": sum(mean(k) for k in rows[0] if k.startswith("timing/reward/"))}
     parts["learner"] = step - sum(parts.values())
     return {"size": size, "params_M": params / 1e6, "s_per_step": step,
-            **{f"{k}_s": v for k, v in parts.items()}, **{f"{k}_share": v / step for k, v in parts.items()}}
+            **{f"{k}_s": v for k, v in parts.items()}, **{f"{k}_share": v / step for k, v in parts.items()}, "first_sync_s": first_sync}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     args = parser.parse_args()
+    if args.steps <= WARMUP_STEPS:
+        parser.error(f"--steps must be more than the {WARMUP_STEPS} warm-up steps left out of the timing")
 
     from policies.loading import load_processor
     from rl.tasks.shapes import make_tiny_policy

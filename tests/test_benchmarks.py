@@ -23,7 +23,7 @@ ROOT = Path(__file__).parent.parent
                  marks=[pytest.mark.vllm, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                                              reason="vLLM is not installed")], id="weight_sync-vllm"),
     ("benchmarks.pipeline_overhead", ["--steps", "2", "--sft-steps", "2", "--repeats", "1"]),
-    ("benchmarks.step_breakdown", ["--steps", "2", "--sizes", "tiny"]),
+    ("benchmarks.step_breakdown", ["--steps", "3", "--sizes", "tiny"]),
     ("benchmarks.rollout_scaling", ["--actors", "1", "2", "--prompts", "4", "--tokens", "4"]),
     ("benchmarks.rm_trainer", ["--hidden", "128", "--layers", "2", "--steps", "2", "--batch-size", "2",
                                "--repeats", "1"]),
