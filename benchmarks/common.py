@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmark scripts: timing, JSON + table output, machine description."""
+"""Shared helpers for the benchmark scripts: timing, JSON + table output, machine description, the
+warmed-up tiny policy."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import date
@@ -47,3 +49,18 @@ def report(name: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> Path
         cells = [row.get(k, "-") for k in keys]
         print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in cells) + " |")
     return path
+
+
+def warm_policy(sft_steps: int) -> str:
+    """The tiny policy after the tests' short SFT warm-up: it answers in the task's format, so the
+    rule reward has variance and the reward curves mean something."""
+    from rl.tasks.shapes import make_tiny_policy
+    from recipes import sft
+    from rl.config import SFTRecipeConfig, load_config
+
+    base = str(make_tiny_policy(tempfile.mkdtemp()))
+    cfg = load_config(SFTRecipeConfig, None, [f"output_dir={tempfile.mkdtemp()}", f"policy.path={base}",
+                                              "data.train_size=512", f"trainer.max_steps={sft_steps}",
+                                              "trainer.per_device_train_batch_size=32", "trainer.learning_rate=1e-3",
+                                              "policy.freeze_vision=true", "trainer.report_to=[]"])
+    return sft.main(cfg)["final_policy"]

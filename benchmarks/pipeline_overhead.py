@@ -58,21 +58,6 @@ def pipeline(policy: str, steps: int, trainer_kwargs: dict, setup: str, gpu: boo
     return summary["train_runtime_s"] / steps, rewards
 
 
-def warm_policy(sft_steps: int) -> str:
-    """The tiny policy after the tests' short SFT warm-up: it answers in the task's format, so the
-    rule reward has variance and the reward curves mean something."""
-    from rl.tasks.shapes import make_tiny_policy
-    from recipes import sft
-    from rl.config import SFTRecipeConfig, load_config
-
-    base = str(make_tiny_policy(tempfile.mkdtemp()))
-    cfg = load_config(SFTRecipeConfig, None, [f"output_dir={tempfile.mkdtemp()}", f"policy.path={base}",
-                                              "data.train_size=512", f"trainer.max_steps={sft_steps}",
-                                              "trainer.per_device_train_batch_size=32", "trainer.learning_rate=1e-3",
-                                              "policy.freeze_vision=true", "trainer.report_to=[]"])
-    return sft.main(cfg)["final_policy"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30)
@@ -81,7 +66,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from benchmarks.common import report
+    from benchmarks.common import report, warm_policy
 
     gpu = args.size == "3b"
     if gpu:

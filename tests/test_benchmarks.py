@@ -30,6 +30,7 @@ ROOT = Path(__file__).parent.parent
     ("benchmarks.memory", ["--skip-demo", "--steps", "1"]),
     ("benchmarks.rm_load", ["--hidden", "128", "--layers", "2", "--repeats", "1"]),
     ("benchmarks.data_scale", ["--rows", "2000", "--sources", "2"]),
+    ("benchmarks.learner_workers", ["--steps", "2", "--strategies", "ddp", "--sft-steps", "2"]),
 ])
 def test_benchmark_script_writes_json(module, args, tmp_path):
     env = {**os.environ, "BRL_BENCH_OUT": str(tmp_path)}
