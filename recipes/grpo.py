@@ -108,6 +108,18 @@ def report_rows_without_answer(train: Any, scheme: str) -> int:
     return missing
 
 
+def absolute_reward_model_paths(cfg: GRPORecipeConfig) -> None:
+    """The reward models' local paths made absolute: the scorer actors open them where Ray started them
+    (joining a running cluster: not where `brl grpo` was launched)."""
+    def absolute(path: str) -> str:
+        return str(Path(path).resolve()) if Path(path).exists() else path
+
+    model = cfg.reward.model
+    model.paths = [absolute(p) for p in model.paths]
+    if model.text_path:
+        model.text_path = absolute(model.text_path)
+
+
 def check_learner(cfg: GRPORecipeConfig) -> None:
     """A multi-worker learner config that cannot work is refused before anything starts."""
     if cfg.learner.num_workers == 1:
@@ -155,6 +167,7 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     # What cannot work is refused before anything starts or loads.
     resume_from = resolve_resume(cfg.resume, out)
     check_model_paths(cfg.reward)
+    absolute_reward_model_paths(cfg)
     check_transport(cfg.rollout.weight_sync, cfg.rollout.weight_transfer, cfg.rollout.backend)
     check_colocate(cfg.rollout, cfg.ray.enabled)
     check_learner(cfg)
@@ -174,7 +187,7 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
         if cfg.learner.num_workers == 1:
             return train(cfg, policy_path, actors, resume_from, callbacks, dataset, placement.learner_gpu_ids)
         config = {"cfg": cfg, "policy_path": policy_path, "actors": actors, "resume_from": resume_from,
-                  "callbacks": callbacks}
+                  "callbacks": callbacks, "launch_dir": os.getcwd()}
         gpus = learner_gpus(cfg, int(placement.cluster_gpus))
         # Logical GPUs (ray.num_gpus on a machine without CUDA) place workers as GPUs would; they talk gloo.
         backend = "nccl" if gpus > 0 and (cfg.ray.num_gpus is None or cuda_here()) else "gloo"
@@ -192,6 +205,15 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
 def train_worker(config: dict[str, Any]) -> None:
     """A Ray Train worker of a multi-worker learner (one rank of its torch.distributed group)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = dict(config)
+    # Ray Train starts workers in a directory of its own: relative paths in the config (policy.path,
+    # output_dir, data files) mean what they meant where `brl grpo` was launched.
+    launch_dir = config.pop("launch_dir")
+    if Path(launch_dir).is_dir():
+        os.chdir(launch_dir)
+    else:  # another node without that directory: only absolute (shared) paths can work there
+        log.warning("learner worker: the launch directory %s does not exist on this node; relative paths in the "
+                    "config resolve against %s", launch_dir, os.getcwd())
     train(**config, learner_gpus=[d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d])
 
 

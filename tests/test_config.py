@@ -70,3 +70,20 @@ def test_cli_help_lists_the_subcommands(capsys):
     out = capsys.readouterr().out
     for command in ("grpo", "sft", "make-tiny", "validate-data"):
         assert command in out
+
+
+def test_local_model_paths_reach_actors_as_absolute_paths(tmp_path, monkeypatch):
+    """Actors and learner workers open the models from directories of their own: a relative local path
+    is made absolute where `brl grpo` runs; hub ids and paths that do not exist pass through."""
+    from recipes import grpo
+    from rl.tasks.shapes import resolve_policy_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "policy").mkdir()
+    cfg = grpo.load(None, ["reward.model.paths=[rm]", "reward.model.text_path=not-there"])
+    grpo.absolute_reward_model_paths(cfg)
+    assert cfg.reward.model.paths == [str((tmp_path / "rm").resolve())]
+    assert cfg.reward.model.text_path == "not-there"
+    assert resolve_policy_path("policy", "out") == str((tmp_path / "policy").resolve())
+    assert resolve_policy_path("Qwen/Qwen2.5-VL-3B-Instruct", "out") == "Qwen/Qwen2.5-VL-3B-Instruct"

@@ -73,14 +73,18 @@ def test_two_ddp_workers_train_as_one_worker_on_the_same_global_batch(tmp_path, 
         assert (a[key] - b[key]).norm() <= 1e-3 * (a[key] - start[key]).norm(), key
 
 
-def test_fsdp_workers_shard_the_policy_and_sync_the_gathered_weights(tmp_path, warm_policy, ray_local):
+def test_fsdp_workers_shard_the_policy_and_sync_the_gathered_weights(tmp_path, warm_policy, ray_local, monkeypatch):
     """FSDP2 on two CPU workers: the weights are sharded (each worker holds half), every rank takes part
     in gathering them for the rollout actor, and the actor then scores its own rollouts as the learner
-    does (teacher-forced logprob gap measured on both ranks at once: < 1e-4 after every sync)."""
-    summary = grpo.main(_cfg(tmp_path, warm_policy, "learner.num_workers=2", "learner.strategy=fsdp",
+    does (teacher-forced logprob gap measured on both ranks at once: < 1e-4 after every sync). The
+    config's paths are relative, as users write them: the workers resolve them where the run started."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "policy").symlink_to(warm_policy)
+    summary = grpo.main(_cfg(Path("run"), "policy", "learner.num_workers=2", "learner.strategy=fsdp",
                              "learner.num_cpus_per_worker=0.5", "trainer.per_device_train_batch_size=4",
                              "trainer.max_steps=3", "checkpoint.every_steps=3"))
     assert summary["global_step"] == 3 and summary["rollout_version"] == 2
+    assert (tmp_path / "run" / "summary.json").is_file()
     rows = [r for r in summary["log_history"] if "rollout/logprob_gap_max" in r]
     assert len(rows) == 3 and all(r["rollout/logprob_gap_max"] < 1e-4 for r in rows)
     start, final = load_file(Path(warm_policy) / "model.safetensors"), _final(summary)

@@ -287,12 +287,13 @@ def make_real_shape_model(name: str, out: str | Path, reward_model: bool = False
 
 
 def resolve_policy_path(path: str, output_dir: str | Path, seed: int = 0) -> str:
-    """`policy.path: tiny` builds the offline tiny policy under `output_dir/tiny-policy` (once); a hub
-    id or a local directory passes through."""
+    """`policy.path: tiny` builds the offline tiny policy under `output_dir/tiny-policy` (once); a local
+    directory is made absolute (actors and learner workers open it from directories of their own); a
+    hub id passes through."""
     if path != "tiny":
-        return path
+        return str(Path(path).resolve()) if Path(path).is_dir() else path
     target = Path(output_dir) / "tiny-policy"
     if not (target / "config.json").is_file():
         log.info("building the offline tiny Qwen2.5-VL policy in %s", target)
         make_tiny_policy(target, seed=seed)
-    return str(target)
+    return str(target.resolve())
