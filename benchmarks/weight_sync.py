@@ -16,6 +16,7 @@ object store + vLLM's reload, and vLLM's weight-transfer engine (gloo, the CPU t
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -65,7 +66,7 @@ def main() -> None:
     model = load_policy(path, "float32").to(device)
     engine_dtype = resolve_dtype(args.engine_dtype)
     weights = PolicyWeights(model, engine_dtype)
-    nbytes = sum(dtype.itemsize * _numel(shape) for _, dtype, shape in weights.meta())
+    nbytes = sum(dtype.itemsize * math.prod(shape) for _, dtype, shape in weights.meta())
     params = sum(p.numel() for p in model.parameters())
 
     # The ceiling: every tensor copied (and cast) into tensors that already exist, on the learner's device.
@@ -113,17 +114,10 @@ def main() -> None:
             rows += vllm_rows(path, model, t_copy, nbytes, args.repeats)
     finally:
         ray.shutdown()
-    report("weight_sync" if device == "cpu" else f"weight_sync_{args.size}", rows, {"size": args.size, "params": params, "bytes_per_sync": nbytes,
-                                 "engine_dtype": args.engine_dtype, "device": device,
-                                 "targets": {"shared_memory vs_copy (CPU, mid)": "<= 1.5",
-                                             "seconds (H100, qwen2.5-vl-3b, same-GPU actor)": "< 1"}})
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+    report("weight_sync" if device == "cpu" else f"weight_sync_{args.size}", rows,
+           {"size": args.size, "params": params, "bytes_per_sync": nbytes, "engine_dtype": args.engine_dtype,
+            "device": device, "targets": {"shared_memory vs_copy (CPU, mid)": "<= 1.5",
+                                          "seconds (H100, qwen2.5-vl-3b, same-GPU actor)": "< 1"}})
 
 
 def vllm_rows(path: str, model, t_copy: float, nbytes: int, repeats: int) -> list[dict]:

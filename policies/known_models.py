@@ -3,8 +3,8 @@
 `brl plan` needs a model's dimensions to size its memory, and the GPU test lane builds random-weight
 models of the real shapes; neither may depend on the model hub. These are the dimensions of the
 published Qwen2.5-VL-3B-Instruct and -7B-Instruct configs (3.75B and, without the LM head, 7.75B
-parameters). `model_config` prefers a local checkpoint's own config, then the hub's (when it is
-reachable or cached), then these.
+parameters). `model_config` prefers a local checkpoint's (or the hub cache's) own config, then these,
+then the hub: a known model costs no network wait offline.
 """
 
 from __future__ import annotations
@@ -40,7 +40,13 @@ def known_config(name: str) -> Any:
     text = dict(spec["text"], max_position_embeddings=128000, rms_norm_eps=1e-6, rope_parameters=dict(_ROPE),
                 **{k: v for k, v in _TOKENS.items() if k in ("bos_token_id", "eos_token_id")})
     return Qwen2_5_VLConfig(text_config=text, vision_config=dict(_VISION, out_hidden_size=spec["out_hidden_size"]),
-                            tie_word_embeddings=tied, **_TOKENS)
+                            tie_word_embeddings=tied, dtype="bfloat16", **_TOKENS)  # as published
+
+
+def config_dtype(config: Any) -> str | None:
+    """The dtype a config says its checkpoint stores ("bfloat16", ...), None when it does not say."""
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else None
 
 
 def model_config(path: str, trust_remote_code: bool = False) -> Any:

@@ -181,9 +181,8 @@ class ScoringBackend:
             features = backbone.get_image_features(pixels, grid, return_dict=True).pooler_output  # each [tokens, H]
             shared = tuple(features[j] for j in batch.occurrence)
             return {**inputs, "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=shared)}}
-        patches = grid.prod(-1).tolist()
-        starts = [sum(patches[:j]) for j in range(len(patches))]
-        inputs["pixel_values"] = torch.cat([pixels[starts[j]:starts[j] + patches[j]] for j in batch.occurrence])
+        per_image = pixels.split(grid.prod(-1).tolist())  # each distinct image's patch rows
+        inputs["pixel_values"] = torch.cat([per_image[j] for j in batch.occurrence])
         return inputs
 
 
@@ -249,7 +248,8 @@ class BaseRewardScorer:
         convs = [self._conversation(p, c, len(im)) for p, c, im in zip(prompts, completions, imgs, strict=True)]
         out: list[float | None] = [None] * n
         text_rows = [i for i in range(n) if not imgs[i]] if self.text_backend else []
-        mm_rows = [i for i in range(n) if i not in set(text_rows)]
+        routed = set(text_rows)
+        mm_rows = [i for i in range(n) if i not in routed]
         if mm_rows:
             per_model = [self._score_with(b, [convs[i] for i in mm_rows], [imgs[i] for i in mm_rows])
                          for b in self.backends]

@@ -48,14 +48,12 @@ HALF_DTYPES = ("bfloat16", "float16")
 
 def checkpoint_dtype(path: str) -> str | None:
     """The dtype a checkpoint stores its weights in (what `dtype: auto` loads), when its config says."""
-    try:
-        from transformers import AutoConfig
+    from policies.known_models import config_dtype, model_config
 
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError):  # not local and no hub: cannot tell
+    try:
+        return config_dtype(model_config(path))
+    except ValueError:  # not local, not a known shape, and no hub: cannot tell
         return None
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    return str(dtype).removeprefix("torch.") if dtype is not None else None
 
 
 def check_update_precision(policy: Any, trainer: dict[str, Any], section: str) -> None:

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from policies.known_models import config_dtype, model_config
 from rl.config import ConfigError
 from rl.placement import GPURequest, gpu_requests, pack
 
@@ -59,7 +60,6 @@ def shape_of(config: Any, backbone_only: bool = False) -> Shape:
     inner = getattr(model, "model", model)
     tower = getattr(inner, "visual", None) or getattr(model, "visual", None)
     text = getattr(config, "text_config", None) or config
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     return Shape(
         params=sum(p.numel() for p in model.parameters()),
         vision_params=sum(p.numel() for p in tower.parameters()) if tower is not None else 0,
@@ -70,7 +70,7 @@ def shape_of(config: Any, backbone_only: bool = False) -> Shape:
         vision_layers=getattr(vision, "depth", 0) if vision is not None else 0,
         vision_hidden=getattr(vision, "hidden_size", 0) if vision is not None else 0,
         vision_intermediate=getattr(vision, "intermediate_size", 0) if vision is not None else 0,
-        dtype=str(dtype).removeprefix("torch.") if dtype is not None else None,
+        dtype=config_dtype(config),
         linear_shapes=tuple((n, m.in_features, m.out_features) for n, m in model.named_modules()
                             if isinstance(m, torch.nn.Linear)),
     )
@@ -315,8 +315,6 @@ def reward_shape(cfg: Any, override: str | None = None) -> tuple[Shape | None, s
     Its checkpoint (or `override`), else, for a checkpoint not trained yet, the paper's backbone."""
     from pathlib import Path
 
-    from policies.known_models import model_config
-
     if cfg.reward.scheme not in ("model", "hybrid"):
         return None, "no reward model"
     path = override or (cfg.reward.model.paths[0] if cfg.reward.model.paths else None)
@@ -340,8 +338,6 @@ def fewest_gpus(cfg: Any) -> int:
 def plan_for(cfg: Any, args: Any, num_gpus: int, capacity: int, reward_model: str | None = None,
              text_tokens: int = DEFAULT_TEXT_TOKENS, images_per_prompt: int = 1) -> tuple[list[GPUPlan], str]:
     """The per-GPU plan of a GRPO config and a header describing what it assumed."""
-    from policies.known_models import model_config
-
     policy = shape_of(model_config(cfg.policy.path, cfg.policy.trust_remote_code))
     reward, reward_from = reward_shape(cfg, reward_model)
     load = workload(cfg, args, text_tokens, images_per_prompt)

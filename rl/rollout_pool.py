@@ -10,6 +10,7 @@ given the weights it held (the transport's `restore`) and sent only its share ag
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,7 +55,7 @@ class RolloutPool:
 
     def generate(self, requests: list[RolloutRequest], sampling: SamplingParams) -> list[list[Rollout]]:
         parts = shard(requests, len(self.actors))
-        starts = [sum(len(p) for p in parts[:i]) for i in range(len(parts))]
+        starts = [0, *itertools.accumulate(len(p) for p in parts)]
 
         # Actor i's share starts at request starts[i] of the call, and is seeded as that request: every
         # (prompt, sample) keeps the seed it has in the whole call whichever actor makes it, so seeds

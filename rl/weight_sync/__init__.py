@@ -87,23 +87,25 @@ def engine_options(transport: str | None) -> dict[str, Any]:
     return {"weight_transfer": transport, "worker_extension": "rl.weight_sync.vllm_transfer.TransferWorkerExtension"}
 
 
-def here() -> Location:
-    """This process's Location (the learner's, when the learner builds its rollout pool)."""
+def location(device: Any) -> Location:
+    """Where a tensor on `device` (of this process) lives: this Ray node, and the device's GPU if any."""
     import ray
     import torch
 
-    gpu = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid) \
-        if torch.cuda.is_available() else None
+    device = torch.device(device)
+    gpu = str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None
     return Location(ray.get_runtime_context().get_node_id(), gpu)
+
+
+def here() -> Location:
+    """This process's Location (the learner's, when the learner builds its rollout pool)."""
+    import torch
+
+    return location(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
 
 
 def _engine_location(engine: Any) -> Location:
-    import ray
-    import torch
-
-    device = torch.device(getattr(engine, "device", "cpu"))
-    gpu = str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None
-    return Location(ray.get_runtime_context().get_node_id(), gpu)
+    return location(getattr(engine, "device", "cpu"))
 
 
 def make_weight_sync(weight_sync: str, transport: str | None, calls: Any, bucket_bytes: int = 512 << 20) -> WeightSync:

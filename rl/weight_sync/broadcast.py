@@ -14,6 +14,7 @@ stops with a checkpoint to resume from), never a hang.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import uuid
 from collections.abc import Mapping
@@ -75,16 +76,9 @@ def receive(engine: Any, name: str, manifest: list[tuple[str, torch.dtype, tuple
         buffer = _buffers[device] = torch.empty(nbytes, dtype=torch.uint8, device=device)
     bucket = buffer[:nbytes]  # [nbytes]
     broadcast(_groups[name][0], bucket, src=0)
-    views = {key: bucket[offset:offset + dtype.itemsize * _numel(shape)].view(dtype).view(shape)
+    views = {key: bucket[offset:offset + dtype.itemsize * math.prod(shape)].view(dtype).view(shape)
              for key, dtype, shape, offset in manifest}
     engine.load_weights(views, version)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 class BroadcastSync:
