@@ -125,14 +125,14 @@ def vllm_rows(path: str, model, t_copy: float, nbytes: int, repeats: int) -> lis
     import ray
 
     from policies.vllm_engine import VLLMEngine
-    from rl.actors import spawn_group
+    from rl.actors import spawn_group, stop_actors
     from rl.config import ActorGroupConfig
     from rl.rollout_pool import RolloutPool
     from rl.weight_sync import engine_options
     from rl.weight_sync.export import PolicyWeights
 
     engine = {"path": path, "dtype": "float32", **engine_options("gloo"),
-              "engine_kwargs": {"max_model_len": 512, "enforce_eager": True, "gpu_memory_utilization": 0.15}}
+              "engine_kwargs": {"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 256 << 20}}
     actors = spawn_group("rollout", VLLMEngine, engine, ActorGroupConfig(num_actors=1, num_cpus=1))
     paths = {"vLLM actor: object store + reload_weights": RolloutPool(actors, 1800, weight_sync="object_store"),
              "vLLM actor: weight transfer (gloo)": RolloutPool(actors, 1800, weight_transfer="gloo")}
@@ -147,8 +147,7 @@ def vllm_rows(path: str, model, t_copy: float, nbytes: int, repeats: int) -> lis
                     times[name].append(time.perf_counter() - start)
     finally:
         paths["vLLM actor: weight transfer (gloo)"].close()
-        for a in actors:
-            ray.kill(a)
+        stop_actors(actors)
     return [{"path": name, "actors": 1, "seconds": statistics.median(ts), "GB_per_s": nbytes / statistics.median(ts) / 1e9,
              "copy_s": t_copy, "vs_copy": statistics.median(ts) / t_copy} for name, ts in times.items()]
 

@@ -17,8 +17,9 @@ from policies.vllm_engine import EngineStartError, VLLMEngine  # noqa: E402
 from rl.tasks.shapes import make_shapes_dataset  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-# On CPU, gpu_memory_utilization is the share of host RAM reserved for the KV cache.
-ENGINE = {"max_model_len": 512, "enforce_eager": True, "gpu_memory_utilization": 0.15}
+# A fixed 256 MiB KV cache (plenty for these batches): gpu_memory_utilization would take its share of
+# the host's RAM on CPU (0.15: 3.5 GiB per engine here), and this lane runs three engines at once.
+ENGINE = {"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 256 << 20}
 
 
 @pytest.fixture(scope="module")
@@ -84,18 +85,33 @@ def test_placeholder_and_image_counts_must_agree(engine):
 def test_an_engine_that_cannot_start_says_which_setting_to_change(warm_policy):
     # Too small a memory share for the KV cache: vLLM refuses; the error must point at the knob.
     with pytest.raises(EngineStartError, match="vLLM engine failed to start(.|\n)*gpu_memory_utilization"):
-        VLLMEngine(warm_policy, dtype="float32", engine_kwargs={**ENGINE, "gpu_memory_utilization": 0.01})
+        VLLMEngine(warm_policy, dtype="float32",
+                   engine_kwargs={"max_model_len": 512, "enforce_eager": True, "gpu_memory_utilization": 0.01})
 
 
 def test_shutdown_leaves_no_engine_processes(warm_policy):
     psutil = pytest.importorskip("psutil")
     me = psutil.Process(os.getpid())
-    before = {p.pid for p in me.children(recursive=True)}
+
+    def children() -> set[int]:
+        # Python's multiprocessing resource tracker (started by the first engine, alone in a fresh
+        # process) is this process's helper, meant to live as long as it does: not the engine's.
+        alive = set()
+        for p in me.children(recursive=True):
+            try:
+                if "resource_tracker" not in " ".join(p.cmdline()):
+                    alive.add(p.pid)
+            except psutil.Error:  # exited (or a zombie) meanwhile
+                pass
+        return alive
+
+    before = children()
     eng = VLLMEngine(warm_policy, dtype="float32", engine_kwargs=ENGINE)
-    assert {p.pid for p in me.children(recursive=True)} - before, "the engine started no process?"
+    started = children() - before
+    assert started, "the engine started no process?"
     eng.shutdown()
-    psutil.wait_procs([p for p in me.children(recursive=True) if p.pid not in before], timeout=30)
-    assert not {p.pid for p in me.children(recursive=True) if p.is_running()} - before
+    psutil.wait_procs([psutil.Process(pid) for pid in started if psutil.pid_exists(pid)], timeout=30)
+    assert not children() - before
 
 
 def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_policy, monkeypatch):
@@ -108,7 +124,7 @@ def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_
     import os
     import signal
 
-    from rl.actors import actor_pid, spawn_group
+    from rl.actors import actor_pid, spawn_group, stop_actors
     from rl.config import ActorGroupConfig, PolicyConfig, RolloutConfig
     from rl.rollout_pool import RolloutPool, engine_spec
     from rl.weight_sync.export import policy_state_dict
@@ -160,8 +176,7 @@ def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_
         assert time.monotonic() - start < 60
     finally:
         pool.close()
-        for actor in actors:
-            ray_local.kill(actor)
+        stop_actors(actors)
 
 
 @pytest.mark.parametrize("weight_transfer", [None, "gloo"])
@@ -174,7 +189,7 @@ def test_grpo_with_a_ray_actor_hosting_vllm(tmp_path, warm_policy, weight_transf
     cfg = grpo.load(str(config), [
         f"output_dir={tmp_path}", f"policy.path={warm_policy}", "ray.enabled=true", "ray.num_cpus=2",
         "rollout.backend=vllm", "rollout.actors.num_actors=1", "rollout.actors.num_cpus=1",
-        "rollout.vllm={max_model_len: 512, enforce_eager: true, gpu_memory_utilization: 0.15}",
+        "rollout.vllm={max_model_len: 512, enforce_eager: true, kv_cache_memory_bytes: 268435456}",
         f"rollout.weight_transfer={weight_transfer or 'null'}",
         "trainer.max_steps=2", "trainer.per_device_train_batch_size=8", "trainer.num_generations=4",
         "trainer.report_to=[]"])
