@@ -122,8 +122,6 @@ def main() -> None:
 
 def vllm_rows(path: str, model, t_copy: float, nbytes: int, repeats: int) -> list[dict]:
     """One vLLM engine actor (started with the gloo transfer backend), synced both ways in turn."""
-    import ray
-
     from policies.vllm_engine import VLLMEngine
     from rl.actors import spawn_group, stop_actors
     from rl.config import ActorGroupConfig
