@@ -52,8 +52,9 @@ def _explain_start_failure(err: Exception, engine_kwargs: dict[str, Any]) -> str
     text = f"{type(err).__name__}: {err}"
     hints = []
     if "memory" in text.lower() or "kv cache" in text.lower():
-        hints.append(f"lower rollout.vllm.gpu_memory_utilization (now {engine_kwargs.get('gpu_memory_utilization')};"
-                     " on CPU it is the share of host RAM reserved) or rollout.vllm.max_model_len")
+        hints.append(f"change rollout.vllm.gpu_memory_utilization (now {engine_kwargs.get('gpu_memory_utilization')};"
+                     " on CPU it is the share of host RAM reserved), give the KV cache a fixed size with "
+                     "rollout.vllm.kv_cache_memory_bytes, or lower rollout.vllm.max_model_len")
     if "head size" in text.lower() or "head_size" in text.lower():
         hints.append("this attention backend does not support the model's head size")
     if not hints:  # the engine core runs in a child process: its root cause is in the log above

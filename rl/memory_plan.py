@@ -198,6 +198,10 @@ def learner_items(cfg: Any, args: Any, shape: Shape, load: Workload) -> list[Ite
 def rollout_items(cfg: Any, shape: Shape, load: Workload, capacity: int) -> list[Item]:
     ew = BYTES.get(cfg.rollout.dtype or cfg.policy.dtype, 2)
     if cfg.rollout.backend == "vllm":
+        kv_bytes = cfg.rollout.vllm.get("kv_cache_memory_bytes")
+        if kv_bytes is not None:  # a fixed KV cache: vLLM then ignores gpu_memory_utilization for its size
+            return [Item("vLLM engine weights", shape.params * ew, "rollout.dtype: bfloat16"),
+                     Item("vLLM KV cache (kv_cache_memory_bytes)", int(kv_bytes), "rollout.vllm.kv_cache_memory_bytes")]
         util = float(cfg.rollout.vllm.get("gpu_memory_utilization", 0.9))
         return [Item(f"vLLM engine (gpu_memory_utilization {util:g} of the GPU: weights + KV cache)",
                      int(util * capacity), "rollout.vllm.gpu_memory_utilization")]

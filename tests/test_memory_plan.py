@@ -62,6 +62,16 @@ def test_fractional_shares_of_one_gpu_add_up_on_it():
     assert gpu.total == sum(i.bytes for i in gpu.items)
 
 
+def test_a_vllm_engine_takes_its_memory_share_or_its_weights_plus_a_fixed_kv_cache():
+    def engine_items(*overrides):
+        (_, rollout_gpu, *_), _ = _plan("gpu_grpo_qwen25vl3b_vllm.yaml", "rollout.dtype=bfloat16", *overrides)
+        return {i.name.split(" (")[0]: i.bytes for i in rollout_gpu.items}
+
+    assert engine_items() == {"vLLM engine": int(0.85 * 80 * GiB)}  # the config's gpu_memory_utilization
+    fixed = engine_items("rollout.vllm.kv_cache_memory_bytes=4294967296")
+    assert fixed == {"vLLM engine weights": pytest.approx(3.7546e9 * 2, rel=1e-3), "vLLM KV cache": 4 * GiB}
+
+
 def test_fsdp_learner_workers_hold_a_shard_and_ddp_workers_a_whole_copy_plus_buckets():
     config = "gpu_grpo_qwen25vl3b_8gpu_fsdp.yaml"
     (fsdp, *_), _ = _plan(config)
