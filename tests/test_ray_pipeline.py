@@ -1,5 +1,6 @@
 """The Ray lane: real actors on a local cluster, the real TRL learner."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,7 @@ def test_float32_learner_weights_reach_bfloat16_engines_cast(ray_local, warm_pol
     pool = RolloutPool(spawn_group("rollout", HFEngine, {"model": warm_policy, "dtype": "bfloat16"},
                                    ActorGroupConfig(num_actors=1, num_cpus=1)), 120, weight_sync=weight_sync,
                        bucket_mb=1 / 16)
+    staged: list[str] = []
     try:
         pool.load_weights(PolicyWeights(learner.model, torch.bfloat16), version=1)
         local = HFEngine(warm_policy, dtype="bfloat16")
@@ -109,8 +111,14 @@ def test_float32_learner_weights_reach_bfloat16_engines_cast(ray_local, warm_pol
         actor_state = ray_local.get(pool.actors[0].state_dict.remote())
         assert all(v.dtype == torch.bfloat16 and torch.equal(v, local.state_dict()[k])
                    for k, v in actor_state.items() if v.is_floating_point())
+        if weight_sync == "shared_memory":  # the cast weights went through a staging file
+            staged = [s.buffer.untyped_storage()._share_filename_cpu_()[1].decode() for s in pool.sync._staging.values()]
+            assert staged
     finally:
         pool.close()
+    # Closed, the transport leaves nothing in /dev/shm (RAM): the actor let go of the staging file it
+    # mapped, so freeing the buffer unlinked it (an actor killed still holding it would leak it).
+    assert not [name for name in staged if os.path.exists("/dev/shm" + name)]
 
 
 @pytest.mark.parametrize("weight_sync", ["shared_memory", "broadcast"])

@@ -84,6 +84,12 @@ def _local_device_index(gpu_uuid: str) -> int:
                        "CUDA IPC only reaches actors on the learner's GPU (use weight_sync: broadcast)")
 
 
+def release_mapped(_hosted: Any = None) -> None:
+    """The receiving side unmaps every file of the sender's it mapped (`SharedMemorySync.close`)."""
+    _attached.clear()
+    _attached_session[0] = ""
+
+
 def _cpu_handle(tensor: torch.Tensor) -> tuple:
     manager, filename, nbytes = tensor.untyped_storage()._share_filename_cpu_()  # in place; no-op once shared
     return ("cpu", manager, filename, nbytes, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()),
@@ -129,6 +135,14 @@ class SharedMemorySync:
         self._stream(self._last, version, [actor])
 
     def close(self) -> None:
+        """The actors unmap the learner's files, then the staging buffers go. torch unlinks a shared
+        file once every process that mapped it has let go: an actor killed still holding one (the
+        end of every run kills them) would leave it in /dev/shm, which is RAM, until the node restarts."""
+        if self.calls is not None:
+            import ray
+
+            released = [actor.__ray_call__.remote(release_mapped) for actor in self.calls.actors]
+            ray.wait(released, num_returns=len(released), timeout=self.calls.timeout_s)  # a dead actor holds nothing
         self._last = None
         self._staging.clear()
 
