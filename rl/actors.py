@@ -92,6 +92,15 @@ def actor_node(actor: Any) -> Any:
     return actor.__ray_call__.remote(_node_id)
 
 
+def call_each(actors: list[Any], fn: Any, timeout_s: float) -> None:
+    """`fn(hosted object)` on every actor at once, waited for up to `timeout_s`, failures ignored: for
+    clean-up before actors go, where a dead or hung actor has nothing left to clean."""
+    import ray
+
+    calls = [actor.__ray_call__.remote(fn) for actor in actors]
+    ray.wait(calls, num_returns=len(calls), timeout=timeout_s)
+
+
 def _shut_down(obj: Any) -> None:
     shutdown = getattr(obj, "shutdown", None)  # hosted classes with processes of their own (VLLMEngine) have one
     if callable(shutdown):
@@ -107,9 +116,8 @@ def stop_actors(actors: list[Any], timeout_s: float = 60.0) -> None:
     does not answer within `timeout_s` (a hung or dead actor) is not waited for."""
     import ray
 
-    shutdowns = [actor.__ray_call__.remote(_shut_down) for actor in actors]
     try:
-        ray.wait(shutdowns, num_returns=len(shutdowns), timeout=timeout_s)
+        call_each(actors, _shut_down, timeout_s)
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)

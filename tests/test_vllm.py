@@ -93,25 +93,25 @@ def test_shutdown_leaves_no_engine_processes(warm_policy):
     psutil = pytest.importorskip("psutil")
     me = psutil.Process(os.getpid())
 
-    def children() -> set[int]:
+    def children() -> dict[int, psutil.Process]:
         # Python's multiprocessing resource tracker (started by the first engine, alone in a fresh
         # process) is this process's helper, meant to live as long as it does: not the engine's.
-        alive = set()
+        alive = {}
         for p in me.children(recursive=True):
             try:
                 if "resource_tracker" not in " ".join(p.cmdline()):
-                    alive.add(p.pid)
+                    alive[p.pid] = p
             except psutil.Error:  # exited (or a zombie) meanwhile
                 pass
         return alive
 
-    before = children()
+    before = children().keys()
     eng = VLLMEngine(warm_policy, dtype="float32", engine_kwargs=ENGINE)
-    started = children() - before
+    started = {pid: p for pid, p in children().items() if pid not in before}
     assert started, "the engine started no process?"
     eng.shutdown()
-    psutil.wait_procs([psutil.Process(pid) for pid in started if psutil.pid_exists(pid)], timeout=30)
-    assert not children() - before
+    psutil.wait_procs(list(started.values()), timeout=30)
+    assert not children().keys() - before
 
 
 def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_policy, monkeypatch):

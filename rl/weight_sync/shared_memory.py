@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from rl.actor_calls import ActorCalls
+from rl.actors import call_each
 from rl.weight_sync.export import Staging, aligned, as_weights, check_rereadable
 
 log = logging.getLogger(__name__)
@@ -139,10 +140,7 @@ class SharedMemorySync:
         file once every process that mapped it has let go: an actor killed still holding one (the
         end of every run kills them) would leave it in /dev/shm, which is RAM, until the node restarts."""
         if self.calls is not None:
-            import ray
-
-            released = [actor.__ray_call__.remote(release_mapped) for actor in self.calls.actors]
-            ray.wait(released, num_returns=len(released), timeout=self.calls.timeout_s)  # a dead actor holds nothing
+            call_each(self.calls.actors, release_mapped, self.calls.timeout_s)
         self._last = None
         self._staging.clear()
 
