@@ -190,8 +190,9 @@ def learner_items(cfg: Any, args: Any, shape: Shape, load: Workload) -> list[Ite
         items.append(Item("DDP gradient buckets (a second copy of the gradients)", trained * tw,
                           "learner.strategy: fsdp (shards instead of copying)"))
     if cfg.ray.enabled and not cfg.rollout.colocate and cfg.rollout.weight_sync != "object_store":
+        sent = shape.params * BYTES.get(cfg.rollout.dtype or cfg.policy.dtype, 2)  # a smaller policy: its size
         items.append(Item("weight sync: one staging bucket (cast weights on their way to the engines)",
-                          int(cfg.rollout.bucket_mb * 2**20), "rollout.bucket_mb"))
+                          min(int(cfg.rollout.bucket_mb * 2**20), sent), "rollout.bucket_mb"))
     return items
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rl.weight_sync import Location, check_transport, choose_weight_sync
-from rl.weight_sync.export import PolicyWeights, Staging, as_weights
+from rl.weight_sync.export import PolicyWeights, Staging, aligned, as_weights, bucket_bytes_for
 from rl.weight_sync.shared_memory import SharedMemorySync, SharedTensors
 
 
@@ -83,6 +83,19 @@ def test_shared_memory_buckets_share_the_learners_tensors_in_place_and_stage_the
     plain = list(sync.buckets(as_weights({"x": torch.ones(2)})))  # a dict's tensors are not the learner's: staged
     staging = sync._staging[torch.device("cpu")].buffer.untyped_storage()._share_filename_cpu_()[1]
     assert plain[0].handles["x"][2] == staging
+
+
+def test_a_staging_bucket_is_never_larger_than_the_policy_it_stages():
+    """The default bucket is 512 MiB; a small policy gets a buffer of its own size, not a 512 MiB file in
+    /dev/shm (or on the GPU) for as long as the run lasts."""
+    model = _model()
+    weights = PolicyWeights(model, torch.bfloat16)
+    policy_bytes = sum(aligned(t.numel() * 2) for t in weights.values())
+    assert bucket_bytes_for(weights, 512 << 20) == policy_bytes
+    assert bucket_bytes_for(weights, 64) == 64  # a policy larger than the bucket: the bucket's size
+    sync = SharedMemorySync(calls=None)  # the default bucket
+    buckets = list(sync.buckets(weights))
+    assert len(buckets) == 1 and sync._staging[torch.device("cpu")].nbytes == policy_bytes
 
 
 _READER = """

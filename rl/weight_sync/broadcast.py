@@ -35,7 +35,7 @@ from rl.weight_sync.collective import (
     serve_store,
     watched,
 )
-from rl.weight_sync.export import Staging, aligned, as_weights, check_rereadable
+from rl.weight_sync.export import Staging, aligned, as_weights, bucket_bytes_for, check_rereadable
 
 log = logging.getLogger(__name__)
 
@@ -156,25 +156,26 @@ class BroadcastSync:
 
     def _stream(self, weights: Any, version: int) -> None:
         manifest: list[tuple[str, torch.dtype, tuple[int, ...], int]] = []
+        bucket = bucket_bytes_for(weights, self.bucket_bytes)
         for name in weights:
             source = weights.source(name)
             dtype = weights.target_dtype(source)
             nbytes = source.numel() * dtype.itemsize
-            staging = self._staging_for(nbytes)
+            staging = self._staging_for(nbytes, bucket)
             if manifest and not staging.fits(nbytes):
                 self._round(manifest, version)
                 manifest = []
-                staging = self._staging_for(nbytes)
+                staging = self._staging_for(nbytes, bucket)
             offset = aligned(staging.used)
             staging.put(source, dtype)  # to the staging device and dtype in one copy
             manifest.append((name, dtype, tuple(source.shape), offset))
         if manifest:
             self._round(manifest, version)
 
-    def _staging_for(self, nbytes: int) -> Staging:
+    def _staging_for(self, nbytes: int, bucket: int) -> Staging:
         staging = self._staging
         if staging is None or (staging.used == 0 and staging.nbytes < nbytes):
-            staging = self._staging = Staging(max(self.bucket_bytes, aligned(nbytes)), self.device)
+            staging = self._staging = Staging(max(bucket, aligned(nbytes)), self.device)
         return staging
 
     def _round(self, manifest: list, version: int) -> None:

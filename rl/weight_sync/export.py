@@ -3,6 +3,7 @@ at a time (`PolicyWeights`), and their packing for Ray's object store (`PackedSt
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -162,6 +163,13 @@ ALIGN = 256  # bytes: every staged tensor starts on this boundary (any dtype's a
 
 def aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def bucket_bytes_for(weights: Any, bucket_bytes: int) -> int:
+    """A staging bucket's size: `bucket_bytes`, or the whole policy as sent where that is smaller (a
+    tiny or test policy must not pin a 512 MiB buffer in shared memory or on the GPU)."""
+    total = sum(aligned(math.prod(shape) * dtype.itemsize) for _, dtype, shape in weights.meta())
+    return min(bucket_bytes, total)
 
 
 class Staging:

@@ -9,7 +9,8 @@
 
 Tensors that must be cast (float32 master weights, bfloat16 engines) or that are not the learner's
 own (LoRA-merged, gathered from shards) are copied into a staging buffer of `bucket_bytes`, reused
-bucket after bucket: the extra memory is one bucket, never a copy of the policy. Each bucket is one
+bucket after bucket: the extra memory is one bucket (or the policy as sent, if smaller), never a copy of
+the policy. Each bucket is one
 `load_weights(SharedTensors, version)` call on every actor: the engines need nothing special, the
 `SharedTensors` they get is a Mapping that rebuilds tensors over the shared memory when read.
 """
@@ -26,7 +27,7 @@ import torch
 
 from rl.actor_calls import ActorCalls
 from rl.actors import call_each
-from rl.weight_sync.export import Staging, aligned, as_weights, check_rereadable
+from rl.weight_sync.export import Staging, aligned, as_weights, bucket_bytes_for, check_rereadable
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class SharedMemorySync:
         """The weights as SharedTensors, one staging bucket's worth at a time: a bucket is valid until
         the next one is asked for (its staging is then reused)."""
         handles: dict[str, tuple] = {}
+        bucket = bucket_bytes_for(weights, self.bucket_bytes)
         for name in weights:
             source = weights.source(name)
             dtype = weights.target_dtype(source)
@@ -159,7 +161,7 @@ class SharedMemorySync:
             if staging is not None and staging.used and not staging.fits(nbytes):
                 yield self._flush(handles)  # full: hand this bucket over, then reuse the buffer
                 handles = {}
-            handles[name] = _handle(self._staging_for(source.device, nbytes).put(source, dtype))
+            handles[name] = _handle(self._staging_for(source.device, nbytes, bucket).put(source, dtype))
         if handles:
             yield self._flush(handles)
 
@@ -170,11 +172,11 @@ class SharedMemorySync:
             staging.used = 0
         return SharedTensors(self.session, handles)
 
-    def _staging_for(self, device: torch.device, nbytes: int) -> Staging:
+    def _staging_for(self, device: torch.device, nbytes: int, bucket: int) -> Staging:
         staging = self._staging.get(device)
         # First use, or a tensor larger than a bucket (the buffer is empty then: just flushed or new).
         if staging is None or staging.nbytes < nbytes:
-            size = max(self.bucket_bytes, aligned(nbytes))
+            size = max(bucket, aligned(nbytes))
             staging = self._staging[device] = Staging(size, device, shared=True)
         return staging
 
