@@ -148,6 +148,22 @@ def test_the_scorers_throughput_options_change_nothing_but_speed(untrained_rm):
     assert sum(seen) < len(images) and len(seen) == 3
 
 
+def test_an_image_that_several_rows_show_is_resized_once():
+    """bound_rows: rows whose images are equal copies (each decoded on its own) get one resized image;
+    different pixels stay apart; an image within the bound is only converted to RGB."""
+    from PIL import Image
+
+    from reward.scorer import bound_pixels, bound_rows
+
+    photo, other = Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "blue")
+    small = Image.new("L", (8, 8), 7)
+    rows = bound_rows([[photo.copy()], [photo.copy(), small], [other], [photo.copy()]], max_pixels=16 * 12)
+    assert rows[0][0] is rows[1][0] is rows[3][0] and rows[2][0] is not rows[0][0]
+    assert rows[0][0].size == (16, 12) and list(rows[0][0].tobytes()) == list(bound_pixels(photo, 16 * 12).tobytes())
+    assert rows[2][0].getpixel((0, 0)) == (0, 0, 255) and rows[1][1].mode == "RGB" and rows[1][1].size == (8, 8)
+    assert bound_rows([[photo]], max_pixels=None)[0][0].size == (64, 48)
+
+
 def test_distinct_images_are_processed_once_into_what_the_processor_gives(untrained_rm):
     """process_distinct_images: the processor's own tokens, token types and grids for every occurrence,
     with each distinct image's pixels once; expanded back, its pixels equal the processor's."""
