@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 from benchmarks.common import best_of, report
 
@@ -66,7 +69,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64],
                         help="the scorer's batch sizes timed (the first is also the plain path's and the judge's)")
     parser.add_argument("--verdict-tokens", type=int, nargs="+", default=[32, 256])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7, help="rounds of the scorer's timings (the judge: at most 3 runs)")
     args = parser.parse_args()
 
     import torch
@@ -74,7 +77,7 @@ def main() -> None:
     from policies.hf_engine import HFEngine
     from policies.rollout_engine import RolloutRequest, SamplingParams
     from reward.rule import RuleMatcher
-    from reward.scorer import BaseRewardScorer
+    from reward.scorer import BaseRewardScorer, ScorerOptions
 
     tmp = tempfile.mkdtemp()
     rm, judge_path = build(args.size, tmp)
@@ -82,36 +85,42 @@ def main() -> None:
     n = len(prompts)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
-    def timed(fn) -> float:
-        return best_of(lambda: (fn(), sync()), repeats=args.repeats)
+    def timed(fn: Callable[[], None], repeats: int = args.repeats) -> float:
+        return best_of(lambda: (fn(), sync()), repeats=repeats)
 
     batch_size = args.batch_sizes[0]  # the reference: ratios are to this batched path
     scorer = BaseRewardScorer.from_paths([rm])  # one model, its options changed between timings
+    fast = dataclasses.replace(scorer.options)
+    plain = dataclasses.replace(fast, batch_size=batch_size, prefetch=False, sort_by_length=False,
+                                encode_images_once=False)
+
+    def configure(options: ScorerOptions, **changes: Any) -> None:
+        scorer.options = dataclasses.replace(options, **changes)
+        scorer.backends[0].encode_images_once = scorer.options.encode_images_once
 
     def score_all() -> None:
         scorer(prompts, completions, images=images)
 
-    batched: dict[int, float] = {}
-    for size in args.batch_sizes:
-        scorer.options.batch_size = size
-        batched[size] = timed(score_all)
-    t_batched = batched[batch_size]
-    rows = [{"method": f"BaseReward, batches of {size} (length-sorted, each image processed and encoded once, "
-                       "prefetch on GPUs)", "samples_per_s": n / t, "x_slower_than_batched": t / t_batched}
-            for size, t in batched.items()]
-    scorer.options = dataclasses.replace(scorer.options, batch_size=batch_size, prefetch=False,
-                                         sort_by_length=False, encode_images_once=False)
-    scorer.backends[0].encode_images_once = False
-    t_plain = timed(score_all)
-    scorer.options.batch_size = 1
-    t_single = timed(lambda: [scorer([p], [c], images=[i]) for p, c, i in zip(prompts, completions, images)])
+    def one_per_call() -> None:
+        for p, c, i in zip(prompts, completions, images, strict=True):
+            scorer([p], [c], images=[i])
+
+    # Every BaseReward variant is timed once per round, rounds repeated: a slow spell of this shared
+    # machine then hits all of them alike instead of skewing one ratio (medians over the rounds).
+    variants = {**{f"BaseReward, batches of {size} (length-sorted, each image processed and encoded once, "
+                   "prefetch on GPUs)": (dict(options=fast, batch_size=size), score_all) for size in args.batch_sizes},
+                f"BaseReward, batches of {batch_size}, plain": (dict(options=plain), score_all),
+                "BaseReward, one per call": (dict(options=plain, batch_size=1), one_per_call)}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, (options, fn) in variants.items():
+            configure(**options)
+            times[name].append(timed(fn, repeats=1))
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    t_batched = next(iter(seconds.values()))
+    rows = [{"method": name, "samples_per_s": n / t, "x_slower_than_batched": t / t_batched}
+            for name, t in seconds.items()]
     scorer.backends.clear()  # frees the model before the judge loads
-    rows += [
-        {"method": f"BaseReward, batches of {batch_size}, plain", "samples_per_s": n / t_plain,
-         "x_slower_than_batched": t_plain / t_batched},
-        {"method": "BaseReward, one per call", "samples_per_s": n / t_single,
-         "x_slower_than_batched": t_single / t_batched},
-    ]
     # A generative judge on the same backbone: it reads the same prompt + answer and must write a
     # verdict of k tokens before a score exists (R1-Reward-style judges write hundreds), batched the same way.
     judge = HFEngine(judge_path, dtype="bfloat16" if args.size == "7b" else "float32")
@@ -125,7 +134,7 @@ def main() -> None:
             for start in range(0, n, batch_size):
                 judge.generate(requests[start:start + batch_size], verdict)
 
-        t_judge = timed(run_judge)
+        t_judge = timed(run_judge, repeats=min(3, args.repeats))
         rows.append({"method": f"generative judge, {k}-token verdict", "samples_per_s": n / t_judge,
                      "x_slower_than_batched": t_judge / t_batched})
 
