@@ -32,6 +32,7 @@ from policies.chat import vision_token_ids
 from policies.loading import load_policy, load_processor, resolve_dtype
 from reward.failures import RewardFailureError
 from reward.hybrid import HybridReward
+from reward.rule import RuleMatcher
 from rl.checkpoint import CheckpointCallback, check_resume_has_work, latest_checkpoint, resolve_resume, save_now
 from rl.colocated import ColocatedPool, check_colocate
 from rl.config import ActorGroupConfig, ConfigError, GRPORecipeConfig, load_config, to_container, to_yaml
@@ -68,7 +69,6 @@ class Actors:
 
 def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.ExitStack) -> Actors:
     """Rollout, scorer and rule actors as the config asks (killed when `stack` closes)."""
-    from reward.rule import RuleMatcher
     from reward.scorer import BaseRewardScorer
     from rl.actors import kill_on_exit, spawn_group
     from rl.rollout_pool import engine_spec
@@ -242,7 +242,8 @@ def train(cfg: GRPORecipeConfig, policy_path: str, actors: Actors, resume_from: 
             stack.callback(pool.close)
         scorer = RemoteReward(actors.scorer, "basereward", cfg.reward.timeout_s,
                               cfg.reward.model.actors.max_retries) if actors.scorer else None
-        rule = RemoteReward(actors.rule, "rule", cfg.reward.timeout_s, RULE_ACTOR.max_retries) if actors.rule else None
+        rule = RemoteReward(actors.rule, "rule", cfg.reward.timeout_s, RULE_ACTOR.max_retries,
+                            reads=RuleMatcher(**rule_options(cfg.reward)).reads) if actors.rule else None
         reward_funcs, reward_weights = build_reward_funcs(cfg.reward, scorer=scorer, rule=rule)
 
         processor = load_processor(policy_path, cfg.policy.max_pixels, cfg.policy.trust_remote_code)

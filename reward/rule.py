@@ -130,6 +130,12 @@ class RuleMatcher:
         if self.extract not in EXTRACT_MODES:
             raise ValueError(f"unknown extract mode {self.extract!r}; use one of {EXTRACT_MODES}")
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The reward columns a call reads besides the completions (not the prompts): all a remote
+        caller needs to send it (rl/remote_reward.py)."""
+        return (self.answer_column,)
+
     def match(self, completion: str, truth: str) -> bool:
         text = completion[-self.max_chars:]  # the answer is at the end; bound the work per item
         pred = extract_answer(text, self.extract)

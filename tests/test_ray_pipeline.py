@@ -233,6 +233,36 @@ def test_actor_groups_use_placement_groups_and_resources(ray_local, untrained_rm
         spawn_group("rule", RuleMatcher, {}, ActorGroupConfig(placement="TIGHT"))
 
 
+class Received:
+    """A reward that returns what reached it: per row, its prompt and the columns' names."""
+
+    def __call__(self, prompts, completions, **columns):
+        return [(p, sorted(columns)) for p in prompts]
+
+
+def test_a_remote_reward_sends_only_the_columns_its_reward_reads(ray_local):
+    """The rule matcher reads the completions and its answer column: the prompts and their images
+    stay in the driver (they would cross the object store every step for nothing)."""
+    import sys
+
+    import ray
+    from PIL import Image
+    from ray import cloudpickle
+
+    from reward.rule import RuleMatcher
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import a test module
+    actors = spawn_group("received", Received, {}, ActorGroupConfig(num_actors=1, num_cpus=0.5))
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Color?"}]}]
+    columns = {"answer": ["red", "blue"], "images": [[Image.new("RGB", (64, 64))]] * 2, "solution": ["r", "b"]}
+    everything = RemoteReward(actors, "received", 60)([prompt, prompt], ["a", "b"], **columns)
+    assert everything == [(prompt, ["answer", "images", "solution"])] * 2
+    reads = RuleMatcher(answer_column="solution").reads
+    assert RemoteReward(actors, "received", 60, reads=reads)([prompt, prompt], ["a", "b"], **columns) == \
+        [(None, ["solution"])] * 2
+    ray.kill(actors[0])
+
+
 class SlowLength:
     """A reward that takes 2 s per call (time to kill its actor mid-call)."""
 
