@@ -111,6 +111,15 @@ def image_fingerprint(image: Any) -> tuple | None:
     return ("ref", str(image))  # a path or URL
 
 
+def share_equal_images(rows: Sequence[Any]) -> list[Any]:
+    """Per-row image lists (an `images` column) with equal images made one object. GRPO's G rows of a
+    prompt each carry their own decoded copy of its images; pickled (Ray), one object is sent once,
+    so the copies then cost nothing to ship. Rows that are not lists are kept as they are."""
+    first: dict[tuple, Any] = {}
+    return [[first.setdefault(image_fingerprint(image), image) if hasattr(image, "tobytes") else image
+             for image in row] if isinstance(row, (list, tuple)) else row for row in rows]
+
+
 def prompt_key(prompt: str | list[dict], images: Sequence[Any] = ()) -> tuple:
     """The identity of a prompt: roles, texts and the images' pixels, in order. Two rows with the
     same question and different images are different prompts."""

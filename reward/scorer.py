@@ -75,16 +75,22 @@ def bound_rows(images: list[list[PILImage.Image]], max_pixels: int | None) -> li
     """`bound_pixels` of every row's images, an image that several rows show (GRPO scores G completions
     of each prompt, each row with its own decoded copy) resized once: a resize costs ~7 ms for a
     1024 x 1024 photo, the checksum that finds the copies ~0.6 ms. Images already within the bound are
-    only converted (cheaper than their checksum)."""
-    resized: dict[tuple, PILImage.Image] = {}
+    only converted (cheaper than their checksum), once per image object."""
+    resized: dict[tuple, PILImage.Image] = {}  # by content: equal copies
+    done: dict[int, PILImage.Image] = {}  # by object: rows that share one (share_equal_images)
 
     def bound(image: PILImage.Image) -> PILImage.Image:
+        if id(image) in done:
+            return done[id(image)]
         if not max_pixels or image.width * image.height <= max_pixels:
-            return bound_pixels(image, max_pixels)
-        key = image_fingerprint(image)
-        if key not in resized:
-            resized[key] = bound_pixels(image, max_pixels)
-        return resized[key]
+            out = bound_pixels(image, max_pixels)
+        else:
+            key = image_fingerprint(image)
+            if key not in resized:
+                resized[key] = bound_pixels(image, max_pixels)
+            out = resized[key]
+        done[id(image)] = out
+        return out
 
     return [[bound(image) for image in row] for row in images]
 

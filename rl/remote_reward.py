@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from policies.chat import share_equal_images
 from reward.base import slice_columns
 from rl.actor_calls import ActorCalls, shard
 
@@ -35,6 +36,8 @@ class RemoteReward:
         if self.reads is not None:
             columns = {key: v for key, v in columns.items() if key in self.reads}
             prompts = prompts if "prompts" in self.reads else [None] * n
+        if isinstance(columns.get("images"), list):
+            columns["images"] = share_equal_images(columns["images"])  # each distinct image pickled once
 
         def submit(a: int) -> Any:
             idx = index_parts[a]

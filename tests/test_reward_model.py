@@ -162,6 +162,23 @@ def test_an_image_that_several_rows_show_is_resized_once():
     assert rows[0][0].size == (16, 12) and list(rows[0][0].tobytes()) == list(bound_pixels(photo, 16 * 12).tobytes())
     assert rows[2][0].getpixel((0, 0)) == (0, 0, 255) and rows[1][1].mode == "RGB" and rows[1][1].size == (8, 8)
     assert bound_rows([[photo]], max_pixels=None)[0][0].size == (64, 48)
+    shared = bound_rows([[small], [small]], max_pixels=16 * 12)  # one object in two rows: converted once
+    assert shared[0][0] is shared[1][0]
+
+
+def test_equal_images_of_a_column_become_one_object_and_are_pickled_once():
+    import pickle
+
+    from PIL import Image
+
+    from policies.chat import share_equal_images
+
+    red = [Image.new("RGB", (64, 64), "red") for _ in range(8)]  # 8 rows, each its own decoded copy
+    blue = Image.new("RGB", (64, 64), "blue")
+    rows = share_equal_images([[im] for im in red] + [[blue, red[0].copy()], None])
+    assert all(row[0] is rows[0][0] for row in rows[:8]) and rows[8][0] is blue and rows[8][1] is rows[0][0]
+    assert rows[9] is None
+    assert len(pickle.dumps(rows)) < 3 * len(pickle.dumps(red[0])) < len(pickle.dumps([[im] for im in red]))
 
 
 def test_distinct_images_are_processed_once_into_what_the_processor_gives(untrained_rm):
