@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
@@ -17,6 +18,26 @@ def resolve_dtype(name: str) -> torch.dtype | str:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}") from None
+
+
+def check_model_source(path: str, field: str = "policy.path") -> None:
+    """Refuse, before anything starts, a model that cannot load here: a path that is neither a
+    directory nor a hub id, or a hub id missing from the local cache while the hub is offline."""
+    if Path(path).is_dir():
+        return
+    from huggingface_hub import is_offline_mode, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        raise FileNotFoundError(f"{field}: {path} is neither a directory nor a hub id (namespace/name); if another "
+                                "recipe writes it (`brl sft CONFIG` writes OUTPUT_DIR/final), run that first") from None
+    if is_offline_mode() and not isinstance(try_to_load_from_cache(path, "config.json"), str):
+        raise FileNotFoundError(f"{field}: {path} is not a local directory and not in the hub cache, and the hub is "
+                                f"offline (HF_HUB_OFFLINE): download it where the hub is reachable (`huggingface-cli "
+                                f"download {path}`) and point {field} at the local copy, or unset HF_HUB_OFFLINE")
 
 
 def is_vision_language(path: str, trust_remote_code: bool = False) -> bool:

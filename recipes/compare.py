@@ -152,7 +152,7 @@ def main(cfg: CompareRecipeConfig) -> dict:
     if cfg.eval.size:
         held_out = held_out.select(range(min(cfg.eval.size, len(held_out))))
     base = copy.deepcopy(base)
-    base.policy.path = resolve_policy_path(base.policy.path, out, base.seed)  # one starting policy for all
+    base.policy.path = resolve_policy_path(base.policy.path, out, base.seed, "grpo.policy.path")  # one for all
 
     from rl.placement import ray_cluster
 

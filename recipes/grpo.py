@@ -172,9 +172,9 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     check_colocate(cfg.rollout, cfg.ray.enabled)
     check_learner(cfg)
     check_update_precision(cfg.policy, trainer_kwargs(cfg), "policy")
+    policy_path = resolve_policy_path(cfg.policy.path, out, cfg.seed)
     dataset, _ = load_rl_splits(cfg.data)
     report_rows_without_answer(dataset, cfg.reward.scheme)
-    policy_path = resolve_policy_path(cfg.policy.path, out, cfg.seed)
 
     with contextlib.ExitStack() as stack:
         # GPUs checked, Ray started or joined, this process pinned to the learner's GPU: before anything

@@ -45,7 +45,7 @@ def main(cfg: RMRecipeConfig) -> dict:
         "eval_strategy": "no", "remove_unused_columns": False, "label_names": [],
         **cfg.trainer, "output_dir": str(out), "seed": cfg.seed})
 
-    path = resolve_policy_path(cfg.backbone.path, out, cfg.seed)
+    path = resolve_policy_path(cfg.backbone.path, out, cfg.seed, field="backbone.path")
     processor = load_processor(path, cfg.backbone.max_pixels, cfg.backbone.trust_remote_code)
     model = BaseRewardModel.from_backbone(path, cfg.head, resolve_dtype(cfg.backbone.dtype),
                                           cfg.backbone.trust_remote_code, seed=cfg.seed)

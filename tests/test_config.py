@@ -74,10 +74,13 @@ def test_cli_help_lists_the_subcommands(capsys):
 
 def test_local_model_paths_reach_actors_as_absolute_paths(tmp_path, monkeypatch):
     """Actors and learner workers open the models from directories of their own: a relative local path
-    is made absolute where `brl grpo` runs; hub ids and paths that do not exist pass through."""
+    is made absolute where `brl grpo` runs; hub ids pass through (where the hub can be reached)."""
+    from huggingface_hub import constants
+
     from recipes import grpo
     from rl.tasks.shapes import resolve_policy_path
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "rm").mkdir()
     (tmp_path / "policy").mkdir()
@@ -87,3 +90,20 @@ def test_local_model_paths_reach_actors_as_absolute_paths(tmp_path, monkeypatch)
     assert cfg.reward.model.text_path == "not-there"
     assert resolve_policy_path("policy", "out") == str((tmp_path / "policy").resolve())
     assert resolve_policy_path("Qwen/Qwen2.5-VL-3B-Instruct", "out") == "Qwen/Qwen2.5-VL-3B-Instruct"
+
+
+def test_a_policy_that_cannot_load_here_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    """A run's output that is not there yet (the two-learner config needs `brl sft` first) or a hub id
+    that is not cached while the hub is offline: one line naming the field, before any actor starts
+    (it was an HFValidationError traceback from inside a rollout actor)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    started = []
+    monkeypatch.setattr("rl.placement.ray_cluster", lambda *a, **k: started.append(1))
+    config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_two_learners.yaml"
+    assert cli(["grpo", str(config), f"output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "policy.path: runs/tiny_cpu_sft/final is neither a directory nor a hub id" in err and "brl sft" in err
+    assert cli(["grpo", str(config), f"output_dir={tmp_path}", "policy.path=Qwen/Qwen2.5-VL-3B-Instruct"]) == 2
+    assert "not in the hub cache, and the hub is offline" in capsys.readouterr().err and not started

@@ -23,6 +23,7 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 
 from policies.chat import with_image_parts
+from policies.loading import check_model_source
 from policies.tiny import make_tiny_qwen2, make_tiny_qwen2_5_vl
 
 log = logging.getLogger(__name__)
@@ -286,11 +287,12 @@ def make_real_shape_model(name: str, out: str | Path, reward_model: bool = False
     return out
 
 
-def resolve_policy_path(path: str, output_dir: str | Path, seed: int = 0) -> str:
+def resolve_policy_path(path: str, output_dir: str | Path, seed: int = 0, field: str = "policy.path") -> str:
     """`policy.path: tiny` builds the offline tiny policy under `output_dir/tiny-policy` (once); a local
     directory is made absolute (actors and learner workers open it from directories of their own); a
-    hub id passes through."""
+    hub id passes through. A path that cannot load here is a FileNotFoundError naming `field`."""
     if path != "tiny":
+        check_model_source(path, field)
         return str(Path(path).resolve()) if Path(path).is_dir() else path
     target = Path(output_dir) / "tiny-policy"
     if not (target / "config.json").is_file():
