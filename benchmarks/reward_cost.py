@@ -115,6 +115,8 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, (options, fn) in variants.items():
             configure(**options)
+            # Each timing keeps its warm-up run: timed right after another variant, a variant is
+            # noisier (one warm-up round instead gave 4.3-5.0x over three runs, this 4.8-5.0x).
             times[name].append(timed(fn, repeats=1))
     seconds = {name: statistics.median(t) for name, t in times.items()}
     t_batched = next(iter(seconds.values()))

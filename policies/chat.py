@@ -111,13 +111,22 @@ def image_fingerprint(image: Any) -> tuple | None:
     return ("ref", str(image))  # a path or URL
 
 
+def fingerprints(images: Sequence[Any]) -> list[tuple | None]:
+    """`image_fingerprint` of each image; an object that occurs several times is checksummed once."""
+    by_object: dict[int, tuple | None] = {}
+    for image in images:
+        if id(image) not in by_object:
+            by_object[id(image)] = image_fingerprint(image)
+    return [by_object[id(image)] for image in images]
+
+
 def share_equal_images(rows: Sequence[Any]) -> list[Any]:
     """Per-row image lists (an `images` column) with equal images made one object. GRPO's G rows of a
     prompt each carry their own decoded copy of its images; pickled (Ray), one object is sent once,
     so the copies then cost nothing to ship. Rows that are not lists are kept as they are."""
-    first: dict[tuple, Any] = {}
-    return [[first.setdefault(image_fingerprint(image), image) if hasattr(image, "tobytes") else image
-             for image in row] if isinstance(row, (list, tuple)) else row for row in rows]
+    first: dict[tuple | None, Any] = {}
+    return [[first.setdefault(key, image) for key, image in zip(fingerprints(row), row)]
+            if isinstance(row, (list, tuple)) else row for row in rows]
 
 
 def prompt_key(prompt: str | list[dict], images: Sequence[Any] = ()) -> tuple:

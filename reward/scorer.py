@@ -32,6 +32,7 @@ from PIL import Image as PILImage
 from policies.chat import (
     as_messages,
     embedded_images,
+    fingerprints,
     image_fingerprint,
     is_vlm_processor,
     render_conversation,
@@ -118,11 +119,7 @@ def process_distinct_images(processor: Any, texts: list[str], images: list[Any],
     if kind.__call__ is not ProcessorMixin.__call__ or kind._process_images is not ProcessorMixin._process_images \
             or getattr(processor, "image_token", None) is None:
         return None
-    checksums: dict[int, tuple] = {}  # rows that share an image object (bound_rows) checksum it once
-    for img in images:
-        if id(img) not in checksums:
-            checksums[id(img)] = image_fingerprint(img)
-    keys = [checksums[id(img)] for img in images]
+    keys = fingerprints(images)  # rows that share an image object (bound_rows) checksum it once
     index: dict[tuple, int] = {}
     occurrence = [index.setdefault(key, len(index)) for key in keys]
     distinct = [images[keys.index(key)] for key in index]

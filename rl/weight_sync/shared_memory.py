@@ -9,10 +9,10 @@
 
 Tensors that must be cast (float32 master weights, bfloat16 engines) or that are not the learner's
 own (LoRA-merged, gathered from shards) are copied into a staging buffer of `bucket_bytes`, reused
-bucket after bucket: the extra memory is one bucket (or the policy as sent, if smaller), never a copy of
-the policy. Each bucket is one
-`load_weights(SharedTensors, version)` call on every actor: the engines need nothing special, the
-`SharedTensors` they get is a Mapping that rebuilds tensors over the shared memory when read.
+bucket after bucket: the extra memory is one bucket (or the policy as sent, if smaller), never a
+copy of the policy. Each bucket is one `load_weights(SharedTensors, version)` call on every actor:
+the engines need nothing special, the `SharedTensors` they get is a Mapping that rebuilds tensors
+over the shared memory when read.
 """
 
 from __future__ import annotations
