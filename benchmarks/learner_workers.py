@@ -1,6 +1,7 @@
-"""A learner on one worker vs two (DDP, FSDP2) on the same global batch: do they train the same weights?
+"""A learner on one worker vs two (DDP, FSDP2, DeepSpeed ZeRO-3) on the same global batch: do they train the
+same weights?
 
-    python -m benchmarks.learner_workers [--steps 10] [--strategies ddp fsdp] [--sft-steps 120]
+    python -m benchmarks.learner_workers [--steps 10] [--strategies ddp fsdp deepspeed] [--sft-steps 120]
 
 Runs recipes/configs/tiny_cpu_two_learners.yaml (the tiny policy after a short SFT warm-up, the rule
 reward, one rollout actor) as given and with `learner.num_workers=1` on a per-worker batch twice as
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+
+from rl.config import LEARNER_STRATEGIES
 
 CONFIG = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_two_learners.yaml"
 
@@ -49,7 +52,7 @@ def largest_relative_difference(one: dict, other: dict, start: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--strategies", nargs="+", default=["ddp", "fsdp"], choices=["ddp", "fsdp"])
+    parser.add_argument("--strategies", nargs="+", default=list(LEARNER_STRATEGIES), choices=LEARNER_STRATEGIES)
     parser.add_argument("--sft-steps", type=int, default=120, help="SFT warm-up of the tiny policy")
     args = parser.parse_args()
 

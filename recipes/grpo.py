@@ -6,7 +6,7 @@ Reads like a one-process program: load the policy and data, build the rewards, h
 GRPOTrainer, train, save. With `ray.enabled`, generation runs on rollout actors (weights synced
 after optimizer steps; `rollout.colocate`: on the learner's own model instead) and the BaseReward
 scorer on its own actors; TRL stays the learner. `learner.num_workers: N > 1` runs the same `train`
-on N Ray Train workers (DDP or FSDP2: rl/distributed.py), with the actors this process started.
+on N Ray Train workers (DDP, FSDP2 or ZeRO-3: rl/distributed.py), with the actors this process started.
 Reliability: `checkpoint.every_steps` writes atomic, resumable checkpoints (rl/checkpoint.py) and
 `resume=auto` continues from the latest one, bit-exactly; a non-finite gradient skips its step
 (rl/step_guard.py); rewards that fail are counted (reward/failures.py); a dead actor is restarted
@@ -35,7 +35,8 @@ from reward.hybrid import HybridReward
 from reward.rule import RuleMatcher
 from rl.checkpoint import CheckpointCallback, check_resume_has_work, latest_checkpoint, resolve_resume, save_now
 from rl.colocated import ColocatedPool, check_colocate
-from rl.config import ActorGroupConfig, ConfigError, GRPORecipeConfig, load_config, to_container, to_yaml
+from rl.config import (SHARDED_STRATEGIES, ActorGroupConfig, ConfigError, GRPORecipeConfig, load_config, to_container,
+                       to_yaml)
 from rl.data import load_rl_splits, rows_without_answer
 from rl.distributed import GatheredRollouts, decoder_layer_classes, run_workers, strategy_args
 from rl.errors import ActorFailureError, LearnerWorkerError
@@ -129,9 +130,9 @@ def check_learner(cfg: GRPORecipeConfig) -> None:
     if cfg.rollout.colocate:
         raise ConfigError("rollout.colocate generates on one learner's model: it needs learner.num_workers: 1 "
                           "(a multi-worker learner generates on rollout actors)")
-    if cfg.trainer.get("deepspeed"):
-        raise ConfigError("trainer.deepspeed is not supported with learner.num_workers > 1: use learner.strategy: "
-                          "fsdp (FSDP2 shards weights, gradients and optimizer state as ZeRO-3 does)")
+    if cfg.trainer.get("deepspeed") and cfg.learner.strategy != "deepspeed":
+        raise ConfigError(f"trainer.deepspeed is set and learner.strategy is {cfg.learner.strategy!r}: set "
+                          "learner.strategy: deepspeed to train with that DeepSpeed config")
 
 
 def check_memory(cfg: GRPORecipeConfig, args: GRPOConfig, placement: Placement) -> None:
@@ -230,7 +231,7 @@ def train(cfg: GRPORecipeConfig, policy_path: str, actors: Actors, resume_from: 
     out = Path(cfg.output_dir)
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank0 = world == 1 or dist.get_rank() == 0
-    sharded = world > 1 and cfg.learner.strategy == "fsdp"
+    sharded = world > 1 and cfg.learner.strategy in SHARDED_STRATEGIES
     set_seed(cfg.seed)
     if dataset is None:
         dataset, _ = load_rl_splits(cfg.data)
@@ -250,7 +251,7 @@ def train(cfg: GRPORecipeConfig, policy_path: str, actors: Actors, resume_from: 
         model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
         kwargs = trainer_kwargs(cfg)
         if world > 1:
-            kwargs.update(strategy_args(cfg.learner.strategy, decoder_layer_classes(model)))
+            kwargs.update(strategy_args(cfg.learner.strategy, decoder_layer_classes(model), kwargs.get("deepspeed")))
         args = grpo_args(str(out), cfg.seed, kwargs)
         args.reward_weights = args.reward_weights or reward_weights
         if not cfg.ray.enabled:  # TRL generates in this process: keep vision placeholders out of completions
@@ -309,7 +310,7 @@ def train(cfg: GRPORecipeConfig, policy_path: str, actors: Actors, resume_from: 
                       "(or resume=%s) once the cause is fixed", e, saved, saved)
             raise
         final = out / "final"
-        trainer.save_model(str(final))  # collective under FSDP: every rank takes part, rank 0 writes
+        trainer.save_model(str(final))  # collective under FSDP / ZeRO-3: every rank takes part, rank 0 writes
         gpus = learner_gpus or []
         if world > 1:
             every: list[Any] = [None] * world

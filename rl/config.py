@@ -66,7 +66,8 @@ class RayConfig:
     num_gpus: int | None = None
 
 
-LEARNER_STRATEGIES = ("ddp", "fsdp")
+LEARNER_STRATEGIES = ("ddp", "fsdp", "deepspeed")
+SHARDED_STRATEGIES = ("fsdp", "deepspeed")  # no learner worker holds the whole policy
 
 
 @dataclass
@@ -77,7 +78,9 @@ class LearnerConfig:
     num_workers: int = 1
     # ddp: every worker holds the whole policy and optimizer, gradients are averaged (DistributedDataParallel);
     # fsdp: weights, gradients and optimizer state are sharded across the workers (FSDP2 through accelerate,
-    # as TRL runs it), a layer gathered only while it computes: what a policy that does not fit one GPU needs.
+    # as TRL runs it), a layer gathered only while it computes: what a policy that does not fit one GPU needs;
+    # deepspeed: the same sharding by DeepSpeed ZeRO-3 through accelerate (trainer.deepspeed, a ZeRO config
+    # file or dict, replaces the default one: rl/distributed.py DEEPSPEED_ZERO3).
     strategy: str = "ddp"
     # GPUs each learner process trains on (a fraction shares its GPU with actors). None: 1 on a machine
     # (or Ray cluster) with GPUs, 0 without.

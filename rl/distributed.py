@@ -3,15 +3,15 @@
 
 The driver (`brl grpo`) starts the rollout, scorer and rule actors as for one learner, then N Ray Train
 workers (`TorchTrainer`, one torch.distributed group: gloo on CPUs, NCCL on GPUs), each running the
-recipe's training function with TRL's GRPOTrainer under DDP or FSDP2 (accelerate, as TRL runs it;
-`learner.strategy`). One config, one command, on a laptop, a node or a cluster (`ray.address`).
+recipe's training function with TRL's GRPOTrainer under DDP, FSDP2 or DeepSpeed ZeRO-3 (accelerate, as
+TRL runs them; `learner.strategy`). One config, one command, on a laptop, a node or a cluster (`ray.address`).
 
 - Rollouts stay one pool. TRL calls `rollout_func` on every rank with that rank's prompts; rank 0
   gathers them in rank order (together, the generation's global batch in the sampler's order, each
   prompt's G repeats in a row), generates once on the rollout actors and hands every rank its rows
   back (`GatheredRollouts`). TRL then gathers the rewards of whole groups for the advantages itself.
 - Rewards: every rank calls the same scorer and rule actors.
-- Weight sync: rank 0 sends. Under FSDP the full weights exist nowhere, so every rank takes part in
+- Weight sync: rank 0 sends. Under FSDP or ZeRO-3 the full weights exist nowhere, so every rank takes part in
   gathering them, one tensor at a time, in the order rank 0's transport reads them (PolicyWeights),
   and in nothing else: no rank holds a second copy of the policy.
 - Failures: a worker that raises or dies ends the run (Ray Train's FailureConfig(max_failures=0));
@@ -21,6 +21,7 @@ recipe's training function with TRL's GRPOTrainer under DDP or FSDP2 (accelerate
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,12 +111,33 @@ class GatheredRollouts:
             self.inner.close()
 
 
-def strategy_args(strategy: str, layer_classes: list[str]) -> dict[str, Any]:
-    """The trainer (TrainingArguments) settings of `learner.strategy` for a multi-worker learner."""
+# ZeRO-3 as transformers fills it in ("auto": from the trainer's own batch size, accumulation, clipping and
+# precision, so the trainer: section stays the one place those are set). Weights, gradients and optimizer
+# state are partitioned across the workers; with bf16 the optimizer keeps float32 masters. Full 16-bit
+# weights are gathered when the final policy is saved, so `final/` is a from_pretrained folder.
+DEEPSPEED_ZERO3: dict[str, Any] = {
+    "zero_optimization": {"stage": 3, "overlap_comm": True, "contiguous_gradients": True,
+                          "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+                          "stage3_param_persistence_threshold": "auto",
+                          "stage3_gather_16bit_weights_on_model_save": True},
+    "bf16": {"enabled": "auto"},
+    "fp16": {"enabled": "auto"},
+    "train_micro_batch_size_per_gpu": "auto",
+    "train_batch_size": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+}
+
+
+def strategy_args(strategy: str, layer_classes: list[str], deepspeed: Any = None) -> dict[str, Any]:
+    """The trainer (TrainingArguments) settings of `learner.strategy` for a multi-worker learner
+    (`deepspeed`: the trainer's own `deepspeed` setting, a config file or dict, if it has one)."""
     if strategy == "fsdp":
         # FSDP2, whole decoder layers as units, a full state dict in checkpoints (what from_pretrained reads).
         return {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": layer_classes,
                                               "reshard_after_forward": True, "state_dict_type": "FULL_STATE_DICT"}}
+    if strategy == "deepspeed":
+        return {"deepspeed": deepspeed or copy.deepcopy(DEEPSPEED_ZERO3)}
     return {"ddp_find_unused_parameters": False}
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policies.known_models import config_dtype, model_config
-from rl.config import ConfigError
+from rl.config import SHARDED_STRATEGIES, ConfigError
 from rl.placement import GPURequest, gpu_requests, pack
 
 GiB = 2**30
@@ -160,14 +160,21 @@ def learner_items(cfg: Any, args: Any, shape: Shape, load: Workload) -> list[Ite
         one = _block(patches, shape.vision_hidden, shape.vision_intermediate, c)
         vision_act = (shape.vision_layers * patches * shape.vision_hidden * c + 2 * one
                       if args.gradient_checkpointing else shape.vision_layers * one)
-    workers = cfg.learner.num_workers
-    shards = workers if workers > 1 and cfg.learner.strategy == "fsdp" else 1
-    per = f" (1/{shards}: FSDP shard)" if shards > 1 else ""
-    more = " or more learner workers with learner.strategy: fsdp" if cfg.learner.strategy == "fsdp" or workers > 1 \
-        else ""
+    workers, strategy = cfg.learner.num_workers, cfg.learner.strategy
+    shards = workers if workers > 1 and strategy in SHARDED_STRATEGIES else 1
+    sharder = "FSDP" if strategy == "fsdp" else "ZeRO-3"
+    per = f" (1/{shards}: {sharder} shard)" if shards > 1 else ""
+    more = f" or more learner workers with learner.strategy: {strategy if shards > 1 else 'fsdp'}" \
+        if shards > 1 or workers > 1 else ""
+    # ZeRO-3 under bf16 holds the module itself in bf16 and keeps float32 masters in its optimizer
+    # (FSDP2 and DDP train the float32 weights directly under autocast).
+    zero3_masters = shards > 1 and strategy == "deepspeed" and c == 2 and not lora
     items = [
-        Item(f"policy weights{per}", (shape.params * w + (trained * tw if lora else 0)) // shards,
+        Item(f"policy weights{per[:-1] + ', the bf16 compute copy)' if zero3_masters else per}",
+             (shape.params * (c if zero3_masters else w) + (trained * tw if lora else 0)) // shards,
              f"policy.lora (a frozen base){more}"),
+        *([Item(f"float32 master weights, kept by the optimizer{per}", trained * 4 // shards, fewer + more)]
+          if zero3_masters else []),
         Item(f"gradients{per}", trained * tw // shards, fewer + more),
         Item(f"AdamW state (2 per trained weight){per}", 2 * trained * tw // shards, fewer + more),
         Item(f"activations (micro-batch {b} x {seq} tokens"
@@ -182,13 +189,15 @@ def learner_items(cfg: Any, args: Any, shape: Shape, load: Workload) -> list[Ite
         items.append(Item(f"reference model (beta > 0){per}", shape.params * w // shards,
                           "trainer.beta: 0, or policy.lora"))
     if shards > 1:
-        # FSDP gathers one unit (a decoder layer, or the embedding) to compute, and prefetches the next.
+        # FSDP gathers one unit (a decoder layer, or the embedding) to compute, and prefetches the next;
+        # ZeRO-3 gathers the parameters of the module computing and prefetches about as much.
         layer = (shape.params - shape.vision_params - shape.vocab * shape.hidden) // max(1, shape.layers)
-        items.append(Item("FSDP: gathered units (the one computing and the one prefetched)",
+        items.append(Item(f"{sharder}: gathered {'units' if strategy == 'fsdp' else 'parameters'} "
+                          "(the one computing and the one prefetched)",
                           2 * max(layer, shape.vocab * shape.hidden) * c, "more learner workers do not shrink it"))
     elif workers > 1:
         items.append(Item("DDP gradient buckets (a second copy of the gradients)", trained * tw,
-                          "learner.strategy: fsdp (shards instead of copying)"))
+                          "learner.strategy: fsdp or deepspeed (shards instead of copying)"))
     if cfg.ray.enabled and not cfg.rollout.colocate and cfg.rollout.weight_sync != "object_store":
         sent = shape.params * BYTES.get(cfg.rollout.dtype or cfg.policy.dtype, 2)  # a smaller policy: its size
         items.append(Item("weight sync: one staging bucket (cast weights on their way to the engines)",

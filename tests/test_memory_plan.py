@@ -84,3 +84,17 @@ def test_fsdp_learner_workers_hold_a_shard_and_ddp_workers_a_whole_copy_plus_buc
     assert "FSDP: gathered units" in sharded and not any(i.name.startswith("DDP") for i in fsdp.items)
     buckets = next(i for i in ddp.items if i.name.startswith("DDP gradient buckets"))
     assert buckets.bytes == whole["gradients"] and ddp.total > fsdp.total + 40 * GiB
+
+
+def test_zero3_learner_workers_hold_a_bf16_shard_and_float32_masters_of_their_partition():
+    """ZeRO-3 under bf16 keeps the module in bf16 and float32 masters in its optimizer, each 1/4 per worker."""
+    config = "gpu_grpo_qwen25vl3b_8gpu_fsdp.yaml"
+    (zero3, *_), _ = _plan(config, "learner.strategy=deepspeed")
+    (one, *_), _ = _plan(config, "learner.num_workers=1")
+    sharded = {i.name.split(" (")[0]: i.bytes for i in zero3.items}
+    whole = {i.name.split(" (")[0]: i.bytes for i in one.items}
+    assert sharded["policy weights"] == pytest.approx(whole["policy weights"] / 2 / 4, rel=1e-6)  # bf16, 1/4
+    assert sharded["float32 master weights, kept by the optimizer"] == pytest.approx(whole["gradients"] / 4, rel=1e-6)
+    for name in ("gradients", "AdamW state"):
+        assert sharded[name] == pytest.approx(whole[name] / 4, rel=1e-6)
+    assert "ZeRO-3: gathered parameters" in sharded and zero3.fits

@@ -24,8 +24,9 @@ class PolicyWeights(Mapping[str, torch.Tensor]):
     - A PEFT (LoRA) policy is merged functionally: an adapted layer's weight is its base weight plus
       the adapters' deltas (PEFT's get_delta_weight), under the base model's key names; the training
       model is not touched.
-    - A sharded learner (FSDP2's DTensors) is gathered tensor by tensor (`full_tensor`, a collective:
-      every rank must look the tensors up in the same order, which iteration order gives).
+    - A sharded learner (FSDP2's DTensors, DeepSpeed ZeRO-3's partitioned parameters) is gathered
+      tensor by tensor (`full_tensor`, `GatheredParameters`: collectives, so every rank must look the
+      tensors up in the same order, which iteration order gives).
     - `dtype` (None: the learner's): floating tensors are cast to it on lookup; transports that copy
       into a buffer anyway cast while copying (`source` + `target_dtype`), so no cast copy is made.
 
@@ -36,7 +37,9 @@ class PolicyWeights(Mapping[str, torch.Tensor]):
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None):
         self.model = model  # the module read (a colocated engine generates with it directly)
         self.dtype = dtype
-        self._state = model.state_dict()  # references to the live tensors (or shards), no copies
+        # References to the live tensors (or shards), no copies. ZeRO-3 keeps what a parameter is (its
+        # partition and how to gather it) on the Parameter itself, which a plain state_dict() drops.
+        self._state = model.state_dict(keep_vars=_zero3_partitioned(model))
         self._lora = _lora_layers(model)  # base-layer weight key -> its LoraLayer
         self._names = {_engine_name(k): k for k in self._state if ".lora_" not in k}
 
@@ -57,6 +60,8 @@ class PolicyWeights(Mapping[str, torch.Tensor]):
         value = self._state[key].detach()
         if hasattr(value, "full_tensor"):  # a DTensor shard (FSDP2): all ranks gather it together
             value = value.full_tensor()
+        elif hasattr(self._state[key], "ds_id"):  # a ZeRO-3 partition: all ranks gather it together
+            value = _zero3_gathered(self._state[key])
         layer = self._lora.get(key)
         if layer is not None:
             for adapter in layer.active_adapters:
@@ -66,14 +71,14 @@ class PolicyWeights(Mapping[str, torch.Tensor]):
 
     @property
     def sharded(self) -> bool:
-        """True for a sharded learner (FSDP2): reading a tensor is a collective every rank takes part in."""
-        return any(hasattr(v, "full_tensor") for v in self._state.values())
+        """True for a sharded learner (FSDP2, ZeRO-3): reading a tensor is a collective every rank takes part in."""
+        return any(_is_shard(v) for v in self._state.values())
 
     def persistent(self, name: str) -> bool:
         """True when `source(name)` is the learner's own tensor (not a gathered or merged copy): a
         transport may then share its memory with the engines instead of copying it."""
         key = self._names[name]
-        return key not in self._lora and not hasattr(self._state[key], "full_tensor")
+        return key not in self._lora and not _is_shard(self._state[key])
 
     def target_dtype(self, tensor: torch.Tensor) -> torch.dtype:
         return self.dtype if self.dtype is not None and tensor.is_floating_point() else tensor.dtype
@@ -83,7 +88,7 @@ class PolicyWeights(Mapping[str, torch.Tensor]):
         out = []
         for name, key in self._names.items():
             value = self._state[key]
-            out.append((name, self.target_dtype(value), tuple(value.shape)))
+            out.append((name, self.target_dtype(value), tuple(getattr(value, "ds_shape", value.shape))))
         return out
 
 
@@ -134,13 +139,29 @@ def check_rereadable(weights: Any, learner_thread: Any, actor: int, transport: s
         raise ActorFailureError(f"rollout actor {actor} restarted while generating ahead (rollout.overlap); with "
                                 f"{transport} its weights can only be restored between steps")
     if weights.sharded:
-        raise ActorFailureError(f"rollout actor {actor} restarted mid-step and the learner is sharded (FSDP): with "
+        raise ActorFailureError(f"rollout actor {actor} restarted mid-step and the learner is sharded: with "
                                 f"{transport} its weights can only be given to it at the next sync")
 
 
 def policy_state_dict(model: Any, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """PolicyWeights copied to the CPU at once (tests and tools; the transports stream instead)."""
     return {name: tensor.cpu().clone() for name, tensor in PolicyWeights(model, dtype).items()}
+
+
+def _is_shard(value: torch.Tensor) -> bool:
+    return hasattr(value, "full_tensor") or hasattr(value, "ds_id")
+
+
+def _zero3_partitioned(model: torch.nn.Module) -> bool:
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def _zero3_gathered(param: torch.nn.Parameter) -> torch.Tensor:
+    """A ZeRO-3 parameter's full value (a copy: the gathered storage is freed again on leaving)."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([param]):
+        return param.detach().clone()
 
 
 def _engine_name(key: str) -> str:
