@@ -181,8 +181,9 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
         # GPUs checked, Ray started or joined, this process pinned to the learner's GPU: before anything
         # here touches CUDA (GRPOConfig asks it about bf16).
         placement = stack.enter_context(placed(cfg))
-        if placement.learner_gpu_ids or (cfg.learner.num_workers > 1 and placement.cluster_gpus and cuda_here()):
-            # A GPU run: refuse one that cannot fit before any model loads.
+        if (placement.learner_gpu_ids or (cfg.learner.num_workers > 1 and placement.cluster_gpus)) and cuda_here():
+            # A GPU run: refuse one that cannot fit before any model loads. (Logical GPUs, ray.num_gpus on a
+            # machine without CUDA, place as GPUs would; there is no GPU memory to check.)
             check_memory(cfg, grpo_args(str(out), cfg.seed, trainer_kwargs(cfg)), placement)
         actors = spawn_actors(cfg, policy_path, stack) if cfg.ray.enabled else Actors()
         if cfg.learner.num_workers == 1:

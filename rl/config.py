@@ -93,9 +93,7 @@ class LearnerConfig:
         if self.num_workers < 1:
             raise ConfigError(f"learner.num_workers must be >= 1, got {self.num_workers}")
         if self.strategy not in LEARNER_STRATEGIES:
-            hint = (" (DeepSpeed is not supported: FSDP2 shards the same way, through accelerate, and runs in this "
-                    "project's CPU tests)" if self.strategy == "deepspeed" else "")
-            raise ConfigError(f"learner.strategy must be one of {LEARNER_STRATEGIES}, got {self.strategy!r}{hint}")
+            raise ConfigError(f"learner.strategy must be one of {LEARNER_STRATEGIES}, got {self.strategy!r}")
 
 
 @dataclass
@@ -376,11 +374,35 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
             if key.startswith(section + "."):
                 _check_passthrough({key[len(section) + 1:].split(".")[0]: None}, section, cls, "command line")
     try:
-        return OmegaConf.to_object(cfg)
+        out = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:  # e.g. a required "???" value left unset
         raise ConfigError(f"{path or 'config'}: {_describe(e)}") from None
     except ValueError as e:  # a component's own check of its options (e.g. an unknown extract mode)
         raise ConfigError(f"{path or 'command line'}: {e}") from None
+    for section, cls in (passthrough or {}).items():
+        _restore_no(_select(out, section), cls)
+    return out
+
+
+def _select(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _restore_no(section: dict[str, Any], cls: type) -> None:
+    """YAML reads a bare `no` as false, so `save_strategy: no` (or `trainer.save_strategy=no`) arrives as
+    False, which transformers refuses ("False is not a valid SaveStrategy"). A False given to a field
+    whose type is an enum with a "no" member (the save / eval / logging strategies) is that "no"."""
+    import enum
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for key, value in section.items():
+        if value is False and key in hints and any(
+                isinstance(t, type) and issubclass(t, enum.Enum) and "no" in {m.value for m in t}
+                for t in typing.get_args(hints[key]) or (hints[key],)):
+            section[key] = "no"
 
 
 def _check_passthrough(section_cfg: Any, section: str, cls: type, source: str) -> None:

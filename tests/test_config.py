@@ -48,6 +48,16 @@ def test_trainer_keys_are_checked_against_trl(tmp_path):
         load_config(GRPORecipeConfig, bad, passthrough={"trainer": GRPOConfig})
 
 
+def test_a_bare_no_is_the_strategy_no_not_false(tmp_path):
+    """YAML reads `no` as false; transformers' save/eval/logging strategies spell "off" as the string "no"."""
+    config = tmp_path / "c.yaml"
+    config.write_text("trainer:\n  save_strategy: no\n  gradient_checkpointing: no\n")
+    cfg = load_config(GRPORecipeConfig, config, ["trainer.eval_strategy=no"], passthrough={"trainer": GRPOConfig})
+    assert cfg.trainer == {"save_strategy": "no", "eval_strategy": "no", "gradient_checkpointing": False}
+    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, **cfg.trainer)  # what a run builds: accepted
+    assert args.save_strategy == "no" and args.eval_strategy == "no"
+
+
 def test_command_line_overrides_win_and_are_checked(tmp_path):
     cfg = load_config(GRPORecipeConfig, None, ["seed=7", "reward.scheme=hybrid", "trainer.beta=0.1"])
     assert cfg.seed == 7 and cfg.reward.scheme == "hybrid" and cfg.trainer == {"beta": 0.1}

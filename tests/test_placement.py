@@ -129,3 +129,18 @@ def test_a_new_local_cluster_starts_even_when_another_runs_on_the_machine(no_clu
             assert ray.cluster_resources()["CPU"] == 8 and ray.cluster_resources()["GPU"] == 2
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_the_gpu_lanes_one_gpu_hybrid_run_trains_here_on_a_logical_gpu(tmp_path, tiny_vl, untrained_rm, no_cluster):
+    """The CPU twin of the GPU lane's pipeline test: the same config and overrides (lane_layouts), the tiny
+    models for the real shapes and one logical GPU for the real one. The learner (LoRA on a bf16 base),
+    the rollout actor and the scorer share it in fractions and train 3 steps; what the lane adds on the
+    GPU is CUDA itself and the memory check. (Run first on a GPU, the lane had two config errors this
+    catches: `save_strategy=no` read as False, and a memory check asking CUDA about a logical GPU.)"""
+    from lane_layouts import ONE_GPU_HYBRID_CONFIG, one_gpu_hybrid
+
+    summary = grpo.main(grpo.load(ONE_GPU_HYBRID_CONFIG,
+                                  [*one_gpu_hybrid(tmp_path, tiny_vl, untrained_rm), "ray.num_gpus=1"]))
+    assert summary["global_step"] == 3 and summary["learner_gpus"] == ["0"] and summary["rollout_version"] == 2
+    assert summary["reward_samples"]["hybrid"] > 0 and summary["reward_failures"]["hybrid"] == 0

@@ -58,20 +58,13 @@ def test_the_hybrid_pipeline_shares_one_gpu_for_3_steps_within_the_plan(tmp_path
     """Learner (LoRA on the 3.75B policy), one rollout actor and the 7.76B scorer actor on one GPU in
     fractions; 3 GRPO steps; the learner pinned to the GPU; peak memory of the GPU (all processes)
     within 15% of what `brl plan` estimates for it."""
+    from lane_layouts import ONE_GPU_HYBRID_CONFIG, one_gpu_hybrid
     from recipes import grpo
     from rl.learner import grpo_args
     from rl.memory_plan import GiB, plan_for
 
-    overrides = [f"output_dir={tmp_path}", f"policy.path={policy_3b}", f"reward.model.paths=[{reward_7b}]",
-                 "data.source=shapes", "data.train_size=64", "policy.max_pixels=3136", "policy.dtype=bfloat16",
-                 "policy.lora={r: 16, lora_alpha: 32, target_modules: [q_proj, k_proj, v_proj, o_proj]}",
-                 "ray.num_cpus=8", "learner.gpus_per_worker=0.4", "rollout.actors.num_actors=1",
-                 "rollout.actors.num_gpus=0.3", "rollout.actors.num_cpus=2", "rollout.actors.placement=null",
-                 "reward.model.actors.num_gpus=0.3", "reward.model.actors.num_cpus=2", "reward.model.batch_size=16",
-                 "trainer.max_steps=3", "trainer.per_device_train_batch_size=8", "trainer.gradient_accumulation_steps=1",
-                 "trainer.num_generations=4", "trainer.max_completion_length=128", "trainer.save_strategy=no",
-                 "trainer.report_to=[]", "trainer.learning_rate=1e-5"]
-    config = str(CONFIGS / "gpu_grpo_qwen25vl3b_hybrid.yaml")
+    overrides = one_gpu_hybrid(tmp_path, policy_3b, reward_7b)
+    config = ONE_GPU_HYBRID_CONFIG
     with PeakMemory() as memory:
         run = brl("grpo", config, *overrides)
     assert run.returncode == 0, run.stderr[-5000:]
