@@ -35,6 +35,7 @@ from policies.chat import (
     fingerprints,
     image_fingerprint,
     is_vlm_processor,
+    message_text,
     render_conversation,
     with_image_parts,
 )
@@ -214,11 +215,19 @@ class ScoringBackend:
 
 def length_order(conversations: list[list[dict]], images: list[list[Any]]) -> list[int]:
     """Row indices in batching order: by prompt length, a prompt's rows together (they share its
-    images), then by completion length: batches of similar lengths pad little."""
+    images), then by completion length: batches of similar lengths pad little.
+
+    The same rows give the same order in every run: a prompt's rows are found by its texts and its
+    image objects (bound_rows gives the rows of a prompt one object per image) and prompts of equal
+    length keep the order they come in. (Ordering by the prompts' repr, images included, ordered them
+    by memory address: the batches' row order, and so the scores' last bits, changed from run to run.)"""
+    first: dict[tuple, int] = {}
+
     def key(i: int) -> tuple:
         *prompt, answer = conversations[i]
-        return (sum(len(str(m.get("content"))) for m in prompt), len(images[i]), str(prompt),
-                len(str(answer.get("content"))))
+        texts = tuple(message_text(m) for m in prompt)
+        group = first.setdefault((texts, tuple(map(id, images[i]))), i)
+        return (sum(map(len, texts)), len(images[i]), group, len(message_text(answer)))
 
     return sorted(range(len(conversations)), key=key)
 

@@ -166,6 +166,30 @@ def test_an_image_that_several_rows_show_is_resized_once():
     assert shared[0][0] is shared[1][0]
 
 
+def test_batching_order_follows_lengths_and_arrival_never_memory_addresses():
+    """length_order: shorter prompts first, a prompt's rows together, shorter completions first; prompts
+    of equal length in the order they come. It used to sort by the prompts' repr, which carries each
+    image's address: the same rows were batched in another order in another run (the hybrid demo's scores
+    then differed in their last bits from run to run). Here the first prompt's image sits at the higher
+    address, so an address order would put it second."""
+    from PIL import Image
+
+    from policies.chat import embedded_images
+    from reward.scorer import BaseRewardScorer, length_order
+
+    a, b = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
+    first, second = (a, b) if id(a) > id(b) else (b, a)
+
+    def question(image):  # as TRL passes prompts: the image inside its part
+        return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Color?"}]}]
+
+    rows = [(question(first), "a longer answer"), (question(second), "long answer"),
+            ([{"role": "user", "content": "Hi"}], "x"), (question(first), "short"), (question(second), "shortest")]
+    convs = [BaseRewardScorer._conversation(p, c, len(embedded_images(p))) for p, c in rows]
+    images = [embedded_images(p) for p, _ in rows]
+    assert length_order(convs, images) == [2, 3, 0, 4, 1]
+
+
 def test_equal_images_of_a_column_become_one_object_and_are_pickled_once():
     import pickle
 
