@@ -148,24 +148,6 @@ def placed(cfg: Any) -> Iterator[Placement]:
             os.environ["CUDA_VISIBLE_DEVICES"] = saved
 
 
-class _DropStateApiPolling(logging.Filter):
-    """Ray Train's placement-group cleaner asks the state API every second whether the training controller
-    still lives, and warns each time it cannot: the state API is served by the dashboard, which local
-    clusters here run without. A multi-worker learner's console was one such line a second."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Failed to query Ray Train Controller actor state")
-
-
-def quiet_worker_logs() -> None:
-    """Run by Ray in every worker process of a run (`worker_process_setup_hook`)."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").addFilter(
-        _DropStateApiPolling())
-
-
-WORKER_SETUP = {"worker_process_setup_hook": "rl.placement.quiet_worker_logs"}
-
-
 def _local_gpus(cfg: Any) -> list[str]:
     return visible_gpus() if cfg.ray.num_gpus is None else [str(i) for i in range(cfg.ray.num_gpus)]
 
@@ -186,7 +168,7 @@ def ray_cluster(cfg: Any) -> Iterator[float]:
         return
     if cfg.ray.address:
         log.info("joining the Ray cluster at %s", cfg.ray.address)
-        ray.init(address=cfg.ray.address, log_to_driver=True, runtime_env=WORKER_SETUP)
+        ray.init(address=cfg.ray.address, log_to_driver=True)
         gpus = ray.cluster_resources().get("GPU", 0.0)
         try:
             _check_total(gpu_requests(cfg, int(gpus)), gpus, f"the Ray cluster at {cfg.ray.address}")
@@ -202,7 +184,7 @@ def ray_cluster(cfg: Any) -> Iterator[float]:
         if cfg.ray.num_gpus is None and local:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(local)
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=len(local), include_dashboard=False,
-                 log_to_driver=True, runtime_env=WORKER_SETUP)
+                 log_to_driver=True)
         gpus = float(len(local))
     try:
         yield gpus

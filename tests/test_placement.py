@@ -23,26 +23,6 @@ def _cfg(*overrides: str):
     return grpo.load(None, ["ray.enabled=true", "ray.num_cpus=8", "reward.scheme=hybrid", *overrides])
 
 
-def test_workers_drop_ray_trains_state_api_polling_warnings_and_nothing_else(caplog):
-    """Without a dashboard Ray Train's placement-group cleaner warned once a second for a whole run."""
-    import logging
-
-    from rl.placement import WORKER_SETUP, quiet_worker_logs
-
-    assert WORKER_SETUP["worker_process_setup_hook"] == f"{quiet_worker_logs.__module__}.{quiet_worker_logs.__name__}"
-    cleaner = logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner")
-    saved = list(cleaner.filters)
-    try:
-        quiet_worker_logs()
-        with caplog.at_level(logging.WARNING, logger=cleaner.name):
-            cleaner.warning("Failed to query Ray Train Controller actor state. State API may be temporarily "
-                            "unavailable. Continuing to monitor.")
-            cleaner.warning("Controller actor died; removing its placement group")
-        assert [r.getMessage() for r in caplog.records] == ["Controller actor died; removing its placement group"]
-    finally:
-        cleaner.filters[:] = saved
-
-
 def test_pack_gives_whole_gpus_to_whole_requests_and_shares_fractions():
     placed_ = pack([GPURequest("learner", 1), GPURequest("rollout actor 0", 0.5), GPURequest("rollout actor 1", 0.5),
                     GPURequest("scorer actor 0", 2)], 4)
