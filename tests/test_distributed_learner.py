@@ -96,32 +96,28 @@ def test_fsdp_workers_shard_the_policy_and_sync_the_gathered_weights(tmp_path, w
     assert (checkpoint / "pytorch_model_fsdp.bin").is_file() and (checkpoint / "rng_state_1.pth").is_file()
 
 
-def test_zero3_workers_train_as_one_worker_and_resume_bit_exactly(tmp_path, warm_policy, ray_local):
+def test_zero3_workers_shard_the_policy_sync_the_gathered_weights_and_resume_bit_exactly(tmp_path, warm_policy,
+                                                                                         ray_local):
     """DeepSpeed ZeRO-3 on two CPU workers: weights, gradients and AdamW state partitioned between them
     (each rank checkpoints its own optimizer partition), every rank taking part in gathering the weights
     for the rollout actor (which then scores its rollouts as the learner does: gap < 1e-4 after every
-    sync); after 4 steps the weights agree with one learner's on the same global batch (within 0.1% of
-    the update, as DDP's do), and a resume from DeepSpeed's step-2 checkpoint ends bit-identical."""
-    two = ["learner.num_workers=2", "learner.strategy=deepspeed", "learner.num_cpus_per_worker=0.5",
-           "trainer.per_device_train_batch_size=4", "trainer.max_steps=4", "checkpoint.every_steps=2"]
-    one = grpo.main(_cfg(tmp_path / "one", warm_policy, "trainer.max_steps=4"))
-    zero3 = grpo.main(_cfg(tmp_path / "zero3", warm_policy, *two))
-    assert zero3["learner_workers"] == 2 and zero3["global_step"] == 4 and zero3["rollout_version"] == 3
-    gaps = [r["rollout/logprob_gap_max"] for r in zero3["log_history"] if "rollout/logprob_gap_max" in r]
-    assert len(gaps) == 4 and max(gaps) < 1e-4
-    rewards = [[r["reward"] for r in s["log_history"] if "reward" in r] for s in (one, zero3)]
-    assert rewards[0] == pytest.approx(rewards[1]) and len(set(rewards[0])) > 1
-    a, b, start = _final(one), _final(zero3), load_file(Path(warm_policy) / "model.safetensors")
-    assert any(not torch.equal(a[k], start[k]) for k in a)
-    for key in a:
-        assert (a[key] - b[key]).norm() <= 1e-3 * (a[key] - start[key]).norm(), key
-    halfway = Path(zero3["last_checkpoint"]).parent / "step-2"
+    sync), and a resume from DeepSpeed's step-2 checkpoint ends bit-identical. (That ZeRO-3 trains the
+    weights one learner does, to 6.1e-4 of the update over 10 steps, is benchmarks/learner_workers.py.)"""
+    zero3 = ["learner.num_workers=2", "learner.strategy=deepspeed", "learner.num_cpus_per_worker=0.5",
+             "trainer.per_device_train_batch_size=4", "trainer.max_steps=3", "checkpoint.every_steps=2"]
+    straight = grpo.main(_cfg(tmp_path / "straight", warm_policy, *zero3))
+    assert straight["learner_workers"] == 2 and straight["global_step"] == 3 and straight["rollout_version"] == 2
+    gaps = [r["rollout/logprob_gap_max"] for r in straight["log_history"] if "rollout/logprob_gap_max" in r]
+    assert len(gaps) == 3 and max(gaps) < 1e-4
+    start, final = load_file(Path(warm_policy) / "model.safetensors"), _final(straight)
+    assert any(not torch.equal(final[k], v) for k, v in start.items())  # it trained
+    halfway = Path(straight["last_checkpoint"]).parent / "step-2"
     partitions = sorted(p.name for p in (halfway / "global_step2").glob("*optim_states.pt"))
     assert len(partitions) == 2, partitions  # one optimizer partition per rank
-    resumed = grpo.main(_cfg(tmp_path / "resumed", warm_policy, *two, f"resume={halfway}"))
-    assert resumed["resumed_from"] == str(halfway) and resumed["global_step"] == 4
-    c = _final(resumed)
-    assert all(torch.equal(b[k], c[k]) for k in b)
+    resumed = grpo.main(_cfg(tmp_path / "resumed", warm_policy, *zero3, f"resume={halfway}"))
+    assert resumed["resumed_from"] == str(halfway) and resumed["global_step"] == 3
+    again = _final(resumed)
+    assert all(torch.equal(final[k], again[k]) for k in final)
 
 
 def test_resume_with_two_workers_is_bit_exact(tmp_path, warm_policy, ray_local):
