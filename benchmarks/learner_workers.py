@@ -18,8 +18,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from rl.config import LEARNER_STRATEGIES
-
 CONFIG = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_two_learners.yaml"
 
 
@@ -50,6 +48,8 @@ def largest_relative_difference(one: dict, other: dict, start: dict) -> float:
 
 
 def main() -> None:
+    from rl.config import LEARNER_STRATEGIES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--strategies", nargs="+", default=list(LEARNER_STRATEGIES), choices=LEARNER_STRATEGIES)

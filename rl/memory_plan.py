@@ -164,13 +164,16 @@ def learner_items(cfg: Any, args: Any, shape: Shape, load: Workload) -> list[Ite
     shards = workers if workers > 1 and strategy in SHARDED_STRATEGIES else 1
     sharder = "FSDP" if strategy == "fsdp" else "ZeRO-3"
     per = f" (1/{shards}: {sharder} shard)" if shards > 1 else ""
-    more = f" or more learner workers with learner.strategy: {strategy if shards > 1 else 'fsdp'}" \
-        if shards > 1 or workers > 1 else ""
+    sharding = strategy if strategy in SHARDED_STRATEGIES else "fsdp"
+    more = f" or more learner workers with learner.strategy: {sharding}" \
+        if strategy in SHARDED_STRATEGIES or workers > 1 else ""
     # ZeRO-3 under bf16 holds the module itself in bf16 and keeps float32 masters in its optimizer
     # (FSDP2 and DDP train the float32 weights directly under autocast).
     zero3_masters = shards > 1 and strategy == "deepspeed" and c == 2 and not lora
+    weights = f"policy weights (1/{shards}: ZeRO-3 shard, the bf16 compute copy)" if zero3_masters \
+        else f"policy weights{per}"
     items = [
-        Item(f"policy weights{per[:-1] + ', the bf16 compute copy)' if zero3_masters else per}",
+        Item(weights,
              (shape.params * (c if zero3_masters else w) + (trained * tw if lora else 0)) // shards,
              f"policy.lora (a frozen base){more}"),
         *([Item(f"float32 master weights, kept by the optimizer{per}", trained * 4 // shards, fewer + more)]

@@ -136,8 +136,8 @@ def test_the_gpu_lanes_one_gpu_hybrid_run_trains_here_on_a_logical_gpu(tmp_path,
     """The CPU twin of the GPU lane's pipeline test: the same config and overrides (lane_layouts), the tiny
     models for the real shapes and one logical GPU for the real one. The learner (LoRA on a bf16 base),
     the rollout actor and the scorer share it in fractions and train 3 steps; what the lane adds on the
-    GPU is CUDA itself and the memory check. (Run first on a GPU, the lane had two config errors this
-    catches: `save_strategy=no` read as False, and a memory check asking CUDA about a logical GPU.)"""
+    GPU is CUDA itself and the memory check. (This twin found two errors the lane would have stopped on
+    before it ever ran: `save_strategy=no` read as False, and a memory check asking CUDA about a logical GPU.)"""
     from lane_layouts import ONE_GPU_HYBRID_CONFIG, one_gpu_hybrid
 
     summary = grpo.main(grpo.load(ONE_GPU_HYBRID_CONFIG,
