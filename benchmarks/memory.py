@@ -64,7 +64,7 @@ def main() -> None:
         f"brl grpo tiny_cpu_rule.yaml ({args.steps} steps, one process)": [*grpo, f"output_dir={tempfile.mkdtemp()}"],
         f"brl grpo tiny_cpu_rule.yaml ({args.steps} steps, Ray rollout + rule actors)": [
             *grpo, f"output_dir={tempfile.mkdtemp()}", "ray.enabled=true", "ray.num_cpus=2",
-            "rollout.actors.num_cpus=1", "reward.rule.in_actor=true"],
+            "rollout.actors.num_cpus=1", "reward.actors.rule.num_actors=1"],
     }
     if not args.skip_demo:
         jobs["brl demo --quick"] = [*cli, "demo", "--quick", "--out", tempfile.mkdtemp()]

@@ -49,7 +49,7 @@ def pipeline(policy: str, steps: int, trainer_kwargs: dict, setup: str, gpu: boo
     from recipes import grpo
 
     overrides = [f"output_dir={tempfile.mkdtemp()}", f"policy.path={policy}", "data.train_size=1024",
-                 "reward.scheme=rule", "reward.rule.in_actor=true", "ray.enabled=true", "ray.num_cpus=3",
+                 "reward.scheme=rule", "reward.actors.rule.num_actors=1", "ray.enabled=true", "ray.num_cpus=3",
                  "rollout.actors.num_actors=1", "rollout.actors.num_cpus=1", f"trainer.max_steps={steps}",
                  "rollout.logprob_gap_samples=0",  # a diagnostic plain TRL does not run: off for the comparison
                  "trainer.report_to=[]"] + [f"trainer.{k}={v}" for k, v in trainer_kwargs.items()]

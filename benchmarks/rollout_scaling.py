@@ -28,13 +28,11 @@ def main() -> None:
 
     import ray
 
-    from policies.rollout_engine import RolloutRequest, SamplingParams
+    from pipeline.rollout_pool import RolloutPool, spawn_rollout_actors
     from policies.hf_engine import HFEngine
-    from rl.tasks.shapes import make_tiny_policy
-    from rl.actors import spawn_group
-    from rl.config import ActorGroupConfig
-    from rl.rollout_pool import RolloutPool
-    from rl.tasks.shapes import make_shapes_dataset
+    from policies.rollout_engine import RolloutRequest, SamplingParams
+    from rl.config import ActorGroupConfig, RolloutConfig
+    from rl.tasks.shapes import make_shapes_dataset, make_tiny_policy
 
     policy = str(make_tiny_policy(tempfile.mkdtemp()))
     ds = make_shapes_dataset(args.prompts, seed=0)
@@ -49,8 +47,8 @@ def main() -> None:
         for n in args.actors:
             # Each actor gets an equal share of the machine's cores (at least one thread).
             group = ActorGroupConfig(num_actors=n, num_cpus=max(1, cores // n))
-            actors = spawn_group("rollout", HFEngine, {"model": policy}, group)
-            pool = RolloutPool(actors, timeout_s=600)
+            actors = spawn_rollout_actors(HFEngine, {"model": policy}, group)
+            pool = RolloutPool(actors, RolloutConfig(timeout_s=600))
             seconds = best_of(lambda: pool.generate(requests, sampling), repeats=3)
             rows.append({"actors": n, "threads_per_actor": max(1, cores // n), "seconds": seconds,
                          "tokens_per_s": tokens / seconds})

@@ -56,7 +56,7 @@ def run(size: str, steps: int, rm_path: str) -> dict:
     policy = make_tiny_policy(tempfile.mkdtemp(), text=SIZES[size])
     params = sum(p.numel() for p in load_policy(str(policy)).parameters())
     overrides = [f"output_dir={tempfile.mkdtemp()}", f"policy.path={policy}", "data.train_size=256",
-                 "reward.scheme=hybrid", f"reward.model.paths=[{rm_path}]", "reward.model.actors.num_cpus=0.5",
+                 "reward.scheme=hybrid", f"reward.model.paths=[{rm_path}]", "reward.actors.model.num_cpus=0.5",
                  "ray.enabled=true", "ray.num_cpus=3", "rollout.actors.num_cpus=1", "rollout.logprob_gap_samples=0",
                  f"trainer.max_steps={steps}", "trainer.per_device_train_batch_size=16", "trainer.num_generations=8",
                  "trainer.max_completion_length=8", "trainer.learning_rate=1e-5", "trainer.beta=0.0",

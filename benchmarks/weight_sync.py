@@ -54,12 +54,12 @@ def main() -> None:
     import ray
     import torch
 
+    from pipeline.rollout_pool import RolloutPool, spawn_rollout_actors
+    from pipeline.weight_sync import learner_location
+    from pipeline.weight_sync.export import PolicyWeights
     from policies.hf_engine import HFEngine
     from policies.loading import load_policy, resolve_dtype
-    from rl.actors import spawn_group
-    from rl.config import ActorGroupConfig
-    from rl.rollout_pool import RolloutPool
-    from rl.weight_sync.export import PolicyWeights
+    from rl.config import ActorGroupConfig, RolloutConfig
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     path = build_policy(args.size, tempfile.mkdtemp())
@@ -94,8 +94,10 @@ def main() -> None:
                 if sync == "broadcast" and gpus and group.num_gpus < 1:
                     print("broadcast: skipped (NCCL needs the actors on other GPUs: --gpus-per-actor 1)")
                     continue
-                actors = spawn_group("rollout", HFEngine, {"model": path, "dtype": args.engine_dtype}, group)
-                pool = RolloutPool(actors, timeout_s=1800, weight_sync=sync)
+                actors = spawn_rollout_actors(HFEngine, {"model": path, "dtype": args.engine_dtype}, group)
+                # The learner is this process, on GPU 0 of the cluster it started (when there is one).
+                pool = RolloutPool(actors, RolloutConfig(timeout_s=1800, weight_sync=sync),
+                                   learner_location(["0"] if gpus else []))
                 version = iter(range(1, 10_000))
                 start = time.perf_counter()
                 pool.load_weights(weights, next(version))  # the first sync: mapping, group, caches
@@ -122,18 +124,19 @@ def main() -> None:
 
 def vllm_rows(path: str, model, t_copy: float, nbytes: int, repeats: int) -> list[dict]:
     """One vLLM engine actor (started with the gloo transfer backend), synced both ways in turn."""
+    from pipeline.actors import stop_actors
+    from pipeline.rollout_pool import RolloutPool, spawn_rollout_actors
+    from pipeline.weight_sync import engine_options
+    from pipeline.weight_sync.export import PolicyWeights
     from policies.vllm_engine import VLLMEngine
-    from rl.actors import spawn_group, stop_actors
-    from rl.config import ActorGroupConfig
-    from rl.rollout_pool import RolloutPool
-    from rl.weight_sync import engine_options
-    from rl.weight_sync.export import PolicyWeights
+    from rl.config import ActorGroupConfig, RolloutConfig
 
     engine = {"path": path, "dtype": "float32", **engine_options("gloo"),
               "engine_kwargs": {"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 256 << 20}}
-    actors = spawn_group("rollout", VLLMEngine, engine, ActorGroupConfig(num_actors=1, num_cpus=1))
-    paths = {"vLLM actor: object store + reload_weights": RolloutPool(actors, 1800, weight_sync="object_store"),
-             "vLLM actor: weight transfer (gloo)": RolloutPool(actors, 1800, weight_transfer="gloo")}
+    actors = spawn_rollout_actors(VLLMEngine, engine, ActorGroupConfig(num_actors=1, num_cpus=1))
+    paths = {"vLLM actor: object store + reload_weights":
+             RolloutPool(actors, RolloutConfig(timeout_s=1800, weight_sync="object_store")),
+             "vLLM actor: weight transfer (gloo)": RolloutPool(actors, RolloutConfig(timeout_s=1800, weight_transfer="gloo"))}
     times: dict[str, list[float]] = {name: [] for name in paths}
     weights = PolicyWeights(model)
     try:

@@ -25,11 +25,13 @@ class TokenLogprobs(LogitsProcessor):
     151,936 vocabulary.) Passed to `generate` as a logits processor that leaves the scores alone.
     """
 
-    def __init__(self, head: torch.nn.Module, temperature: float):
+    def __init__(self, head: torch.nn.Module, temperature: float, top_k: int = 0):
         self.temperature = temperature
+        self.top_k = top_k
         self.latest: torch.Tensor | None = None  # [B, V] of the step just computed
         self.previous: torch.Tensor | None = None  # [B, V] of the step whose token is being sampled
         self.chosen: list[torch.Tensor] = []  # [B] per generated token
+        self.top: list[tuple[torch.Tensor, torch.Tensor]] = []  # (values [B, k], ids [B, k]) per generated token
         self._hook = head.register_forward_hook(self._record)
 
     def _record(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
@@ -42,6 +44,8 @@ class TokenLogprobs(LogitsProcessor):
         if self.previous is not None:  # input_ids[:, -1] was sampled from `previous`
             self.chosen.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
         self.previous = self.latest
+        if self.top_k:
+            self.top.append(self.previous.topk(self.top_k, dim=-1))  # the distribution this step samples from
         return scores
 
     def close(self) -> None:
@@ -98,8 +102,8 @@ class HFEngine:
         inputs = self._encode(requests)
         if sampling.seed is not None:  # one stream for the batch: the call's first request's seed
             torch.manual_seed(sampling.seed)
-        recorder = TokenLogprobs(self.model.get_output_embeddings(), sampling.temperature) if sampling.logprobs \
-            else None
+        recorder = TokenLogprobs(self.model.get_output_embeddings(), sampling.temperature, sampling.top_logprobs) \
+            if sampling.logprobs or sampling.top_logprobs else None
         gen_kwargs: dict[str, Any] = dict(
             max_new_tokens=sampling.max_tokens, min_new_tokens=sampling.min_tokens or None,
             num_return_sequences=sampling.n, do_sample=not sampling.greedy, return_dict_in_generate=True,
@@ -138,8 +142,10 @@ class HFEngine:
                     finish = "stop" if end < len(ids) else "length"
                 ids = ids[:end]
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                logps = token_logps[row, :end].tolist() if token_logps is not None else []
-                group.append(Rollout(prompt_ids, ids, logps, text, self.version, finish))
+                logps = token_logps[row, :end].tolist() if token_logps is not None and sampling.logprobs else []
+                top = [dict(zip(ids_[row].tolist(), values[row].tolist())) for values, ids_ in recorder.top[:end]] \
+                    if recorder is not None and sampling.top_logprobs else []
+                group.append(Rollout(prompt_ids, ids, logps, text, self.version, finish, top))
             results.append(group)
         return results
 
@@ -156,8 +162,15 @@ class HFEngine:
     def loaded_version(self) -> int:
         return self.version
 
+    def weights_device(self) -> str:
+        return str(self.device)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
+
+    def weight(self, name: str) -> torch.Tensor:
+        """One tensor of the engine's weights, on the CPU (checks of a sync without shipping them all)."""
+        return self.model.state_dict()[name].cpu()
 
 
 @torch.no_grad()  # not inference_mode: a sharded (FSDP2) learner's gathered weights must stay ordinary tensors

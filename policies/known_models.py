@@ -3,7 +3,7 @@
 `brl plan` needs a model's dimensions to size its memory, and the GPU test lane builds random-weight
 models of the real shapes; neither may depend on the model hub. These are the dimensions of the
 published Qwen2.5-VL-3B-Instruct and -7B-Instruct configs (3.75B and, without the LM head, 7.75B
-parameters). `model_config` prefers a local checkpoint's (or the hub cache's) own config, then these,
+parameters), and of the published reward models built on the 7B (R1-Reward, Skywork-VL-Reward-7B). `model_config` prefers a local checkpoint's (or the hub cache's) own config, then these,
 then the hub: a known model costs no network wait offline.
 """
 
@@ -27,6 +27,9 @@ KNOWN_MODELS: dict[str, dict[str, Any]] = {
                   num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
         out_hidden_size=3584),
 }
+# Published reward models on those backbones (their model cards: fine-tunes of Qwen2.5-VL-7B-Instruct).
+KNOWN_MODELS["yifanzhang114/R1-Reward"] = KNOWN_MODELS["Qwen/Qwen2.5-VL-7B-Instruct"]  # the generative judge
+KNOWN_MODELS["Skywork/Skywork-VL-Reward-7B"] = KNOWN_MODELS["Qwen/Qwen2.5-VL-7B-Instruct"]  # + a value head
 
 
 def known_config(name: str) -> Any:

@@ -3,8 +3,9 @@
 An engine turns chat prompts with images into completions, each with its token ids, per-token
 log-probabilities and the policy version that produced it, and accepts new weights with a version.
 The choice of backend is configuration (`rollout.backend`); the RL loop only sees this protocol.
-Rollout actors host engines directly (`ray.remote(HFEngine)`), so every call the rollout pool and
-the weight sync make is one of the methods listed here: `actor.generate.remote(...)`.
+Rollout actors host engines (with the pipeline's actor mixins in front), so every call the rollout
+pool and the weight transports make on an engine is one of the methods listed here:
+`actor.generate.remote(...)`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)  # extra stop strings (EOS always stops)
     logprobs: bool = True  # report each token's log-probability (held-out evaluation needs none)
+    # Also report the k most likely tokens' log-probabilities at each position (a judge reads its verdict's
+    # distribution from them); 0: none.
+    top_logprobs: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -53,6 +57,9 @@ class Rollout:
     text: str
     version: int  # the policy version whose weights produced this completion
     finish_reason: str = "length"  # "stop" when EOS or a stop string ended it
+    # With SamplingParams.top_logprobs = k: per generated token, {token id: log-probability} of the k most
+    # likely tokens at that position.
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -73,11 +80,16 @@ class RolloutEngine(Protocol):
         """The policy version of the weights the engine holds."""
         ...
 
+    def weights_device(self) -> str:
+        """Where the engine's weights live: "cpu", or "cuda" / "cuda:N" (of this process's visible
+        devices). `rollout.weight_sync: auto` chooses its transport from this."""
+        ...
+
 
 @runtime_checkable
 class WeightTransferEngine(RolloutEngine, Protocol):
     """The worker side of vLLM's weight-transfer control plane (`rollout.weight_transfer`), called by
-    the learner's transport (rl/weight_sync/vllm_transfer.py) in this order every round."""
+    the learner's transport (pipeline/weight_sync/vllm_transfer.py) in this order every round."""
 
     def transfer_world_size(self) -> int:
         """How many ranks this engine's workers take in the learner's transfer group."""

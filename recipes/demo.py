@@ -1,11 +1,14 @@
-"""The embedded main job: the paper's rule / model / hybrid experiment, in miniature, on a CPU.
+"""The embedded main job: the paper's RL table (rule / generative judge / BaseReward / hybrid), in
+miniature, on a CPU.
 
     brl demo [--out DIR] [--quick]
 
-Offline from start to finish: builds the tiny Qwen2.5-VL and the shapes task, warms the policy up
-with SFT, trains a tiny BaseReward on synthetic preference pairs (the upstream recipe), then runs
-`brl compare` for the rule, model and hybrid rewards through the Ray pipeline, and writes a report.
-Every stage is a shipped recipe config plus overrides, so what the demo runs is what users run.
+Offline from start to finish: builds the tiny Qwen2.5-VL and the shapes task (closed questions the rule
+can judge, and open-ended descriptions it cannot), warms the policy up with SFT, trains a tiny BaseReward
+and a tiny generative judge on the same synthetic preference pairs from the same backbone (the upstream
+recipe, one paradigm each), then runs `brl compare` for the rule, judge, model and hybrid rewards
+through the Ray pipeline, and writes a report. Every stage is a shipped recipe config plus overrides, so
+what the demo runs is what users run.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ QUICK = {  # recipe module -> overrides
     "recipes.sft": ["trainer.max_steps=40", "data.train_size=1280"],
     "recipes.train_reward_model": ["trainer.max_steps=20", "data.sources.0.size=320", "data.eval_size=64"],
     "recipes.compare": ["grpo.trainer.max_steps=3", "grpo.trainer.per_device_train_batch_size=8",
-                "grpo.trainer.num_generations=4", "eval.size=32", "eval.every=3", "seeds=[0]"],
+                        "grpo.trainer.num_generations=4", "eval.size=20", "eval.every=3", "seeds=[0]"],
 }
 
 
@@ -46,27 +49,33 @@ def run(out: str | Path = "runs/demo", quick: bool = False) -> dict:
     def cfg(recipe: ModuleType, yaml: str, overrides: list[str]) -> Any:
         return recipe.load(str(CONFIGS / yaml), overrides + (QUICK[recipe.__name__] if quick else []))
 
-    t = _stage(1, 4, "building the offline tiny Qwen2.5-VL policy")
+    t = _stage(1, 5, "building the offline tiny Qwen2.5-VL policy")
     policy = make_tiny_policy(out / "tiny-policy")
     timings["build"] = time.perf_counter() - t
 
-    t = _stage(2, 4, "SFT warm-up on the shapes task")
+    t = _stage(2, 5, "SFT warm-up on the shapes task")
     sft_summary = sft.main(cfg(sft, "tiny_cpu_sft.yaml", [f"output_dir={out / 'sft'}", f"policy.path={policy}",
                                                             "trainer.report_to=[]"]))
     timings["sft"] = time.perf_counter() - t
 
-    t = _stage(3, 4, "training a tiny BaseReward on synthetic preference pairs")
-    rm_summary = train_reward_model.main(cfg(train_reward_model, "tiny_cpu_rm.yaml", [
-        f"output_dir={out / 'reward_model'}", f"backbone.path={sft_summary['final_policy']}", "trainer.report_to=[]"]))
+    backbone = [f"backbone.path={sft_summary['final_policy']}", "trainer.report_to=[]"]
+    t = _stage(3, 5, "training a tiny BaseReward (scalar head, Bradley-Terry) on synthetic preference pairs")
+    rm_summary = train_reward_model.main(cfg(train_reward_model, "tiny_cpu_rm.yaml",
+                                             [f"output_dir={out / 'reward_model'}", *backbone]))
     timings["reward_model"] = time.perf_counter() - t
 
-    t = _stage(4, 4, "GRPO under the rule, model and hybrid rewards (Ray pipeline)")
+    t = _stage(4, 5, "training a tiny generative judge (SFT to R1-Reward's verdict) on the same pairs")
+    judge_summary = train_reward_model.main(cfg(train_reward_model, "tiny_cpu_rm.yaml",
+                                                [f"output_dir={out / 'judge'}", "paradigm=generative", *backbone]))
+    timings["judge"] = time.perf_counter() - t
+
+    t = _stage(5, 5, "GRPO under the rule, judge, model and hybrid rewards (Ray pipeline)")
     results = compare.main(cfg(compare, "tiny_cpu_compare.yaml", [
         f"output_dir={out / 'compare'}", f"grpo.policy.path={sft_summary['final_policy']}",
-        f"grpo.reward.model.paths=[{rm_summary['checkpoint']}]"]))
+        f"grpo.reward.model.paths=[{rm_summary['checkpoint']}]", f"grpo.reward.judge.path={judge_summary['checkpoint']}"]))
     timings["compare"] = time.perf_counter() - t
 
-    report = write_report(out, quick, sft_summary, rm_summary, timings)
+    report = write_report(out, quick, sft_summary, rm_summary, judge_summary, timings)
     summary = {"report": str(report), "quick": quick, "timings_s": timings,
                "results": str(out / "compare" / "results.json")}
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
@@ -74,19 +83,29 @@ def run(out: str | Path = "runs/demo", quick: bool = False) -> dict:
     return {**summary, "compare": results}
 
 
-def write_report(out: Path, quick: bool, sft_summary: dict, rm_summary: dict, timings: dict) -> Path:
+def write_report(out: Path, quick: bool, sft_summary: dict, rm_summary: dict, judge_summary: dict,
+                 timings: dict) -> Path:
     table = (out / "compare" / "results.md").read_text()
-    by_kind = ", ".join(f"{k} {v:.1%}" for k, v in rm_summary.get("eval_accuracy_by_kind", {}).items())
+
+    def by_kind(summary: dict) -> str:
+        return ", ".join(f"{k} {v:.1%}" for k, v in summary.get("eval_accuracy_by_kind", {}).items())
+
     after, before = rm_summary.get("eval_after", {}), rm_summary.get("eval_before", {})
+    judged = judge_summary.get("eval_after", {})
     lines = [
-        "# brl demo: rule vs BaseReward vs hybrid rewards, in miniature",
+        "# brl demo: rule vs generative judge vs BaseReward vs hybrid rewards, in miniature",
         "",
         "Quick mode: budgets cut for CI; the numbers below show the pipeline runs, not what it learns."
         if quick else "Full mode (the README's numbers come from this run).",
         "",
-        "## Upstream: the tiny BaseReward",
-        f"- held-out pairwise accuracy {after.get('eval_accuracy', float('nan')):.1%} "
-        f"(before training {before.get('eval_accuracy', float('nan')):.1%}); by kind of rejected answer: {by_kind}",
+        "## Upstream: the tiny reward models (same backbone, same pairs)",
+        f"- BaseReward (scalar head): held-out pairwise accuracy {after.get('eval_accuracy', float('nan')):.1%} "
+        f"(before training {before.get('eval_accuracy', float('nan')):.1%}); by kind of rejected answer: "
+        f"{by_kind(rm_summary)}",
+        f"- generative judge: held-out pairwise accuracy {judged.get('eval_accuracy', float('nan')):.1%} "
+        f"({judged.get('generated_tokens_per_pair', float('nan')):.1f} tokens and "
+        f"{judged.get('seconds_per_pair', float('nan')) * 1000:.1f} ms per pair, both orders; "
+        f"{judged.get('eval_unparsed_rate', float('nan')):.1%} of verdicts unreadable); by kind: {by_kind(judge_summary)}",
         f"- SFT warm-up: {sft_summary['global_step']} steps, final train loss {sft_summary['train_loss']:.3f}",
         "",
         "## Downstream: GRPO under each reward scheme",

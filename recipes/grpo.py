@@ -2,55 +2,42 @@
 
     brl grpo recipes/configs/tiny_cpu_hybrid.yaml [key=value ...]
 
-Reads like a one-process program: load the policy and data, build the rewards, hand both to TRL's
-GRPOTrainer, train, save. With `ray.enabled`, generation runs on rollout actors (weights synced
-after optimizer steps; `rollout.colocate`: on the learner's own model instead) and the BaseReward
-scorer on its own actors; TRL stays the learner. `learner.num_workers: N > 1` runs the same `train`
-on N Ray Train workers (DDP, FSDP2 or ZeRO-3: rl/distributed.py), with the actors this process started.
+Reads like a one-process program: load the policy and data, take the rollout and reward functions from
+the pipeline, hand them to TRL's GRPOTrainer, train, save. Where things run is the pipeline's business
+(pipeline/__init__.py): in this process, on Ray actors (generation, reward models), on the learner's own
+model (`rollout.colocate`), or with the learner itself on N Ray Train workers (`learner.num_workers`).
 Reliability: `checkpoint.every_steps` writes atomic, resumable checkpoints (rl/checkpoint.py) and
 `resume=auto` continues from the latest one, bit-exactly; a non-finite gradient skips its step
-(rl/step_guard.py); rewards that fail are counted (reward/failures.py); a dead actor is restarted
-and its work retried (rl/actor_calls.py). A run that has to stop (too many failures) writes a
-checkpoint first.
+(rl/step_guard.py); rewards that fail are counted (reward/failures.py); a dead actor is restarted and its
+work retried (pipeline/actor_calls.py). A run that has to stop writes a checkpoint first.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import set_seed
 from trl import GRPOConfig
 
-from policies.chat import vision_token_ids
-from policies.loading import load_policy, load_processor, resolve_dtype
+import pipeline
+from policies.loading import load_policy, load_processor
 from reward.failures import RewardFailureError
-from reward.hybrid import HybridReward
-from reward.rule import RuleMatcher
 from rl.checkpoint import CheckpointCallback, check_resume_has_work, latest_checkpoint, resolve_resume, save_now
-from rl.colocated import ColocatedPool, check_colocate
-from rl.config import (SHARDED_STRATEGIES, ActorGroupConfig, ConfigError, GRPORecipeConfig, load_config, to_container,
-                       to_yaml)
+from rl.config import GRPORecipeConfig, load_config, to_container, to_yaml
 from rl.data import load_rl_splits, rows_without_answer
-from rl.distributed import GatheredRollouts, decoder_layer_classes, run_workers, strategy_args
 from rl.errors import ActorFailureError, LearnerWorkerError
 from rl.learner import build_grpo_trainer, check_update_precision, grpo_args, planned_steps
-from rl.memory_plan import check_fits, format_plan, plan_for
-from rl.metrics import ScoreHistogramCallback
-from rl.placement import Placement, learner_gpus, placed
-from rl.rewards import build_reward_funcs, check_model_paths, rule_options
+from rl.metrics import score_histograms
+from rl.models import resolve_model_path
+from rl.rewards import resolve_reward_models
 from rl.step_guard import NonFiniteGuard, NonFiniteStepError
-from rl.tasks.shapes import resolve_policy_path
-from rl.weight_sync import check_transport
 
 log = logging.getLogger("brl.grpo")
-RULE_ACTOR = ActorGroupConfig(num_actors=1, num_cpus=0.5)  # `reward.rule.in_actor`: one small actor
+STOPS = (RewardFailureError, NonFiniteStepError, ActorFailureError)  # errors a run stops on, checkpointed
 
 
 def load(path: str | None = None, overrides: Sequence[str] = ()) -> GRPORecipeConfig:
@@ -59,241 +46,54 @@ def load(path: str | None = None, overrides: Sequence[str] = ()) -> GRPORecipeCo
     return load_config(GRPORecipeConfig, path, overrides, passthrough={"trainer": GRPOConfig})
 
 
-@dataclass
-class Actors:
-    """The Ray actors a run's learner uses (handles: learner workers get them too)."""
-
-    rollout: list | None = None
-    scorer: list | None = None
-    rule: list | None = None
-
-
-def spawn_actors(cfg: GRPORecipeConfig, policy_path: str, stack: contextlib.ExitStack) -> Actors:
-    """Rollout, scorer and rule actors as the config asks (killed when `stack` closes)."""
-    from reward.scorer import BaseRewardScorer
-    from rl.actors import kill_on_exit, spawn_group
-    from rl.rollout_pool import engine_spec
-
-    actors = Actors()
-    if not cfg.rollout.colocate:
-        engine_cls, kwargs = engine_spec(cfg.rollout, cfg.policy, policy_path)
-        actors.rollout = kill_on_exit(stack, spawn_group("rollout", engine_cls, kwargs, cfg.rollout.actors))
-    if cfg.reward.scheme in ("model", "hybrid") and cfg.reward.model.actors.num_actors > 0:
-        actors.scorer = kill_on_exit(stack, spawn_group("scorer", BaseRewardScorer, {"options": cfg.reward.model},
-                                                        cfg.reward.model.actors))
-    if cfg.reward.rule.in_actor:
-        actors.rule = kill_on_exit(stack, spawn_group("rule", RuleMatcher, rule_options(cfg.reward), RULE_ACTOR))
-    return actors
-
-
-def engine_dtype(cfg: GRPORecipeConfig) -> Any:
-    """The rollout engines' weights dtype (None: the learner's)."""
-    return resolve_dtype(cfg.rollout.dtype) if cfg.rollout.dtype not in (None, "auto") else None
-
-
-def rollouts(cfg: GRPORecipeConfig, pool: Any, logprob_gap_samples: int) -> Any:
-    """TRL's rollout_func over `pool` (rollout actors, or the colocated engine)."""
-    from rl.rollout import ActorRollouts
-
-    return ActorRollouts(pool, sync_every=cfg.rollout.sync_every, max_staleness=cfg.rollout.max_staleness,
-                         logprob_gap_samples=logprob_gap_samples, overlap=cfg.rollout.overlap, dtype=engine_dtype(cfg))
-
-
-def report_rows_without_answer(train: Any, scheme: str) -> int:
-    """How many training rows have no ground truth, said before training when the reward needs one."""
-    missing = rows_without_answer(train)
-    if missing and scheme in ("rule", "hybrid"):
-        log.warning("%d of %d training rows have no answer: the %s reward %s", missing, len(train), scheme,
-                    "cannot score them (None, counted as unscored)" if scheme == "rule" else
-                    "scores them by the reward model alone")
-    return missing
-
-
-def absolute_reward_model_paths(cfg: GRPORecipeConfig) -> None:
-    """The reward models' local paths made absolute: the scorer actors open them where Ray started them
-    (joining a running cluster: not where `brl grpo` was launched)."""
-    def absolute(path: str) -> str:
-        return str(Path(path).resolve()) if Path(path).exists() else path
-
-    model = cfg.reward.model
-    model.paths = [absolute(p) for p in model.paths]
-    if model.text_path:
-        model.text_path = absolute(model.text_path)
-
-
-def check_learner(cfg: GRPORecipeConfig) -> None:
-    """A multi-worker learner config that cannot work is refused before anything starts."""
-    if cfg.learner.num_workers == 1:
-        return
-    if not cfg.ray.enabled:
-        raise ConfigError("learner.num_workers > 1 runs the learner on Ray Train workers: set ray.enabled: true")
-    if cfg.rollout.colocate:
-        raise ConfigError("rollout.colocate generates on one learner's model: it needs learner.num_workers: 1 "
-                          "(a multi-worker learner generates on rollout actors)")
-    if cfg.trainer.get("deepspeed") and cfg.learner.strategy != "deepspeed":
-        raise ConfigError(f"trainer.deepspeed is set and learner.strategy is {cfg.learner.strategy!r}: set "
-                          "learner.strategy: deepspeed to train with that DeepSpeed config")
-
-
-def check_memory(cfg: GRPORecipeConfig, args: GRPOConfig, placement: Placement) -> None:
-    """`brl plan`'s estimate for the GPUs this run got; a GPU that would overflow stops the run here,
-    naming its largest item and the setting that shrinks it."""
-    import torch
-
-    gpus = int(placement.cluster_gpus) if cfg.ray.enabled else len(placement.learner_gpu_ids)
-    plans, header = plan_for(cfg, args, gpus, torch.cuda.get_device_properties(0).total_memory)
-    log.info("memory plan:\n%s", format_plan(plans, header))
-    check_fits(plans)
-
-
-def cuda_here() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def trainer_kwargs(cfg: GRPORecipeConfig) -> dict[str, Any]:
-    kwargs = dict(cfg.trainer)
-    if cfg.checkpoint.every_steps > 0:
-        kwargs.update(save_strategy="steps", save_steps=cfg.checkpoint.every_steps)
-    return kwargs
-
-
 def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     """Train; returns a summary dict (final metrics, where things were written)."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
-    set_seed(cfg.seed)
     # What cannot work is refused before anything starts or loads.
     resume_from = resolve_resume(cfg.resume, out)
-    check_model_paths(cfg.reward)
-    absolute_reward_model_paths(cfg)
-    check_transport(cfg.rollout.weight_sync, cfg.rollout.weight_transfer, cfg.rollout.backend)
-    check_colocate(cfg.rollout, cfg.ray.enabled)
-    check_learner(cfg)
+    resolve_reward_models(cfg.reward)
+    pipeline.check(cfg)
     check_update_precision(cfg.policy, trainer_kwargs(cfg), "policy")
-    policy_path = resolve_policy_path(cfg.policy.path, out, cfg.seed)
+    policy_path = resolve_model_path(cfg.policy.path, out, cfg.seed)
     dataset, _ = load_rl_splits(cfg.data)
-    report_rows_without_answer(dataset, cfg.reward.scheme)
-
-    with contextlib.ExitStack() as stack:
-        # GPUs checked, Ray started or joined, this process pinned to the learner's GPU: before anything
-        # here touches CUDA (GRPOConfig asks it about bf16).
-        placement = stack.enter_context(placed(cfg))
-        if (placement.learner_gpu_ids or (cfg.learner.num_workers > 1 and placement.cluster_gpus)) and cuda_here():
-            # A GPU run: refuse one that cannot fit before any model loads. (Logical GPUs, ray.num_gpus on a
-            # machine without CUDA, place as GPUs would; there is no GPU memory to check.)
-            check_memory(cfg, grpo_args(str(out), cfg.seed, trainer_kwargs(cfg)), placement)
-        actors = spawn_actors(cfg, policy_path, stack) if cfg.ray.enabled else Actors()
-        if cfg.learner.num_workers == 1:
-            return train(cfg, policy_path, actors, resume_from, callbacks, dataset, placement.learner_gpu_ids)
-        config = {"cfg": cfg, "policy_path": policy_path, "actors": actors, "resume_from": resume_from,
-                  "callbacks": callbacks, "launch_dir": os.getcwd()}
-        gpus = learner_gpus(cfg, int(placement.cluster_gpus))
-        # Logical GPUs (ray.num_gpus on a machine without CUDA) place workers as GPUs would; they talk gloo.
-        backend = "nccl" if gpus > 0 and (cfg.ray.num_gpus is None or cuda_here()) else "gloo"
+    report_rows_without_answer(dataset, cfg.reward)
+    with pipeline.launch(cfg, policy_path) as launched:
         try:
-            run_workers(train_worker, config, cfg.learner, gpus, backend, out / "ray_train",
-                        name=f"learner-{os.getpid()}")
-        except (LearnerWorkerError, RewardFailureError, NonFiniteStepError, ActorFailureError) as e:
-            last = latest_checkpoint(out)
-            log.error("stopped: %s\nthe last checkpoint is %s; continue with resume=auto once the cause is fixed",
-                      e, last or "(none: the run had not saved one yet)")
+            summary = launched.run(train, cfg=cfg, policy_path=policy_path, resume_from=resume_from,
+                                   callbacks=callbacks, dataset=dataset if launched.layout.learner_workers == 1 else None)
+        except (LearnerWorkerError, *STOPS) as e:
+            log.error("stopped: %s\nthe last checkpoint is %s; continue with resume=auto once the cause is fixed", e,
+                      latest_checkpoint(out) or "(none: the run had not saved one yet)")
             raise
-    return json.loads((out / "summary.json").read_text())
+    return summary or json.loads((out / "summary.json").read_text())
 
 
-def train_worker(config: dict[str, Any]) -> None:
-    """A Ray Train worker of a multi-worker learner (one rank of its torch.distributed group)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = dict(config)
-    # Ray Train starts workers in a directory of its own: relative paths in the config (policy.path,
-    # output_dir, data files) mean what they meant where `brl grpo` was launched.
-    launch_dir = config.pop("launch_dir")
-    if Path(launch_dir).is_dir():
-        os.chdir(launch_dir)
-    else:  # another node without that directory: only absolute (shared) paths can work there
-        log.warning("learner worker: the launch directory %s does not exist on this node; relative paths in the "
-                    "config resolve against %s", launch_dir, os.getcwd())
-    train(**config, learner_gpus=[d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d])
-
-
-def train(cfg: GRPORecipeConfig, policy_path: str, actors: Actors, resume_from: Path | None,
+def train(cfg: GRPORecipeConfig, policy_path: str, actors: pipeline.Actors, resume_from: Path | None,
           callbacks: list | None = None, dataset: Any = None, learner_gpus: list[str] | None = None) -> dict:
-    """Build TRL's GRPOTrainer with this project's rollouts and rewards and train it: in this process
-    (one learner), or as one rank of a multi-worker learner. Rank 0 writes the final policy's folder
-    and `summary.json`, and returns the summary."""
+    """One learner process (the driver, or one rank of a multi-worker learner): TRL's GRPOTrainer with the
+    pipeline's rollouts and rewards. Rank 0 writes the final policy and `summary.json`, and returns the summary."""
     import torch.distributed as dist
 
-    from rl.remote_reward import RemoteReward
-    from rl.rollout_pool import RolloutPool
-
-    out = Path(cfg.output_dir)
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    out, world = Path(cfg.output_dir), dist.get_world_size() if dist.is_initialized() else 1
     rank0 = world == 1 or dist.get_rank() == 0
-    sharded = world > 1 and cfg.learner.strategy in SHARDED_STRATEGIES
     set_seed(cfg.seed)
-    if dataset is None:
-        dataset, _ = load_rl_splits(cfg.data)
-    with contextlib.ExitStack() as stack:
-        pool = None
-        if actors.rollout and rank0:  # rank 0 alone generates, for every rank
-            pool = RolloutPool(actors.rollout, cfg.rollout.timeout_s, cfg.rollout.actors.max_retries,
-                               cfg.rollout.weight_sync, cfg.rollout.weight_transfer, cfg.rollout.bucket_mb)
-            stack.callback(pool.close)
-        scorer = RemoteReward(actors.scorer, "basereward", cfg.reward.timeout_s,
-                              cfg.reward.model.actors.max_retries) if actors.scorer else None
-        rule = RemoteReward(actors.rule, "rule", cfg.reward.timeout_s, RULE_ACTOR.max_retries,
-                            reads=RuleMatcher(**rule_options(cfg.reward)).reads) if actors.rule else None
-        reward_funcs, reward_weights = build_reward_funcs(cfg.reward, scorer=scorer, rule=rule)
-
-        processor = load_processor(policy_path, cfg.policy.max_pixels, cfg.policy.trust_remote_code)
-        model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
-        kwargs = trainer_kwargs(cfg)
-        if world > 1:
-            kwargs.update(strategy_args(cfg.learner.strategy, decoder_layer_classes(model), kwargs.get("deepspeed")))
-        args = grpo_args(str(out), cfg.seed, kwargs)
-        args.reward_weights = args.reward_weights or reward_weights
-        if not cfg.ray.enabled:  # TRL generates in this process: keep vision placeholders out of completions
-            args.generation_kwargs = {"suppress_tokens": vision_token_ids(processor), **(args.generation_kwargs or {})}
-        if cfg.ray.enabled and cfg.rollout.colocate:
-            pool = ColocatedPool(model, processor, engine_dtype(cfg))
-        # A sharded learner's forward is collective: rank 0 alone cannot re-score rollouts for the gap metric
-        # (GatheredRollouts measures it on every rank at once instead).
-        gap_samples = 0 if sharded else cfg.rollout.logprob_gap_samples
-        rollout_func = rollouts(cfg, pool, gap_samples) if pool is not None else None
-        if world > 1 and cfg.ray.enabled:
-            rollout_func = GatheredRollouts(rollout_func, cfg.rollout.sync_every, sharded, engine_dtype(cfg),
-                                            cfg.rollout.logprob_gap_samples if sharded else 0)
-        if rollout_func is not None:
-            stack.callback(rollout_func.close)
-
+    dataset = dataset if dataset is not None else load_rl_splits(cfg.data)[0]
+    processor = load_processor(policy_path, cfg.policy.max_pixels, cfg.policy.trust_remote_code)
+    model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
+    with pipeline.build(cfg, actors, model, processor, learner_gpus) as parts:
+        args = grpo_args(str(out), cfg.seed, {**trainer_kwargs(cfg), **parts.trainer_settings})
+        args.reward_weights = args.reward_weights or parts.reward_weights
         guard = NonFiniteGuard(cfg.max_skipped_steps)
-
-        def checkpoint_state(state) -> dict:  # what a checkpoint records beyond the Trainer's own state
-            return {
-                "config": to_container(cfg),
-                "policy_path": policy_path,
-                "reward": {"scheme": cfg.reward.scheme, "model_paths": list(cfg.reward.model.paths),
-                           "text_path": cfg.reward.model.text_path},
-                "global_step": state.global_step,
-                "consumed_prompts": state.global_step * prompts_per_step,
-                "learner_workers": world,
-                "rollout_version": rollout_func.pool.version if rollout_func else None,
-                "skipped_steps": list(guard.skipped_steps),
-                "reward_failures": {f.__name__: f.stats.failed for f in reward_funcs},
-            }
-
-        checkpoints = CheckpointCallback(out, cfg.checkpoint.keep_last, checkpoint_state)
-        callbacks = [*(callbacks or []), guard, checkpoints]
-        hybrid = next((f.fn for f in reward_funcs if isinstance(f.fn, HybridReward)), None)
-        if hybrid is not None and "tensorboard" in (args.report_to or []) and rank0:
-            callbacks.append(ScoreHistogramCallback(hybrid, out / "runs" / "reward_scores"))
-        trainer = build_grpo_trainer(args, model, processor, dataset, reward_funcs, rollout_func=rollout_func,
-                                     callbacks=callbacks, lora=cfg.policy.lora)
-        trainer.rollout_logprobs_as_old = bool(rollout_func) and cfg.rollout.correct_off_policy and (
-            cfg.rollout.overlap or cfg.rollout.sync_every > 1)
+        checkpoints = CheckpointCallback(out, cfg.checkpoint.keep_last, lambda state: {
+            "config": to_container(cfg), "policy_path": policy_path, "global_step": state.global_step,
+            "consumed_prompts": state.global_step * prompts_per_step, "learner_workers": world,
+            **run_state(cfg, parts, guard)})
+        trainer = build_grpo_trainer(
+            args, model, processor, dataset, parts.reward_funcs, rollout_func=parts.rollout_func, lora=cfg.policy.lora,
+            callbacks=[*(callbacks or []), guard, checkpoints, *score_histograms(parts.reward_funcs, args, out, rank0)],
+            rollout_logprobs_as_old=parts.rollout_logprobs_as_old, min_group_std=cfg.reward.min_group_std)
         prompts_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size \
             // trainer.num_generations
         if resume_from is not None:
@@ -301,40 +101,61 @@ def train(cfg: GRPORecipeConfig, policy_path: str, actors: Actors, resume_from: 
             log.info("resuming from %s", resume_from)
         try:
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        except (RewardFailureError, NonFiniteStepError, ActorFailureError) as e:
-            if world > 1:  # a checkpoint now would be collective, and the other ranks are elsewhere
-                log.error("stopped: %s\nthe last checkpoint is %s; continue with resume=auto once the cause is "
-                          "fixed", e, checkpoints.last or "(none yet)")
-                raise
-            saved = save_now(trainer, checkpoints)
-            log.error("stopped: %s\nthe run as it was is checkpointed in %s; continue it with resume=auto "
-                      "(or resume=%s) once the cause is fixed", e, saved, saved)
+        except STOPS as e:
+            if world == 1:  # with N workers a checkpoint now would be collective, and the other ranks are elsewhere
+                saved = save_now(trainer, checkpoints)
+                log.error("stopped: %s\nthe run as it was is checkpointed in %s", e, saved)
             raise
         final = out / "final"
         trainer.save_model(str(final))  # collective under FSDP / ZeRO-3: every rank takes part, rank 0 writes
-        gpus = learner_gpus or []
-        if world > 1:
-            every: list[Any] = [None] * world
-            dist.all_gather_object(every, gpus)
-            gpus = [g for part in every for g in part]
+        gpus = gathered(learner_gpus or [], world)
         if not rank0:
             return {}
         processor.save_pretrained(final)
-        summary = {
-            "final_policy": str(final),
-            "global_step": trainer.state.global_step,
-            "resumed_from": str(resume_from) if resume_from else None,
-            "last_checkpoint": str(checkpoints.last) if checkpoints.last else None,
-            "train_runtime_s": result.metrics.get("train_runtime"),
-            "reward_failures": {f.__name__: f.stats.failed for f in reward_funcs},
-            "reward_samples": {f.__name__: f.stats.samples for f in reward_funcs},
-            "skipped_steps": guard.skipped_steps,
-            "rollout_version": rollout_func.pool.version if rollout_func else None,
-            "actor_restarts": rollout_func.pool.restarts if rollout_func else None,
-            "learner_workers": world,
-            "learner_gpus": gpus,
-            "log_history": trainer.state.log_history,
-        }
+        summary = {"final_policy": str(final), "global_step": trainer.state.global_step,
+                   "resumed_from": str(resume_from) if resume_from else None,
+                   "last_checkpoint": str(checkpoints.last) if checkpoints.last else None,
+                   "train_runtime_s": result.metrics.get("train_runtime"), **run_state(cfg, parts, guard),
+                   "reward_samples": {f.__name__: f.stats.samples for f in parts.reward_funcs},
+                   "actor_restarts": parts.actor_restarts, "learner_workers": world, "learner_gpus": gpus,
+                   "log_history": trainer.state.log_history}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     log.info("saved the final policy to %s", final)
     return summary
+
+
+def run_state(cfg: GRPORecipeConfig, parts: pipeline.Built, guard: NonFiniteGuard) -> dict[str, Any]:
+    """What a checkpoint and the summary record of the run besides the Trainer's own state."""
+    return {"reward": {"scheme": cfg.reward.scheme, "model_paths": list(cfg.reward.model.paths),
+                       "text_path": cfg.reward.model.text_path},
+            "rollout_version": parts.rollout_version, "skipped_steps": list(guard.skipped_steps),
+            "reward_failures": {f.__name__: f.stats.failed for f in parts.reward_funcs}}
+
+
+def trainer_kwargs(cfg: GRPORecipeConfig) -> dict[str, Any]:
+    """The `trainer:` section, with the checkpoint schedule of the `checkpoint:` section."""
+    kwargs = dict(cfg.trainer)
+    if cfg.checkpoint.every_steps > 0:
+        kwargs.update(save_strategy="steps", save_steps=cfg.checkpoint.every_steps)
+    return kwargs
+
+
+def gathered(items: list[Any], world: int) -> list[Any]:
+    """Every rank's `items`, concatenated in rank order (each rank's GPU ids, for the summary)."""
+    if world == 1:
+        return items
+    import torch.distributed as dist
+
+    every: list[Any] = [None] * world
+    dist.all_gather_object(every, items)
+    return [item for part in every for item in part]
+
+
+def report_rows_without_answer(train: Any, reward: Any) -> int:
+    """How many training rows have no ground truth, said before training when the reward needs one."""
+    missing = rows_without_answer(train)
+    if missing and "rule" in reward.components():
+        log.warning("%d of %d training rows have no answer: the %s reward %s", missing, len(train), reward.scheme,
+                    "cannot score them (None, counted as unscored)" if reward.scheme == "rule" else
+                    "scores them by its model branch alone")
+    return missing

@@ -3,7 +3,8 @@
     brl sft recipes/configs/tiny_cpu_sft.yaml [key=value ...]
 
 The paper starts GRPO from an SFT model; this recipe makes that starting point from the RL rows
-themselves (prompt + images -> the ground-truth answer) with TRL's SFTTrainer, loss on the answer only.
+themselves (prompt + images -> the reference response, else the ground-truth answer) with TRL's
+SFTTrainer, loss on the response only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from policies.loading import load_policy, load_processor
 from rl.config import SFTRecipeConfig, load_config, to_yaml
 from rl.data import load_rl_splits
 from rl.learner import check_update_precision, device_defaults
-from rl.tasks.shapes import resolve_policy_path
+from rl.models import resolve_model_path
 
 log = logging.getLogger("brl.sft")
 
@@ -32,10 +33,17 @@ def load(path: str | None = None, overrides: Sequence[str] = ()) -> SFTRecipeCon
     return load_config(SFTRecipeConfig, path, overrides, passthrough={"trainer": SFTConfig})
 
 
+def target(row: dict) -> str | None:
+    """What SFT teaches for a row: its reference response where it has one (an open-ended question's
+    description), else its answer."""
+    return row.get("reference") or row.get("answer")
+
+
 def to_prompt_completion(rows: Dataset) -> Dataset:
-    """RL rows -> TRL's conversational prompt-completion format (rows without an answer are dropped)."""
-    rows = rows.filter(lambda r: r["answer"] is not None)
-    return rows.map(lambda r: {"completion": [{"role": "assistant", "content": r["answer"]}]},
+    """RL rows -> TRL's conversational prompt-completion format (rows with neither a reference nor an
+    answer are dropped)."""
+    rows = rows.filter(lambda r: target(r) is not None)
+    return rows.map(lambda r: {"completion": [{"role": "assistant", "content": target(r)}]},
                     remove_columns=[c for c in rows.column_names if c not in ("prompt", "images")])
 
 
@@ -49,7 +57,7 @@ def main(cfg: SFTRecipeConfig) -> dict:
                         "save_strategy": "no", "completion_only_loss": True, "max_length": None,
                         **cfg.trainer, "output_dir": str(out), "seed": cfg.seed})
     train, _ = load_rl_splits(cfg.data)
-    policy_path = resolve_policy_path(cfg.policy.path, out, cfg.seed)
+    policy_path = resolve_model_path(cfg.policy.path, out, cfg.seed)
     processor = load_processor(policy_path, cfg.policy.max_pixels, cfg.policy.trust_remote_code)
     model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
     trainer = SFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(train),

@@ -1,10 +1,16 @@
-"""Train a BaseReward model: Qwen2.5-VL backbone + MLP head, Bradley-Terry loss on preference pairs.
+"""Train a reward model on preference pairs, in either of the paradigms the BaseReward paper compares.
 
     brl train-rm recipes/configs/tiny_cpu_rm.yaml [key=value ...]
+    brl train-rm recipes/configs/tiny_cpu_rm.yaml paradigm=generative
 
-The upstream half of the pipeline: its checkpoint is what `reward.model.paths` points the GRPO
-recipes at. Each of the paper's ablations is one config change: `head.num_layers`,
-`head.activation`, `loss.zero_mean_weight`, `loss.length_normalize`, `data.sources[].weight`.
+`paradigm: naive` (the default) is BaseReward: a Qwen2.5-VL backbone + MLP head, Bradley-Terry loss; its
+checkpoint is what `reward.model.paths` points the GRPO recipes at. `paradigm: generative` trains the same
+backbone, on the same pairs, by SFT (TRL's SFTTrainer) to write R1-Reward's verdict: each pair rendered
+as a judge prompt in both orders (target `<answer>1</answer>` or `<answer>2</answer>`, a rationale before
+it where the data has one), plus single-response prompts; its checkpoint is what `reward.judge.path`
+takes. The paper's paradigm ablation is one command per paradigm. Each of its head and loss ablations is
+one config change: `head.num_layers`, `head.activation`, `loss.zero_mean_weight`, `loss.length_normalize`,
+`data.sources[].weight`.
 """
 
 from __future__ import annotations
@@ -13,16 +19,17 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainingArguments, set_seed
 
-from policies.loading import freeze_vision_tower, load_processor, resolve_dtype
+from policies.loading import freeze_vision_tower, load_policy, load_processor, resolve_dtype
 from reward.model import BaseRewardModel, ScoreStats
 from reward.train import BTTrainer, PairCollator, compute_pair_metrics, pair_metrics
 from rl.config import RMRecipeConfig, load_config, to_yaml
 from rl.data import load_preference_mixture
 from rl.learner import check_update_precision, device_defaults
-from rl.tasks.shapes import resolve_policy_path
+from rl.models import resolve_model_path
 
 log = logging.getLogger("brl.train_rm")
 
@@ -40,13 +47,14 @@ def main(cfg: RMRecipeConfig) -> dict:
     set_seed(cfg.seed)
     check_update_precision(cfg.backbone, cfg.trainer, "backbone")
     train, held_out = load_preference_mixture(cfg.data)  # data problems surface before anything loads
+    path = resolve_model_path(cfg.backbone.path, out, cfg.seed, field="backbone.path")
+    processor = load_processor(path, cfg.backbone.max_pixels, cfg.backbone.trust_remote_code)
+    if cfg.paradigm == "generative":
+        return train_judge(cfg, out, path, processor, train, held_out)
     args = TrainingArguments(**{
         **device_defaults(), "logging_steps": 10, "report_to": ["tensorboard"], "save_strategy": "no",
         "eval_strategy": "no", "remove_unused_columns": False, "label_names": [],
         **cfg.trainer, "output_dir": str(out), "seed": cfg.seed})
-
-    path = resolve_policy_path(cfg.backbone.path, out, cfg.seed, field="backbone.path")
-    processor = load_processor(path, cfg.backbone.max_pixels, cfg.backbone.trust_remote_code)
     model = BaseRewardModel.from_backbone(path, cfg.head, resolve_dtype(cfg.backbone.dtype),
                                           cfg.backbone.trust_remote_code, seed=cfg.seed)
     if cfg.backbone.freeze_vision:
@@ -76,6 +84,7 @@ def main(cfg: RMRecipeConfig) -> dict:
     final = model.save_pretrained(out / "final", processor)
 
     summary = {
+        "paradigm": "naive",
         "checkpoint": str(final),
         "train_pairs": len(train),
         "global_step": trainer.state.global_step,
@@ -95,3 +104,77 @@ def main(cfg: RMRecipeConfig) -> dict:
     log.info("saved the reward model to %s", final)
     return summary
 
+
+
+def train_judge(cfg: RMRecipeConfig, out: Path, path: str, processor: Any, train: Any, held_out: Any) -> dict:
+    """`paradigm: generative`: SFT of the backbone to write the judge's verdict on the pairs (see the module
+    docstring), then the held-out pairs judged by the result (accuracy, by kind of rejected answer, tokens
+    and seconds per pair)."""
+    from trl import SFTConfig, SFTTrainer
+
+    from reward.judge import JUDGE_FILE, POINTWISE_TEMPLATE, PAIRWISE_TEMPLATE, judge_training_rows
+
+    gen = cfg.generative
+    pairwise = Path(gen.template).read_text() if gen.template else PAIRWISE_TEMPLATE.read_text()
+    pointwise = Path(gen.pointwise_template).read_text() if gen.pointwise_template else POINTWISE_TEMPLATE.read_text()
+
+    def expand(batch: dict[str, list]) -> dict[str, list]:
+        rows = [r for i in range(len(batch["chosen"])) for r in judge_training_rows(
+            batch["prompt"][i], batch["images"][i] or [], batch["chosen"][i], batch["rejected"][i], pairwise,
+            pointwise, gen.pointwise, (batch.get("rationale") or [None] * len(batch["chosen"]))[i])]
+        return {key: [r[key] for r in rows] for key in ("prompt", "images", "completion")}
+
+    rows = train.map(expand, batched=True, remove_columns=train.column_names, desc="judge prompts")
+    args = SFTConfig(**{**device_defaults(), "logging_steps": 10, "report_to": ["tensorboard"], "save_strategy": "no",
+                        "completion_only_loss": True, "max_length": None,
+                        **cfg.trainer, "output_dir": str(out), "seed": cfg.seed})
+    model = load_policy(path, cfg.backbone.dtype, cfg.backbone.trust_remote_code, cfg.backbone.freeze_vision)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=processor)
+    result = trainer.train()
+    final = out / "final"
+    trainer.save_model(str(final))
+    processor.save_pretrained(final)
+    (final / JUDGE_FILE).write_text(json.dumps({"paradigm": "generative", "pairwise_template": pairwise,
+                                                "pointwise_template": pointwise}, indent=2))
+    summary = {"paradigm": "generative", "checkpoint": str(final), "train_pairs": len(train), "train_rows": len(rows),
+               "global_step": trainer.state.global_step, "train_loss": result.training_loss,
+               **judge_held_out(str(final), held_out, gen.eval_batch_size)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if held_out is not None:
+        log.info("held-out pairwise accuracy %.3f on %d pairs (%.1f tokens, %.3f s per pair) %s",
+                 summary["eval_after"]["eval_accuracy"], len(held_out), summary["eval_after"]["generated_tokens_per_pair"],
+                 summary["eval_after"]["seconds_per_pair"],
+                 " ".join(f"{k}={v:.3f}" for k, v in summary["eval_accuracy_by_kind"].items()))
+    log.info("saved the generative judge to %s", final)
+    return summary
+
+
+def judge_held_out(path: str, held_out: Any, batch_size: int) -> dict[str, Any]:
+    """The judge at `path` on the held-out pairs: accuracy (P(chosen better) > 0.5, both orders), by kind
+    of rejected answer, unreadable verdicts, and its cost per pair."""
+    import time
+
+    from reward.bench import judge_pairs
+    from reward.judge import GenerativeJudge
+    from reward.options import JudgeOptions
+
+    if held_out is None:
+        return {"eval_after": {}, "eval_accuracy_by_kind": {}}
+    judge = GenerativeJudge(JudgeOptions(path=path, batch_size=batch_size))
+    items = [[{"prompt": r["prompt"], "images": r["images"] or [], "response": r[key]} for r in held_out]
+             for key in ("chosen", "rejected")]
+    start = time.perf_counter()
+    chosen, rejected = judge_pairs(judge)(*items)
+    seconds = time.perf_counter() - start
+    costs = judge.metrics()
+    by_kind = {}
+    if "kind" in held_out.column_names:  # synthetic pairs: hallucination vs near miss
+        kinds = held_out["kind"]
+        for kind in sorted(set(kinds)):
+            at = [i for i, k in enumerate(kinds) if k == kind]
+            by_kind[kind] = pair_metrics([chosen[i] for i in at], [rejected[i] for i in at])["accuracy"]
+    n = len(held_out)
+    return {"eval_after": {"eval_accuracy": pair_metrics(chosen, rejected)["accuracy"],
+                           "eval_unparsed_rate": costs["unparsed"] / max(1, costs["verdicts"]),
+                           "seconds_per_pair": seconds / n, "generated_tokens_per_pair": costs["generated_tokens"] / n},
+            "eval_accuracy_by_kind": by_kind}

@@ -3,6 +3,7 @@
 from reward.base import Reward, completion_text
 from reward.failures import FailureStats, GuardedReward, RewardFailureError
 from reward.hybrid import HybridReward, hybrid_value, sigmoid
+from reward.options import HeadConfig, RuleOptions, ScorerOptions
 from reward.rule import FormatReward, RuleMatcher, extract_answer, normalize
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "Reward",
     "RewardFailureError",
     "RuleMatcher",
+    "RuleOptions",
+    "ScorerOptions",
     "completion_text",
     "extract_answer",
     "hybrid_value",
@@ -26,10 +29,10 @@ __all__ = [
 
 def __getattr__(name: str):
     # The model-backed rewards import torch/transformers; load them only when asked for.
-    if name in ("BaseRewardModel", "HeadConfig"):
-        from reward import model
+    if name == "BaseRewardModel":
+        from reward.model import BaseRewardModel
 
-        return getattr(model, name)
+        return BaseRewardModel
     if name == "BaseRewardScorer":
         from reward.scorer import BaseRewardScorer
 

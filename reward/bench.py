@@ -1,7 +1,9 @@
 """Reward-model benchmark metrics in their published forms: MM-RLHF-RewardBench, VL-RewardBench, pairs.
 
-Metric code is pure (rows + scores -> numbers) and tested on hand-made fixtures; scoring is pluggable:
-a BaseReward checkpoint, or the model-free baselines `length` (longer response wins) and `random`
+Metric code is pure (rows + scores -> numbers) and tested on hand-made fixtures; scoring is pluggable
+and always by pairs (`PairScorer`: both responses of each pair at once, which a generative judge needs;
+a scalar reward model scores each response alone, `scalar_pairs`): a reward-model checkpoint of any
+layout (`reward_model_pairs`), or the model-free baselines `length` (longer response wins) and `random`
 (a seeded coin) that sanity-check the metric code. A pair is correct only when the better response
 scores strictly higher: ties and NaN are wrong. Reading benchmark files is rl/rm_benchmarks.py.
 """
@@ -24,6 +26,8 @@ VL_REWARD_SOURCES = {
 }
 
 Scorer = Callable[[list[dict]], list[float]]  # items {prompt, images, response} -> scores
+# Two lists of items, pair k = (first[k], second[k]) of one prompt -> (scores of the firsts, of the seconds)
+PairScorer = Callable[[list[dict], list[dict]], tuple[list[float], list[float]]]
 
 
 def _correct(better: float, worse: float) -> bool:
@@ -189,7 +193,44 @@ def random_scorer(seed: int = 0) -> Scorer:
     return score
 
 
+def scalar_pairs(scorer: Scorer) -> PairScorer:
+    """Pairs scored by a scalar scorer: each response on its own."""
+    return lambda first, second: (scorer(first), scorer(second))
+
+
+def judge_pairs(judge: Any) -> PairScorer:
+    """Pairs scored by a generative judge (reward.judge.GenerativeJudge): the first response judged against
+    the second, in both orders; its score is P(first is better), the second's its complement."""
+
+    def score(first: list[dict], second: list[dict]) -> tuple[list[float], list[float]]:
+        p = judge([it["prompt"] for it in first], [it["response"] for it in first],
+                  images=[it["images"] for it in first], **{judge.options.reference_column: [it["response"] for it in second]})
+        return p, [1.0 - x for x in p]  # NaN (an unreadable verdict) stays NaN: the pair counts as wrong
+
+    return score
+
+
+def reward_model_pairs(paths: list[str], device: str = "cpu", batch_size: int = 16
+                       ) -> tuple[PairScorer, Callable[[], dict[str, float]] | None]:
+    """A pair scorer for reward-model checkpoints, whatever their layout (reward/layouts.py): scalar models
+    (several are averaged, the paper's ensemble) or one generative judge; and, for a judge, its cost
+    counters (tokens generated)."""
+    from reward.layouts import layout_of
+
+    layouts = [layout_of(p) for p in paths]
+    if "generative" in layouts:
+        if len(paths) > 1:
+            raise ValueError(f"{paths}: a generative judge is evaluated alone (no ensembles with judges)")
+        from reward.judge import GenerativeJudge
+        from reward.options import JudgeOptions
+
+        judge = GenerativeJudge(JudgeOptions(path=paths[0], device=device, batch_size=batch_size))
+        return judge_pairs(judge), judge.metrics
+    return scalar_pairs(model_scorer(paths, device, batch_size)), None
+
+
 def model_scorer(paths: list[str], device: str = "cpu", batch_size: int = 16) -> Scorer:
+    """Scalar reward models' scores of single responses (several checkpoints averaged)."""
     from reward.scorer import BaseRewardScorer
 
     scorer = BaseRewardScorer.from_paths(paths, device=device, batch_size=batch_size)

@@ -106,6 +106,9 @@ class GuardedReward:
         if callable(log_metric):
             log_metric(f"rewards/{self.__name__}/failed", float(failed_now))
             log_metric(f"timing/reward/{self.__name__}", time.perf_counter() - start)
+            costs = getattr(self.fn, "metrics", None)  # what the call cost, for rewards that count it (a judge)
+            for key, value in (costs() if callable(costs) else {}).items():
+                log_metric(f"rewards/{self.__name__}/{key}", value)
         if n and failed_now / n > self.max_failure_rate:
             raise RewardFailureError(
                 f"reward '{self.__name__}' failed on {failed_now} of {n} samples in one step "

@@ -11,7 +11,7 @@ sharded like `save_pretrained`), the head's weights (`reward_head.safetensors`),
 transformers' `from_pretrained` straight onto the target device: no random initialisation of
 weights about to be overwritten, at most one host copy, no pickle, no remote code, bit-exact.
 
-`HeadConfig` is the head's options and also the `head:` section of the reward-model recipe's config.
+The head is built from `HeadConfig` (reward/options.py), the `head:` section of the reward-model recipe's config.
 """
 
 from __future__ import annotations
@@ -25,26 +25,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+from reward.options import HeadConfig
+
+ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}  # HeadConfig.activation
 HEAD_FILE = "reward_head.json"
 HEAD_WEIGHTS_FILE = "reward_head.safetensors"
 LEGACY_WEIGHTS_FILE = "model.safetensors"  # before the head had its own file: every weight, one file
 MAX_SHARD_SIZE = "5GB"
-
-
-@dataclass
-class HeadConfig:
-    """The scalar head's shape (the paper's ablations: depth, width, activation)."""
-
-    num_layers: int = 2  # the paper's best; 1 = a linear head
-    hidden_size: int | None = None  # width of the hidden layers (None: the backbone's hidden size)
-    activation: str = "silu"  # silu | relu | tanh | gelu
-
-    def __post_init__(self) -> None:
-        if self.num_layers < 1:
-            raise ValueError(f"reward head needs at least 1 layer, got num_layers={self.num_layers}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; use one of {sorted(ACTIVATIONS)}")
 
 
 @dataclass
@@ -82,13 +69,15 @@ def text_hidden_size(config) -> int:
 
 
 class BaseRewardModel(nn.Module):
-    """backbone (no LM head) + MLP head -> one scalar per sequence."""
+    """backbone (no LM head) + MLP head -> one scalar per sequence.
+
+    `stats`: the score statistics the checkpoint ships (None: it ships none, as a value-head checkpoint)."""
 
     def __init__(self, backbone: nn.Module, head_cfg: HeadConfig | None = None, stats: ScoreStats | None = None):
         super().__init__()
         self.backbone = backbone
         self.head_cfg = head_cfg or HeadConfig()
-        self.stats = stats or ScoreStats()
+        self.stats = stats
         param = next(backbone.parameters())
         self.head = build_head(text_hidden_size(backbone.config), self.head_cfg).to(param.dtype)
 
@@ -111,6 +100,7 @@ class BaseRewardModel(nn.Module):
         hidden = out.last_hidden_state  # [B, T, H]
         idx = last_token_index(attention_mask)  # [B]
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # [B, H]
+        pooled = pooled.to(next(self.head.parameters()).dtype)  # a head saved in another dtype than the backbone
         return self.head(pooled).squeeze(-1).float()  # [B]
 
     # -- construction and persistence ---------------------------------------------------------
@@ -130,7 +120,8 @@ class BaseRewardModel(nn.Module):
         self.backbone.save_pretrained(out, max_shard_size=MAX_SHARD_SIZE)  # config + (sharded) safetensors
         head_state = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
         save_file(head_state, out / HEAD_WEIGHTS_FILE, metadata={"format": "pt"})
-        head = {**asdict(self.head_cfg), "score_mean": self.stats.mean, "score_std": self.stats.std}
+        stats = self.stats or ScoreStats()
+        head = {**asdict(self.head_cfg), "score_mean": stats.mean, "score_std": stats.std}
         (out / HEAD_FILE).write_text(json.dumps(head, indent=2))
         if processor is not None:
             processor.save_pretrained(out)
@@ -143,7 +134,7 @@ class BaseRewardModel(nn.Module):
             if not (p / name).is_file():
                 raise FileNotFoundError(f"{p} is not a BaseReward checkpoint: {name} is missing")
         head = json.loads((p / HEAD_FILE).read_text())
-        stats = ScoreStats(head.pop("score_mean", 0.0), head.pop("score_std", 1.0))
+        stats = ScoreStats(head.pop("score_mean", 0.0), head.pop("score_std", 1.0)) if "score_mean" in head else None
         head_cfg = HeadConfig(**head)
         if not (p / HEAD_WEIGHTS_FILE).is_file():
             return cls._from_legacy(p, head_cfg, stats, device)
@@ -154,11 +145,38 @@ class BaseRewardModel(nn.Module):
         return model.to(device).eval()
 
     @classmethod
+    def from_value_head(cls, path: str | Path, device: str | torch.device = "cpu") -> BaseRewardModel:
+        """TRL's value-head layout (`AutoModelForCausalLMWithValueHead`, as Skywork-VL-Reward-7B ships it): a
+        causal-LM checkpoint beside `value_head.safetensors` (or `.bin`) holding `v_head.summary.weight` [1, H]
+        and `v_head.summary.bias` [1], a linear head on the language model's final (normed) hidden state, read
+        at the last token. That is a BaseReward with a one-layer head: loaded as one, the head in the file's
+        dtype (TRL casts the hidden state to it). Such a checkpoint ships no score statistics."""
+        from reward.layouts import VALUE_HEAD_FILES, checkpoint_file
+
+        found = [f for f in (checkpoint_file(str(path), name) for name in VALUE_HEAD_FILES) if f is not None]
+        if not found:
+            raise FileNotFoundError(f"{path} has no value head ({' or '.join(VALUE_HEAD_FILES)})")
+        state = load_file(found[0]) if found[0].suffix == ".safetensors" else \
+            torch.load(found[0], map_location="cpu", weights_only=True)
+        keys = ("v_head.summary.weight", "v_head.summary.bias")
+        if any(k not in state for k in keys):
+            raise ValueError(f"{found[0]}: a value head holds {list(keys)}; this file has {sorted(state)[:6]}")
+        backbone = AutoModel.from_pretrained(path, dtype="auto", device_map={"": str(device)})
+        model = cls(backbone, HeadConfig(num_layers=1))
+        weight, bias = state[keys[0]], state[keys[1]]
+        if weight.shape != (1, text_hidden_size(backbone.config)):
+            raise ValueError(f"{found[0]}: v_head.summary.weight is {tuple(weight.shape)}, the backbone's hidden size "
+                             f"is {text_hidden_size(backbone.config)}")
+        model.head = model.head.to(weight.dtype)
+        model.head.load_state_dict({"0.weight": weight, "0.bias": bias}, strict=True)
+        return model.to(device).eval()
+
+    @classmethod
     def _from_legacy(cls, p: Path, head_cfg: HeadConfig, stats: ScoreStats,
                      device: str | torch.device) -> BaseRewardModel:
         """A checkpoint written before the backbone was saved by transformers (every weight in one
         model.safetensors under our own key names): built empty on the device, then loaded strictly."""
-        from transformers.initialization import no_init_weights
+        from adapters.transformers import no_init_weights
 
         if not (p / LEGACY_WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"{p} is not a BaseReward checkpoint: {HEAD_WEIGHTS_FILE} is missing")
@@ -172,3 +190,56 @@ class BaseRewardModel(nn.Module):
             raise ValueError(f"{p}: weights do not match the architecture "
                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
         return model.eval()
+
+
+class SequenceClassificationRewardModel(nn.Module):
+    """A `*ForSequenceClassification` checkpoint with one label (TRL's RewardTrainer writes them; the
+    Skywork-Reward-V2 series): its one logit is the score, pooled by transformers at the last non-padding
+    token. Vision-language ones get the images. It ships no score statistics."""
+
+    stats = None
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def is_multimodal(self) -> bool:
+        return hasattr(self.model.config, "vision_config")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **mm_inputs) -> torch.Tensor:
+        if not self.is_multimodal:
+            mm_inputs = {}
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **mm_inputs).logits
+        return logits[:, 0].float()  # [B]
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        pad_token_id: int | None = None) -> SequenceClassificationRewardModel:
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype="auto", device_map={"": str(device)})
+        if model.config.pad_token_id is None:  # transformers finds the last token of each row by the pad token
+            model.config.pad_token_id = pad_token_id
+        return cls(model).to(device).eval()
+
+
+def load_reward_model(path: str | Path, device: str | torch.device = "cpu",
+                      pad_token_id: int | None = None) -> nn.Module:
+    """A scalar reward model of any layout (reward/layouts.py), on `device`, in eval mode: called with
+    (input_ids, attention_mask, **image inputs) it gives [B] scores; `.stats` are its shipped score
+    statistics (None: it ships none); `.is_multimodal` says whether it sees images."""
+    from reward.layouts import layout_of
+
+    layout = layout_of(str(path))
+    if layout == "basereward":
+        return BaseRewardModel.from_pretrained(path, device)
+    if layout == "value_head":
+        return BaseRewardModel.from_value_head(path, device)
+    if layout == "sequence_classification":
+        return SequenceClassificationRewardModel.from_pretrained(path, device, pad_token_id)
+    raise ValueError(f"{path} is a generative reward model (no scalar head): it is a judge, used as reward.judge.path")

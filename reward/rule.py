@@ -15,12 +15,11 @@ import re
 import threading
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from reward.base import completion_text
-
-EXTRACT_MODES = ("auto", "whole", "last_line", "answer_tag", "boxed")
+from reward.options import EXTRACT_MODES, RuleOptions
 
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
@@ -111,42 +110,33 @@ def _math_equal(pred: str, truth: str) -> bool:
     return bool(verify(gold, answer, **({} if on_main else {"timeout_seconds": None})))
 
 
-@dataclass
+def columns_read(options: RuleOptions) -> tuple[str, ...]:
+    """The reward columns a rule matcher with `options` reads besides the completions (not the prompts):
+    all a remote caller needs to send it (pipeline/remote_reward.py)."""
+    return (options.answer_column,)
+
+
 class RuleMatcher:
     """1.0 if the completion's answer matches the ground truth, 0.0 if not, None with no ground truth.
 
-    Its fields are its options, and (with `in_actor`) the `reward.rule:` section of the GRPO config."""
+    Built from its options (`reward.rule:` in a GRPO config)."""
 
-    # Where the answer is in a completion: auto | whole | last_line | answer_tag | boxed
-    extract: str = "auto"
-    number_words: bool = True  # "three" == "3"
-    units: list[str] = field(default_factory=list)  # suffixes to ignore when comparing ("cm", "kg")
-    math_verify: bool = False  # symbolic equivalence through math-verify (extra: math)
-    max_chars: int = 4096  # completions are cut to this many characters before matching (time bound)
-    answer_column: str = "answer"  # the dataset column that holds the ground truth
-
-    def __post_init__(self) -> None:
+    def __init__(self, options: RuleOptions | None = None):
+        self.options = options or RuleOptions()
         self.__name__ = "rule"  # the name TRL logs this reward under
-        if self.extract not in EXTRACT_MODES:
-            raise ValueError(f"unknown extract mode {self.extract!r}; use one of {EXTRACT_MODES}")
-
-    @property
-    def reads(self) -> tuple[str, ...]:
-        """The reward columns a call reads besides the completions (not the prompts): all a remote
-        caller needs to send it (rl/remote_reward.py)."""
-        return (self.answer_column,)
 
     def match(self, completion: str, truth: str) -> bool:
-        text = completion[-self.max_chars:]  # the answer is at the end; bound the work per item
-        pred = extract_answer(text, self.extract)
+        o = self.options
+        text = completion[-o.max_chars:]  # the answer is at the end; bound the work per item
+        pred = extract_answer(text, o.extract)
         if pred is None:
             return False
-        if normalize(pred, self.number_words, self.units) == normalize(truth, self.number_words, self.units):
+        if normalize(pred, o.number_words, o.units) == normalize(truth, o.number_words, o.units):
             return True
-        return self.math_verify and _math_equal(pred[: self.max_chars], truth)
+        return o.math_verify and _math_equal(pred[: o.max_chars], truth)
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
-        truths = columns.get(self.answer_column) or [None] * len(completions)
+        truths = columns.get(self.options.answer_column) or [None] * len(completions)
         return [None if t is None or not str(t).strip() else float(self.match(completion_text(c), str(t)))
                 for c, t in zip(completions, truths, strict=True)]
 

@@ -13,8 +13,7 @@ that several rows share (GRPO scores G completions of each prompt) is resized on
 through the vision encoder once per batch, its features reused for every row (transformers'
 `mm_encoder_outputs`).
 
-`ScorerOptions` is the scorer's options and, with where its actors run, the `reward.model:` section
-of the GRPO recipe's config.
+The scorer is built from `ScorerOptions` (reward/options.py), the `reward.model:` section of a GRPO config.
 """
 
 from __future__ import annotations
@@ -23,12 +22,13 @@ import inspect
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image as PILImage
 
+from adapters.transformers import expand_image_tokens, returns_mm_token_type_ids, runs_standard_steps
 from policies.chat import (
     as_messages,
     embedded_images,
@@ -40,28 +40,10 @@ from policies.chat import (
     with_image_parts,
 )
 from reward.base import completion_text
-from reward.model import BaseRewardModel
+from reward.model import BaseRewardModel, ScoreStats, load_reward_model
+from reward.options import ScorerOptions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ScorerOptions:
-    # BaseReward checkpoint(s): one path, or several whose scores are averaged (the paper's ensemble).
-    paths: list[str] = field(default_factory=list)
-    # Optional text-only reward model that scores rows without images (the paper's routing).
-    text_path: str | None = None
-    batch_size: int = 16
-    max_pixels: int | None = 200_704  # per image, before the processor (28*28*256)
-    device: str | None = None  # None: cuda if this process has a GPU, else cpu
-    # Standardise scores with the mean/std stored in the checkpoint (before the hybrid's sigmoid).
-    calibrate: bool = False
-    # Throughput (on by default; off only to measure what each one brings: benchmarks/reward_cost.py):
-    # Prepare the next batch on a thread while the model scores this one. None: on a GPU only (on a
-    # CPU the two compete for the same cores: measured 3% slower on the 2-core CI machine).
-    prefetch: bool | None = None
-    sort_by_length: bool = True  # batch rows of similar length together (scores return in input order)
-    encode_images_once: bool = True  # an image shared by rows of a batch goes through the vision tower once
 
 
 def bound_pixels(image: PILImage.Image, max_pixels: int | None) -> PILImage.Image:
@@ -112,13 +94,8 @@ def process_distinct_images(processor: Any, texts: list[str], images: list[Any],
     """What `processor(text=texts, images=images)` gives, except that an image several rows share (a
     prompt's G completions) is resized and normalised once: its pixels appear once, under
     `distinct_grid_thw`, while the text gets every occurrence's placeholder tokens. Built from the
-    steps of transformers' multimodal processors (`replace_image_token`, `get_text_with_replacements`);
-    None for a processor that does its own processing (the caller then calls it as usual)."""
-    from transformers.processing_utils import ProcessorMixin
-
-    kind = type(processor)
-    if kind.__call__ is not ProcessorMixin.__call__ or kind._process_images is not ProcessorMixin._process_images \
-            or getattr(processor, "image_token", None) is None:
+    steps of transformers' multimodal processors (adapters/transformers.py); None for a processor that does its own processing (the caller then calls it as usual)."""
+    if not runs_standard_steps(processor):
         return None
     keys = fingerprints(images)  # rows that share an image object (bound_rows) checksum it once
     index: dict[tuple, int] = {}
@@ -126,12 +103,10 @@ def process_distinct_images(processor: Any, texts: list[str], images: list[Any],
     distinct = [images[keys.index(key)] for key in index]
     extra = {"device": str(device)} if device.type == "cuda" else {}  # torchvision ops on the GPU
     pixels = processor.image_processor(distinct, return_tensors="pt", **extra)
-    replacements = [processor.replace_image_token(pixels, image_idx=j) for j in occurrence]
-    expanded, _ = processor.get_text_with_replacements(list(texts), replacements)
+    expanded = expand_image_tokens(processor, texts, pixels, occurrence)
     tokens = processor.tokenizer(expanded, padding=True, padding_side="right", return_tensors="pt")
     inputs = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
-    defaults = getattr(processor, "valid_processor_kwargs", None)
-    if defaults is not None and defaults._defaults.get("text_kwargs", {}).get("return_mm_token_type_ids"):
+    if returns_mm_token_type_ids(processor):
         inputs["mm_token_type_ids"] = mm_token_type_ids(processor, tokens["input_ids"])
     grid = pixels["image_grid_thw"]  # [N_distinct, 3]
     inputs.update(pixel_values=pixels["pixel_values"], distinct_grid_thw=grid, image_grid_thw=grid[occurrence])
@@ -160,13 +135,23 @@ class ScoringBackend:
 
     @classmethod
     def load(cls, path: str, device: str = "cpu", encode_images_once: bool = True) -> ScoringBackend:
+        """Any scalar reward-model layout (reward/layouts.py) with its own processor (its chat template)."""
         from policies.loading import load_processor
 
-        return cls(BaseRewardModel.from_pretrained(path, device=device), load_processor(str(path)), encode_images_once)
+        processor = load_processor(str(path))
+        tokenizer = getattr(processor, "tokenizer", processor)
+        model = load_reward_model(path, device=device, pad_token_id=tokenizer.pad_token_id)
+        # Image features encoded once per batch go through the backbone's `mm_encoder_outputs`: a model this
+        # project wraps around its backbone (BaseReward, value head) takes them; a sequence classifier, the pixels.
+        return cls(model, processor, encode_images_once and isinstance(model, BaseRewardModel))
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def is_multimodal(self) -> bool:
+        return self.model.is_multimodal and is_vlm_processor(self.processor)
 
     def prepare(self, conversations: list[list[dict]], images: list[list[PILImage.Image]]) -> Batch:
         """The CPU side of scoring (it runs on the prefetch thread): template, tokens, pixels."""
@@ -233,7 +218,14 @@ def length_order(conversations: list[list[dict]], images: list[list[Any]]) -> li
 
 
 class BaseRewardScorer:
-    """A TRL-compatible reward: raw BaseReward scores (mean over an ensemble), batched."""
+    """A TRL-compatible reward: reward-model scores (any scalar layout; several averaged), batched.
+
+    Routing (the paper's recipe): a row with images goes to the models that see images; models without a
+    vision tower get the image-free rows (and, when no model sees images, every row, as text); with
+    `text_path`, image-free rows go to that text model alone. An ensemble averages standardised scores:
+    each model's (score - mean) / std, with the statistics its checkpoint ships (a BaseReward's), else
+    those of the scores it gave in its first call (the first GRPO step's completions; fixed from then on),
+    since the models' scales differ. A single model's scores are raw, or standardised with `calibrate`."""
 
     def __init__(self, options: ScorerOptions):
         if not options.paths:
@@ -242,6 +234,7 @@ class BaseRewardScorer:
         device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.backends = [ScoringBackend.load(p, device, options.encode_images_once) for p in options.paths]
         self.text_backend = ScoringBackend.load(options.text_path, device) if options.text_path else None
+        self.estimated: dict[int, ScoreStats] = {}  # backend -> statistics from its first call (it shipped none)
         self.__name__ = "basereward"  # the name TRL logs this reward under
 
     @classmethod
@@ -269,10 +262,29 @@ class BaseRewardScorer:
             for k, part in enumerate(parts):
                 batch = ahead.result() if ahead is not None else prepare(part)
                 ahead = pool.submit(prepare, parts[k + 1]) if prefetch and k + 1 < len(parts) else None
-                raw = backend.run(batch)
-                for i, score in zip(part, raw, strict=True):
-                    scores[i] = backend.model.stats.standardize(score) if self.options.calibrate else score
+                for i, score in zip(part, backend.run(batch), strict=True):
+                    scores[i] = score
         return scores
+
+    def _stats(self, b: int, scores: list[float]) -> ScoreStats:
+        """Backend b's score statistics: shipped with its checkpoint, else estimated once from `scores`."""
+        shipped = self.backends[b].model.stats
+        if shipped is not None:
+            return shipped
+        if b not in self.estimated:
+            finite = [x for x in scores if math.isfinite(x)]
+            mean = sum(finite) / len(finite) if finite else 0.0
+            std = math.sqrt(sum((x - mean) ** 2 for x in finite) / len(finite)) if len(finite) > 1 else 1.0
+            self.estimated[b] = ScoreStats(mean, std or 1.0)
+            log.info("reward model %s ships no score statistics: standardising its scores with mean %.4g, std %.4g "
+                     "of the %d it gave first", self.options.paths[b], mean, std or 1.0, len(finite))
+        return self.estimated[b]
+
+    def _backends_for(self, has_images: bool) -> list[int]:
+        """The ensemble members that score a row: with images, those that see images (all, as text, when none
+        does); without, every member."""
+        seeing = [b for b, backend in enumerate(self.backends) if backend.is_multimodal]
+        return seeing if has_images and seeing else list(range(len(self.backends)))
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         n = len(completions)
@@ -282,15 +294,22 @@ class BaseRewardScorer:
         convs = [self._conversation(p, c, len(im)) for p, c, im in zip(prompts, completions, imgs, strict=True)]
         out: list[float | None] = [None] * n
         text_rows = [i for i in range(n) if not imgs[i]] if self.text_backend else []
-        routed = set(text_rows)
-        mm_rows = [i for i in range(n) if i not in routed]
-        if mm_rows:
-            per_model = [self._score_with(b, [convs[i] for i in mm_rows], [imgs[i] for i in mm_rows])
-                         for b in self.backends]
-            for j, i in enumerate(mm_rows):
-                out[i] = sum(scores[j] for scores in per_model) / len(per_model)
         if text_rows:
             got = self._score_with(self.text_backend, [convs[i] for i in text_rows], [[] for _ in text_rows])
             for i, s in zip(text_rows, got, strict=True):
                 out[i] = s
+        routed = set(text_rows)
+        members = {i: self._backends_for(bool(imgs[i])) for i in range(n) if i not in routed}
+        per_model: dict[int, dict[int, float]] = {}
+        for b, backend in enumerate(self.backends):
+            rows = [i for i, bs in members.items() if b in bs]
+            if rows:  # a text-only model sees no images: the rows it gets carry none, or are given as text
+                got = self._score_with(backend, [convs[i] for i in rows], [imgs[i] if backend.is_multimodal else []
+                                                                           for i in rows])
+                per_model[b] = dict(zip(rows, got, strict=True))
+        standardize = len(self.backends) > 1 or self.options.calibrate
+        stats = {b: self._stats(b, list(scores.values())) for b, scores in per_model.items()} if standardize else {}
+        for i, bs in members.items():
+            values = [stats[b].standardize(per_model[b][i]) if standardize else per_model[b][i] for b in bs]
+            out[i] = sum(values) / len(values)
         return out

@@ -140,7 +140,7 @@ class CheckpointCallback(TrainerCallback):
 
 def save_now(trainer: Any, callback: CheckpointCallback) -> Path:
     """Write a resumable checkpoint of the trainer as it is (an abort path: the run stops after this)."""
-    from rl.trl_adapter import save_checkpoint_now
+    from adapters.trl import save_checkpoint_now
 
     save_checkpoint_now(trainer)
     callback.on_save(trainer.args, trainer.state, trainer.control)

@@ -1,12 +1,14 @@
 """Typed recipe configs: dataclass defaults, then a YAML file, then `key=value` overrides.
 
 Every recipe declares its schema here as OmegaConf structured dataclasses, so a typo or a wrong type
-is an error that names the key and where it came from, before any model is loaded. A component's
-options are declared once, by the component: the `reward.rule:` section is the rule matcher's own
-dataclass, `reward.model:` the scorer's options, `head:` the reward head's; this module adds only
-where their actors run. The `trainer:` section of a recipe is passed through to a TRL /
-transformers config class (GRPOConfig, SFTConfig, TrainingArguments) and checked against that
-class's fields, so every knob those libraries document works from YAML without being copied here.
+is an error that names the key and where it came from, before any model is loaded. A section is a
+plain dataclass of options; a component is built from its section, and a component's options are
+declared once, as its own dataclass (reward/options.py): `reward.rule:` is `RuleOptions`,
+`reward.model:` `ScorerOptions`, `head:` `HeadConfig`. Where components run (Ray actor groups) is
+configured beside them (`rollout.actors`, `reward.actors`). The `trainer:` section of a recipe is
+passed through to a TRL / transformers config class (GRPOConfig, SFTConfig, TrainingArguments) and
+checked against that class's fields, so every knob those libraries document works from YAML without
+being copied here. Nothing here imports torch: a config loads (and is refused) before any model library.
 """
 
 from __future__ import annotations
@@ -19,9 +21,7 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from reward.model import HeadConfig
-from reward.rule import RuleMatcher
-from reward.scorer import ScorerOptions
+from reward.options import HeadConfig, JudgeOptions, RuleOptions, ScorerOptions
 
 T = TypeVar("T")
 
@@ -73,14 +73,14 @@ SHARDED_STRATEGIES = ("fsdp", "deepspeed")  # no learner worker holds the whole 
 @dataclass
 class LearnerConfig:
     # Learner processes; 1 = TRL's GRPOTrainer in this process (the driver). N > 1: N Ray Train workers,
-    # each running TRL's GRPOTrainer in one torch.distributed group (rl/distributed.py), placed by Ray
+    # each running TRL's GRPOTrainer in one torch.distributed group (pipeline/distributed.py), placed by Ray
     # on this node or across the cluster (ray.address).
     num_workers: int = 1
     # ddp: every worker holds the whole policy and optimizer, gradients are averaged (DistributedDataParallel);
     # fsdp: weights, gradients and optimizer state are sharded across the workers (FSDP2 through accelerate,
     # as TRL runs it), a layer gathered only while it computes: what a policy that does not fit one GPU needs;
     # deepspeed: the same sharding by DeepSpeed ZeRO-3 through accelerate (trainer.deepspeed, a ZeRO config
-    # file or dict, replaces the default one: rl/distributed.py DEEPSPEED_ZERO3).
+    # file or dict, replaces the default one: pipeline/distributed.py DEEPSPEED_ZERO3).
     strategy: str = "ddp"
     # GPUs each learner process trains on (a fraction shares its GPU with actors). None: 1 on a machine
     # (or Ray cluster) with GPUs, 0 without.
@@ -88,6 +88,9 @@ class LearnerConfig:
     num_cpus_per_worker: float = 1.0  # (num_workers > 1) CPUs Ray reserves for each learner worker
     # (num_workers > 1) Custom resource labels that pin the learner workers to nodes, e.g. {learner_node: 1}.
     resources: dict[str, float] = field(default_factory=dict)
+    # (num_workers > 1) The workers must be placed and started within this; else the run ends, naming what
+    # they asked for and what the cluster has free (Ray Train would otherwise keep trying, silently).
+    ready_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -106,7 +109,7 @@ class RolloutConfig:
     dtype: str | None = None
     # Generate on the learner's own model, in its process and on its GPU (transformers backend): no
     # rollout actors, no second copy of the weights, no sync; the KV cache is freed after each
-    # generation (rl/colocated.py). Needs sync_every=1 and overlap=false.
+    # generation (pipeline/colocated.py). Needs sync_every=1 and overlap=false.
     colocate: bool = False
     sync_every: int = 1  # push learner weights to the actors every k optimizer steps
     max_staleness: int = 0  # abort if a rollout is more policy versions behind than this
@@ -117,7 +120,7 @@ class RolloutConfig:
     # the PPO "old" policy, so the clipped ratio is the importance weight pi_theta / pi_behaviour.
     correct_off_policy: bool = True
     timeout_s: float = 600.0  # a generate or weight-sync call that takes longer is an error
-    # How learner weights reach the engines (rl/weight_sync/): auto = the fastest that reaches every
+    # How learner weights reach the engines (pipeline/weight_sync/): auto = the fastest that reaches every
     # actor: shared_memory (actors on the learner's node and device: the CPU, or its GPU through CUDA
     # IPC), broadcast (NCCL from the learner's GPU to actors on other GPUs; gloo between CPUs),
     # object_store (Ray's object store: any engine, any node). vLLM engines: see weight_transfer.
@@ -187,7 +190,11 @@ class DataConfig(SourceConfig):
     train_size: int = 256  # synthetic task only
     eval_size: int = 64  # synthetic task only
     seed: int = 0
-    tasks: list[str] = field(default_factory=lambda: ["color", "shape", "count", "position"])
+    # Synthetic task only: its task families and their weights in the mix (equal weights: an even cycle).
+    # color / shape / count / position are closed questions (the rule can judge them); description is
+    # open-ended (no matchable answer: only a reward model or a judge can).
+    tasks: dict[str, float] = field(default_factory=lambda: {"color": 1.0, "shape": 1.0, "count": 1.0,
+                                                             "position": 1.0, "description": 1.0})
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
@@ -197,6 +204,9 @@ class PreferenceSourceConfig(SourceConfig):
     weight: float = 1.0  # share of this source in the training mixture
     size: int = 1024  # synthetic source only
     seed: int = 0  # synthetic source only
+    # Synthetic source only: the kinds of rejected answer and their shares (None: rl/tasks/shapes.py's
+    # REJECTION_KINDS). near_miss needs the image; hallucination, off_task and degenerate do not.
+    kinds: dict[str, float] | None = None
 
 
 @dataclass
@@ -218,18 +228,13 @@ class BTLossConfig:
 
 
 @dataclass
-class RuleConfig(RuleMatcher):
-    """The rule matcher's options (reward/rule.py), and where it runs."""
+class RewardActorsConfig:
+    """Where each reward component runs with `ray.enabled`: its own Ray actor group, or (num_actors: 0) the
+    learner's process. Only the components the scheme uses are started."""
 
-    in_actor: bool = False  # with ray.enabled: run the matcher on its own actor instead of the driver
-
-
-@dataclass
-class ScorerConfig(ScorerOptions):
-    """The BaseReward scorer's options (reward/scorer.py), and its actors."""
-
-    # With ray.enabled: scorer actors (0 = score in the driver process).
-    actors: ActorGroupConfig = field(default_factory=lambda: ActorGroupConfig(num_actors=1))
+    rule: ActorGroupConfig = field(default_factory=lambda: ActorGroupConfig(num_actors=0, num_cpus=0.5))
+    model: ActorGroupConfig = field(default_factory=ActorGroupConfig)
+    judge: ActorGroupConfig = field(default_factory=ActorGroupConfig)
 
 
 @dataclass
@@ -240,19 +245,43 @@ class CustomRewardConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+SCHEMES = ("rule", "model", "judge", "hybrid", "none")  # reward.scheme values
+HYBRID_BRANCHES = ("model", "judge")  # reward.hybrid_with values
+
+
 @dataclass
 class RewardConfig:
-    # The paper's three schemes: rule (exact match), model (BaseReward score), hybrid
-    # (1 if the rule matches, else sigmoid(score)); "none" uses only `extra` rewards.
+    # The paper's schemes: rule (exact match), model (the reward model's score), judge (a generative
+    # reward model's verdict probability), hybrid (1 if the rule matches, else the model branch:
+    # sigmoid(score), or the judge's probability); "none" uses only `extra` rewards.
     scheme: str = "rule"
     weight: float = 1.0
-    rule: RuleConfig = field(default_factory=RuleConfig)
-    model: ScorerConfig = field(default_factory=ScorerConfig)
+    hybrid_with: str = "model"  # the hybrid's model branch: model | judge
+    rule: RuleOptions = field(default_factory=RuleOptions)
+    model: ScorerOptions = field(default_factory=ScorerOptions)
+    judge: JudgeOptions = field(default_factory=JudgeOptions)
+    actors: RewardActorsConfig = field(default_factory=RewardActorsConfig)
     extra: list[CustomRewardConfig] = field(default_factory=list)
+    # Groups of completions whose summed rewards spread by no more than this get zero advantages (DAPO's
+    # filter: a reward model's noise over answers it cannot tell apart is not a learning signal); the share
+    # of such groups is logged per step as rewards/flat_groups.
+    min_group_std: float = 0.0
     # A reward call that takes longer than this is abandoned; its samples count as failures.
     timeout_s: float = 120.0
     # Abort when more than this share of a step's samples could not be scored.
     max_failure_rate: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"reward.scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.hybrid_with not in HYBRID_BRANCHES:
+            raise ConfigError(f"reward.hybrid_with must be one of {HYBRID_BRANCHES}, got {self.hybrid_with!r}")
+
+    def components(self) -> tuple[str, ...]:
+        """The reward components the scheme runs, by their `reward.actors` names: one place that knows
+        which scheme needs what (placement, the memory plan, the actors, the reward functions ask it)."""
+        return {"rule": ("rule",), "model": ("model",), "judge": ("judge",), "hybrid": ("rule", self.hybrid_with),
+                "none": ()}[self.scheme]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,16 +326,37 @@ class SFTRecipeConfig:
     trainer: dict[str, Any] = field(default_factory=dict)
 
 
+PARADIGMS = ("naive", "generative")  # brl train-rm's paradigm values
+
+
+@dataclass
+class GenerativeRMConfig:
+    """(paradigm: generative) The judge's prompts and what it is trained on besides the pairs."""
+
+    template: str | None = None  # the pairwise prompt file ({question} {answer1} {answer2}); None: R1-Reward's
+    pointwise_template: str | None = None  # the single-response prompt ({question} {answer}); None: the project's
+    pointwise: bool = True  # also train verdicts on single responses (chosen: 1, rejected: 2): rows without a reference
+    eval_batch_size: int = 64  # judge prompts per generate call when scoring the held-out pairs
+
+
 @dataclass
 class RMRecipeConfig:
     output_dir: str = "runs/reward_model"
     seed: int = 0
+    # naive: the paper's Naive-RM (a scalar head, Bradley-Terry loss); generative: the same backbone trained
+    # by SFT to write R1-Reward's verdict (<answer>1</answer> / <answer>2</answer>) on the same pairs.
+    paradigm: str = "naive"
     backbone: PolicyConfig = field(default_factory=PolicyConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: BTLossConfig = field(default_factory=BTLossConfig)
+    generative: GenerativeRMConfig = field(default_factory=GenerativeRMConfig)
     data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
     # Any field of transformers.TrainingArguments.
     trainer: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.paradigm not in PARADIGMS:
+            raise ConfigError(f"paradigm must be one of {PARADIGMS}, got {self.paradigm!r}")
 
 
 @dataclass
@@ -320,7 +370,7 @@ class CompareEvalConfig:
 @dataclass
 class CompareRecipeConfig:
     output_dir: str = "runs/compare"
-    schemes: list[str] = field(default_factory=lambda: ["rule", "model", "hybrid"])
+    schemes: list[str] = field(default_factory=lambda: ["rule", "model", "hybrid"])  # reward.scheme of each run
     seeds: list[int] = field(default_factory=lambda: [0])
     eval: CompareEvalConfig = field(default_factory=CompareEvalConfig)
     # The GRPO recipe every scheme runs (its reward.scheme, seed and output_dir are set per run).

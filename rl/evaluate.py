@@ -1,5 +1,13 @@
-"""Held-out evaluation of a policy: greedy answers scored by exact match, the rule matcher and
-(optionally) a BaseReward scorer. Used by `brl eval-policy`, `brl compare` and the demo."""
+"""Held-out evaluation of a policy, per task family like the paper's benchmark columns. Used by
+`brl eval-policy`, `brl compare` and the demo.
+
+Each row is scored by what its task can be judged by: a closed question (a row with an answer) by the
+rule matcher's normalised match (exact match reported too); a description (the shapes task's open-ended
+rows) by `describe_score` against the scene it shows (precision and recall of the objects named). Scores
+are reported per task family and as their average (the paper's "Average": every family counts the
+same), for greedy answers and for `samples` sampled answers per row at the training temperature (what
+GRPO optimises).
+"""
 
 from __future__ import annotations
 
@@ -14,44 +22,70 @@ from transformers import TrainerCallback
 from policies.rollout_engine import RolloutRequest, SamplingParams
 from reward.rule import RuleMatcher
 
+OTHER = "all"  # the task family of rows without a `task` column
+
 
 @dataclass
 class EvalResult:
     n: int
-    exact_match: float  # completion.strip() == answer.strip(), character for character
-    rule_match: float  # the rule matcher's normalised match
+    score: float  # greedy answers: mean task score over the rows that can be scored
+    exact_match: float  # closed questions only: completion.strip() == answer.strip()
+    rule_match: float  # closed questions only: the rule matcher's normalised match
     mean_length: float  # completion tokens
+    task_average: float  # mean over task families of their greedy score
+    per_task: dict[str, dict[str, float]] = field(default_factory=dict)  # family -> {n, greedy, sampled}
+    # The same for `samples` sampled answers per row (None when not asked for).
+    sampled_score: float | None = None
+    sampled_task_average: float | None = None
     mean_model_score: float | None = None
-    # Mean rule match of `k` sampled answers per row at the training temperature (pass@1 under
-    # sampling, what GRPO optimises); None when not asked for.
-    sampled_rule_match: float | None = None
-    per_task: dict[str, dict[str, float]] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)  # a few examples for reports
 
 
-def summarize(answers: list[str], completions: list[str], lengths: list[int], tasks: list[str] | None = None,
-              matcher: RuleMatcher | None = None, scores: list[float | None] | None = None) -> EvalResult:
-    """Pure metric computation over aligned lists (unit-tested without any model)."""
+def row_score(completion: str, row: dict, matcher: RuleMatcher) -> float | None:
+    """One answer's score on its row: the scene score for a description, the rule match for a closed
+    question, None for a row neither can judge."""
+    if row.get("task") == "description" and row.get("scene"):
+        from rl.tasks.shapes import describe_score, scene_items
+
+        return describe_score(completion, scene_items(row["scene"]))
+    answer = row.get("answer")
+    return None if answer is None or not str(answer).strip() else float(matcher.match(completion, str(answer)))
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def summarize(rows: list[dict], completions: list[str], lengths: list[int], matcher: RuleMatcher | None = None,
+              sampled: list[list[str]] | None = None, scores: list[float | None] | None = None) -> EvalResult:
+    """Pure metric computation over aligned rows and answers (unit-tested without any model). `sampled`:
+    each row's sampled answers."""
     matcher = matcher or RuleMatcher()
-    n = len(answers)
-    exact = [float(c.strip() == a.strip()) for c, a in zip(completions, answers, strict=True)]
-    rule = [float(matcher.match(c, a)) for c, a in zip(completions, answers, strict=True)]
+    greedy = [row_score(c, r, matcher) for c, r in zip(completions, rows, strict=True)]
+    drawn = [[row_score(c, r, matcher) for c in cs] for cs, r in zip(sampled, rows, strict=True)] if sampled else None
+    closed = [i for i, r in enumerate(rows) if r.get("answer") is not None and r.get("task") != "description"]
+    families: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        if greedy[i] is not None:
+            families[r.get("task") or OTHER].append(i)
+    per_task = {t: {"n": len(ix), "greedy": _mean([greedy[i] for i in ix]),
+                    **({"sampled": _mean([s for i in ix for s in drawn[i]])} if drawn else {})}
+                for t, ix in sorted(families.items())}
     finite = [s for s in (scores or []) if s is not None and math.isfinite(s)]
-    per_task: dict[str, dict[str, float]] = {}
-    if tasks:
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i, t in enumerate(tasks):
-            groups[t].append(i)
-        per_task = {t: {"n": len(ix), "exact_match": sum(exact[i] for i in ix) / len(ix),
-                        "rule_match": sum(rule[i] for i in ix) / len(ix)} for t, ix in sorted(groups.items())}
+    scored = [g for g in greedy if g is not None]
     return EvalResult(
-        n=n,
-        exact_match=sum(exact) / n if n else 0.0,
-        rule_match=sum(rule) / n if n else 0.0,
-        mean_length=sum(lengths) / n if n else 0.0,
-        mean_model_score=sum(finite) / len(finite) if finite else None,
+        n=len(rows),
+        score=_mean(scored),
+        exact_match=_mean([float(completions[i].strip() == str(rows[i]["answer"]).strip()) for i in closed]),
+        rule_match=_mean([greedy[i] for i in closed]),
+        mean_length=_mean([float(x) for x in lengths]),
+        task_average=_mean([t["greedy"] for t in per_task.values()]),
         per_task=per_task,
-        samples=[{"answer": a, "completion": c} for a, c in list(zip(answers, completions))[:8]],
+        sampled_score=_mean([s for ss in drawn for s in ss if s is not None]) if drawn else None,
+        sampled_task_average=_mean([t["sampled"] for t in per_task.values()]) if drawn else None,
+        mean_model_score=_mean(finite) if finite else None,
+        samples=[{"task": r.get("task"), "reference": r.get("reference") or r.get("answer"), "completion": c}
+                 for r, c in list(zip(rows, completions))[:8]],
     )
 
 
@@ -59,12 +93,11 @@ def evaluate_policy(engine: Any, dataset: Any, batch_size: int = 32, max_tokens:
                     matcher: RuleMatcher | None = None, scorer: Callable | None = None,
                     samples: int = 0, temperature: float = 1.0, seed: int = 0) -> EvalResult:
     """Greedy-decode every row of `dataset` (RL rows) with `engine` and score the answers; with
-    `samples` > 0 also sample that many answers per row and report their mean rule match."""
-    matcher = matcher or RuleMatcher()
+    `samples` > 0 also sample that many answers per row and score those."""
     # Only the answers are scored: no per-token log-probabilities are kept.
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, logprobs=False)
-    sampled = SamplingParams(n=samples, temperature=temperature, max_tokens=max_tokens, seed=seed, logprobs=False)
-    completions, lengths, scores, sampled_hits = [], [], [], []
+    drawn = SamplingParams(n=samples, temperature=temperature, max_tokens=max_tokens, seed=seed, logprobs=False)
+    completions, lengths, scores, sampled = [], [], [], []
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start:start + batch_size]
         requests = [RolloutRequest(p, imgs) for p, imgs in zip(rows["prompt"], rows["images"], strict=True)]
@@ -74,28 +107,24 @@ def evaluate_policy(engine: Any, dataset: Any, batch_size: int = 32, max_tokens:
         if scorer is not None:
             scores += scorer(rows["prompt"], [o.text for o in outs], images=rows["images"])
         if samples:
-            for group, answer in zip(engine.generate(requests, sampled), rows["answer"], strict=True):
-                sampled_hits += [float(matcher.match(o.text, answer)) for o in group]
-    tasks = dataset["task"] if "task" in dataset.column_names else None
-    result = summarize(list(dataset["answer"]), completions, lengths, tasks, matcher, scores if scorer else None)
-    if samples:
-        result.sampled_rule_match = sum(sampled_hits) / len(sampled_hits)
-    return result
+            sampled += [[o.text for o in group] for group in engine.generate(requests, drawn)]
+    columns = [c for c in ("answer", "reference", "task", "scene") if c in dataset.column_names]
+    rows = [dict(zip(columns, values)) for values in zip(*(dataset[c] for c in columns))] if columns else \
+        [{} for _ in range(len(dataset))]
+    return summarize(rows, completions, lengths, matcher, sampled or None, scores if scorer else None)
 
 
 class HeldOutCallback(TrainerCallback):
     """Evaluate the live policy on held-out rows at the start and every `every` optimizer steps.
 
-    Greedy decoding in-process on the learner's own model (no copy): the curve the compare
-    report plots.
-    """
+    Decoding in-process on the learner's own model (no copy): the curve the compare report plots."""
 
     def __init__(self, dataset: Any, processor: Any, every: int, max_tokens: int = 16, batch_size: int = 64,
                  samples: int = 4, temperature: float = 1.0):
         self.dataset, self.processor, self.every = dataset, processor, max(1, every)
         self.max_tokens, self.batch_size = max_tokens, batch_size
         self.samples, self.temperature = samples, temperature
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, Any]] = []
 
     def _run(self, step: int, model: Any) -> None:
         from policies.hf_engine import HFEngine
@@ -105,8 +134,11 @@ class HeldOutCallback(TrainerCallback):
         result = evaluate_policy(engine, self.dataset, self.batch_size, self.max_tokens, samples=self.samples,
                                  temperature=self.temperature)
         model.train(was_training)
-        self.history.append({"step": step, "exact_match": result.exact_match, "rule_match": result.rule_match,
-                             "sampled_rule_match": result.sampled_rule_match})
+        self.history.append({"step": step, "score": result.score, "task_average": result.task_average,
+                             "sampled_score": result.sampled_score,
+                             "sampled_task_average": result.sampled_task_average,
+                             "exact_match": result.exact_match, "rule_match": result.rule_match,
+                             "per_task": result.per_task})
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._run(state.global_step, model)

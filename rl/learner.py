@@ -2,7 +2,7 @@
 
 TRL owns the GRPO algorithm (advantages, clipping, KL, loss types, optimizer); this module only
 chooses defaults that work on a CPU and plugs in what this project adds, through TRL's public API.
-What needs TRL's internals lives in rl/trl_adapter.py.
+What needs TRL's internals lives in adapters/trl.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from rl.trl_adapter import GRPOLearner
+from adapters.trl import GRPOLearner
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,11 @@ def planned_steps(trainer: GRPOTrainer) -> int:
 def build_grpo_trainer(args: GRPOConfig, model: torch.nn.Module, processor: Any, train_dataset: Any,
                        reward_funcs: list[Callable], rollout_func: Callable | None = None,
                        callbacks: list | None = None, eval_dataset: Any = None,
-                       lora: dict[str, Any] | None = None) -> GRPOLearner:
-    """`lora`: peft.LoraConfig keyword arguments; TRL wraps the policy with the adapter (None: full tuning)."""
+                       lora: dict[str, Any] | None = None, rollout_logprobs_as_old: bool = False,
+                       min_group_std: float = 0.0) -> GRPOLearner:
+    """`lora`: peft.LoraConfig keyword arguments; TRL wraps the policy with the adapter (None: full tuning).
+    `rollout_logprobs_as_old`: the rollout engine's log-probabilities are the PPO "old" policy;
+    `min_group_std`: groups whose rewards spread no more than this get no advantage (GRPOLearner)."""
     peft_config = None
     if lora:
         try:
@@ -104,7 +107,7 @@ def build_grpo_trainer(args: GRPOConfig, model: torch.nn.Module, processor: Any,
         except ImportError as e:
             raise ImportError("policy.lora needs PEFT: pip install 'basereward-rl[lora]'") from e
         peft_config = LoraConfig(**{"task_type": "CAUSAL_LM", **lora})
-    return GRPOLearner(
+    trainer = GRPOLearner(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
@@ -115,3 +118,6 @@ def build_grpo_trainer(args: GRPOConfig, model: torch.nn.Module, processor: Any,
         callbacks=callbacks,
         peft_config=peft_config,
     )
+    trainer.rollout_logprobs_as_old = rollout_logprobs_as_old
+    trainer.min_group_std = min_group_std
+    return trainer

@@ -8,6 +8,17 @@ from typing import Any
 from transformers import TrainerCallback
 
 
+def score_histograms(reward_funcs: list[Any], args: Any, output_dir: Path, rank0: bool = True) -> list[TrainerCallback]:
+    """A `ScoreHistogramCallback` for the hybrid reward among `reward_funcs` (GuardedRewards), when the run
+    reports to TensorBoard (rank 0 only); else none."""
+    from reward.hybrid import HybridReward
+
+    hybrid = next((f.fn for f in reward_funcs if isinstance(f.fn, HybridReward)), None)
+    if hybrid is None or "tensorboard" not in (args.report_to or []) or not rank0:
+        return []
+    return [ScoreHistogramCallback(hybrid, Path(output_dir) / "runs" / "reward_scores")]
+
+
 class ScoreHistogramCallback(TrainerCallback):
     """Writes a TensorBoard histogram of the raw BaseReward scores the hybrid reward computed since the
     previous log step (`hybrid/model_scores`); the recipe puts it under `<output_dir>/runs/reward_scores`,

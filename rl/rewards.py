@@ -1,29 +1,34 @@
 """Turn a recipe's `reward:` section into TRL reward functions and weights.
 
-Extension is configuration: a custom reward is named as `package.module:function` or
-`path/to/file.py:function` (a class is instantiated with `kwargs`, a function is wrapped with them).
-Every reward comes back wrapped in `GuardedReward`, so failures are counted rather than silent.
+Each reward component (the rule matcher, the reward-model scorer) is a class built from its options
+(`component_spec`): in the learner's process, or hosted on Ray actors by the pipeline, which then hands
+`build_rewards` a proxy for it. Extension is configuration: a custom reward is named as
+`package.module:function` or `path/to/file.py:function` (a class is instantiated with `kwargs`, a
+function is wrapped with them). Every reward comes back wrapped in `GuardedReward`, so failures are
+counted rather than silent.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib
 import importlib.util
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from policies.loading import check_model_source
 from reward.base import reward_name
 from reward.failures import GuardedReward
-from reward.hybrid import HybridReward
-from reward.model import HEAD_FILE
-from reward.rule import RuleMatcher
+from reward.hybrid import HybridReward, sigmoid
+from reward.layouts import check_scalar_reward_model
+from reward.rule import RuleMatcher, columns_read
 from rl.config import RewardConfig
 
-SCHEMES = ("rule", "model", "hybrid", "none")
+# The name TRL logs each scheme's reward under.
+REWARD_NAMES = {"rule": "rule", "model": "basereward", "judge": "judge", "hybrid": "hybrid"}
 
 
 def load_callable(spec: str) -> Any:
@@ -64,43 +69,79 @@ def make_custom_reward(spec: str, kwargs: dict[str, Any] | None = None) -> Calla
     return fn
 
 
-def rule_options(cfg: RewardConfig) -> dict[str, Any]:
-    """The rule matcher's own options out of the `reward.rule:` section (which adds where it runs)."""
-    return {f.name: getattr(cfg.rule, f.name) for f in dataclasses.fields(RuleMatcher)}
+@dataclass(frozen=True)
+class ComponentSpec:
+    """How to build a reward component: `cls(**kwargs)`, in this process or inside a Ray actor.
+    `reads`: the columns a call reads (None: every column, and the prompts), all a remote call sends."""
+
+    cls: type
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    reads: tuple[str, ...] | None = None
+
+    def build(self) -> Callable:
+        return self.cls(**self.kwargs)
 
 
-def check_model_paths(cfg: RewardConfig) -> None:
-    """Fail before any actor starts if a reward-model checkpoint the scheme needs is missing."""
-    if cfg.scheme not in ("model", "hybrid"):
+def component_spec(name: str, cfg: RewardConfig) -> ComponentSpec:
+    """The reward component `name` (one of `cfg.components()`) as the config describes it."""
+    if name == "rule":
+        return ComponentSpec(RuleMatcher, {"options": cfg.rule}, reads=columns_read(cfg.rule))
+    if name == "model":
+        from reward.scorer import BaseRewardScorer
+
+        return ComponentSpec(BaseRewardScorer, {"options": cfg.model})
+    if name == "judge":
+        from reward.judge import GenerativeJudge
+
+        return ComponentSpec(GenerativeJudge, {"options": cfg.judge})
+    raise ValueError(f"unknown reward component {name!r}")
+
+
+def resolve_reward_models(cfg: RewardConfig) -> None:
+    """Check each reward-model checkpoint the scheme needs, before any actor starts, and make local paths
+    absolute (reward actors open them where Ray started them: joining a running cluster, not where
+    `brl grpo` was launched)."""
+    if "judge" in cfg.components():
+        if not cfg.judge.path:
+            raise ValueError(f"reward.scheme={cfg.scheme} needs reward.judge.path: a generative judge (`brl train-rm "
+                             "CONFIG paradigm=generative`) or a published one (yifanzhang114/R1-Reward)")
+        check_model_source(cfg.judge.path, "reward.judge.path")
+        cfg.judge.path = _absolute(cfg.judge.path)
+    if "model" not in cfg.components():
         return
     if not cfg.model.paths:
-        raise ValueError(f"reward.scheme={cfg.scheme} needs reward.model.paths (BaseReward checkpoints)")
+        raise ValueError(f"reward.scheme={cfg.scheme} needs reward.model.paths (reward-model checkpoints)")
     for path in [*cfg.model.paths, *([cfg.model.text_path] if cfg.model.text_path else [])]:
-        if not (Path(path) / HEAD_FILE).is_file():
-            raise FileNotFoundError(f"reward.model.paths: {path} is not a BaseReward checkpoint (no {HEAD_FILE}); "
-                                    "train one with `brl train-rm CONFIG` (see recipes/configs/tiny_cpu_rm.yaml)")
+        try:
+            if not Path(path).is_dir():
+                check_model_source(path, "reward.model.paths")  # a hub id: in the local cache, or refused here
+            check_scalar_reward_model(path, "reward.model.paths")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"reward.model.paths: {path} is not a reward-model checkpoint ({e}). A BaseReward "
+                                    "is what `brl train-rm CONFIG` writes (see recipes/configs/tiny_cpu_rm.yaml); a "
+                                    "published reward model is a downloaded folder or a cached hub id") from None
+    cfg.model.paths = [_absolute(p) for p in cfg.model.paths]
+    cfg.model.text_path = _absolute(cfg.model.text_path) if cfg.model.text_path else None
 
 
-def build_reward_funcs(cfg: RewardConfig, scorer: Callable | None = None,
-                       rule: Callable | None = None) -> tuple[list[GuardedReward], list[float]]:
-    """The reward functions and weights for TRL. `scorer` and `rule` replace the in-process BaseReward
-    scorer and rule matcher (the Ray pipeline passes proxies to actors here)."""
-    if cfg.scheme not in SCHEMES:
-        raise ValueError(f"reward.scheme must be one of {SCHEMES}, got {cfg.scheme!r}")
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def build_rewards(cfg: RewardConfig, hosted: Mapping[str, Callable] | None = None
+                  ) -> tuple[list[GuardedReward], list[float]]:
+    """The reward functions and weights for TRL. `hosted`: components that run elsewhere (the
+    pipeline's proxies to their Ray actors), by name; the scheme's other components are built here."""
+    hosted = hosted or {}
+    parts = {name: hosted.get(name) or component_spec(name, cfg).build() for name in cfg.components()}
     guard = functools.partial(GuardedReward, timeout_s=cfg.timeout_s, max_failure_rate=cfg.max_failure_rate)
     funcs: list[GuardedReward] = []
     weights: list[float] = []
-    if cfg.scheme in ("model", "hybrid") and scorer is None:
-        from reward.scorer import BaseRewardScorer
-
-        scorer = BaseRewardScorer(cfg.model)  # the section is the scorer's options (plus its actors)
-    rule = rule or RuleMatcher(**rule_options(cfg))
-    if cfg.scheme == "rule":
-        funcs.append(guard(rule, name="rule"))
-    elif cfg.scheme == "model":
-        funcs.append(guard(scorer, name="basereward"))
-    elif cfg.scheme == "hybrid":
-        funcs.append(guard(HybridReward(rule, scorer), name="hybrid"))
+    if cfg.scheme == "hybrid":  # a judge's verdicts are probabilities already: no sigmoid
+        squash = sigmoid if cfg.hybrid_with == "model" else None
+        funcs.append(guard(HybridReward(parts["rule"], parts[cfg.hybrid_with], squash), name=REWARD_NAMES["hybrid"]))
+    elif cfg.scheme != "none":
+        funcs.append(guard(parts[cfg.scheme], name=REWARD_NAMES[cfg.scheme]))
     if cfg.scheme != "none":
         weights.append(cfg.weight)
     for extra in cfg.extra:

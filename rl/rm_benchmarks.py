@@ -14,10 +14,13 @@ score both responses of each pair, compute its metrics (the metric code is rewar
 from __future__ import annotations
 
 import io
+import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reward.bench import (Scorer, mm_rlhf_metrics, multimodal_rewardbench_metrics, pairs_metrics,
+from reward.bench import (PairScorer, mm_rlhf_metrics, multimodal_rewardbench_metrics, pairs_metrics,
                           rewardbench_metrics, vl_reward_metrics)
 from rl.data.read import RowError, iter_rows
 
@@ -45,18 +48,10 @@ def _item(prompt_text: str, images: list[Any], response: str) -> dict:
             "prompt_text": prompt_text}
 
 
-def _pairs(rows: list[dict], prompt: str, first: str, second: str, images_of: Any) -> tuple[list, list]:
-    a, b = [], []
-    for row in rows:
-        imgs = images_of(row)
-        a.append(_item(row[prompt], imgs, row[first]))
-        b.append(_item(row[prompt], imgs, row[second]))
-    return a, b
-
-
-def evaluate_file(data: str, fmt: str, scorer: Scorer, needs_images: bool = True, split: str = "test",
-                  image_root: str | None = None) -> dict[str, Any]:
-    """Score every row of a benchmark (a file, or a hub dataset name and its split) and compute its metrics."""
+def evaluate_file(data: str, fmt: str, pairs: PairScorer, needs_images: bool = True, split: str = "test",
+                  image_root: str | None = None, costs: Callable[[], dict[str, float]] | None = None) -> dict[str, Any]:
+    """Score every pair of a benchmark (a file, or a hub dataset name and its split) and compute its metrics.
+    Beside them: seconds per pair, and what `costs` (a judge's counters) reports per pair (tokens generated)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown benchmark format {fmt!r}; use one of {', '.join(FORMATS)}")
     base = Path(image_root) if image_root else Path(data).parent
@@ -72,32 +67,40 @@ def evaluate_file(data: str, fmt: str, scorer: Scorer, needs_images: bool = True
         if row.get("video") and not row.get(key):
             video_without_frames += 1  # scored on the text alone: frame sampling is not implemented
             return []
+        if fmt == "pairs":
+            return [_open_image(i, base) for i in (row.get("images") or [])] if needs_images else []
         image = _open_image(row.get(key), base) if needs_images else None
         return [image] if image is not None else []
 
+    # Each format's prompt, its two responses (the order its metric reads them in) and its images.
+    prompt_key, first_key, second_key, image_key = {
+        "mm-rlhf": ("prompt", "chosen", "rejected", "image"), "rewardbench": ("prompt", "chosen", "rejected", None),
+        "pairs": ("prompt", "chosen", "rejected", "images"), "multimodal-rewardbench": ("Text", "Output1", "Output2", "Image"),
+        "vl-reward": ("query", None, None, "image")}[fmt]
+    first, second = [], []
+    for row in rows:
+        images = images_of(row, image_key) if image_key else []
+        prompt = row[prompt_key] if isinstance(row[prompt_key], str) else str(row[prompt_key])
+        one, two = row["response"][:2] if fmt == "vl-reward" else (row[first_key], row[second_key])
+        first.append(_item(prompt, images, one))
+        second.append(_item(prompt, images, two))
+    if costs is not None:
+        costs()  # start the counters from here
+    start = time.perf_counter()
+    a, b = pairs(first, second) if rows else ([], [])
+    seconds = time.perf_counter() - start
     if fmt == "mm-rlhf":
-        chosen, rejected = _pairs(rows, "prompt", "chosen", "rejected", images_of)
-        result = mm_rlhf_metrics(rows, scorer(chosen), scorer(rejected))
+        result = mm_rlhf_metrics(rows, a, b)
     elif fmt == "vl-reward":
-        items = []
-        for row in rows:
-            imgs = images_of(row)
-            items += [_item(row["query"], imgs, response) for response in row["response"][:2]]
-        flat = scorer(items)
-        result = vl_reward_metrics(rows, [flat[i:i + 2] for i in range(0, len(flat), 2)])
+        result = vl_reward_metrics(rows, [list(p) for p in zip(a, b)])
     elif fmt == "multimodal-rewardbench":
-        one, two = _pairs(rows, "Text", "Output1", "Output2", lambda row: images_of(row, "Image"))
-        result = multimodal_rewardbench_metrics(rows, [list(p) for p in zip(scorer(one), scorer(two))])
+        result = multimodal_rewardbench_metrics(rows, [list(p) for p in zip(a, b)])
     elif fmt == "rewardbench":
-        chosen, rejected = _pairs(rows, "prompt", "chosen", "rejected", lambda row: [])
-        result = rewardbench_metrics(rows, scorer(chosen), scorer(rejected))
-    else:  # pairs
-        def pair_images(row: dict) -> list[Any]:
-            return [_open_image(i, base) for i in (row.get("images") or [])] if needs_images else []
-
-        for row in rows:
-            row["prompt"] = row["prompt"] if isinstance(row["prompt"], str) else str(row["prompt"])
-        chosen, rejected = _pairs(rows, "prompt", "chosen", "rejected", pair_images)
-        result = pairs_metrics(scorer(chosen), scorer(rejected))
+        result = rewardbench_metrics(rows, a, b)
+    else:
+        result = pairs_metrics(a, b)
     result["video_rows_scored_without_frames"] = video_without_frames
+    result["seconds_per_pair"] = seconds / len(rows) if rows else math.nan
+    for key, value in (costs() if costs is not None else {}).items():
+        result[f"{key}_per_pair"] = value / len(rows) if rows else math.nan
     return result

@@ -17,7 +17,7 @@ def one_gpu_hybrid(output_dir: Path, policy: str, reward_model: str) -> list[str
             "policy.lora={r: 16, lora_alpha: 32, target_modules: [q_proj, k_proj, v_proj, o_proj]}",
             "ray.num_cpus=8", "learner.gpus_per_worker=0.4", "rollout.actors.num_actors=1",
             "rollout.actors.num_gpus=0.3", "rollout.actors.num_cpus=2", "rollout.actors.placement=null",
-            "reward.model.actors.num_gpus=0.3", "reward.model.actors.num_cpus=2", "reward.model.batch_size=16",
+            "reward.actors.model.num_gpus=0.3", "reward.actors.model.num_cpus=2", "reward.model.batch_size=16",
             "trainer.max_steps=3", "trainer.per_device_train_batch_size=8", "trainer.gradient_accumulation_steps=1",
             "trainer.num_generations=4", "trainer.max_completion_length=128", "trainer.save_strategy=no",
             "trainer.report_to=[]", "trainer.learning_rate=1e-5"]

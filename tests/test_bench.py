@@ -3,10 +3,10 @@ import math
 
 import pytest
 
-from reward.bench import (length_scorer, mm_rlhf_category, mm_rlhf_metrics, pairs_metrics, random_scorer,
-                          vl_reward_group, vl_reward_metrics)
-from rl.rm_benchmarks import evaluate_file
 from recipes.cli import main as cli
+from reward.bench import (length_scorer, mm_rlhf_category, mm_rlhf_metrics, pairs_metrics, random_scorer,
+                          scalar_pairs, vl_reward_group, vl_reward_metrics)
+from rl.rm_benchmarks import evaluate_file
 
 NAN = float("nan")
 
@@ -107,7 +107,7 @@ def test_eval_rm_with_a_model_sees_images(tmp_path, untrained_rm):
         seen.append(scores)
         return scores
 
-    result = evaluate_file(str(data), "mm-rlhf", recording)
+    result = evaluate_file(str(data), "mm-rlhf", scalar_pairs(recording))
     assert result["pairs"] == 3
     chosen = seen[0]  # the "red" answers: rows 0 and 2 show a red image, row 1 a blue one
     assert chosen[0] != chosen[1] and chosen[0] == pytest.approx(chosen[2], abs=1e-6)
@@ -117,7 +117,7 @@ def test_unknown_format_is_an_error(tmp_path):
     data = tmp_path / "x.jsonl"
     data.write_text('{"id": 1}\n')
     with pytest.raises(ValueError, match="unknown benchmark format"):
-        evaluate_file(str(data), "rewardbench2", length_scorer, needs_images=False)
+        evaluate_file(str(data), "rewardbench2", scalar_pairs(length_scorer), needs_images=False)
 
 
 def test_multimodal_rewardbench_per_category_with_the_safety_and_reasoning_sub_splits(tmp_path):
@@ -141,7 +141,7 @@ def test_multimodal_rewardbench_per_category_with_the_safety_and_reasoning_sub_s
     ]
     data = tmp_path / "all_data.json"
     data.write_text(json.dumps(rows))
-    result = evaluate_file(str(data), "multimodal-rewardbench", length_scorer, needs_images=False)
+    result = evaluate_file(str(data), "multimodal-rewardbench", scalar_pairs(length_scorer), needs_images=False)
     by_hand = {"general correctness": 1.0, "safety/bias": 0.0, "safety/toxicity": 1.0, "reasoning/math": 1.0,
                "reasoning/coding": 0.0}
     assert {k: v["acc"] for k, v in result["per_category"].items()} == by_hand
@@ -155,7 +155,7 @@ def test_rewardbench_sections_are_weighted_like_the_official_scores(tmp_path):
              {"subset": "hep-python", "prompt": "p", "chosen": "a", "rejected": "longer"}])
     data = tmp_path / "rb.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    result = evaluate_file(str(data), "rewardbench", length_scorer, needs_images=False)
+    result = evaluate_file(str(data), "rewardbench", scalar_pairs(length_scorer), needs_images=False)
     chat = (1.0 * 100 + 0.0 * 28) / (100 + 28)  # alpacaeval-easy (100 examples) right, mt-bench-easy (28) wrong
     reasoning = (1.0 * 984 + 0.0 * 164) / (984 + 164)  # math-prm upweighted to the code subsets' total
     assert result["sections"] == pytest.approx({"Chat": chat, "Reasoning": reasoning})
@@ -190,7 +190,7 @@ def test_vl_reward_bench_in_its_hub_schema_with_embedded_images(tmp_path, untrai
     Dataset.from_list(rows, features=features).to_parquet(str(data))
     seen = []
     score = model_scorer([untrained_rm])
-    result = evaluate_file(str(data), "vl-reward", lambda items: seen.append(score(items)) or seen[-1])
+    result = evaluate_file(str(data), "vl-reward", scalar_pairs(lambda items: seen.append(score(items)) or seen[-1]))
     assert result["pairs"] == 3 and set(result["per_group"]) == {"hallucination", "general", "reasoning"}
-    flat = seen[0]  # [red row: red, blue], [blue row: red, blue], [red row again]
-    assert flat[0] != flat[2] and flat[0] == pytest.approx(flat[4], abs=1e-6)  # same text, image differs / agrees
+    first = seen[0]  # each row's first response, "red": on a red, a blue and a red image
+    assert first[0] != first[1] and first[0] == pytest.approx(first[2], abs=1e-6)  # the image differs / agrees

@@ -22,9 +22,8 @@ from rl.checkpoint import (
     resolve_resume,
 )
 from recipes import grpo
-from rl.actors import actor_pid
 from rl.step_guard import NonFiniteGuard, NonFiniteStepError, grads_finite
-from rl.trl_adapter import EpochSeededRepeatSampler
+from adapters.trl import EpochSeededRepeatSampler
 
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
 
@@ -156,14 +155,14 @@ class KillActorsAfter(TrainerCallback):
 
         if state.global_step == self.step:
             for calls in self.groups:
-                pid = ray.get(actor_pid(calls.actors[0]), timeout=60)
+                pid = ray.get(calls.actors[0].pid.remote(), timeout=60)
                 os.kill(pid, signal.SIGKILL)
                 self.killed.append(pid)
 
     def on_train_end(self, args, state, control, **kwargs):
         import ray
 
-        self.at_end = [ray.get(actor_pid(calls.actors[0]), timeout=60) for calls in self.groups]
+        self.at_end = [ray.get(calls.actors[0].pid.remote(), timeout=60) for calls in self.groups]
 
 
 @pytest.mark.ray
@@ -173,9 +172,9 @@ def test_resume_and_actor_kills_through_ray_actors_are_bit_exact(tmp_path, warm_
     straight; stopped at the epoch boundary (step 2) and resumed; with both actor processes killed
     after step 3. All three end with identical weights: the resumed actors were re-synced, and the
     restarted rollout actor got the weights it held back and regenerated the same samples."""
-    from rl.actor_calls import ActorCalls
+    from pipeline.actor_calls import ActorCalls
 
-    ray_opts = ("ray.enabled=true", "ray.num_cpus=2", "rollout.actors.num_cpus=1", "reward.rule.in_actor=true",
+    ray_opts = ("ray.enabled=true", "ray.num_cpus=2", "rollout.actors.num_cpus=1", "reward.actors.rule.num_actors=1",
                 "rollout.sync_every=2", "rollout.max_staleness=1")
     straight = grpo.main(_grpo_cfg(tmp_path / "straight", warm_policy, *ray_opts))
     assert straight["rollout_version"] == 2

@@ -11,7 +11,6 @@ import pytest
 from transformers import TrainerCallback
 
 from recipes import grpo
-from rl.actors import actor_node
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
@@ -48,11 +47,11 @@ class Record(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         import ray
 
-        self.nodes = [ray.get([actor_node(a) for a in calls.actors], timeout=60) for calls in self.groups]
+        self.nodes = [ray.get([a.node_id.remote() for a in calls.actors], timeout=60) for calls in self.groups]
 
 
 def _record_actor_groups(monkeypatch) -> list:
-    from rl.actor_calls import ActorCalls
+    from pipeline.actor_calls import ActorCalls
 
     groups: list = []
     init = ActorCalls.__init__
@@ -66,8 +65,8 @@ def _cfg(run: Path, policy: str, rm: str, *extra: str):
         "trainer.max_steps=3", "trainer.per_device_train_batch_size=4", "trainer.num_generations=2",
         "trainer.max_completion_length=4", "trainer.report_to=[]", "rollout.timeout_s=30", "reward.timeout_s=30",
         "rollout.actors.num_actors=2", "rollout.actors.num_cpus=0.5",
-        "reward.model.actors.num_actors=1", "reward.model.actors.num_cpus=0.5",
-        "reward.model.actors.resources={reward_node: 1}", *extra])
+        "reward.actors.model.num_actors=1", "reward.actors.model.num_cpus=0.5",
+        "reward.actors.model.resources={reward_node: 1}", *extra])
 
 
 def test_actors_go_where_their_labels_and_placement_groups_say(cluster, tmp_path, warm_policy, untrained_rm,
@@ -76,7 +75,7 @@ def test_actors_go_where_their_labels_and_placement_groups_say(cluster, tmp_path
     groups = _record_actor_groups(monkeypatch)
     record = Record(groups)
     summary = grpo.main(_cfg(tmp_path, warm_policy, untrained_rm, "rollout.actors.resources={rollout_node: 1}",
-                             "rollout.actors.placement=STRICT_PACK", "reward.model.actors.placement=SPREAD"),
+                             "rollout.actors.placement=STRICT_PACK", "reward.actors.model.placement=SPREAD"),
                         callbacks=[record])
     assert summary["global_step"] == 3
     rollout_nodes, scorer_nodes = record.nodes

@@ -10,10 +10,10 @@ import torch
 
 from policies.hf_engine import HFEngine
 from policies.rollout_engine import RolloutRequest, SamplingParams
-from rl.colocated import ColocatedPool, check_colocate
+from pipeline.colocated import ColocatedPool, check_colocate
 from rl.config import ConfigError, RolloutConfig
 from rl.tasks.shapes import make_shapes_dataset
-from rl.weight_sync.export import PolicyWeights
+from pipeline.weight_sync.export import PolicyWeights
 
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
 

@@ -88,18 +88,21 @@ def test_local_model_paths_reach_actors_as_absolute_paths(tmp_path, monkeypatch)
     from huggingface_hub import constants
 
     from recipes import grpo
-    from rl.tasks.shapes import resolve_policy_path
+    from rl.models import resolve_model_path
+    from rl.rewards import resolve_reward_models
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "rm").mkdir()
+    for rm in ("rm", "text-rm"):
+        (tmp_path / rm).mkdir()
+        (tmp_path / rm / "reward_head.json").write_text("{}")
     (tmp_path / "policy").mkdir()
-    cfg = grpo.load(None, ["reward.model.paths=[rm]", "reward.model.text_path=not-there"])
-    grpo.absolute_reward_model_paths(cfg)
+    cfg = grpo.load(None, ["reward.scheme=model", "reward.model.paths=[rm]", "reward.model.text_path=text-rm"])
+    resolve_reward_models(cfg.reward)
     assert cfg.reward.model.paths == [str((tmp_path / "rm").resolve())]
-    assert cfg.reward.model.text_path == "not-there"
-    assert resolve_policy_path("policy", "out") == str((tmp_path / "policy").resolve())
-    assert resolve_policy_path("Qwen/Qwen2.5-VL-3B-Instruct", "out") == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert cfg.reward.model.text_path == str((tmp_path / "text-rm").resolve())
+    assert resolve_model_path("policy", "out") == str((tmp_path / "policy").resolve())
+    assert resolve_model_path("Qwen/Qwen2.5-VL-3B-Instruct", "out") == "Qwen/Qwen2.5-VL-3B-Instruct"
 
 
 def test_a_policy_that_cannot_load_here_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
@@ -110,7 +113,7 @@ def test_a_policy_that_cannot_load_here_is_refused_before_ray_starts(tmp_path, c
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     started = []
-    monkeypatch.setattr("rl.placement.ray_cluster", lambda *a, **k: started.append(1))
+    monkeypatch.setattr("pipeline.placement.ray_cluster", lambda *a, **k: started.append(1))
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_two_learners.yaml"
     assert cli(["grpo", str(config), f"output_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err

@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 
 from recipes import grpo
 from rl.config import ConfigError
-from rl.distributed import split_output
+from pipeline.distributed import split_output
 from rl.errors import LearnerWorkerError
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -62,7 +62,7 @@ def test_two_ddp_workers_train_as_one_worker_on_the_same_global_batch(tmp_path, 
     runs' updates of every tensor differ by under 0.1% of the update (AdamW divides by the root of the
     squared gradients, so where a gradient is near zero the summation order of DDP's all-reduce shows;
     measured: 6e-5 at most)."""
-    hybrid = ["reward.scheme=hybrid", f"reward.model.paths=[{untrained_rm}]", "reward.model.actors.num_cpus=0.5",
+    hybrid = ["reward.scheme=hybrid", f"reward.model.paths=[{untrained_rm}]", "reward.actors.model.num_cpus=0.5",
               "trainer.max_steps=3"]
     one = grpo.main(_cfg(tmp_path / "one", warm_policy, *hybrid))
     two = grpo.main(_cfg(tmp_path / "two", warm_policy, *hybrid, "learner.num_workers=2",

@@ -1,16 +1,23 @@
 """The shape of the code: layers import downwards only, no module imports itself back through others,
-and TRL's private internals are touched in one module. Read from the source (every import, at module
-level or inside a function), so a violation fails here before it confuses a reader."""
+each library's private internals are touched in one module (adapters/), and no free function is run
+inside a Ray actor. Read from the source (every import, at module level or inside a function), so a
+violation fails here before it confuses a reader."""
 
 from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
-# policies (models, engines, chat) <- reward <- rl (learner, rollouts, actors, sync, data) <- recipes (+ CLI)
-LAYERS = {"policies": 0, "reward": 1, "rl": 2, "recipes": 3}
+# adapters (other libraries' internals) <- policies (models, engines, chat) <- reward <- rl (configs, data, the
+# learner, checkpoints) <- pipeline (placement, actors, rollouts, weight sync, the distributed learner) <- recipes
+LAYERS = {"adapters": 0, "policies": 1, "reward": 2, "rl": 3, "pipeline": 4, "recipes": 5}
+SOURCES = (*LAYERS, "tests", "benchmarks")
 
 
 def _modules() -> dict[str, Path]:
@@ -77,17 +84,44 @@ def test_the_import_graph_has_no_cycles():
     assert not cycles, cycles
 
 
-def test_trl_private_internals_are_touched_in_one_module():
-    pattern = re.compile(r"\._metrics|_save_checkpoint|sampler\.__class__")
-    touching = sorted(str(p.relative_to(ROOT)) for folder in (*LAYERS, "tests", "benchmarks")
-                      for p in (ROOT / folder).rglob("*.py") if p != Path(__file__) and pattern.search(p.read_text()))
-    assert touching == ["rl/trl_adapter.py"]
+# A library's private internals -> the one module allowed to touch them.
+PRIVATE = {
+    "adapters/trl.py": r"\._metrics\b|_save_checkpoint|sampler\.__class__|PartialState\._shared_state",
+    "adapters/torch.py": r"_share_filename_cpu_|_new_shared_filename_cpu|_new_using_filename_cpu|"
+                         r"multiprocessing\.reductions|options\._timeout|distributed_c10d",
+    "adapters/transformers.py": r"_process_images|\._defaults\b|transformers\.initialization|replace_image_token|"
+                                r"get_text_with_replacements",
+    "adapters/vllm.py": r"Factory\._registry|\.engine_core\b",
+}
+
+
+def _touching(pattern: str) -> list[str]:
+    regex = re.compile(pattern)
+    return sorted(str(p.relative_to(ROOT)) for folder in SOURCES for p in (ROOT / folder).rglob("*.py")
+                  if p != Path(__file__) and regex.search(p.read_text()))
+
+
+@pytest.mark.parametrize("adapter", sorted(PRIVATE))
+def test_each_librarys_private_internals_are_touched_in_its_adapter_only(adapter):
+    assert _touching(PRIVATE[adapter]) == [adapter]
+
+
+def test_no_free_function_runs_inside_an_actor():
+    """What runs inside an actor is a method of its hosted class or of the mixins its spawn declares."""
+    assert _touching(r"__ray_call__") == []
+
+
+def test_loading_a_config_imports_no_torch():
+    """Configs are checked (and refused) before any model library loads: `rl.config` and the option
+    dataclasses it is built from import no torch, transformers, TRL or Ray."""
+    code = ("import sys, rl.config; print(sorted(m for m in ('torch', 'transformers', 'trl', 'ray', 'vllm') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_trl_adapter_refuses_another_trl_version():
-    import pytest
-
-    from rl.trl_adapter import check_trl_version
+    from adapters.trl import check_trl_version
 
     check_trl_version("1.16.3")
     with pytest.raises(RuntimeError, match=r"written against TRL 1\.16\.x and TRL 1\.17\.0 is installed"):

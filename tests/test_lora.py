@@ -14,7 +14,7 @@ peft = pytest.importorskip("peft")
 from policies.rollout_engine import RolloutRequest, SamplingParams  # noqa: E402
 from policies.hf_engine import HFEngine  # noqa: E402
 from recipes import grpo  # noqa: E402
-from rl.weight_sync.export import policy_state_dict  # noqa: E402
+from pipeline.weight_sync.export import policy_state_dict  # noqa: E402
 from rl.tasks.shapes import make_shapes_dataset  # noqa: E402
 
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"

@@ -10,7 +10,7 @@ from recipes import grpo
 from recipes.cli import main as cli
 from rl.config import ConfigError
 from rl.learner import grpo_args
-from rl.memory_plan import GiB, check_fits, plan_for
+from pipeline.memory_plan import GiB, check_fits, plan_for
 
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
 GPU_CONFIGS = sorted(p.name for p in CONFIGS.glob("gpu_*.yaml") if "_rm_" not in p.name)
@@ -55,7 +55,7 @@ def test_a_config_that_cannot_fit_is_refused_naming_its_largest_item_and_the_kno
 def test_fractional_shares_of_one_gpu_add_up_on_it():
     plans, _ = _plan("gpu_grpo_qwen25vl3b_hybrid.yaml", "policy.lora={r: 16}", "policy.dtype=bfloat16",
                      "learner.gpus_per_worker=0.5", "rollout.actors.num_actors=1", "rollout.actors.num_gpus=0.25",
-                     "reward.model.actors.num_gpus=0.25", gpus=1)
+                     "reward.actors.model.num_gpus=0.25", gpus=1)
     (gpu,) = plans
     assert sorted(o.split(" (")[0] for o in gpu.occupants) == ["learner", "rollout actor 0", "scorer actor 0"]
     assert any(i.name.startswith("scorer actor 0: reward model weights") for i in gpu.items)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rl.trl_adapter import EpochSeededRepeatSampler
-from rl.rollout_pool import RolloutPool
-from rl.rollout import ActorRollouts
+from adapters.trl import EpochSeededRepeatSampler
+from pipeline.rollout_pool import RolloutPool
+from pipeline.rollout import ActorRollouts
 
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
 
@@ -38,7 +38,7 @@ def test_overlapped_rollouts_finish_with_bounded_staleness_and_correct_prefetche
         "trainer.per_device_train_batch_size=4", "trainer.num_generations=2", "trainer.max_completion_length=4",
         "trainer.report_to=[]", "ray.enabled=true", "ray.num_cpus=2", "rollout.actors.num_cpus=1",
         "rollout.overlap=true", "rollout.max_staleness=1"])
-    with caplog.at_level(logging.WARNING, logger="rl.rollout"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.rollout"):
         summary = grpo.main(cfg)
     assert summary["global_step"] == 5
     lags = [r["rollout/version_lag"] for r in summary["log_history"] if "rollout/version_lag" in r]
@@ -68,12 +68,12 @@ def _learner(tmp_path, policy, rollouts, train_size=8, **trainer):
     from policies.loading import load_policy, load_processor
     from rl.config import RewardConfig
     from rl.learner import build_grpo_trainer, grpo_args
-    from rl.rewards import build_reward_funcs
+    from rl.rewards import build_rewards
     from rl.tasks.shapes import make_shapes_dataset
 
     args = grpo_args(str(tmp_path), 0, {"per_device_train_batch_size": 4, "num_generations": 2,
                                         "max_completion_length": 4, "beta": 0.0, "report_to": [], **trainer})
-    funcs, args.reward_weights = build_reward_funcs(RewardConfig())
+    funcs, args.reward_weights = build_rewards(RewardConfig())
     return build_grpo_trainer(args, load_policy(policy), load_processor(policy), make_shapes_dataset(train_size, seed=0),
                               funcs, rollout_func=rollouts)
 
@@ -95,7 +95,7 @@ def test_overlap_predicts_the_prompts_of_every_step_with_gradient_accumulation(t
     rollouts = Recording(LocalPool(HFEngine(warm_policy)), max_staleness=1, logprob_gap_samples=0, overlap=True)
     trainer = _learner(tmp_path, warm_policy, rollouts, train_size=6, max_steps=5, per_device_train_batch_size=2,
                        gradient_accumulation_steps=2, learning_rate=1e-3)
-    with caplog.at_level(logging.WARNING, logger="rl.rollout"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.rollout"):
         trainer.train()
     rollouts.close()
     assert trainer.args.steps_per_generation == 2 and trainer.state.global_step == 5
@@ -111,7 +111,7 @@ def test_correct_off_policy_makes_the_engines_logprobs_the_old_policy_the_loss_s
     import torch
 
     from policies.hf_engine import HFEngine
-    from rl.trl_adapter import GRPOLearner
+    from adapters.trl import GRPOLearner
 
     seen, made = [], []
     engine = HFEngine(warm_policy)

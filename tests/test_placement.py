@@ -14,7 +14,7 @@ import pytest
 
 from recipes import grpo
 from rl.config import ConfigError
-from rl.placement import GPURequest, gpu_requests, pack, placed
+from pipeline.placement import Request, gpu_requests, pack, placed
 
 pytestmark = pytest.mark.ray
 
@@ -24,19 +24,19 @@ def _cfg(*overrides: str):
 
 
 def test_pack_gives_whole_gpus_to_whole_requests_and_shares_fractions():
-    placed_ = pack([GPURequest("learner", 1), GPURequest("rollout actor 0", 0.5), GPURequest("rollout actor 1", 0.5),
-                    GPURequest("scorer actor 0", 2)], 4)
+    placed_ = pack([Request("learner", 1), Request("rollout actor 0", 0.5), Request("rollout actor 1", 0.5),
+                    Request("scorer actor 0", 2)], 4)
     assert [[r.who for r in gpu] for gpu in placed_] == [["scorer actor 0"], ["scorer actor 0"], ["learner"],
                                                          ["rollout actor 0", "rollout actor 1"]]
     with pytest.raises(ConfigError, match=r"asks for 1\.8 GPUs \(rollout actor: 1\.8\) and they do not fit on "
                                           r"the 2 GPU\(s\)"):
-        pack([GPURequest(f"rollout actor {i}", 0.6) for i in range(3)], 2)  # 0.6 + 0.6 > 1: three GPUs
+        pack([Request(f"rollout actor {i}", 0.6) for i in range(3)], 2)  # 0.6 + 0.6 > 1: three GPUs
     with pytest.raises(ConfigError, match="must be a whole number"):
-        pack([GPURequest("learner", 1.5)], 2)
+        pack([Request("learner", 1.5)], 2)
 
 
 def test_the_learner_takes_a_gpu_only_where_there_are_gpus():
-    cfg = _cfg("rollout.actors.num_gpus=1", "reward.model.actors.num_gpus=0.5")
+    cfg = _cfg("rollout.actors.num_gpus=1", "reward.actors.model.num_gpus=0.5")
     assert [(r.who, r.gpus) for r in gpu_requests(cfg, 8)] == [("learner", 1.0), ("rollout actor 0", 1.0),
                                                                ("scorer actor 0", 0.5)]
     assert [r.who for r in gpu_requests(cfg, 0)] == ["rollout actor 0", "scorer actor 0"]  # a CPU learner
@@ -50,7 +50,7 @@ def test_learner_workers_are_placed_with_the_actors_from_one_config_and_checked_
     with pytest.raises(ConfigError, match=r"asks for 9 GPUs \(learner worker: 5, rollout actor: 3, scorer actor: 1\)"):
         pack(gpu_requests(grpo.load(None, ["ray.enabled=true", "learner.num_workers=5", "learner.gpus_per_worker=1",
                                            "rollout.actors.num_actors=3", "rollout.actors.num_gpus=1",
-                                           "reward.scheme=hybrid", "reward.model.actors.num_gpus=1"]), 8), 8)
+                                           "reward.scheme=hybrid", "reward.actors.model.num_gpus=1"]), 8), 8)
 
 
 class VisibleDevices:
@@ -63,13 +63,13 @@ def _placed_devices(cfg) -> tuple[str, list[str], list[str]]:
     import ray
     from ray import cloudpickle
 
-    from rl.actors import spawn_group
+    from pipeline.actors import spawn_group
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import a test module
     with placed(cfg):
         learner = os.environ.get("CUDA_VISIBLE_DEVICES")
         rollout = spawn_group("rollout", VisibleDevices, {}, cfg.rollout.actors)
-        scorer = spawn_group("scorer", VisibleDevices, {}, cfg.reward.model.actors)
+        scorer = spawn_group("scorer", VisibleDevices, {}, cfg.reward.actors.model)
         return (learner, ray.get([a.cuda_visible_devices.remote() for a in rollout]),
                 ray.get([a.cuda_visible_devices.remote() for a in scorer]))
 
@@ -89,7 +89,7 @@ def no_cluster():
 def test_an_8_gpu_node_pins_the_learner_and_gives_every_actor_its_own_gpu(no_cluster):
     learner, rollout, scorer = _placed_devices(_cfg(
         "ray.num_gpus=8", "rollout.actors.num_actors=6", "rollout.actors.num_gpus=1", "rollout.actors.num_cpus=0.5",
-        "reward.model.actors.num_gpus=1", "reward.model.actors.num_cpus=0.5"))
+        "reward.actors.model.num_gpus=1", "reward.actors.model.num_cpus=0.5"))
     assert learner is not None and len(learner.split(",")) == 1  # exactly one GPU: TRL sees n_gpu = 1
     assert sorted([learner, *rollout, *scorer]) == [str(i) for i in range(8)]  # nobody shares, nobody left out
 
@@ -97,7 +97,7 @@ def test_an_8_gpu_node_pins_the_learner_and_gives_every_actor_its_own_gpu(no_clu
 def test_a_single_gpu_is_shared_by_learner_rollout_actor_and_scorer_in_fractions(no_cluster):
     learner, rollout, scorer = _placed_devices(_cfg(
         "ray.num_gpus=1", "learner.gpus_per_worker=0.4", "rollout.actors.num_gpus=0.3",
-        "rollout.actors.num_cpus=0.5", "reward.model.actors.num_gpus=0.3", "reward.model.actors.num_cpus=0.5"))
+        "rollout.actors.num_cpus=0.5", "reward.actors.model.num_gpus=0.3", "reward.actors.model.num_cpus=0.5"))
     assert (learner, rollout, scorer) == ("0", ["0"], ["0"])
 
 
@@ -105,12 +105,85 @@ def test_a_config_that_asks_for_more_gpus_than_the_node_has_fails_before_ray_sta
     import ray
 
     cfg = _cfg("ray.num_gpus=8", "rollout.actors.num_actors=7", "rollout.actors.num_gpus=1",
-               "reward.model.actors.num_gpus=1")
+               "reward.actors.model.num_gpus=1")
     with pytest.raises(ConfigError, match=r"asks for 9 GPUs \(learner: 1, rollout actor: 7, scorer actor: 1\) and "
                                           r"they do not fit on the 8 GPU"):
         with placed(cfg):
             pass
     assert not ray.is_initialized()
+
+
+def test_cpus_and_labels_the_cluster_lacks_are_refused_at_once_with_the_numbers(no_cluster, capsys):
+    """The run the issue saw sit for ten minutes (two learner workers and a rollout actor asking for 3 CPUs
+    of a 2-core machine's local cluster; Ray Train waited for a worker that could never be scheduled): now
+    refused before Ray starts, naming what was asked and what there is. A custom label no node has (a local
+    cluster has none) likewise."""
+    import ray
+
+    from recipes.cli import main as cli
+
+    config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml"
+    code = cli(["grpo", str(config), "ray.enabled=true", "ray.num_cpus=2", "learner.num_workers=2",
+                "trainer.max_steps=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "asks for 3 CPU (learner worker: 2, rollout actor: 1) but the local Ray cluster " \
+                         "(ray.num_cpus=2, 0 GPUs) has 2" in err, err
+    assert "learner.num_cpus_per_worker" in err and not ray.is_initialized()
+    with pytest.raises(ConfigError, match=r"asks for 2 rollout_node \(rollout actor: 2\) but the local Ray cluster "
+                                          r".* has 0: start nodes with that label"):
+        with placed(_cfg("rollout.actors.num_actors=2", "rollout.actors.resources={rollout_node: 1}")):
+            pass
+
+
+class GPUEngine:
+    """Stands in for a vLLM engine on a GPU: it reports its weights' device through the engine protocol
+    (a real VLLMEngine reports vLLM's platform) and loads what it is sent."""
+
+    def __init__(self):
+        self.version = 0
+
+    def weights_device(self):
+        return "cuda"
+
+    def load_weights(self, named_tensors, version):
+        self.received = {k: v.clone() for k, v in named_tensors.items()}
+        self.version = version
+
+    def loaded_version(self):
+        return self.version
+
+
+def test_auto_weight_sync_asks_the_engines_where_they_run_and_takes_the_gpu_path(no_cluster):
+    """A learner on one logical GPU and engines that report "cuda" on others: `auto` picks the broadcast
+    (NCCL on GPUs; here, without CUDA, its gloo twin), not the object store; an engine on the learner's own
+    GPU gets shared memory (CUDA IPC). (The old rule read an engine's `.device` attribute, which vLLM
+    engines lack, so GPU learners always fell back to the object store.)"""
+    import ray
+    import torch
+    from ray import cloudpickle
+
+    from pipeline.rollout_pool import RolloutPool, spawn_rollout_actors
+    from pipeline.weight_sync import Location, learner_location
+    from rl.config import ActorGroupConfig, RolloutConfig
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        here = learner_location(["0"])
+        assert here.gpu is None  # without CUDA, a learner on a logical GPU keeps its weights on the CPU ...
+        same = spawn_rollout_actors(GPUEngine, {}, ActorGroupConfig(num_actors=1, num_cpus=0.5, num_gpus=0.5))
+        learner = ray.get(same[0].weights_location.remote())  # ... so say a CUDA learner shares this one's GPU
+        assert learner.node == here.node and learner.gpu is not None
+        assert type(RolloutPool(same, RolloutConfig(timeout_s=60), learner).sync).__name__ == "SharedMemorySync"
+        other = spawn_rollout_actors(GPUEngine, {}, ActorGroupConfig(num_actors=1, num_cpus=0.5, num_gpus=1))
+        assert ray.get(other[0].weights_location.remote()).gpu not in (None, learner.gpu)  # the other GPU
+        pool = RolloutPool(other, RolloutConfig(timeout_s=60), learner)
+        assert type(pool.sync).__name__ == "BroadcastSync" and pool.sync.backend == "gloo"
+        pool.load_weights({"w": torch.arange(4.0)}, version=2)  # and it delivers
+        assert pool.versions() == [2]
+        pool.close()
+    finally:
+        ray.shutdown()
 
 
 @pytest.mark.slow
@@ -125,7 +198,7 @@ def test_a_new_local_cluster_starts_even_when_another_runs_on_the_machine(no_clu
     try:
         with pytest.raises(ValueError, match="When connecting to an existing cluster"):  # what plain ray.init does
             ray.init(num_cpus=8)
-        with placed(_cfg("ray.num_gpus=2", "rollout.actors.num_gpus=1", "reward.model.actors.num_gpus=0")):
+        with placed(_cfg("ray.num_gpus=2", "rollout.actors.num_gpus=1", "reward.actors.model.num_gpus=0")):
             assert ray.cluster_resources()["CPU"] == 8 and ray.cluster_resources()["GPU"] == 2
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)

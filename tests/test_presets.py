@@ -210,8 +210,9 @@ def test_grpo_says_how_many_rows_have_no_answer_before_it_trains(tmp_path, caplo
     import logging
 
     from recipes.grpo import report_rows_without_answer
+    from rl.config import RewardConfig
 
     ds = Dataset.from_dict({"answer": ["a", None, None]})
     with caplog.at_level(logging.WARNING, logger="brl.grpo"):
-        assert report_rows_without_answer(ds, "hybrid") == 2
-    assert "2 of 3 training rows have no answer: the hybrid reward scores them by the reward model alone" in caplog.text
+        assert report_rows_without_answer(ds, RewardConfig(scheme="hybrid")) == 2
+    assert "2 of 3 training rows have no answer: the hybrid reward scores them by its model branch alone" in caplog.text

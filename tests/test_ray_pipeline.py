@@ -7,16 +7,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from adapters.torch import share_cpu_storage
+from pipeline.actor_calls import shard
+from pipeline.actors import spawn_group
+from pipeline.remote_reward import RemoteReward
+from pipeline.rollout_pool import RolloutPool, spawn_rollout_actors
+from pipeline.weight_sync.export import PolicyWeights
 from policies.hf_engine import HFEngine
 from policies.rollout_engine import RolloutRequest, SamplingParams
 from recipes import grpo
-from rl.actor_calls import shard
-from rl.actors import actor_pid, spawn_group
-from rl.config import ActorGroupConfig
-from rl.remote_reward import RemoteReward
-from rl.rollout_pool import RolloutPool
+from rl.config import ActorGroupConfig, RolloutConfig
 from rl.tasks.shapes import make_shapes_dataset
-from rl.weight_sync.export import PolicyWeights
 
 pytestmark = pytest.mark.ray
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
@@ -37,7 +38,7 @@ def _requests(n, seed=0):
 
 def test_pool_gathers_in_order_across_actors(ray_local, warm_policy):
     group = ActorGroupConfig(num_actors=2, num_cpus=1)
-    pool = RolloutPool(spawn_group("rollout", HFEngine, {"model": warm_policy}, group), 120)
+    pool = RolloutPool(spawn_rollout_actors(HFEngine, {"model": warm_policy}, group), RolloutConfig(timeout_s=120))
     requests = _requests(5)
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=6)
     got = pool.generate(requests, greedy)
@@ -67,8 +68,8 @@ TRANSPORTS = {"object_store": "ObjectStoreSync", "shared_memory": "SharedMemoryS
 def test_weight_sync_makes_actor_greedy_output_equal_the_learners(ray_local, warm_policy, weight_sync):
     learner = _perturbed_learner(warm_policy)
     group = ActorGroupConfig(num_actors=2, num_cpus=1)
-    pool = RolloutPool(spawn_group("rollout", HFEngine, {"model": warm_policy}, group), 120, weight_sync=weight_sync,
-                       bucket_mb=1 / 16)
+    pool = RolloutPool(spawn_rollout_actors(HFEngine, {"model": warm_policy}, group),
+                       RolloutConfig(timeout_s=120, weight_sync=weight_sync, bucket_mb=1 / 16))
     assert type(pool.sync).__name__ == TRANSPORTS[weight_sync]
     try:
         requests = _requests(4, seed=3)
@@ -97,9 +98,9 @@ def test_float32_learner_weights_reach_bfloat16_engines_cast(ray_local, warm_pol
     """The GPU layout's dtypes (float32 masters, bfloat16 engines): each path casts on the way (in its
     staging buckets), and the engines decode as a bfloat16 engine given the same weights does."""
     learner = _perturbed_learner(warm_policy)
-    pool = RolloutPool(spawn_group("rollout", HFEngine, {"model": warm_policy, "dtype": "bfloat16"},
-                                   ActorGroupConfig(num_actors=1, num_cpus=1)), 120, weight_sync=weight_sync,
-                       bucket_mb=1 / 16)
+    pool = RolloutPool(spawn_rollout_actors(HFEngine, {"model": warm_policy, "dtype": "bfloat16"},
+                                            ActorGroupConfig(num_actors=1, num_cpus=1)),
+                       RolloutConfig(timeout_s=120, weight_sync=weight_sync, bucket_mb=1 / 16))
     staged: list[str] = []
     try:
         pool.load_weights(PolicyWeights(learner.model, torch.bfloat16), version=1)
@@ -112,7 +113,7 @@ def test_float32_learner_weights_reach_bfloat16_engines_cast(ray_local, warm_pol
         assert all(v.dtype == torch.bfloat16 and torch.equal(v, local.state_dict()[k])
                    for k, v in actor_state.items() if v.is_floating_point())
         if weight_sync == "shared_memory":  # the cast weights went through a staging file
-            staged = [s.buffer.untyped_storage()._share_filename_cpu_()[1].decode() for s in pool.sync._staging.values()]
+            staged = [share_cpu_storage(s.buffer)[1].decode() for s in pool.sync._staging.values()]
             assert staged
     finally:
         pool.close()
@@ -126,16 +127,16 @@ def test_an_actor_restarted_between_syncs_gets_the_last_weights_again(ray_local,
     """Killed after a sync, an actor comes back with the checkpoint's weights: the pool restores the
     version it held (the broadcast re-forms its group) before re-issuing its share."""
     learner = _perturbed_learner(warm_policy)
-    pool = RolloutPool(spawn_group("rollout", HFEngine, {"model": warm_policy},
-                                   ActorGroupConfig(num_actors=2, num_cpus=1, max_restarts=1)), 120,
-                       weight_sync=weight_sync, bucket_mb=1 / 16)
+    pool = RolloutPool(spawn_rollout_actors(HFEngine, {"model": warm_policy},
+                                            ActorGroupConfig(num_actors=2, num_cpus=1, max_restarts=1)),
+                       RolloutConfig(timeout_s=120, weight_sync=weight_sync, bucket_mb=1 / 16))
     try:
         pool.load_weights(PolicyWeights(learner.model), version=3)
-        old_pid = ray_local.get(actor_pid(pool.actors[1]))
+        old_pid = ray_local.get(pool.actors[1].pid.remote())
         ray_local.kill(pool.actors[1], no_restart=False)
         requests, greedy = _requests(4, seed=3), SamplingParams(n=1, temperature=0.0, max_tokens=10)
         got = pool.generate(requests, greedy)
-        assert ray_local.get(actor_pid(pool.actors[1])) != old_pid and pool.restarts == 1
+        assert ray_local.get(pool.actors[1].pid.remote()) != old_pid and pool.restarts == 1
         assert [g[0].completion_ids for g in got] == [g[0].completion_ids for g in learner.generate(requests, greedy)]
         assert pool.versions() == [3, 3]
         pool.load_weights(PolicyWeights(learner.model), version=4)  # the group (if any) works after the restart
@@ -147,7 +148,8 @@ def test_an_actor_restarted_between_syncs_gets_the_last_weights_again(ray_local,
 class BrokenReceiver:
     """An engine whose process dies (or hangs) while it loads a broadcast bucket."""
 
-    device = "cpu"
+    def weights_device(self):
+        return "cpu"
 
     def __init__(self, hang: bool):
         self.hang = hang
@@ -171,9 +173,9 @@ def test_a_broadcast_whose_receiver_dies_or_hangs_ends_in_actor_failure_not_a_ha
     from rl.errors import ActorFailureError
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    actors = spawn_group("broken", BrokenReceiver, {"hang": hang},
-                         ActorGroupConfig(num_actors=1, num_cpus=0.5, max_restarts=0))
-    pool = RolloutPool(actors, timeout_s=8, max_retries=0, weight_sync="broadcast")
+    group = ActorGroupConfig(num_actors=1, num_cpus=0.5, max_restarts=0, max_retries=0)
+    actors = spawn_rollout_actors(BrokenReceiver, {"hang": hang}, group)
+    pool = RolloutPool(actors, RolloutConfig(timeout_s=8, actors=group, weight_sync="broadcast"))
     start = time.monotonic()
     with pytest.raises(ActorFailureError, match="failed mid-round"):
         pool.load_weights({"w": torch.ones(1000)}, version=1)
@@ -221,7 +223,8 @@ def test_grpo_through_ray_actors(tmp_path, warm_policy, untrained_rm):
 def test_actor_groups_use_placement_groups_and_resources(ray_local, untrained_rm):
     import ray
 
-    from reward.rule import RuleMatcher
+    from reward.options import RuleOptions
+    from reward.rule import columns_read
 
     group = ActorGroupConfig(num_actors=2, num_cpus=0.5, placement="STRICT_PACK")
     actors = spawn_group("rule", RuleMatcher, {}, group)
@@ -249,7 +252,8 @@ def test_a_remote_reward_sends_only_the_columns_its_reward_reads(ray_local):
     from PIL import Image
     from ray import cloudpickle
 
-    from reward.rule import RuleMatcher
+    from reward.options import RuleOptions
+    from reward.rule import columns_read
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import a test module
     actors = spawn_group("received", Received, {}, ActorGroupConfig(num_actors=1, num_cpus=0.5))
@@ -257,7 +261,7 @@ def test_a_remote_reward_sends_only_the_columns_its_reward_reads(ray_local):
     columns = {"answer": ["red", "blue"], "images": [[Image.new("RGB", (64, 64))]] * 2, "solution": ["r", "b"]}
     everything = RemoteReward(actors, "received", 60)([prompt, prompt], ["a", "b"], **columns)
     assert everything == [(prompt, ["answer", "images", "solution"])] * 2
-    reads = RuleMatcher(answer_column="solution").reads
+    reads = columns_read(RuleOptions(answer_column="solution"))
     assert RemoteReward(actors, "received", 60, reads=reads)([prompt, prompt], ["a", "b"], **columns) == \
         [(None, ["solution"])] * 2
     ray.kill(actors[0])
@@ -292,13 +296,13 @@ def test_a_reward_actor_killed_mid_call_is_restarted_and_retried_then_the_budget
     remote = RemoteReward(actors, "slow", timeout_s=60, max_retries=group.max_retries)
 
     def kill_soon():
-        pid = ray_local.get(actor_pid(actors[0]))
+        pid = ray_local.get(actors[0].pid.remote())
         threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
         return pid
 
     first_pid = kill_soon()
     assert remote(["q"] * 3, ["a", "bb", "ccc"]) == [1.0, 2.0, 3.0]
-    assert remote.calls.restarts == 1 and ray_local.get(actor_pid(actors[0])) != first_pid
+    assert remote.calls.restarts == 1 and ray_local.get(actors[0].pid.remote()) != first_pid
     kill_soon()
     with pytest.raises(ActorFailureError, match="could not be restarted"):
         remote(["q"], ["a"])
@@ -306,6 +310,9 @@ def test_a_reward_actor_killed_mid_call_is_restarted_and_retried_then_the_budget
 
 class SeedRecorder:
     """An engine that reports the seed each of its requests samples with (nothing generated)."""
+
+    def weights_device(self):
+        return "cpu"
 
     def generate(self, requests, sampling):
         from policies.rollout_engine import Rollout
@@ -321,10 +328,11 @@ def test_every_prompt_and_sample_of_a_step_has_its_own_seed_across_actors_and_st
 
     from ray import cloudpickle
 
-    from rl.rollout import sampling_from_trl
+    from pipeline.rollout import sampling_from_trl
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    pool = RolloutPool(spawn_group("rollout", SeedRecorder, {}, ActorGroupConfig(num_actors=3, num_cpus=0.5)), 60)
+    pool = RolloutPool(spawn_rollout_actors(SeedRecorder, {}, ActorGroupConfig(num_actors=3, num_cpus=0.5)),
+                       RolloutConfig(timeout_s=60))
     args = type("Args", (), dict(temperature=1.0, top_p=1.0, top_k=0, max_completion_length=4, seed=0))()
     seeds = []
     for step in range(3):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from rl.rewards import build_reward_funcs, load_callable, make_custom_reward
 from reward.failures import RewardFailureError
 from rl.config import CustomRewardConfig, RewardConfig
+from rl.rewards import build_rewards, load_callable, make_custom_reward
 
 
 def test_load_callable_from_module_and_file(tmp_path):
@@ -40,7 +40,7 @@ def test_config_builds_guarded_rewards_with_weights_and_columns(tmp_path):
                  "    return [float(t == want) for t in task]\n")
     cfg = RewardConfig(scheme="rule", weight=2.0,
                        extra=[CustomRewardConfig(fn=f"{f}:task_is", weight=0.5, kwargs={"want": "color"})])
-    funcs, weights = build_reward_funcs(cfg)
+    funcs, weights = build_rewards(cfg)
     assert [fn.__name__ for fn in funcs] == ["rule", "task_is"] and weights == [2.0, 0.5]
     out = asyncio.run(funcs[1](["q", "q"], ["a", "b"], task=["color", "shape"]))
     assert out == [1.0, 0.0]
@@ -48,9 +48,9 @@ def test_config_builds_guarded_rewards_with_weights_and_columns(tmp_path):
 
 def test_duplicate_names_and_unknown_schemes_are_errors():
     with pytest.raises(ValueError, match="unique"):
-        build_reward_funcs(RewardConfig(extra=[CustomRewardConfig(fn="reward.rule:RuleMatcher")]))
+        build_rewards(RewardConfig(extra=[CustomRewardConfig(fn="reward.rule:RuleMatcher")]))
     with pytest.raises(ValueError, match="scheme"):
-        build_reward_funcs(RewardConfig(scheme="rules"))
+        RewardConfig(scheme="rules")
 
 
 def test_a_broken_reward_stops_grpo_cleanly_with_a_resumable_checkpoint(tmp_path, warm_policy, capsys, caplog):
@@ -83,4 +83,4 @@ def test_a_missing_reward_model_is_a_clear_error_before_anything_starts(tmp_path
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_hybrid.yaml"
     code = cli(["grpo", str(config), f"output_dir={tmp_path}", f"reward.model.paths=[{tmp_path / 'nope'}]"])
     err = capsys.readouterr().err
-    assert code == 2 and "is not a BaseReward checkpoint" in err and "brl train-rm" in err
+    assert code == 2 and "is not a reward-model checkpoint" in err and "brl train-rm" in err

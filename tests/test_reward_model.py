@@ -305,7 +305,7 @@ def test_calibrate_standardises_scores_with_the_checkpoints_statistics(tmp_path,
     from policies.loading import load_processor
     from recipes import grpo
     from reward.scorer import BaseRewardScorer
-    from rl.rewards import build_reward_funcs
+    from rl.rewards import build_rewards
 
     model = BaseRewardModel.from_backbone(tiny_vl, HeadConfig(), seed=0)
     model.stats = ScoreStats(mean=1.5, std=4.0)
@@ -314,7 +314,7 @@ def test_calibrate_standardises_scores_with_the_checkpoints_statistics(tmp_path,
     images = [[Image.new("RGB", (56, 56), c)] for c in ("red", "blue")]
     raw = BaseRewardScorer.from_paths([path])([prompt, prompt], ["red", "blue"], images=images)
     cfg = grpo.load(None, ["reward.scheme=model", f"reward.model.paths=[{path}]", "reward.model.calibrate=true"])
-    (reward,), _ = build_reward_funcs(cfg.reward)
+    (reward,), _ = build_rewards(cfg.reward)
     calibrated = asyncio.run(reward([prompt, prompt], ["red", "blue"], images=images))
     assert calibrated == pytest.approx([(r - 1.5) / 4.0 for r in raw], abs=1e-6)
     assert calibrated != pytest.approx(raw, abs=1e-3)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from policies.rollout_engine import Rollout
-from rl.rollout import ActorRollouts, StaleRolloutError, group_prompts, sampling_from_trl, to_trl_output, version_lags
+from pipeline.rollout import ActorRollouts, StaleRolloutError, group_prompts, sampling_from_trl, to_trl_output, version_lags
 
 
 def _msg(text):
@@ -105,7 +105,7 @@ def test_weight_sync_time_is_not_counted_as_generation_time(monkeypatch):
 
     import torch
 
-    from rl import rollout
+    from pipeline import rollout
 
     metrics = defaultdict(list)
     monkeypatch.setattr(rollout, "log_metric", lambda trainer, name, value: metrics[name].append(value))
@@ -122,7 +122,7 @@ def test_weight_sync_time_is_not_counted_as_generation_time(monkeypatch):
 
 def test_weight_transfer_needs_the_vllm_backend():
     from rl.config import PolicyConfig, RolloutConfig
-    from rl.rollout_pool import engine_spec
+    from pipeline.rollout_pool import engine_spec
 
     with pytest.raises(ValueError, match="rollout.weight_transfer='gloo'.*needs rollout.backend=vllm"):
         engine_spec(RolloutConfig(backend="hf", weight_transfer="gloo"), PolicyConfig(), "unused")

@@ -1,5 +1,6 @@
 import pytest
 
+from reward.options import RuleOptions
 from reward.rule import FormatReward, RuleMatcher, extract_answer, extract_boxed, normalize
 
 
@@ -87,7 +88,7 @@ def test_conversational_completions():
     "\u0000\uffff\U0010ffff" * 100_000,
 ])
 def test_adversarial_inputs_finish_quickly(evil):
-    RuleMatcher(extract="auto")(["q"], [evil], answer=["red"])
+    RuleMatcher(RuleOptions(extract="auto"))(["q"], [evil], answer=["red"])
     FormatReward()(["q"], [evil])
 
 
@@ -98,7 +99,7 @@ def test_long_completion_keeps_its_final_answer():
 
 def test_math_verify_equivalence():
     pytest.importorskip("math_verify")
-    matcher = RuleMatcher(extract="boxed", math_verify=True)
+    matcher = RuleMatcher(RuleOptions(extract="boxed", math_verify=True))
     assert matcher(["q", "q"], ["\\boxed{\\frac{1}{2}}", "\\boxed{0.4}"], answer=["0.5", "0.5"]) == [1.0, 0.0]
 
 
@@ -109,4 +110,4 @@ def test_format_reward():
 
 def test_unknown_extract_mode():
     with pytest.raises(ValueError, match="extract mode"):
-        RuleMatcher(extract="regex")
+        RuleOptions(extract="regex")

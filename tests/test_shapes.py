@@ -1,12 +1,17 @@
 from PIL import Image
 
-from rl.tasks.shapes import (COLORS, POSITIONS, SHAPES, TASKS, make_shapes_dataset, make_shapes_splits,
-                             paraphrases, wrong_answers)
+import random
+
+import pytest
+
+from rl.tasks.shapes import (COLORS, POSITIONS, SHAPES, TASKS, Item, describe, describe_freely, describe_score,
+                             make_preference_pairs, make_shapes_dataset, make_shapes_splits, mentions, paraphrases,
+                             scene_items, wrong_answers)
 
 
 def test_rows_have_the_rl_format():
     ds = make_shapes_dataset(8, seed=3)
-    assert set(ds.column_names) == {"prompt", "images", "answer", "task"}
+    assert set(ds.column_names) == {"prompt", "images", "answer", "reference", "task", "scene"}
     row = ds[0]
     assert row["prompt"][0]["role"] == "user"
     parts = row["prompt"][0]["content"]
@@ -22,12 +27,55 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
     assert [im[0].tobytes() for im in a["images"]] != [im[0].tobytes() for im in c["images"]]
 
 
-def test_answers_are_valid_for_their_task():
+def test_answers_are_valid_for_their_task_and_descriptions_have_none():
     ds = make_shapes_dataset(200, seed=0)
     valid = {"color": set(COLORS), "shape": set(SHAPES), "count": {"1", "2", "3", "4"}, "position": set(POSITIONS)}
     assert set(ds["task"]) == set(TASKS)
-    for task, answer in zip(ds["task"], ds["answer"]):
-        assert answer in valid[task]
+    for task, answer, reference, scene in zip(ds["task"], ds["answer"], ds["reference"], ds["scene"]):
+        if task == "description":  # the rule has nothing to match; the reference describes the scene exactly
+            assert answer is None and reference == describe(scene_items(scene))
+            assert describe_score(reference, scene_items(scene)) == 1.0
+        else:
+            assert answer in valid[task] and reference == answer
+
+
+def test_the_task_mix_takes_weights():
+    ds = make_shapes_dataset(400, seed=0, tasks={"color": 3.0, "description": 1.0})
+    assert set(ds["task"]) == {"color", "description"}
+    assert 0.65 < ds["task"].count("color") / 400 < 0.85
+    assert make_shapes_dataset(5, seed=0, tasks={"color": 1.0, "count": 1.0})["task"] == ["color", "count"] * 2 + ["color"]
+    with pytest.raises(ValueError, match="weights"):
+        make_shapes_dataset(2, tasks={"color": 0.0})
+
+
+def test_the_scene_score_reads_free_descriptions_and_penalises_wrong_and_invented_objects():
+    scene = [Item(0, "circle", "red"), Item(3, "square", "blue")]
+    assert describe(scene) == "a red circle in the top left and a blue square in the bottom right"
+    rng = random.Random(0)
+    for _ in range(20):  # any order, articles and phrasings of the positions
+        free = describe_freely(rng, scene)
+        assert describe_score(free, scene) == 1.0, free
+    assert mentions("There is one Blue square at the bottom-right corner.") == [("blue", "square", "bottom right")]
+    half = describe_score("a red circle in the top left", scene)  # one of two objects: precision 1, recall 1/2
+    assert half == pytest.approx(2 / 3)
+    wrong = describe_score("a red circle in the top left and a green square in the bottom right", scene)
+    assert wrong == pytest.approx(0.5)  # one object right of two named, one of two described
+    invented = describe_score(describe(scene) + " and a yellow triangle in the top right", scene)
+    assert invented == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    assert describe_score("red", scene) == 0.0 and describe_score("", scene) == 0.0
+
+
+def test_description_pairs_reject_one_wrong_attribute_or_an_invented_object():
+    pairs = make_preference_pairs(300, seed=2, tasks=["description"])
+    kinds = set(pairs["kind"])
+    assert {"wrong_attribute", "invented_object"} <= kinds <= {"wrong_attribute", "invented_object", "off_task",
+                                                                "degenerate"}
+    for row in pairs:
+        if row["kind"] == "wrong_attribute":  # as long as a right one, but one object's attribute is wrong
+            assert len(mentions(row["rejected"])) == len(mentions(row["chosen"]))
+            assert sorted(mentions(row["rejected"])) != sorted(mentions(row["chosen"]))
+        if row["kind"] == "invented_object":
+            assert len(mentions(row["rejected"])) == len(mentions(row["chosen"])) + 1
 
 
 def test_count_answer_matches_the_drawn_shapes():
@@ -62,7 +110,5 @@ def test_paraphrases_and_wrong_answers_let_rewards_disagree():
 
 
 def test_unknown_task_is_rejected():
-    import pytest
-
     with pytest.raises(ValueError, match="unknown shapes task"):
         make_shapes_dataset(2, tasks=["colour"])

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from rl.weight_sync.vllm_transfer import PoolSyncClient, rank_offsets  # noqa: E402
+from pipeline.weight_sync.vllm_transfer import PoolSyncClient, rank_offsets  # noqa: E402
 
 
 def test_each_actor_gets_the_ranks_after_the_previous_one():
@@ -17,8 +17,8 @@ def test_each_actor_gets_the_ranks_after_the_previous_one():
 
 
 def test_the_backends_the_config_accepts_are_the_ones_the_transport_has():
-    from rl.weight_sync import VLLM_BACKENDS
-    from rl.weight_sync.vllm_transfer import BACKENDS
+    from pipeline.weight_sync import VLLM_BACKENDS
+    from pipeline.weight_sync.vllm_transfer import BACKENDS
 
     assert set(VLLM_BACKENDS) == set(BACKENDS)
 
@@ -47,9 +47,8 @@ class Recorder:
         self.calls.append(("finish", version))
         self.version = version
 
-
-def _calls(recorder):
-    return recorder.calls
+    def recorded(self):
+        return self.calls
 
 
 def test_the_client_fans_out_with_per_actor_ranks_and_the_round_version(ray_local):
@@ -57,8 +56,8 @@ def test_the_client_fans_out_with_per_actor_ranks_and_the_round_version(ray_loca
 
     from ray import cloudpickle
 
-    from rl.actor_calls import ActorCalls
-    from rl.actors import spawn_group
+    from pipeline.actor_calls import ActorCalls
+    from pipeline.actors import spawn_group
     from rl.config import ActorGroupConfig
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import a test module
@@ -75,7 +74,7 @@ def test_the_client_fans_out_with_per_actor_ranks_and_the_round_version(ray_loca
         client.start_weight_update()
         client.update_weights({"names": ["w"], "dtype_names": ["float32"], "shapes": [[2]]})
         client.finish_weight_update()
-        assert ray_local.get([x.__ray_call__.remote(_calls) for x in a + b]) == [
+        assert ray_local.get([x.recorded.remote() for x in a + b]) == [
             [("init", 1, 4), ("start",), ("update", ("w",)), ("finish", 5)],
             [("init", 3, 4), ("start",), ("update", ("w",)), ("finish", 5)],
         ]
@@ -124,15 +123,15 @@ def test_a_round_whose_receiver_dies_or_hangs_ends_in_actor_failure_not_a_hang(r
 
     from ray import cloudpickle
 
-    from rl.actor_calls import ActorCalls
-    from rl.actors import actor_pid, spawn_group
+    from pipeline.actor_calls import ActorCalls
+    from pipeline.actors import spawn_group
     from rl.config import ActorGroupConfig
     from rl.errors import ActorFailureError
-    from rl.weight_sync.vllm_transfer import VLLMTransferSync
+    from pipeline.weight_sync.vllm_transfer import VLLMTransferSync
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     actors = spawn_group("stuck", Receiving, {}, ActorGroupConfig(num_actors=1, num_cpus=0.5, max_restarts=0))
-    pid = ray_local.get(actor_pid(actors[0]))
+    pid = ray_local.get(actors[0].pid.remote())
     calls = ActorCalls(actors, timeout_s=8, max_retries=0, what="rollout actors")
     sync = VLLMTransferSync(calls, "gloo")
     sync.client = PoolSyncClient(calls, [1])

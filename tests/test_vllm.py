@@ -124,15 +124,15 @@ def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_
     import os
     import signal
 
-    from rl.actors import actor_pid, spawn_group, stop_actors
+    from pipeline.actors import stop_actors
+    from pipeline.rollout_pool import RolloutPool, engine_spec, spawn_rollout_actors
     from rl.config import ActorGroupConfig, PolicyConfig, RolloutConfig
-    from rl.rollout_pool import RolloutPool, engine_spec
-    from rl.weight_sync.export import policy_state_dict
+    from pipeline.weight_sync.export import policy_state_dict
 
     rollout = RolloutConfig(backend="vllm", weight_transfer="gloo", vllm=dict(ENGINE), timeout_s=300)
     engine_cls, kwargs = engine_spec(rollout, PolicyConfig(dtype="float32"), warm_policy)
-    actors = spawn_group("rollout", engine_cls, kwargs, ActorGroupConfig(num_actors=2, num_cpus=1, max_restarts=1))
-    pool = RolloutPool(actors, timeout_s=300, weight_transfer="gloo")
+    actors = spawn_rollout_actors(engine_cls, kwargs, ActorGroupConfig(num_actors=2, num_cpus=1, max_restarts=1))
+    pool = RolloutPool(actors, rollout)
     try:
         requests = _requests(4, seed=5)  # two per actor
         greedy = SamplingParams(n=1, temperature=0.0, max_tokens=10)
@@ -144,13 +144,13 @@ def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_
         assert [g[0].completion_ids for g in pool.generate(requests, greedy)] == expected
         assert pool.versions() == [3, 3]
 
-        os.kill(ray_local.get(actor_pid(actors[1])), signal.SIGKILL)
+        os.kill(ray_local.get(actors[1].pid.remote()), signal.SIGKILL)
         got = pool.generate(requests, greedy)  # actor 1's shard: restart, new group, version 3 again
         assert [g[0].completion_ids for g in got] == expected
         assert pool.restarts == 1 and pool.versions() == [3, 3]
 
         # Killed just before a round: the round meets the dead actor, waits for it, re-forms the group.
-        os.kill(ray_local.get(actor_pid(actors[0])), signal.SIGKILL)
+        os.kill(ray_local.get(actors[0].pid.remote()), signal.SIGKILL)
         learner = _perturbed_learner(warm_policy, seed=1)
         expected = [g[0].completion_ids for g in learner.generate(requests, greedy)]
         pool.load_weights(policy_state_dict(learner.model), version=4)
@@ -161,9 +161,9 @@ def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_
         # half-done update, so the round ends in ActorFailureError (the recipe checkpoints and stops),
         # within seconds, never a hang (an NCCL broadcast would wait forever for the dead peer).
         from rl.errors import ActorFailureError
-        from rl.weight_sync import vllm_transfer
+        from pipeline.weight_sync import vllm_transfer
 
-        victim, broadcast = ray_local.get(actor_pid(actors[1])), vllm_transfer.GlooTrainerWeightTransferEngine._broadcast
+        victim, broadcast = ray_local.get(actors[1].pid.remote()), vllm_transfer.GlooTrainerWeightTransferEngine._broadcast
 
         def kill_then_broadcast(engine, source, meta):
             os.kill(victim, signal.SIGKILL)

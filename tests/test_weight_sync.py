@@ -11,9 +11,10 @@ import sys
 import pytest
 import torch
 
-from rl.weight_sync import Location, check_transport, choose_weight_sync
-from rl.weight_sync.export import PolicyWeights, Staging, aligned, as_weights, bucket_bytes_for
-from rl.weight_sync.shared_memory import SharedMemorySync, SharedTensors
+from adapters.torch import share_cpu_storage
+from pipeline.weight_sync import Location, check_transport, choose_weight_sync
+from pipeline.weight_sync.export import PolicyWeights, Staging, aligned, as_weights, bucket_bytes_for
+from pipeline.weight_sync.shared_memory import SharedMemorySync, SharedTensors
 
 
 def test_auto_picks_shared_memory_on_one_device_broadcast_between_gpus_else_the_object_store():
@@ -79,9 +80,9 @@ def test_shared_memory_buckets_share_the_learners_tensors_in_place_and_stage_the
     same = list(sync.buckets(PolicyWeights(model)))
     assert len(same) == 1 and model[0].weight.is_shared()  # moved to shared memory in place, still the model's
     cast = list(sync.buckets(PolicyWeights(model, torch.bfloat16)))
-    assert len(cast) > 1 and [n for b in cast for n in b] == list(model.state_dict())
+    assert len(cast) > 1 and [n for b in cast for n in b.handles] == list(model.state_dict())
     plain = list(sync.buckets(as_weights({"x": torch.ones(2)})))  # a dict's tensors are not the learner's: staged
-    staging = sync._staging[torch.device("cpu")].buffer.untyped_storage()._share_filename_cpu_()[1]
+    staging = share_cpu_storage(sync._staging[torch.device("cpu")].buffer)[1]
     assert plain[0].handles["x"][2] == staging
 
 
@@ -101,7 +102,7 @@ def test_a_staging_bucket_is_never_larger_than_the_policy_it_stages():
 _READER = """
 import pickle, sys, torch
 shared = pickle.load(sys.stdin.buffer)
-torch.save({name: t.clone() for name, t in shared.items()}, sys.argv[1])
+torch.save({name: t.clone() for name, t in shared.attach({}).items()}, sys.argv[1])
 """
 
 

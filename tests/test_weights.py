@@ -4,7 +4,7 @@ import pickle
 
 import torch
 
-from rl.weight_sync.export import PackedState
+from pipeline.weight_sync.export import PackedState
 
 
 def test_pack_round_trip_is_bit_exact_for_every_dtype():

@@ -197,7 +197,7 @@ def load_rl_splits(cfg: DataConfig) -> tuple[Dataset, Dataset | None]:
     if train_source.path == "shapes":
         from rl.tasks.shapes import make_shapes_splits
 
-        return make_shapes_splits(cfg.train_size, cfg.eval_size, cfg.seed, tuple(cfg.tasks))
+        return make_shapes_splits(cfg.train_size, cfg.eval_size, cfg.seed, dict(cfg.tasks))
     train = load_source(train_source, "rl", cfg.validation)
     held_out = None
     if cfg.eval_source:
@@ -217,7 +217,7 @@ def _preference_source(cfg: Any, validation: ValidationConfig, size: int, seed: 
     if source.path == "shapes":
         from rl.tasks.shapes import make_preference_pairs
 
-        return make_preference_pairs(size, seed)
+        return make_preference_pairs(size, seed, kinds=dict(cfg.kinds) if getattr(cfg, "kinds", None) else None)
     return load_source(source, "preference", validation)
 
 

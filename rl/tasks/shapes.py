@@ -1,19 +1,25 @@
-"""A seeded synthetic visual task: coloured shapes on a 2x2 grid, with short-answer questions.
+"""A seeded synthetic visual task: coloured shapes on a 2x2 grid, with closed and open-ended questions.
 
 Each image is 56x56 pixels, split into four 28x28 cells; with Qwen2.5-VL's 14-px patches and 2x2
 merge, each cell is exactly one visual token, so a tiny model can learn the task on a CPU.
 
-Questions ask for the colour, the shape, the count or the position of shapes. Every question has a
-short canonical answer ("red", "circle", "3", "top left") and several other phrasings that mean the
-same ("It is red.", "three", "top-left"). The phrasings are what lets an exact-match reward and a
-learned reward disagree: the rule matcher only forgives what its normaliser knows, a reward model
-learns what it was shown.
+Closed questions ask for the colour, the shape, the count or the position of shapes. Each has a short
+canonical answer ("red", "circle", "3", "top left") and several other phrasings that mean the same ("It
+is red.", "three", "top-left"): an exact-match rule forgives only what its normaliser knows, a reward
+model learns what it was shown. The open-ended question ("Describe the picture.") is the miniature of
+LLaVA-Wild and WildVision: its good answers are free descriptions (any order, phrasing, articles), so a
+row has no matchable answer (`answer` is None: the rule cannot judge it) but a `reference` description
+(what SFT teaches and a generative judge compares against) and its `scene`; held out, a description is
+scored against the scene itself (`describe_score`: each object's colour, shape and position stated
+correctly, invented objects penalised: precision and recall), standing in for LLaVA-Wild's GPT-4 judge.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +29,8 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 
 from policies.chat import with_image_parts
-from policies.loading import check_model_source
 from policies.tiny import make_tiny_qwen2, make_tiny_qwen2_5_vl
+from reward.judge import POINTWISE_TEMPLATE, PAIRWISE_TEMPLATE
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +38,8 @@ COLORS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
-TASKS = ("color", "shape", "count", "position")
+CLOSED_TASKS = ("color", "shape", "count", "position")
+TASKS = (*CLOSED_TASKS, "description")
 IMAGE_SIZE = 56
 CELL = IMAGE_SIZE // 2
 
@@ -41,6 +48,7 @@ QUESTIONS = {
     "shape": "What shape is it?",
     "count": "How many shapes are there?",
     "position": "Where is the shape?",
+    "description": "Describe the picture.",
 }
 
 
@@ -70,17 +78,80 @@ def draw(items: list[Item]) -> PILImage.Image:
 
 
 def _sample(rng: random.Random, task: str) -> tuple[list[Item], str]:
-    """Sample a scene for `task` and return it with the canonical answer."""
-    n = rng.randint(1, 4) if task == "count" else 1
-    cells = rng.sample(range(4), n)
+    """Sample a scene for `task` and return it with the canonical answer (for a description: the
+    canonical description)."""
+    n = rng.randint(1, 4) if task == "count" else rng.randint(1, 2) if task == "description" else 1
+    cells = sorted(rng.sample(range(4), n))
     items = [Item(c, rng.choice(SHAPES), rng.choice(list(COLORS))) for c in cells]
     answer = {
         "color": lambda: items[0].color,
         "shape": lambda: items[0].shape,
         "count": lambda: str(n),
         "position": lambda: POSITIONS[items[0].cell],
+        "description": lambda: describe(items),
     }[task]()
     return items, answer
+
+
+# -- descriptions -----------------------------------------------------------------------------
+
+def describe(items: list[Item]) -> str:
+    """The canonical description: every object, in cell order ("a red circle in the top left and a blue
+    square in the bottom right")."""
+    parts = [f"a {it.color} {it.shape} in the {POSITIONS[it.cell]}" for it in items]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def describe_freely(rng: random.Random, items: list[Item]) -> str:
+    """A correct description in another form: any order, other phrasings of the positions and articles."""
+    style = rng.random()
+
+    def where(item: Item) -> str:
+        position = POSITIONS[item.cell]
+        return f"{position} corner" if style < 0.3 else position.replace(" ", "-") if style < 0.5 else position
+
+    parts = [f"{rng.choice(('a', 'one'))} {it.color} {it.shape} {rng.choice(('in the', 'at the'))} {where(it)}"
+             for it in rng.sample(items, len(items))]
+    body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return rng.choice(("{}", "There is {}.", "I see {}.", "The picture shows {}.")).format(body)
+
+
+_MENTION = re.compile(rf"\b({'|'.join(COLORS)})\s+({'|'.join(SHAPES)})s?\b")
+_POSITION = re.compile(r"\b(top|bottom)[\s-]+(left|right)\b")
+
+
+def mentions(text: str) -> list[tuple[str, str, str | None]]:
+    """(colour, shape, position or None) of each object a description names, in order: a colour and a
+    shape word, and the first position phrase after them (before the next object)."""
+    text = text.casefold()
+    found = list(_MENTION.finditer(text))
+    out = []
+    for k, m in enumerate(found):
+        end = found[k + 1].start() if k + 1 < len(found) else len(text)
+        where = _POSITION.search(text, m.end(), end)
+        out.append((m.group(1), m.group(2), f"{where.group(1)} {where.group(2)}" if where else None))
+    return out
+
+
+def describe_score(text: str, items: list[Item]) -> float:
+    """How well `text` describes the scene `items`: F1 of precision (named objects that are in the scene
+    with that colour, shape and position) and recall (scene objects named with all three right).
+    Invented objects lower the precision; missing ones the recall; no description scores 0."""
+    named = mentions(text)
+    truth = {(it.color, it.shape, POSITIONS[it.cell]) for it in items}
+    correct = [m for m in named if m in truth]
+    if not correct:
+        return 0.0
+    precision, recall = len(correct) / len(named), len(set(correct)) / len(truth)
+    return 2 * precision * recall / (precision + recall)
+
+
+def scene_json(items: list[Item]) -> str:
+    return json.dumps([[it.cell, it.shape, it.color] for it in items])
+
+
+def scene_items(scene: str) -> list[Item]:
+    return [Item(cell, shape, color) for cell, shape, color in json.loads(scene)]
 
 
 def paraphrases(answer: str, task: str) -> list[str]:
@@ -116,30 +187,48 @@ def prompt_messages(question: str) -> list[dict]:
 FEATURES = Features({
     "prompt": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
     "images": Sequence(Image()),
-    "answer": Value("string"),
+    "answer": Value("string"),  # the matchable ground truth; None for descriptions
+    "reference": Value("string"),  # a good response: the canonical answer or description
     "task": Value("string"),
+    "scene": Value("string"),  # the objects drawn (JSON): what a description is scored against
 })
 
+Tasks = tuple[str, ...] | list[str] | dict[str, float]
 
-def make_shapes_dataset(n: int, seed: int = 0, tasks: tuple[str, ...] | list[str] = TASKS) -> Dataset:
-    """`n` rows `{prompt, images, answer, task}`, deterministic for a given seed. Tasks cycle evenly."""
-    unknown = set(tasks) - set(TASKS)
-    if unknown:
-        raise ValueError(f"unknown shapes task(s) {sorted(unknown)}; choose from {list(TASKS)}")
+
+def task_sequence(n: int, tasks: Tasks, rng: random.Random) -> list[str]:
+    """The task of each of `n` rows: a list cycles evenly; a dict {task: weight} is drawn by weight."""
+    names = list(tasks)
+    unknown = set(names) - set(TASKS)
+    if unknown or not names:
+        raise ValueError(f"unknown shapes task(s) {sorted(unknown) or '(none)'}; choose from {list(TASKS)}")
+    if isinstance(tasks, dict):
+        weights = [float(tasks[t]) for t in names]
+        if any(w < 0 for w in weights) or not sum(weights):
+            raise ValueError(f"shapes task weights must be >= 0 and not all 0, got {dict(tasks)}")
+        if len(set(weights)) > 1:
+            return rng.choices(names, weights=weights, k=n)
+    return [names[i % len(names)] for i in range(n)]
+
+
+def make_shapes_dataset(n: int, seed: int = 0, tasks: Tasks = TASKS) -> Dataset:
+    """`n` rows `{prompt, images, answer, reference, task, scene}`, deterministic for a given seed. A list
+    of tasks cycles evenly; a dict weights them."""
     rng = random.Random(seed)
-    rows: dict[str, list] = {"prompt": [], "images": [], "answer": [], "task": []}
-    for i in range(n):
-        task = tasks[i % len(tasks)]
+    rows: dict[str, list] = {key: [] for key in FEATURES}
+    for task in task_sequence(n, tasks, random.Random(seed + 7)):
         items, answer = _sample(rng, task)
         rows["prompt"].append(prompt_messages(QUESTIONS[task]))
         rows["images"].append([draw(items)])
-        rows["answer"].append(answer)
+        rows["answer"].append(None if task == "description" else answer)
+        rows["reference"].append(answer)
         rows["task"].append(task)
+        rows["scene"].append(scene_json(items))
     return Dataset.from_dict(rows, features=FEATURES)
 
 
 def make_shapes_splits(train_size: int, eval_size: int, seed: int = 0,
-                       tasks: tuple[str, ...] | list[str] = TASKS) -> tuple[Dataset, Dataset]:
+                       tasks: Tasks = TASKS) -> tuple[Dataset, Dataset]:
     """Train and held-out splits from disjoint seeds (held-out scenes are drawn independently)."""
     return (make_shapes_dataset(train_size, seed, tasks),
             make_shapes_dataset(eval_size, seed + 1_000_003, tasks))
@@ -184,7 +273,7 @@ def _rejected(rng: random.Random, answer: str, task: str, kind: str) -> str:
     if kind == "hallucination":  # names something no scene contains
         return _phrase(rng, rng.choice(HALLUCINATIONS[task]), task)
     if kind == "off_task":  # a well-formed answer to a different question
-        other = rng.choice([t for t in TASKS if t != task])
+        other = rng.choice([t for t in CLOSED_TASKS if t != task])
         _, other_answer = _sample(rng, other)
         return _phrase(rng, other_answer, other)
     if kind == "degenerate":  # repetition / run-on text
@@ -195,38 +284,74 @@ def _rejected(rng: random.Random, answer: str, task: str, kind: str) -> str:
     return _phrase(rng, rng.choice(near), task)
 
 
-def make_preference_pairs(n: int, seed: int = 0, tasks: tuple[str, ...] | list[str] = TASKS,
+# A description's rejected answers, by the kind drawn: the kinds keep their meaning (a near miss needs the
+# image, ...) under names of their own, so accuracy on descriptions is reported apart.
+DESCRIPTION_KINDS = {"near_miss": "wrong_attribute", "hallucination": "invented_object", "off_task": "off_task",
+                     "degenerate": "degenerate"}
+
+
+def _wrong_description(rng: random.Random, items: list[Item], kind: str) -> str:
+    """A description that fails the scene the way `kind` says."""
+    free = [c for c in range(4) if c not in {it.cell for it in items}]
+    if kind == "wrong_attribute":  # one object's colour, shape or position said wrong, the rest right
+        k = rng.randrange(len(items))
+        it = items[k]
+        attribute = rng.choice(["color", "shape", "cell"] if free else ["color", "shape"])
+        other = {"color": lambda: Item(it.cell, it.shape, rng.choice([c for c in COLORS if c != it.color])),
+                 "shape": lambda: Item(it.cell, rng.choice([s for s in SHAPES if s != it.shape]), it.color),
+                 "cell": lambda: Item(rng.choice(free), it.shape, it.color)}[attribute]()
+        return describe_freely(rng, [*items[:k], other, *items[k + 1:]])
+    if kind == "invented_object":  # everything right, plus an object the scene does not have
+        extra = Item(rng.choice(free), rng.choice(SHAPES), rng.choice(list(COLORS))) if free else \
+            Item(items[0].cell, rng.choice([s for s in SHAPES if s != items[0].shape]), items[0].color)
+        return describe_freely(rng, [*items, extra])
+    if kind == "off_task":  # a closed answer where a description was asked for
+        return _phrase(rng, rng.choice([items[0].color, items[0].shape, POSITIONS[items[0].cell]]), "color")
+    words = describe(items).split()  # degenerate: a repeated fragment
+    return " ".join(words[:rng.randint(1, 3)] + [rng.choice(words)] * rng.randint(3, 7))
+
+
+def make_preference_pairs(n: int, seed: int = 0, tasks: Tasks = TASKS,
                           kinds: dict[str, float] | None = None) -> Dataset:
     """`n` preference rows `{prompt, images, chosen, rejected, task, kind}` on shapes scenes.
 
-    chosen is right (canonical or paraphrased). rejected is drawn from `kinds` (default
-    REJECTION_KINDS): a near miss (another colour, a count off by one: rankable only by looking at the
-    image), a hallucination (something no scene contains), an off-task answer or degenerate text.
-    Right and wrong answers share the same phrasings, so wording alone gives nothing away.
+    chosen is right (canonical or paraphrased; for a description, a free correct one). rejected is drawn
+    from `kinds` (default REJECTION_KINDS): a near miss (another colour, a count off by one; for a
+    description one object's attribute wrong: rankable only by looking at the image), a hallucination
+    (something no scene contains; an invented object), an off-task answer or degenerate text. Right and
+    wrong answers share the same phrasings, so wording alone gives nothing away.
     """
     kinds = kinds or REJECTION_KINDS
     base = make_shapes_dataset(n, seed, tasks)
     rng = random.Random(seed + 17)
     chosen, rejected, drawn = [], [], []
-    for answer, task in zip(base["answer"], base["task"], strict=True):
+    for reference, task, scene in zip(base["reference"], base["task"], base["scene"], strict=True):
         kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
-        chosen.append(_phrase(rng, answer, task))
-        rejected.append(_rejected(rng, answer, task, kind))
+        if task == "description":
+            items, kind = scene_items(scene), DESCRIPTION_KINDS[kind]
+            chosen.append(describe_freely(rng, items))
+            rejected.append(_wrong_description(rng, items, kind))
+        else:
+            chosen.append(_phrase(rng, reference, task))
+            rejected.append(_rejected(rng, reference, task, kind))
         drawn.append(kind)
-    rows = base.remove_columns(["answer"]).add_column("chosen", chosen).add_column("rejected", rejected)
-    return rows.add_column("kind", drawn).cast(PREFERENCE_FEATURES)
+    rows = base.remove_columns(["answer", "reference", "scene"]).add_column("chosen", chosen)
+    return rows.add_column("rejected", rejected).add_column("kind", drawn).cast(PREFERENCE_FEATURES)
 
 
 def vocabulary_corpus() -> list[str]:
     """Every string the task can produce, plus filler English, for training the tiny tokenizer."""
     lines = list(QUESTIONS.values())
-    for task in TASKS:
+    for task in CLOSED_TASKS:
         answers = {"color": list(COLORS), "shape": list(SHAPES), "count": ["1", "2", "3", "4"],
                    "position": list(POSITIONS)}[task]
         for a in answers:
             lines += [a, *paraphrases(a, task), *wrong_answers(a, task)]
         lines += HALLUCINATIONS[task]
     lines += [t.format(a) for t in TEMPLATES for a in ("red", "circle", "3", "top left")]
+    rng = random.Random(0)  # descriptions: every colour, shape and position in the phrasings they come in
+    lines += [describe_freely(rng, [Item(c, s, k)]) for c in range(4) for s in SHAPES for k in COLORS]
+    lines += [t.read_text() for t in (PAIRWISE_TEMPLATE, POINTWISE_TEMPLATE)]  # a tiny judge's prompts
     lines += [
         "The quick brown fox jumps over the lazy dog.",
         "Answer with a single word or number. Yes, no, maybe: the image shows a picture.",
@@ -285,17 +410,3 @@ def make_real_shape_model(name: str, out: str | Path, reward_model: bool = False
     del model
     torch.cuda.empty_cache()
     return out
-
-
-def resolve_policy_path(path: str, output_dir: str | Path, seed: int = 0, field: str = "policy.path") -> str:
-    """`policy.path: tiny` builds the offline tiny policy under `output_dir/tiny-policy` (once); a local
-    directory is made absolute (actors and learner workers open it from directories of their own); a
-    hub id passes through. A path that cannot load here is a FileNotFoundError naming `field`."""
-    if path != "tiny":
-        check_model_source(path, field)
-        return str(Path(path).resolve()) if Path(path).is_dir() else path
-    target = Path(output_dir) / "tiny-policy"
-    if not (target / "config.json").is_file():
-        log.info("building the offline tiny Qwen2.5-VL policy in %s", target)
-        make_tiny_policy(target, seed=seed)
-    return str(target.resolve())

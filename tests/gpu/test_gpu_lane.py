@@ -61,7 +61,7 @@ def test_the_hybrid_pipeline_shares_one_gpu_for_3_steps_within_the_plan(tmp_path
     from lane_layouts import ONE_GPU_HYBRID_CONFIG, one_gpu_hybrid
     from recipes import grpo
     from rl.learner import grpo_args
-    from rl.memory_plan import GiB, plan_for
+    from pipeline.memory_plan import GiB, plan_for
 
     overrides = one_gpu_hybrid(tmp_path, policy_3b, reward_7b)
     config = ONE_GPU_HYBRID_CONFIG
@@ -85,17 +85,17 @@ def test_the_3b_policy_reaches_an_actor_on_the_learners_gpu_in_under_a_second(po
 
     from policies.hf_engine import HFEngine
     from policies.loading import load_policy
-    from rl.actors import spawn_group
-    from rl.config import ActorGroupConfig
-    from rl.rollout_pool import RolloutPool
-    from rl.weight_sync.export import PolicyWeights
+    from pipeline.rollout_pool import RolloutPool, spawn_rollout_actors
+    from pipeline.weight_sync import learner_location
+    from pipeline.weight_sync.export import PolicyWeights
+    from rl.config import ActorGroupConfig, RolloutConfig
 
     model = load_policy(policy_3b, "float32").cuda()
     ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        actors = spawn_group("rollout", HFEngine, {"model": policy_3b, "dtype": "bfloat16"},
-                             ActorGroupConfig(num_actors=1, num_cpus=1, num_gpus=0.3))
-        pool = RolloutPool(actors, timeout_s=600)
+        actors = spawn_rollout_actors(HFEngine, {"model": policy_3b, "dtype": "bfloat16"},
+                                      ActorGroupConfig(num_actors=1, num_cpus=1, num_gpus=0.3))
+        pool = RolloutPool(actors, RolloutConfig(timeout_s=600), learner_location(["0"]))  # the learner: this process
         assert type(pool.sync).__name__ == "SharedMemorySync"
         weights = PolicyWeights(model, torch.bfloat16)
         pool.load_weights(weights, 1)
@@ -107,7 +107,7 @@ def test_the_3b_policy_reaches_an_actor_on_the_learners_gpu_in_under_a_second(po
         print(f"3.75B float32 -> bf16 actor on the same GPU: {sorted(times)[1]:.3f} s per sync (median of 3)")
         assert pool.versions() == [4] and sorted(times)[1] < 1.0
         name = "model.language_model.layers.0.mlp.down_proj.weight"
-        theirs = ray.get(actors[0].__ray_call__.remote(lambda engine: engine.model.state_dict()[name].cpu()))
+        theirs = ray.get(actors[0].weight.remote(name))
         assert torch.equal(theirs, model.state_dict()[name].bfloat16().cpu())
     finally:
         ray.shutdown()

@@ -7,7 +7,7 @@ weights' dtype), its activations for one micro-batch (one checkpointed input per
 layer recomputed, with gradient checkpointing; every layer's otherwise), the completion logits TRL
 turns into log-probabilities, a reference model when `beta > 0`; each rollout engine's weights and
 KV cache (vLLM: the share of the GPU it reserves); the reward model's weights and scoring
-activations. GPUs are assigned as `rl.placement.pack` assigns them, so items sharing a GPU add up.
+activations. GPUs are assigned as `pipeline.placement.pack` assigns them, so items sharing a GPU add up.
 Activations are estimated at (8 x hidden + 4 x intermediate) values per token and layer: the tensors
 a transformer block keeps for backward (projections, norms, the gated MLP's three intermediates).
 """
@@ -20,7 +20,8 @@ from typing import Any
 
 from policies.known_models import config_dtype, model_config
 from rl.config import SHARDED_STRATEGIES, ConfigError
-from rl.placement import GPURequest, gpu_requests, pack
+from pipeline.layout import Layout
+from pipeline.placement import Request, gpu_requests, pack
 
 GiB = 2**30
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -201,7 +202,7 @@ def learner_items(cfg: Any, args: Any, shape: Shape, load: Workload) -> list[Ite
     elif workers > 1:
         items.append(Item("DDP gradient buckets (a second copy of the gradients)", trained * tw,
                           "learner.strategy: fsdp or deepspeed (shards instead of copying)"))
-    if cfg.ray.enabled and not cfg.rollout.colocate and cfg.rollout.weight_sync != "object_store":
+    if Layout.of(cfg).rollout_actors and cfg.rollout.weight_sync != "object_store":
         sent = shape.params * BYTES.get(cfg.rollout.dtype or cfg.policy.dtype, 2)  # a smaller policy: its size
         items.append(Item("weight sync: one staging bucket (cast weights on their way to the engines)",
                           min(int(cfg.rollout.bucket_mb * 2**20), sent), "rollout.bucket_mb"))
@@ -231,7 +232,7 @@ def rollout_items(cfg: Any, shape: Shape, load: Workload, capacity: int) -> list
 
 
 def colocated_items(cfg: Any, shape: Shape, load: Workload, learner: list[Item]) -> list[Item]:
-    """A colocated engine (rl/colocated.py) shares the learner's weights; its KV cache and sampling
+    """A colocated engine (pipeline/colocated.py) shares the learner's weights; its KV cache and sampling
     logits exist only while it generates, before the learner's forward: what they need beyond the
     learner's activations and logits (freed by then) is what they add to the peak."""
     ew = BYTES.get(cfg.rollout.dtype or cfg.policy.dtype, 2)
@@ -247,29 +248,55 @@ def scorer_items(cfg: Any, shape: Shape, load: Workload) -> list[Item]:
     w = BYTES.get(shape.dtype or "bfloat16", 2)
     tokens = cfg.reward.model.batch_size * (load.prompt_tokens + load.completion_tokens)
     return [
-        Item("reward model weights", shape.params * w, "reward.model.actors.num_gpus: 1 (a GPU of its own)"),
+        Item("reward model weights", shape.params * w, "reward.actors.model.num_gpus: 1 (a GPU of its own)"),
         Item(f"scoring activations (batch {cfg.reward.model.batch_size})",
              tokens * 2 * shape.hidden * w + _block(tokens, shape.hidden, shape.intermediate, w),
              "reward.model.batch_size"),
     ]
 
 
+def judge_items(cfg: Any, shape: Shape, load: Workload, capacity: int) -> list[Item]:
+    """A generative judge: its weights (LM head included) and what writing a batch of verdicts needs (the
+    KV cache of its prompts: the question, the completion and the reference, plus what it writes; one
+    step's logits), or, on vLLM, the GPU share vLLM reserves."""
+    judge = cfg.reward.judge
+    if judge.backend == "vllm":
+        util = float(judge.vllm.get("gpu_memory_utilization", 0.9))
+        return [Item(f"vLLM judge (gpu_memory_utilization {util:g} of the GPU: weights + KV cache)",
+                     int(util * capacity), "reward.judge.vllm.gpu_memory_utilization")]
+    w = BYTES.get(shape.dtype or "bfloat16", 2)
+    seq = load.prompt_tokens + 2 * load.completion_tokens + JUDGE_TEMPLATE_TOKENS + judge.max_tokens
+    seqs = judge.batch_size
+    return [
+        Item("judge weights", shape.params * w, "reward.actors.judge.num_gpus: 1 (a GPU of its own)"),
+        Item(f"judge KV cache ({seqs} prompts x {seq} tokens)",
+             seqs * seq * shape.layers * 2 * shape.kv_heads * shape.head_dim * w, "reward.judge.batch_size"),
+        Item("judge logits (one step)", seqs * shape.vocab * (w + 8), "reward.judge.batch_size"),
+    ]
+
+
 def plan(cfg: Any, args: Any, policy: Shape, reward: Shape | None, num_gpus: int, capacity: int,
-         load: Workload) -> list[GPUPlan]:
-    """Per-GPU memory of `cfg` on `num_gpus` GPUs of `capacity` bytes each."""
+         load: Workload, judge: Shape | None = None) -> list[GPUPlan]:
+    """Per-GPU memory of `cfg` on `num_gpus` GPUs of `capacity` bytes each (`reward`: the scalar reward
+    model's shape; `judge`: the generative judge's)."""
     requests = gpu_requests(cfg, num_gpus)
     placed = pack(requests, num_gpus)
+    layout = Layout.of(cfg)
     parts: dict[str, list[Item]] = {}
     for r in requests:
         kind = r.who.split(" ")[0]
         if kind == "learner":
             items = learner_items(cfg, args, policy, load)
-            if cfg.ray.enabled and cfg.rollout.colocate:
+            if layout.colocate:
                 items += colocated_items(cfg, policy, load, items)
-            if not cfg.ray.enabled and reward is not None and cfg.reward.scheme in ("model", "hybrid"):
+            if reward is not None and layout.in_learner("model", cfg):
                 items += scorer_items(cfg, reward, load)  # scored in the learner's process
+            if judge is not None and layout.in_learner("judge", cfg):
+                items += judge_items(cfg, judge, load, capacity)
         elif kind == "rollout":
             items = rollout_items(cfg, policy, load, capacity)
+        elif kind == "judge":
+            items = judge_items(cfg, judge, load, capacity) if judge is not None else []
         else:
             items = scorer_items(cfg, reward, load) if reward is not None else []
         parts[r.who] = items
@@ -291,11 +318,11 @@ def plan(cfg: Any, args: Any, policy: Shape, reward: Shape | None, num_gpus: int
     return plans
 
 
-def _share(r: GPURequest) -> str:
+def _share(r: Request) -> str:
     return f"{r.who} ({r.gpus:g} GPU)"
 
 
-def _per_gpu(nbytes: int, r: GPURequest) -> int:
+def _per_gpu(nbytes: int, r: Request) -> int:
     """A request of several whole GPUs spreads its memory over them (tensor parallelism, sharding)."""
     return nbytes // max(1, int(r.gpus)) if r.gpus > 1 else nbytes
 
@@ -326,13 +353,33 @@ def format_plan(plans: list[GPUPlan], header: str) -> str:
 ASSUMED_REWARD_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"  # the paper's BaseReward backbone
 
 
+ASSUMED_JUDGE = "yifanzhang114/R1-Reward"  # the paper's generative reward model (a Qwen2.5-VL-7B)
+JUDGE_TEMPLATE_TOKENS = 256  # R1-Reward's prompt around the question and the two responses
+
+
+def judge_shape(cfg: Any) -> tuple[Shape | None, str]:
+    """The generative judge's shape and where it came from (None when the scheme has no judge): its
+    checkpoint (a local one, or a hub id known offline), else R1-Reward's."""
+    from pathlib import Path
+
+    if "judge" not in cfg.reward.components():
+        return None, "no judge"
+    path = cfg.reward.judge.path
+    if path and ((Path(path) / "config.json").is_file() or not Path(path).is_absolute()):
+        try:
+            return shape_of(model_config(path)), path
+        except ValueError:  # a hub id neither cached nor known offline
+            pass
+    return shape_of(model_config(ASSUMED_JUDGE)), f"{ASSUMED_JUDGE} assumed ({path or 'reward.judge.path'} unknown here)"
+
+
 def reward_shape(cfg: Any, override: str | None = None) -> tuple[Shape | None, str]:
     """The reward model's shape and where it came from (None when the scheme has no reward model).
 
     Its checkpoint (or `override`), else, for a checkpoint not trained yet, the paper's backbone."""
     from pathlib import Path
 
-    if cfg.reward.scheme not in ("model", "hybrid"):
+    if "model" not in cfg.reward.components():
         return None, "no reward model"
     path = override or (cfg.reward.model.paths[0] if cfg.reward.model.paths else None)
     if path and (override or (Path(path) / "config.json").is_file()):
@@ -357,14 +404,16 @@ def plan_for(cfg: Any, args: Any, num_gpus: int, capacity: int, reward_model: st
     """The per-GPU plan of a GRPO config and a header describing what it assumed."""
     policy = shape_of(model_config(cfg.policy.path, cfg.policy.trust_remote_code))
     reward, reward_from = reward_shape(cfg, reward_model)
+    judge, judge_from = judge_shape(cfg)
     load = workload(cfg, args, text_tokens, images_per_prompt)
-    plans = plan(cfg, args, policy, reward, num_gpus, capacity, load)
+    plans = plan(cfg, args, policy, reward, num_gpus, capacity, load, judge)
     trained = "LoRA adapter" if cfg.policy.lora else \
         f"{(policy.params - (policy.vision_params if cfg.policy.freeze_vision else 0)) / 1e9:.2f}B trained"
     header = (f"{num_gpus} GPU(s) of {capacity / GiB:.0f} GiB. Policy {cfg.policy.path}: {policy.params / 1e9:.2f}B "
               f"parameters ({policy.vision_params / 1e9:.2f}B vision), {trained}, {cfg.policy.dtype} weights, "
               f"{'bf16' if args.bf16 else 'fp16' if args.fp16 else cfg.policy.dtype} compute. Reward model: "
-              f"{reward_from}{f' ({reward.params / 1e9:.2f}B)' if reward else ''}. A step: "
+              f"{reward_from}{f' ({reward.params / 1e9:.2f}B)' if reward else ''}"
+              f"{f'. Judge: {judge_from} ({judge.params / 1e9:.2f}B)' if judge else ''}. A step: "
               f"{load.rollouts_per_step} rollouts ({load.rollouts_per_step // load.group} prompts x {load.group}), "
               f"{load.prompt_tokens} prompt tokens ({text_tokens} text + {images_per_prompt} image(s)), "
               f"{load.completion_tokens} completion tokens, micro-batch {load.micro_batch}.")

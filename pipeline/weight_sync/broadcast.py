@@ -4,17 +4,16 @@ vLLM's own weight-transfer engine, vllm_transfer.py).
 
 The learner is rank 0 of a process group with every rollout actor (collective.py). Each bucket is
 cast into a staging buffer on the learner's device and broadcast once; every actor receives it into a
-buffer of its own on its engine's device and loads the views with the engine's `load_weights`. The
-actors' side runs through `actor.__ray_call__` (the functions below are given the hosted engine), so
-an engine needs no method for it. The group is formed at the first sync and re-formed when Ray
-restarts an actor; an actor that dies inside a round ends the sync in an ActorFailureError (the run
+buffer of its own and loads the views with the engine's `load_weights`. The actors' side is the
+`WeightReceiver` mixin every rollout actor declares (`join_broadcast`, `receive_broadcast`,
+`leave_broadcast`; the group and the buffer live on the actor), so an engine needs nothing for it.
+The group is formed at the first sync and re-formed when Ray restarts an actor; an actor that dies inside a round ends the sync in an ActorFailureError (the run
 stops with a checkpoint to resume from), never a hang.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import uuid
 from collections.abc import Mapping
@@ -23,62 +22,12 @@ from typing import Any
 
 import torch
 
-from rl.actor_calls import ActorCalls, gather
+from pipeline.actor_calls import ActorCalls, gather
 from rl.errors import ActorFailureError
-from rl.weight_sync.collective import (
-    BACKENDS,
-    broadcast,
-    close_group,
-    failed_ref,
-    join_store,
-    open_group,
-    serve_store,
-    watched,
-)
-from rl.weight_sync.export import Staging, aligned, as_weights, bucket_bytes_for, check_rereadable
+from pipeline.weight_sync.collective import BACKENDS, broadcast, close_group, failed_ref, open_group, serve_store, watched
+from pipeline.weight_sync.export import Staging, aligned, as_weights, bucket_bytes_for, check_rereadable
 
 log = logging.getLogger(__name__)
-
-# In each actor process: the group it is in (name -> backend object), and its receive buffer.
-_groups: dict[str, Any] = {}
-_buffers: dict[torch.device, torch.Tensor] = {}
-
-
-def _engine_device(engine: Any) -> torch.device:
-    return torch.device(getattr(engine, "device", "cpu"))
-
-
-def join(engine: Any, name: str, backend: str, host: str, port: int, rank: int, world_size: int,
-         timeout_s: float) -> None:
-    """Run in a rollout actor: leave any old group, join group `name` as `rank`."""
-    leave(engine)
-    if backend == "nccl":
-        torch.cuda.set_device(_engine_device(engine))
-    timeout = timedelta(seconds=timeout_s)
-    store = join_store(host, port, world_size, timeout)
-    _groups[name] = (open_group(backend, store, name, rank, world_size, timeout), store)
-
-
-def leave(engine: Any) -> None:
-    for group, _store in _groups.values():
-        close_group(group)
-    _groups.clear()
-    _buffers.clear()
-
-
-def receive(engine: Any, name: str, manifest: list[tuple[str, torch.dtype, tuple[int, ...], int]], nbytes: int,
-            version: int) -> None:
-    """Run in a rollout actor: receive one bucket of `nbytes` and load the tensors `manifest` lays out
-    in it ((name, dtype, shape, byte offset))."""
-    device = _engine_device(engine)
-    buffer = _buffers.get(device)
-    if buffer is None or buffer.numel() < nbytes:
-        buffer = _buffers[device] = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    bucket = buffer[:nbytes]  # [nbytes]
-    broadcast(_groups[name][0], bucket, src=0)
-    views = {key: bucket[offset:offset + dtype.itemsize * math.prod(shape)].view(dtype).view(shape)
-             for key, dtype, shape, offset in manifest}
-    engine.load_weights(views, version)
 
 
 class BroadcastSync:
@@ -129,7 +78,7 @@ class BroadcastSync:
             from ray.exceptions import RayError
 
             try:
-                ray.get([a.__ray_call__.remote(leave) for a in self.calls.actors], timeout=self.calls.timeout_s)
+                ray.get([a.leave_broadcast.remote() for a in self.calls.actors], timeout=self.calls.timeout_s)
             except RayError as e:
                 log.warning("an actor could not leave the weight-sync group: %s", e)
             close_group(self.group)
@@ -147,8 +96,8 @@ class BroadcastSync:
         host = ray.util.get_node_ip_address()
         self._store = serve_store(host, world_size, timeout)
         self.name = f"brl-weights-{uuid.uuid4().hex[:8]}"
-        joins = [a.__ray_call__.remote(join, self.name, self.backend, host, self._store.port, rank, world_size,
-                                       self.calls.timeout_s) for rank, a in enumerate(actors, start=1)]
+        joins = [a.join_broadcast.remote(self.name, self.backend, host, self._store.port, rank, world_size,
+                                         self.calls.timeout_s) for rank, a in enumerate(actors, start=1)]
         self.group = open_group(self.backend, self._store, self.name, 0, world_size, timeout)  # gloo: waits for all
         gather(joins, self.calls.timeout_s, "rollout actors (joining the weight-sync group)")
         self.pids = self.calls.pids()
@@ -184,7 +133,7 @@ class BroadcastSync:
         if self.device.type == "cuda":
             torch.cuda.current_stream().synchronize()  # the bucket is complete before NCCL reads it
         actors = self.calls.actors
-        receiving = [a.__ray_call__.remote(receive, self.name, manifest, nbytes, version) for a in actors]
+        receiving = [a.receive_broadcast.remote(self.name, manifest, nbytes, version) for a in actors]
 
         def dead() -> str | None:
             i = failed_ref(receiving)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rl.actor_calls import ActorCalls, gather
-from rl.weight_sync.export import PackedState
+from pipeline.actor_calls import ActorCalls, gather
+from pipeline.weight_sync.export import PackedState
 
 
 class ObjectStoreSync:

@@ -25,8 +25,8 @@ from typing import Any
 
 from policies.chat import prompt_key
 from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
-from rl.trl_adapter import log_metric, planned_prompts
-from rl.weight_sync.export import PolicyWeights
+from adapters.trl import log_metric, planned_prompts
+from pipeline.weight_sync.export import PolicyWeights
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,10 @@
 
 `RolloutPool` shards each generation call across N actors (each hosting a `RolloutEngine`) and
 gathers the groups back in request order; weight syncs go through the transport that
-`rollout.weight_sync` / `rollout.weight_transfer` name (rl/weight_sync/). An actor that dies mid-call is restarted by Ray,
-given the weights it held (the transport's `restore`) and sent only its share again (ActorCalls).
-`engine_spec` turns the config into the engine class and arguments each actor is built with.
+`rollout.weight_sync` / `rollout.weight_transfer` name (pipeline/weight_sync/). An actor that dies
+mid-call is restarted by Ray, given the weights it held (the transport's `restore`) and sent only its
+share again (ActorCalls). `engine_spec` turns the config into the engine class and arguments each actor
+is built with.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline.actor_calls import ActorCalls, gather, shard
+from pipeline.weight_sync import Location, check_transport, engine_options, learner_location, make_weight_sync
 from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
-from rl.actor_calls import ActorCalls, gather, shard
-from rl.weight_sync import check_transport, engine_options, make_weight_sync
 
 BACKENDS = ("hf", "vllm")
 
@@ -39,14 +40,25 @@ def engine_spec(rollout: Any, policy: Any, policy_path: str) -> tuple[type, dict
                             **engine_options(rollout.weight_transfer))
 
 
-class RolloutPool:
-    """N rollout actors, each hosting a RolloutEngine, used as one."""
+def spawn_rollout_actors(engine_cls: type, kwargs: dict[str, Any], group: Any) -> list[Any]:
+    """`group.num_actors` rollout actors hosting `engine_cls(**kwargs)`, with the receiving side of the
+    weight transports (`WeightReceiver`) mixed in."""
+    from pipeline.actors import spawn_group
+    from pipeline.weight_sync.receiver import WeightReceiver
 
-    def __init__(self, actors: list[Any], timeout_s: float = 600.0, max_retries: int = 2,
-                 weight_sync: str = "auto", weight_transfer: str | None = None, bucket_mb: float = 512):
-        self.calls = ActorCalls(actors, timeout_s, max_retries, "rollout actors")
+    return spawn_group("rollout", engine_cls, kwargs, group, mixins=(WeightReceiver,))
+
+
+class RolloutPool:
+    """N rollout actors, each hosting a RolloutEngine, used as one. `rollout`: the `rollout:` section
+    (an `rl.config.RolloutConfig`: timeouts, retries, the weight transport); `learner`: where the
+    learner's weights live (default: this process on the CPU)."""
+
+    def __init__(self, actors: list[Any], rollout: Any, learner: Location | None = None):
+        self.calls = ActorCalls(actors, rollout.timeout_s, rollout.actors.max_retries, "rollout actors")
         self.actors = actors
-        self.sync = make_weight_sync(weight_sync, weight_transfer, self.calls, int(bucket_mb * 2**20))
+        self.sync = make_weight_sync(rollout.weight_sync, rollout.weight_transfer, self.calls,
+                                     learner or learner_location([]), int(rollout.bucket_mb * 2**20))
         self.version = 0  # the policy version every actor holds
 
     @property

@@ -25,15 +25,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.layout import Layout, actor_groups
 from rl.config import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GPURequest:
+class Request:
+    """What one learner process or actor asks the cluster for."""
+
     who: str  # "learner", "rollout actor 2", "scorer actor 0"
-    gpus: float
+    gpus: float = 0.0
+    cpus: float = 0.0  # Ray CPUs (the in-process learner is the driver itself: it takes none)
+    labels: tuple[tuple[str, float], ...] = ()  # custom resources that pin it to nodes
+
 
 
 def learner_gpus(cfg: Any, machine_gpus: int) -> float:
@@ -42,20 +48,25 @@ def learner_gpus(cfg: Any, machine_gpus: int) -> float:
     return (1.0 if machine_gpus > 0 else 0.0) if g is None else float(g)
 
 
-def gpu_requests(cfg: Any, machine_gpus: int) -> list[GPURequest]:
-    """Every GPU share a GRPO config asks for: the learner's and, with Ray, each actor's."""
-    requests = [GPURequest("learner" if cfg.learner.num_workers == 1 else f"learner worker {i}",
-                           learner_gpus(cfg, machine_gpus)) for i in range(cfg.learner.num_workers)]
-    if cfg.ray.enabled:
-        groups = [] if cfg.rollout.colocate else [("rollout actor", cfg.rollout.actors)]
-        if cfg.reward.scheme in ("model", "hybrid") and cfg.reward.model.actors.num_actors > 0:
-            groups.append(("scorer actor", cfg.reward.model.actors))
-        requests += [GPURequest(f"{name} {i}", group.num_gpus) for name, group in groups
-                     for i in range(group.num_actors)]
-    return [r for r in requests if r.gpus > 0]
+def resource_requests(cfg: Any, machine_gpus: int) -> list[Request]:
+    """Everything a GRPO config asks the cluster for: the learner's share(s) and, with Ray, each actor's."""
+    learner = cfg.learner
+    share = learner_gpus(cfg, machine_gpus)
+    if learner.num_workers == 1:
+        out = [Request("learner", share)]
+    else:
+        out = [Request(f"learner worker {i}", share, learner.num_cpus_per_worker, tuple(learner.resources.items()))
+               for i in range(learner.num_workers)]
+    return out + [Request(f"{name} actor {i}", group.num_gpus, group.num_cpus, tuple(group.resources.items()))
+                  for name, group in actor_groups(cfg) for i in range(group.num_actors)]
 
 
-def pack(requests: list[GPURequest], num_gpus: int) -> list[list[GPURequest]]:
+def gpu_requests(cfg: Any, machine_gpus: int) -> list[Request]:
+    """The GPU shares of `resource_requests` (the learner's, and with Ray each actor's)."""
+    return [r for r in resource_requests(cfg, machine_gpus) if r.gpus > 0]
+
+
+def pack(requests: list[Request], num_gpus: int) -> list[list[Request]]:
     """Assign the requests to `num_gpus` GPUs the way Ray can place them: a whole number of GPUs takes
     whole GPUs; a fraction shares one GPU with others (first fit, largest first). Raises ConfigError,
     naming the numbers, when they do not fit."""
@@ -63,7 +74,7 @@ def pack(requests: list[GPURequest], num_gpus: int) -> list[list[GPURequest]]:
         if r.gpus > 1 and r.gpus != int(r.gpus):
             raise ConfigError(f"{r.who} asks for {r.gpus} GPUs: more than one GPU must be a whole number")
     free = [1.0] * num_gpus
-    placed: list[list[GPURequest]] = [[] for _ in range(num_gpus)]
+    placed: list[list[Request]] = [[] for _ in range(num_gpus)]
     for r in sorted(requests, key=lambda r: -r.gpus):
         need = math.ceil(r.gpus) if r.gpus >= 1 else 1
         slots = [i for i, f in enumerate(free) if f >= min(r.gpus, 1.0) - 1e-9]
@@ -79,13 +90,37 @@ def pack(requests: list[GPURequest], num_gpus: int) -> list[list[GPURequest]]:
     return placed
 
 
-def _summary(requests: list[GPURequest]) -> list[tuple[str, float]]:
-    """'rollout actor 0..5' collapsed to one entry per group, with the group's total."""
+def _summary(requests: list[Request], amount: Any = lambda r: r.gpus) -> list[tuple[str, float]]:
+    """'rollout actor 0..5' collapsed to one entry per group, with the group's total `amount`."""
     totals: dict[str, float] = {}
     for r in requests:
         group = r.who.rsplit(" ", 1)[0] if r.who[-1].isdigit() else r.who
-        totals[group] = totals.get(group, 0.0) + r.gpus
-    return list(totals.items())
+        totals[group] = totals.get(group, 0.0) + amount(r)
+    return [(who, total) for who, total in totals.items() if total > 0]
+
+
+def check_resources(reqs: list[Request], where: str, cpus: float, gpus: float, labels: dict[str, float],
+                    local_gpus: int | None = None) -> None:
+    """Refuse, naming the numbers, a config whose requests the cluster cannot hold: GPUs (packed per GPU
+    on a local cluster, `local_gpus`; totals on a cluster this process joins), CPUs and every custom
+    resource label. Ray would otherwise leave what does not fit pending, silently, for ever."""
+    if local_gpus is not None:
+        pack([r for r in reqs if r.gpus > 0], local_gpus)
+    needs = [("GPU", gpus, lambda r: r.gpus), ("CPU", cpus, lambda r: r.cpus)]
+    needs += [(label, labels.get(label, 0.0), lambda r, k=label: dict(r.labels).get(k, 0.0))
+              for label in sorted({k for r in reqs for k, _ in r.labels})]
+    for name, have, amount in needs:
+        if name == "GPU" and local_gpus is not None:
+            continue
+        total = sum(amount(r) for r in reqs)
+        if total > have + 1e-9:
+            asked = ", ".join(f"{who}: {n:g}" for who, n in _summary(reqs, amount))
+            hint = {"GPU": "lower the num_gpus of an actor group, the number of actors or learner.gpus_per_worker",
+                    "CPU": "lower the num_cpus of an actor group or learner.num_cpus_per_worker (fractions share a "
+                           "core), or raise ray.num_cpus (logical CPUs: a local cluster may oversubscribe its cores)"
+                    }.get(name, f"start nodes with that label (`ray start --resources='{{\"{name}\": N}}'`) and "
+                                f"join them with ray.address")
+            raise ConfigError(f"the config asks for {total:g} {name} ({asked}) but {where} has {have:g}: {hint}")
 
 
 def visible_gpus() -> list[str]:
@@ -128,15 +163,16 @@ def placed(cfg: Any) -> Iterator[Placement]:
     on exit."""
     saved = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
-        if cfg.ray.enabled and cfg.learner.num_workers > 1:  # Ray Train places the learner's workers
+        layout = Layout.of(cfg)
+        if layout.ray and layout.learner_workers > 1:  # Ray Train places the learner's workers
             with ray_cluster(cfg) as cluster_gpus:
                 yield Placement([], cluster_gpus)
-        elif cfg.ray.enabled:
+        elif layout.ray:
             with ray_cluster(cfg) as cluster_gpus, _learner_share(cfg, cluster_gpus) as ids:
                 yield Placement(ids, cluster_gpus)
         else:
             gpus = _local_gpus(cfg)
-            pack(gpu_requests(cfg, len(gpus)), len(gpus))
+            pack(gpu_requests(cfg, len(gpus)), len(gpus))  # (no Ray: the GPUs alone)
             ids = gpus[:math.ceil(learner_gpus(cfg, len(gpus)))]
             if ids:
                 _pin(ids)
@@ -154,37 +190,45 @@ def _local_gpus(cfg: Any) -> list[str]:
 
 @contextmanager
 def ray_cluster(cfg: Any) -> Iterator[float]:
-    """The Ray cluster `cfg.ray` names, with the config's GPU requests checked against it first; yields
-    its GPU count. `ray.address` unset: a new local cluster, even if another runs on this machine
-    (`ray.address: auto` joins that one), shut down on exit. A cluster this process is already
-    connected to (a test, a notebook, `brl compare`) is used as it is."""
+    """The Ray cluster `cfg.ray` names, with everything the config asks for (`resource_requests`: GPUs, CPUs,
+    custom labels) checked against it first; yields its GPU count. `ray.address` unset: a new local
+    cluster, even if another runs on this machine (`ray.address: auto` joins that one), shut down on exit.
+    A cluster this process is already connected to (a test, a notebook, `brl compare`) is used as it is,
+    checked against what it has free."""
     import ray
 
     if ray.is_initialized():
-        free = ray.available_resources().get("GPU", 0.0)
-        _check_total(gpu_requests(cfg, int(ray.cluster_resources().get("GPU", 0))), free,
-                     "the Ray cluster this process is connected to (GPUs free)")
+        free = ray.available_resources()
+        check_resources(resource_requests(cfg, int(ray.cluster_resources().get("GPU", 0))),
+                        "the Ray cluster this process is connected to (free)", free.get("CPU", 0.0),
+                        free.get("GPU", 0.0), free)
         yield ray.cluster_resources().get("GPU", 0.0)
         return
     if cfg.ray.address:
         log.info("joining the Ray cluster at %s", cfg.ray.address)
         ray.init(address=cfg.ray.address, log_to_driver=True)
-        gpus = ray.cluster_resources().get("GPU", 0.0)
+        total = ray.cluster_resources()
+        gpus = total.get("GPU", 0.0)
         try:
-            _check_total(gpu_requests(cfg, int(gpus)), gpus, f"the Ray cluster at {cfg.ray.address}")
+            check_resources(resource_requests(cfg, int(gpus)), f"the Ray cluster at {cfg.ray.address}", total.get("CPU", 0.0),
+                            gpus, total)
         except ConfigError:
             ray.shutdown()
             raise
     else:
         local = _local_gpus(cfg)
-        pack(gpu_requests(cfg, len(local)), len(local))  # refused here, before anything starts
-        log.info("starting a local Ray cluster with %s CPUs and %d GPUs", cfg.ray.num_cpus or "all", len(local))
+        cpus = cfg.ray.num_cpus or os.cpu_count() or 1
+        # Refused here, before anything starts. A local cluster has no custom labels.
+        check_resources(resource_requests(cfg, len(local)), f"the local Ray cluster (ray.num_cpus={cpus:g}, "
+                        f"{len(local)} GPUs)", cpus, len(local), {}, local_gpus=len(local))
+        log.info("starting a local Ray cluster with %g CPUs and %d GPUs", cpus, len(local))
         # address="local": a new cluster even if another runs on this machine. Ray numbers its GPUs after
         # the CUDA_VISIBLE_DEVICES it starts with, so the ids it hands out are this machine's.
         if cfg.ray.num_gpus is None and local:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(local)
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=len(local), include_dashboard=False,
-                 log_to_driver=True)
+        # Ray Train reads its worker-group start timeout in the controller, a process of this cluster.
+        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", f"{cfg.learner.ready_timeout_s:g}")
+        ray.init(address="local", num_cpus=cpus, num_gpus=len(local), include_dashboard=False, log_to_driver=True)
         gpus = float(len(local))
     try:
         yield gpus
@@ -216,10 +260,3 @@ def _learner_share(cfg: Any, cluster_gpus: float) -> Iterator[list[str]]:
         yield ids
     finally:
         remove_placement_group(group)
-
-
-def _check_total(requests: list[GPURequest], available: float, where: str) -> None:
-    total = sum(r.gpus for r in requests)
-    if total > available + 1e-9:
-        asked = ", ".join(f"{who}: {g:g}" for who, g in _summary(requests))
-        raise ConfigError(f"the config asks for {total:g} GPUs ({asked}) but {where} has {available:g}")

@@ -38,12 +38,7 @@ from vllm.distributed.utils import (
     stateless_destroy_torch_distributed_process_group,
     stateless_init_torch_distributed_process_group,
 )
-from vllm.distributed.weight_transfer import (
-    ParamMeta,
-    WeightSource,
-    WeightTransferEngineFactory,
-    WeightTransferTrainerFactory,
-)
+from vllm.distributed.weight_transfer import ParamMeta, WeightSource, WeightTransferTrainerFactory
 from vllm.distributed.weight_transfer.nccl_common import worker_init_payload
 from vllm.distributed.weight_transfer.nccl_engine import (
     NCCLTrainerInitInfo,
@@ -54,12 +49,12 @@ from vllm.distributed.weight_transfer.nccl_engine import (
 )
 from vllm.utils.network_utils import get_open_port
 
+from adapters.vllm import register_weight_transfer
 from policies.vllm_engine import WeightReloadExtension
-from rl.actor_calls import ActorCalls, gather
-from rl.actors import actor_pid
+from pipeline.actor_calls import ActorCalls, gather
 from rl.errors import ActorFailureError
-from rl.weight_sync.collective import failed_ref, watched
-from rl.weight_sync.export import as_weights, check_rereadable
+from pipeline.weight_sync.collective import failed_ref, watched
+from pipeline.weight_sync.export import as_weights, check_rereadable
 
 log = logging.getLogger(__name__)
 GLOO_TIMEOUT = timedelta(minutes=10)  # a peer that never arrives is an error, not a hang
@@ -166,15 +161,7 @@ class GlooTrainerWeightTransferEngine(NCCLTrainerWeightTransferEngine):
             self.model_update_group.broadcast(tensor.contiguous(), src=0)
 
 
-def register() -> None:
-    """Make `backend="gloo"` known to vLLM's factories in this process (idempotent)."""
-    if "gloo" not in WeightTransferEngineFactory._registry:
-        WeightTransferEngineFactory.register_engine("gloo", GlooWeightTransferEngine)
-    if "gloo" not in WeightTransferTrainerFactory._registry:
-        WeightTransferTrainerFactory.register_engine("gloo", GlooTrainerWeightTransferEngine)
-
-
-register()
+register_weight_transfer("gloo", GlooWeightTransferEngine, GlooTrainerWeightTransferEngine)  # in every process
 TRAINER_INIT_INFO = {"nccl": NCCLTrainerInitInfo, "gloo": GlooTrainerInitInfo}  # the learner's side, per backend
 BACKENDS = tuple(TRAINER_INIT_INFO)
 
@@ -313,7 +300,7 @@ class VLLMTransferSync:
 
         actors = self.calls.actors
         sizes = self.calls.all(lambda i: actors[i].transfer_world_size.remote(), "weight-transfer world size")
-        self.pids = gather([actor_pid(a) for a in actors], self.calls.timeout_s, "rollout actors (pid)")
+        self.pids = gather([a.pid.remote() for a in actors], self.calls.timeout_s, "rollout actors (pid)")
         self.client = PoolSyncClient(self.calls, sizes)
         address = ray.util.get_node_ip_address()  # the workers connect to the learner's node
         info = TRAINER_INIT_INFO[self.backend](master_address=address, master_port=get_open_port(),

@@ -11,8 +11,8 @@ Tensors that must be cast (float32 master weights, bfloat16 engines) or that are
 own (LoRA-merged, gathered from shards) are copied into a staging buffer of `bucket_bytes`, reused
 bucket after bucket: the extra memory is one bucket (or the policy as sent, if smaller), never a
 copy of the policy. Each bucket is one `load_weights(SharedTensors, version)` call on every actor:
-the engines need nothing special, the `SharedTensors` they get is a Mapping that rebuilds tensors
-over the shared memory when read.
+the engines need nothing special: the actor's receiving side (`WeightReceiver.load_shared`) rebuilds
+the tensors over the shared memory and hands them to the engine's `load_weights`.
 """
 
 from __future__ import annotations
@@ -21,61 +21,49 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rl.actor_calls import ActorCalls
-from rl.actors import call_each
-from rl.weight_sync.export import Staging, aligned, as_weights, bucket_bytes_for, check_rereadable
+from adapters.torch import attach_cpu_storage, cuda_ipc_handle, open_cuda_ipc, share_cpu_storage
+from pipeline.actor_calls import ActorCalls
+from pipeline.actors import call_each
+from pipeline.weight_sync.export import Staging, aligned, as_weights, bucket_bytes_for, check_rereadable
 
 log = logging.getLogger(__name__)
 
-# The receiving side's mapped CPU storages, by file name: a sync sends the same files every time (the
-# learner's tensors, the staging buffer), so each is mapped once per session, not once per sync.
-_attached: dict[str, torch.UntypedStorage] = {}
-_attached_session: list[str] = [""]
 
-
-class SharedTensors(Mapping[str, torch.Tensor]):
+@dataclass
+class SharedTensors:
     """name -> handle of a tensor in shared memory (CPU) or a CUDA IPC handle; picklable, a few bytes
-    per tensor. Read in another process on the node, a name gives a tensor over the sender's memory
-    (valid until the call that received it returns: the sender then reuses its staging buffer)."""
+    per tensor. The receiving actor (`WeightReceiver.load_shared`) turns it into tensors over the
+    sender's memory with `attach`, valid until the call that received it returns (the sender then
+    reuses its staging buffer)."""
 
-    def __init__(self, session: str, handles: dict[str, tuple]):
-        self.session = session
-        self.handles = handles
+    session: str
+    handles: dict[str, tuple]
 
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return _rebuild(self.session, self.handles[name])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.handles)
-
-    def __len__(self) -> int:
-        return len(self.handles)
+    def attach(self, mapped: dict[str, torch.UntypedStorage]) -> dict[str, torch.Tensor]:
+        """The tensors, in the receiving process. `mapped`: that process's storages of this session by
+        file name: a sync sends the same files every time (the learner's tensors, the staging buffer),
+        so each is mapped once per session, not once per sync."""
+        return {name: _rebuild(handle, mapped) for name, handle in self.handles.items()}
 
 
-def _rebuild(session: str, handle: tuple) -> torch.Tensor:
+def _rebuild(handle: tuple, mapped: dict[str, torch.UntypedStorage]) -> torch.Tensor:
     kind = handle[0]
     if kind == "empty":
         _, shape, dtype = handle
         return torch.empty(shape, dtype=dtype)
     if kind == "cpu":
         _, manager, filename, nbytes, offset, shape, stride, dtype = handle
-        if _attached_session[0] != session:  # a new sender (a new run, a re-created transport)
-            _attached.clear()
-            _attached_session[0] = session
-        storage = _attached.get(filename)
+        storage = mapped.get(filename)
         if storage is None:
-            storage = _attached[filename] = torch.UntypedStorage._new_shared_filename_cpu(manager, filename, nbytes)
+            storage = mapped[filename] = attach_cpu_storage(manager, filename, nbytes)
         return torch.empty(0, dtype=dtype).set_(storage, offset, shape, stride)
     _, gpu_uuid, args = handle
-    from torch.multiprocessing.reductions import rebuild_cuda_tensor
-
-    args = list(args)
-    args[6] = _local_device_index(gpu_uuid)  # the sender's index means nothing under this process's devices
-    return rebuild_cuda_tensor(*args)
+    return open_cuda_ipc(args, _local_device_index(gpu_uuid))
 
 
 def _local_device_index(gpu_uuid: str) -> int:
@@ -86,23 +74,14 @@ def _local_device_index(gpu_uuid: str) -> int:
                        "CUDA IPC only reaches actors on the learner's GPU (use weight_sync: broadcast)")
 
 
-def release_mapped(_hosted: Any = None) -> None:
-    """The receiving side unmaps every file of the sender's it mapped (`SharedMemorySync.close`)."""
-    _attached.clear()
-    _attached_session[0] = ""
-
-
 def _cpu_handle(tensor: torch.Tensor) -> tuple:
-    manager, filename, nbytes = tensor.untyped_storage()._share_filename_cpu_()  # in place; no-op once shared
+    manager, filename, nbytes = share_cpu_storage(tensor)  # in place; no-op once shared
     return ("cpu", manager, filename, nbytes, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()),
             tensor.dtype)
 
 
 def _cuda_handle(tensor: torch.Tensor) -> tuple:
-    from torch.multiprocessing.reductions import reduce_tensor
-
-    _, args = reduce_tensor(tensor)
-    return ("cuda", str(torch.cuda.get_device_properties(tensor.device).uuid), args)
+    return ("cuda", str(torch.cuda.get_device_properties(tensor.device).uuid), cuda_ipc_handle(tensor))
 
 
 def _handle(tensor: torch.Tensor) -> tuple:
@@ -141,7 +120,7 @@ class SharedMemorySync:
         file once every process that mapped it has let go: an actor killed still holding one (the
         end of every run kills them) would leave it in /dev/shm, which is RAM, until the node restarts."""
         if self.calls is not None:
-            call_each(self.calls.actors, release_mapped, self.calls.timeout_s)
+            call_each(self.calls.actors, lambda actor: actor.release_shared.remote(), self.calls.timeout_s)
         self._last = None
         self._staging.clear()
 
@@ -186,6 +165,6 @@ class SharedMemorySync:
         handles = self.calls.actors
         restarted: set[int] = set()
         for bucket in self.buckets(weights):
-            self.calls.run(lambda i, b=bucket: handles[i].load_weights.remote(b, version), indices,
+            self.calls.run(lambda i, b=bucket: handles[i].load_shared.remote(b, version), indices,
                            restore=restarted.add)
         return restarted

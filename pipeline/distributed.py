@@ -14,7 +14,9 @@ TRL runs them; `learner.strategy`). One config, one command, on a laptop, a node
 - Weight sync: rank 0 sends. Under FSDP or ZeRO-3 the full weights exist nowhere, so every rank takes part in
   gathering them, one tensor at a time, in the order rank 0's transport reads them (PolicyWeights),
   and in nothing else: no rank holds a second copy of the policy.
-- Failures: a worker that raises or dies ends the run (Ray Train's FailureConfig(max_failures=0));
+- Failures: a worker that raises or dies ends the run (Ray Train's FailureConfig(max_failures=0)), and
+  so does a worker group that cannot be placed within `learner.ready_timeout_s` (Ray Train's start
+  timeout, with no controller retries: it would otherwise retry for ever);
   Ray stops the other workers, so nothing waits forever in a collective, and the driver raises with
   the cause and the last checkpoint to resume from.
 """
@@ -88,8 +90,8 @@ class GatheredRollouts:
         return mine[0]
 
     def _log_gap(self, trainer: Any, prompts: list[Any], output: dict[str, list], rank: int) -> None:
-        from rl.rollout import output_logprob_gap
-        from rl.trl_adapter import log_metric
+        from pipeline.rollout import output_logprob_gap
+        from adapters.trl import log_metric
 
         model = trainer.accelerator.unwrap_model(trainer.model)
         gaps = output_logprob_gap(model, trainer.processing_class, prompts, output, trainer.args.temperature,
@@ -100,7 +102,7 @@ class GatheredRollouts:
 
     def _gather_weights(self, trainer: Any) -> None:
         """This rank's part in rank 0's sync: every tensor gathered in the same order, then dropped."""
-        from rl.weight_sync.export import PolicyWeights
+        from pipeline.weight_sync.export import PolicyWeights
 
         weights = PolicyWeights(trainer.accelerator.unwrap_model(trainer.model), self.dtype)
         for name in weights:
@@ -151,42 +153,61 @@ def decoder_layer_classes(model: Any) -> list[str]:
 
 
 def _run_packed(config: dict[str, Any]) -> None:
-    """A learner worker's entry point: `train_fn(config)`, both unpacked here, in the worker. Ray Train's
-    controller unpickles what TorchTrainer is given; handed the recipe's function and config directly, it
-    imported the recipe and everything it imports (TRL, transformers, the models' configs) only to pass
-    them on: about 14 s of a 2-core machine before any worker started. Packed, it holds bytes."""
+    """A learner worker's entry point: `train_fn(**kwargs, learner_gpus=...)`, unpacked here, in the
+    worker. Ray Train's controller unpickles what TorchTrainer is given; handed the recipe's function and
+    config directly, it imported the recipe and everything it imports (TRL, transformers, the models'
+    configs) only to pass them on: about 14 s of a 2-core machine before any worker started. Packed, it
+    holds bytes."""
+    import os
+
     from ray import cloudpickle
 
-    train_fn, train_config = cloudpickle.loads(config["packed"])
-    train_fn(train_config)
+    train_fn, kwargs, launch_dir = cloudpickle.loads(config["packed"])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Ray Train starts workers in a directory of its own: relative paths in the config (policy.path,
+    # output_dir, data files) mean what they meant where `brl grpo` was launched.
+    if Path(launch_dir).is_dir():
+        os.chdir(launch_dir)
+    else:  # another node without that directory: only absolute (shared) paths can work there
+        log.warning("learner worker: the launch directory %s does not exist on this node; relative paths in the "
+                    "config resolve against %s", launch_dir, os.getcwd())
+    train_fn(**kwargs, learner_gpus=[d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d])
 
 
-def run_workers(train_fn: Callable[[dict], None], config: dict[str, Any], learner: Any, gpus_per_worker: float,
+def run_workers(train_fn: Callable[..., Any], kwargs: dict[str, Any], learner: Any, gpus_per_worker: float,
                 backend: str, storage: Path, name: str) -> None:
-    """Run `train_fn(config)` on `learner.num_workers` Ray Train workers in one torch.distributed group.
+    """Run `train_fn(**kwargs, learner_gpus=<this worker's GPU ids>)` on `learner.num_workers` Ray Train
+    workers in one torch.distributed group, from the directory this process runs in.
 
     A worker that fails ends the run: re-raised here as the error it raised (RewardFailureError,
     NonFiniteStepError, ActorFailureError) or as LearnerWorkerError for anything else, a dead process
-    included."""
+    included; so does a worker group Ray cannot place within `learner.ready_timeout_s`."""
+    import os
+
+    import ray
     from ray import cloudpickle
-    from ray.train import FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
+    from ray.train import ControllerError, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     resources = {"CPU": learner.num_cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {}),
                  **learner.resources}
     trainer = TorchTrainer(
-        _run_packed, train_loop_config={"packed": cloudpickle.dumps((train_fn, config))},
+        _run_packed, train_loop_config={"packed": cloudpickle.dumps((train_fn, kwargs, os.getcwd()))},
         scaling_config=ScalingConfig(num_workers=learner.num_workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend=backend),
         run_config=RunConfig(name=name, storage_path=str(storage.resolve()),
-                             failure_config=FailureConfig(max_failures=0)))
+                             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0)))
     log.info("learner: %d Ray Train workers (%s, %s each)", learner.num_workers, learner.strategy, resources)
     try:
         trainer.fit()
     except WorkerGroupError as e:
         failures = getattr(e, "worker_failures", {}) or {}
         raise _worker_error(failures, str(e)) from e
+    except ControllerError as e:  # the worker group could not be started (placed) in time
+        raise LearnerWorkerError(f"the {learner.num_workers} learner workers ({resources} each) could not be started: "
+                                 f"{e}; the cluster has {ray.available_resources()} free (learner.ready_timeout_s="
+                                 f"{learner.ready_timeout_s:g})") from e
 
 
 def _worker_error(failures: dict[int, BaseException], message: str) -> BaseException:

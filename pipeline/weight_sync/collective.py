@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch.distributed import BroadcastOptions, PrefixStore, TCPStore
 
+from adapters.torch import process_group
+
 BACKENDS = ("nccl", "gloo")
 
 
@@ -31,18 +33,9 @@ def join_store(host: str, port: int, world_size: int, timeout: timedelta) -> TCP
 
 def open_group(backend: str, store: TCPStore, name: str, rank: int, world_size: int, timeout: timedelta) -> Any:
     """A gloo or NCCL process group (the backend object itself) over `store`, namespaced by `name`."""
-    prefixed = PrefixStore(name, store)
-    if backend == "gloo":
-        from torch.distributed.distributed_c10d import ProcessGroupGloo
-
-        return ProcessGroupGloo(prefixed, rank, world_size, timeout)
-    if backend == "nccl":
-        from torch.distributed import ProcessGroupNCCL
-
-        options = ProcessGroupNCCL.Options()
-        options._timeout = timeout
-        return ProcessGroupNCCL(prefixed, rank, world_size, options)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return process_group(backend, PrefixStore(name, store), rank, world_size, timeout)
 
 
 def broadcast(group: Any, tensor: torch.Tensor, src: int = 0) -> None:

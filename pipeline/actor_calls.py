@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from rl.actors import actor_pid
 from rl.errors import ActorFailureError
 
 log = logging.getLogger(__name__)
@@ -98,7 +97,7 @@ class ActorCalls:
         from ray.exceptions import RayActorError
 
         pids = []
-        for i, ref in enumerate([actor_pid(actor) for actor in self.actors]):
+        for i, ref in enumerate([actor.pid.remote() for actor in self.actors]):
             try:
                 pids.append(ray.get(ref, timeout=self.timeout_s))
             except RayActorError:  # dead or restarting: wait for Ray's restart (ActorFailureError if none)
@@ -114,7 +113,7 @@ class ActorCalls:
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
-                pid = ray.get(actor_pid(self.actors[i]), timeout=max(1.0, deadline - time.monotonic()))
+                pid = ray.get(self.actors[i].pid.remote(), timeout=max(1.0, deadline - time.monotonic()))
                 break
             except ActorUnavailableError:  # still restarting: Ray refuses calls meanwhile
                 if time.monotonic() > deadline:

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from adapters.torch import new_shared_storage
+
 # dtypes numpy lacks: sent as same-width integers and viewed back on arrival
 _BIT_VIEWS = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.int8, torch.float8_e5m2: torch.int8}
 _PEFT_PREFIX = "base_model.model."
@@ -201,7 +203,7 @@ class Staging:
     def __init__(self, nbytes: int, device: torch.device, shared: bool = False):
         self.device = device
         if device.type == "cpu" and shared:
-            storage = torch.UntypedStorage._new_using_filename_cpu(nbytes)
+            storage = new_shared_storage(nbytes)
             self.buffer = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,), (1,))  # [nbytes]
         else:
             self.buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)  # [nbytes]

@@ -7,7 +7,7 @@ from typing import Any
 
 from policies.chat import share_equal_images
 from reward.base import slice_columns
-from rl.actor_calls import ActorCalls, shard
+from pipeline.actor_calls import ActorCalls, shard
 
 # Reward kwargs that only make sense in the driver process (TRL's callbacks and state objects).
 DRIVER_ONLY = ("log_metric", "log_extra", "trainer_state", "environments")
@@ -15,18 +15,29 @@ DRIVER_ONLY = ("log_metric", "log_extra", "trainer_state", "environments")
 
 class RemoteReward:
     """Samples split across the actors (each hosting a reward: `actor.__call__.remote(...)`), gathered
-    in order; blocking, with a timeout, restarts and retries (rl/actor_calls.py).
+    in order; blocking, with a timeout, restarts and retries (pipeline/actor_calls.py).
 
     `reads`: the columns the hosted reward reads (None: it gets every column and the prompts). Only
     those travel: a rule matcher needs the completions and the ground truth, not the prompts' images
     (64 rows of 1024 x 1024 photos are 200 MB through the object store every step)."""
 
     def __init__(self, actors: list[Any], name: str, timeout_s: float = 300.0, max_retries: int = 2,
-                 reads: Sequence[str] | None = None):
+                 reads: Sequence[str] | None = None, counts_costs: bool = False):
         self.calls = ActorCalls(actors, timeout_s, max_retries, f"reward actors ({name})")
         self.actors = actors
         self.reads = None if reads is None else frozenset(reads)
+        self.counts_costs = counts_costs  # the hosted reward has `metrics()` (its cost counters)
         self.__name__ = name
+
+    def metrics(self) -> dict[str, float]:
+        """The hosted reward's cost counters since the last call, summed over the actors (none if it keeps none)."""
+        if not self.counts_costs:
+            return {}
+        totals: dict[str, float] = {}
+        for part in self.calls.all(lambda i: self.actors[i].metrics.remote(), "metrics"):
+            for key, value in part.items():
+                totals[key] = totals.get(key, 0.0) + value
+        return totals
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         n = len(completions)

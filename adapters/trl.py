@@ -35,9 +35,9 @@ WRITTEN_FOR_TRL = "1.16"
 def check_trl_version(version: str = trl.__version__) -> None:
     if ".".join(version.split(".")[:2]) != WRITTEN_FOR_TRL:
         raise RuntimeError(
-            f"rl/trl_adapter.py was written against TRL {WRITTEN_FOR_TRL}.x and TRL {version} is installed. It "
+            f"adapters/trl.py was written against TRL {WRITTEN_FOR_TRL}.x and TRL {version} is installed. It "
             f"overrides TRL internals (GRPOTrainer._get_train_sampler, _generate_and_score_completions, "
-            f"_load_from_checkpoint, _save_checkpoint, _metrics) that change between releases. Install "
+            f"_calculate_rewards, _load_from_checkpoint, _save_checkpoint, _metrics) that change between releases. Install "
             f"trl=={WRITTEN_FOR_TRL}.* (the project's constraints.txt pins it), or port this module to {version}.")
 
 
@@ -77,17 +77,25 @@ class EpochSeededRepeatSampler(RepeatSampler):
 
 
 class GRPOLearner(GRPOTrainer):
-    """GRPOTrainer that resumes exactly (the data order, the weights) and can correct stale rollouts.
+    """GRPOTrainer that resumes exactly (the data order, the weights), can correct stale rollouts and
+    leaves out groups whose rewards differ only by noise.
 
     `rollout_logprobs_as_old`: when rollouts may come from older weights (weights synced every k
     steps, or generated one step ahead), the PPO ratio's "old" policy is the one that actually sampled
     them: the rollout engine's log-probabilities replace the learner's recomputed ones. The ratio is
     then the importance weight pi_theta / pi_behaviour, clipped as usual (decoupled PPO; the role TRL's
     vLLM importance-sampling correction plays, which TRL only applies to its own vLLM path).
+
+    `min_group_std`: a group of completions whose rewards spread by no more than this (a reward model's
+    noise over answers it cannot tell apart) gets zero advantages, as DAPO's dynamic sampling filters such
+    groups out: GRPO's per-group standardisation would otherwise blow the noise up to full-size
+    advantages. The share of such groups is logged per step (`rewards/flat_groups`).
     """
 
     rollout_logprobs_as_old = False
+    min_group_std = 0.0
     train_sampler: EpochSeededRepeatSampler | None = None
+    _step_rewards: Any = None  # every process's rewards of the generation being scored [B_all, n_funcs]
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -115,10 +123,19 @@ class GRPOLearner(GRPOTrainer):
             self.train_sampler = sampler
         return sampler
 
+    def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
+        self._step_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._step_rewards  # [B_all, n_funcs], gathered across processes, NaN where unscored
+
     def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
         if self.rollout_logprobs_as_old and output.get("sampling_per_token_logps") is not None:
             output["old_per_token_logps"] = output["sampling_per_token_logps"]  # [B, T], 0 where masked
+        if self._step_rewards is not None and self.model.training:
+            flat = flat_groups(self._step_rewards, self.reward_weights, self.num_generations, self.min_group_std)  # [B_all]
+            local = flat[self.accelerator.process_index * len(inputs):(self.accelerator.process_index + 1) * len(inputs)]
+            output["advantages"] = output["advantages"].masked_fill(local.to(output["advantages"].device), 0.0)
+            self._metrics["train"]["rewards/flat_groups"].append(flat.float().mean().item())
         return output
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
@@ -133,6 +150,19 @@ class GRPOLearner(GRPOTrainer):
         saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
         model.load_state_dict(saved.state_dict(), strict=True)
         log.info("policy weights restored from %s", resume_from_checkpoint)
+
+
+def flat_groups(rewards_per_func: torch.Tensor, weights: torch.Tensor, group: int, min_std: float) -> torch.Tensor:
+    """Which samples belong to a group whose weighted rewards spread by at most `min_std` (population std,
+    unscored samples left out; 0 also flags groups of equal rewards, which TRL already gives no advantage).
+    rewards_per_func: [B, F] -> [B] bool."""
+    rewards = (rewards_per_func * weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)  # [B]
+    rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+    grouped = rewards.view(-1, group)  # [B / G, G]
+    mean = torch.nanmean(grouped, dim=1, keepdim=True)  # [B / G, 1]
+    std = torch.nanmean((grouped - mean) ** 2, dim=1).sqrt()  # [B / G]
+    flat = torch.nan_to_num(std, nan=0.0) <= min_std + 1e-12  # [B / G]
+    return flat.repeat_interleave(group)  # [B]
 
 
 def log_metric(trainer: GRPOTrainer, name: str, value: float) -> None:

@@ -15,7 +15,8 @@
 `rollout.weight_sync: auto` picks the first of shared_memory, broadcast, object_store that can reach
 every actor from where they are (`choose_weight_sync`). The rollout pool calls `send` after
 optimizer steps and `restore` for an actor Ray restarted (it comes back with the initial weights);
-it never looks at which transport it holds.
+it never looks at which transport it holds. The actors' receiving side is `receiver.WeightReceiver`,
+a mixin every rollout actor declares.
 """
 
 from __future__ import annotations
@@ -84,54 +85,46 @@ def engine_options(transport: str | None) -> dict[str, Any]:
     if transport is None:
         return {}
     # Named, not imported: vLLM imports the extension in each worker, which registers the gloo twin there.
-    return {"weight_transfer": transport, "worker_extension": "rl.weight_sync.vllm_transfer.TransferWorkerExtension"}
+    return {"weight_transfer": transport, "worker_extension": "pipeline.weight_sync.vllm_transfer.TransferWorkerExtension"}
 
 
-def location(device: Any) -> Location:
-    """Where a tensor on `device` (of this process) lives: this Ray node, and the device's GPU if any."""
+def learner_location(gpu_ids: list[str]) -> Location:
+    """The learner's Location: this Ray node, and (when its weights are on a GPU) the first of the GPU ids
+    placement gave it (Ray's ids, as the actors' `weights_location` reports theirs)."""
     import ray
     import torch
 
-    device = torch.device(device)
-    gpu = str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None
-    return Location(ray.get_runtime_context().get_node_id(), gpu)
+    on_gpu = bool(gpu_ids) and torch.cuda.is_available()
+    return Location(ray.get_runtime_context().get_node_id(), str(gpu_ids[0]) if on_gpu else None)
 
 
-def here() -> Location:
-    """This process's Location (the learner's, when the learner builds its rollout pool)."""
-    import torch
-
-    return location(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
-
-
-def _engine_location(engine: Any) -> Location:
-    return location(getattr(engine, "device", "cpu"))
-
-
-def make_weight_sync(weight_sync: str, transport: str | None, calls: Any, bucket_bytes: int = 512 << 20) -> WeightSync:
-    """The transport over the rollout actors behind `calls` (ActorCalls): vLLM's weight-transfer
-    engine when `transport` names one, else `weight_sync` (`auto`: see choose_weight_sync; an engine
-    without a `device` attribute counts as on the CPU, so vLLM engines on GPUs get the object store
-    unless they have a weight-transfer backend)."""
+def make_weight_sync(weight_sync: str, transport: str | None, calls: Any, learner: Location,
+                     bucket_bytes: int = 512 << 20) -> WeightSync:
+    """The transport over the rollout actors behind `calls` (ActorCalls) from a learner at `learner`:
+    vLLM's weight-transfer engine when `transport` names one, else `weight_sync` (`auto`: each actor
+    says where its engine's weights live, `WeightReceiver.weights_location`, and choose_weight_sync
+    takes the fastest path that reaches them all)."""
     if weight_sync not in WEIGHT_SYNCS:
         raise ValueError(f"rollout.weight_sync must be one of {WEIGHT_SYNCS}, got {weight_sync!r}")
     if transport is not None:
-        from rl.weight_sync.vllm_transfer import VLLMTransferSync  # imports vLLM
+        from pipeline.weight_sync.vllm_transfer import VLLMTransferSync  # imports vLLM
 
         return VLLMTransferSync(calls, transport)
-    learner = here()
     if weight_sync == "auto":
-        actors = calls.all(lambda i: calls.actors[i].__ray_call__.remote(_engine_location), "location")
+        actors = calls.all(lambda i: calls.actors[i].weights_location.remote(), "location")
         weight_sync = choose_weight_sync(learner, actors)
         log.info("weight sync: %s (learner on %s; actors on %s)", weight_sync, learner, set(actors))
     if weight_sync == "shared_memory":
-        from rl.weight_sync.shared_memory import SharedMemorySync
+        from pipeline.weight_sync.shared_memory import SharedMemorySync
 
         return SharedMemorySync(calls, bucket_bytes)
     if weight_sync == "broadcast":
-        from rl.weight_sync.broadcast import BroadcastSync
+        from pipeline.weight_sync.broadcast import BroadcastSync
 
-        return BroadcastSync(calls, "nccl" if learner.gpu is not None else "gloo", bucket_bytes)
-    from rl.weight_sync.object_store import ObjectStoreSync
+        import torch
+
+        return BroadcastSync(calls, "nccl" if learner.gpu is not None and torch.cuda.is_available() else "gloo",
+                             bucket_bytes)
+    from pipeline.weight_sync.object_store import ObjectStoreSync
 
     return ObjectStoreSync(calls)
