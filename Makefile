@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # beside torch 2.13.0+cpu.
 $(STAMP): setup.cfg pyproject.toml constraints.txt tools/sitecustomize.py
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[test,math,lora,deepspeed]'
+	$(PIP) -e '.[test,math,lora,deepspeed,eval]'
 	cp tools/sitecustomize.py "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
 	touch $(STAMP)
 
