@@ -382,8 +382,12 @@ def reward_shape(cfg: Any, override: str | None = None) -> tuple[Shape | None, s
     if "model" not in cfg.reward.components():
         return None, "no reward model"
     path = override or (cfg.reward.model.paths[0] if cfg.reward.model.paths else None)
-    if path and (override or (Path(path) / "config.json").is_file()):
-        return shape_of(model_config(path), backbone_only=True), path
+    if path:
+        try:  # a local checkpoint, the hub cache, or a published model whose shape is known offline
+            return shape_of(model_config(path), backbone_only=True), path
+        except ValueError:
+            if override:
+                raise
     return shape_of(model_config(ASSUMED_REWARD_MODEL), backbone_only=True), \
         f"{ASSUMED_REWARD_MODEL} assumed ({path or 'reward.model.paths'} is not there yet)"
 

@@ -132,17 +132,33 @@ def model_scores(policy_path: str, held_out: Any, scorer_cfg: Any, max_tokens: i
     return out
 
 
+def benchmark_scores(policy_path: str, cfg: CompareRecipeConfig, out: Path) -> dict[str, float] | None:
+    """lmms-eval's benchmarks (`benchmarks.tasks`) on a policy: each task's headline score (the full
+    results in `out/benchmarks.json`); None when no benchmark is asked for."""
+    if not cfg.benchmarks.tasks:
+        return None
+    from rl.policy_benchmarks import evaluate_benchmarks
+
+    result = evaluate_benchmarks(policy_path, cfg.benchmarks)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.json").write_text(json.dumps(result, indent=2, default=str))
+    return {task: t["score"] for task, t in result["tasks"].items()}
+
+
 def write_table(results: dict, path: Path) -> str:
     """The paper-style table (a column per task family and their average), what each reward cost per
     step, and (for the hybrid) how it decided: results.md."""
     tasks = results["tasks"]
     start, schemes = results["start"], results["schemes"]
-    head = ["policy", *tasks, "average", "average, greedy", "reward s/step", "reward tokens/step", "wall time (s)"]
+    benchmarks = results.get("benchmark_tasks") or []
+    head = ["policy", *tasks, "average", "average, greedy", *benchmarks, "reward s/step", "reward tokens/step",
+            "wall time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(label: str, finals: list[dict], runs: list[dict] | None) -> str:
         cells = [_fmt([f["per_task"].get(t, {}).get("sampled") for f in finals]) for t in tasks]
         cells += [_fmt([f["sampled_task_average"] for f in finals]), _fmt([f["task_average"] for f in finals])]
+        cells += [_fmt([(f.get("benchmarks") or {}).get(b) for f in finals], 4) for b in benchmarks]
         cells += ["-"] * 3 if runs is None else [
             _fmt([r["reward_seconds_per_step"] for r in runs], 3), _fmt([r["reward_tokens_per_step"] for r in runs], 0),
             _fmt([r["wall_time_s"] for r in runs], 0)]
@@ -234,16 +250,19 @@ def main(cfg: CompareRecipeConfig) -> dict:
     tasks = sorted(set(held_out["task"])) if "task" in held_out.column_names else ["all"]
     results: dict[str, Any] = {"held_out_size": len(held_out), "samples": cfg.eval.samples, "tasks": tasks,
                                "start_policy": base.policy.path, "schemes": {}}
+    results["benchmark_tasks"] = list(cfg.benchmarks.tasks)
     with ray_cluster(base) if base.ray.enabled else contextlib.nullcontext():  # one cluster for every run
         for seed in cfg.seeds:
             for scheme in cfg.schemes:
                 log.info("=== scheme %s, seed %d ===", scheme, seed)
                 run = run_scheme(base, scheme, seed, out, held_out, cfg)
                 run["model_score"] = model_scores(run["final_policy"], held_out, base.reward.model, cfg.eval.max_tokens)
+                run["final"]["benchmarks"] = benchmark_scores(run["final_policy"], cfg, out / f"{scheme}-seed{seed}")
                 results["schemes"].setdefault(scheme, []).append(run)
     first = next(iter(results["schemes"].values()))[0]
     results["start"] = {**first["curve"][0],  # step 0 of any run is the starting policy
-                        "model_score": model_scores(base.policy.path, held_out, base.reward.model, cfg.eval.max_tokens)}
+                        "model_score": model_scores(base.policy.path, held_out, base.reward.model, cfg.eval.max_tokens),
+                        "benchmarks": benchmark_scores(base.policy.path, cfg, out / "start")}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     table = write_table(results, out / "results.md")
     plot(results, out / "compare.png")

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from reward.options import HeadConfig, JudgeOptions, RuleOptions, ScorerOptions
+from rl.policy_benchmarks import BenchmarkOptions
 
 T = TypeVar("T")
 
@@ -337,6 +338,9 @@ class GenerativeRMConfig:
     pointwise_template: str | None = None  # the single-response prompt ({question} {answer}); None: the project's
     pointwise: bool = True  # also train verdicts on single responses (chosen: 1, rejected: 2): rows without a reference
     eval_batch_size: int = 64  # judge prompts per generate call when scoring the held-out pairs
+    # Fields of transformers' TrainingArguments that replace the shared `trainer:` section's for this paradigm
+    # (its learning rate and steps, which SFT of a verdict wants otherwise than a scalar head).
+    trainer: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -373,6 +377,9 @@ class CompareRecipeConfig:
     schemes: list[str] = field(default_factory=lambda: ["rule", "model", "hybrid"])  # reward.scheme of each run
     seeds: list[int] = field(default_factory=lambda: [0])
     eval: CompareEvalConfig = field(default_factory=CompareEvalConfig)
+    # lmms-eval benchmarks (the paper's columns: mmbench, mme, mmstar, mathvista_testmini, ...) run on the
+    # starting policy and every final one (extra `eval`); none by default.
+    benchmarks: BenchmarkOptions = field(default_factory=BenchmarkOptions)
     # The GRPO recipe every scheme runs (its reward.scheme, seed and output_dir are set per run).
     grpo: GRPORecipeConfig = field(default_factory=GRPORecipeConfig)
 
