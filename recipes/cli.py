@@ -132,6 +132,28 @@ def _eval_rm(ns: argparse.Namespace) -> int:
     return _emit(result, ns.out)
 
 
+def _eval_bench(ns: argparse.Namespace) -> int:
+    import json
+
+    from rl.policy_benchmarks import BenchmarkOptions, evaluate_benchmarks, markdown_table
+
+    tasks = [t.strip() for t in ns.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ConfigError("--tasks names at least one lmms-eval task, e.g. --tasks mmstar,mme,mathvista_testmini")
+    options = BenchmarkOptions(tasks=tasks, include_path=ns.include_path, limit=ns.limit, batch_size=ns.batch_size,
+                               backend=ns.backend, max_tokens=ns.max_tokens, max_pixels=ns.max_pixels,
+                               device=ns.device, log_samples=ns.log_samples)
+    results = evaluate_benchmarks(ns.model, options)
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    table = markdown_table(results)
+    (out / "results.md").write_text(table)
+    print(table)
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0
+
+
 def _eval_policy(ns: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -147,7 +169,7 @@ def _eval_policy(ns: argparse.Namespace) -> int:
     if ns.reward_model:
         from reward.scorer import BaseRewardScorer
 
-        scorer = BaseRewardScorer.from_paths(ns.reward_model)
+        scorer = BaseRewardScorer.from_paths(ns.reward_model, calibrate=False)  # raw scores
     result = evaluate_policy(HFEngine(ns.model), rows, ns.batch_size, ns.max_tokens, scorer=scorer)
     return _emit(asdict(result), ns.out)
 
@@ -210,6 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the JSON here")
     p.set_defaults(func=_eval_rm)
 
+    p = sub.add_parser("eval-bench", help="the paper's policy benchmarks (lmms-eval) on a policy checkpoint")
+    p.add_argument("--model", required=True, help="a policy checkpoint (local folder or hub id)")
+    p.add_argument("--tasks", required=True, help="lmms-eval task names, comma-separated (mmbench_en_dev, mme, mmstar, "
+                                                  "mathvista_testmini, vstar_bench, llava_in_the_wild, wildvision, ...)")
+    p.add_argument("--include-path", help="a folder of extra lmms-eval task definitions (local copies, your own)")
+    p.add_argument("--limit", type=int, help="documents per task (default: all)")
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="the engine that generates the answers")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-tokens", type=int, default=1024, help="the most any task may generate per answer")
+    p.add_argument("--max-pixels", type=int, help="per image (default: the checkpoint's processor setting)")
+    p.add_argument("--device", help="hf backend: default cuda if there is a GPU, else cpu")
+    p.add_argument("--log-samples", action="store_true", help="keep every document's response in results.json")
+    p.add_argument("--out", default="runs/eval_bench", help="where results.json and results.md go")
+    p.set_defaults(func=_eval_bench)
+
     p = sub.add_parser("eval-policy", help="greedy held-out evaluation of a policy checkpoint")
     p.add_argument("--model", required=True)
     p.add_argument("--data", default="shapes", help='"shapes" (held-out split) or an RL data file')
@@ -254,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return ns.func(ns)
-    except (ValueError, OSError, RewardFailureError, ActorFailureError, NonFiniteStepError, LearnerWorkerError) as e:
-        # A user's mistake (config and data errors are ValueErrors, bad paths OSErrors) or a run
+    except (ValueError, OSError, ImportError, RewardFailureError, ActorFailureError, NonFiniteStepError,
+            LearnerWorkerError) as e:
+        # A user's mistake (config and data errors are ValueErrors, bad paths OSErrors, a missing extra an
+        # ImportError that names it) or a run
         # stopped on purpose (a reward that cannot score, actors that keep dying, a diverging run:
         # each after writing a checkpoint) reads better without a traceback; -v keeps it.
         if ns.verbose:

@@ -37,7 +37,8 @@ log = logging.getLogger("brl.train_rm")
 def load(path: str | None = None, overrides: Sequence[str] = ()) -> RMRecipeConfig:
     """This recipe's config: defaults, then the YAML file, then `key=value` overrides; `trainer:`
     keys must be fields of transformers' TrainingArguments."""
-    return load_config(RMRecipeConfig, path, overrides, passthrough={"trainer": TrainingArguments})
+    return load_config(RMRecipeConfig, path, overrides,
+                       passthrough={"trainer": TrainingArguments, "generative.trainer": TrainingArguments})
 
 
 def main(cfg: RMRecipeConfig) -> dict:
@@ -127,7 +128,7 @@ def train_judge(cfg: RMRecipeConfig, out: Path, path: str, processor: Any, train
     rows = train.map(expand, batched=True, remove_columns=train.column_names, desc="judge prompts")
     args = SFTConfig(**{**device_defaults(), "logging_steps": 10, "report_to": ["tensorboard"], "save_strategy": "no",
                         "completion_only_loss": True, "max_length": None,
-                        **cfg.trainer, "output_dir": str(out), "seed": cfg.seed})
+                        **cfg.trainer, **gen.trainer, "output_dir": str(out), "seed": cfg.seed})
     model = load_policy(path, cfg.backbone.dtype, cfg.backbone.trust_remote_code, cfg.backbone.freeze_vision)
     trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=processor)
     result = trainer.train()
@@ -141,18 +142,22 @@ def train_judge(cfg: RMRecipeConfig, out: Path, path: str, processor: Any, train
                **judge_held_out(str(final), held_out, gen.eval_batch_size)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if held_out is not None:
-        log.info("held-out pairwise accuracy %.3f on %d pairs (%.1f tokens, %.3f s per pair) %s",
-                 summary["eval_after"]["eval_accuracy"], len(held_out), summary["eval_after"]["generated_tokens_per_pair"],
-                 summary["eval_after"]["seconds_per_pair"],
-                 " ".join(f"{k}={v:.3f}" for k, v in summary["eval_accuracy_by_kind"].items()))
+        after = summary["eval_after"]
+        log.info("held-out pairwise accuracy %.3f on %d pairs (%.1f tokens, %.3f s per pair) %s; pointwise %.3f %s",
+                 after["eval_accuracy"], len(held_out), after["generated_tokens_per_pair"], after["seconds_per_pair"],
+                 " ".join(f"{k}={v:.3f}" for k, v in summary["eval_accuracy_by_kind"].items()),
+                 after["eval_pointwise_accuracy"],
+                 " ".join(f"{k}={v:.3f}" for k, v in summary["eval_pointwise_accuracy_by_kind"].items()))
     log.info("saved the generative judge to %s", final)
     return summary
 
 
 def judge_held_out(path: str, held_out: Any, batch_size: int) -> dict[str, Any]:
-    """The judge at `path` on the held-out pairs: accuracy (P(chosen better) > 0.5, both orders), by kind
-    of rejected answer, unreadable verdicts, and its cost per pair."""
+    """The judge at `path` on the held-out pairs, as it judges at RL time: pairwise (P(chosen better) > 0.5
+    from both orders: the accuracy, by kind of rejected answer, unreadable verdicts and the cost per pair)
+    and pointwise (each response alone: P(chosen good) > P(rejected good))."""
     import time
+    from dataclasses import replace
 
     from reward.bench import judge_pairs
     from reward.judge import GenerativeJudge
@@ -167,14 +172,19 @@ def judge_held_out(path: str, held_out: Any, batch_size: int) -> dict[str, Any]:
     chosen, rejected = judge_pairs(judge)(*items)
     seconds = time.perf_counter() - start
     costs = judge.metrics()
-    by_kind = {}
+    judge.options = replace(judge.options, mode="pointwise")  # the same model, each response on its own
+    alone = [judge([it["prompt"] for it in part], [it["response"] for it in part],
+                   images=[it["images"] for it in part]) for part in items]
+    by_kind, by_kind_alone = {}, {}
     if "kind" in held_out.column_names:  # synthetic pairs: hallucination vs near miss
         kinds = held_out["kind"]
         for kind in sorted(set(kinds)):
             at = [i for i, k in enumerate(kinds) if k == kind]
             by_kind[kind] = pair_metrics([chosen[i] for i in at], [rejected[i] for i in at])["accuracy"]
+            by_kind_alone[kind] = pair_metrics([alone[0][i] for i in at], [alone[1][i] for i in at])["accuracy"]
     n = len(held_out)
     return {"eval_after": {"eval_accuracy": pair_metrics(chosen, rejected)["accuracy"],
+                           "eval_pointwise_accuracy": pair_metrics(*alone)["accuracy"],
                            "eval_unparsed_rate": costs["unparsed"] / max(1, costs["verdicts"]),
                            "seconds_per_pair": seconds / n, "generated_tokens_per_pair": costs["generated_tokens"] / n},
-            "eval_accuracy_by_kind": by_kind}
+            "eval_accuracy_by_kind": by_kind, "eval_pointwise_accuracy_by_kind": by_kind_alone}

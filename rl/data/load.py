@@ -235,9 +235,12 @@ def load_preference_mixture(cfg: Any) -> tuple[Dataset, Dataset | None]:
     if any(w <= 0 for w in weights):
         raise DataError(f"data.sources[].weight must be > 0, got {weights}")
     features = features_for("preference")
+    raw = [_preference_source(s, cfg.validation, s.size, s.seed) for s in cfg.sources]
+    if all("rationale" in part.column_names for part in raw):  # a judge is trained to write it before its verdict
+        features = Features({**features, "rationale": Value("string")})
     parts = []
-    for s in cfg.sources:
-        part = _preference_source(s, cfg.validation, s.size, s.seed).select_columns(list(features))
+    for part in raw:
+        part = part.select_columns(list(features))
         parts.append(part if part.features == features else part.cast(features))
     seed = cfg.sources[0].seed
     if len(parts) == 1:
