@@ -57,8 +57,12 @@ class ScorerOptions:
     batch_size: int = 16
     max_pixels: int | None = 200_704  # per image, before the processor (28*28*256)
     device: str | None = None  # None: cuda if this process has a GPU, else cpu
-    # Standardise scores with the mean/std stored in the checkpoint (before the hybrid's sigmoid).
-    calibrate: bool = False
+    # Standardise scores with the mean/std stored in the checkpoint (else those of the first call's scores),
+    # so that the hybrid's sigmoid puts a typical wrong answer near 0.5, well below a right answer's 1.0
+    # (raw, the tiny BaseReward's wrong answers got sigmoid(3.9) = 0.98). On the miniature it made no
+    # measurable difference to held-out scores and halved the reward spread in all-wrong groups
+    # (benchmarks/hybrid_settings.py, docs/benchmarks.md). False: raw scores.
+    calibrate: bool = True
     # Throughput (on by default; off only to measure what each one brings: benchmarks/reward_cost.py):
     # Prepare the next batch on a thread while the model scores this one. None: on a GPU only (on a
     # CPU the two compete for the same cores: measured 3% slower on the 2-core CI machine).

@@ -223,8 +223,7 @@ def test_grpo_through_ray_actors(tmp_path, warm_policy, untrained_rm):
 def test_actor_groups_use_placement_groups_and_resources(ray_local, untrained_rm):
     import ray
 
-    from reward.options import RuleOptions
-    from reward.rule import columns_read
+    from reward.rule import RuleMatcher
 
     group = ActorGroupConfig(num_actors=2, num_cpus=0.5, placement="STRICT_PACK")
     actors = spawn_group("rule", RuleMatcher, {}, group)

@@ -89,7 +89,7 @@ def test_value_head_scores_equal_trls_value_head_on_the_same_inputs_and_see_the_
 
     from policies.loading import load_processor
 
-    scorer = BaseRewardScorer.from_paths([value_head_rm], batch_size=4)
+    scorer = BaseRewardScorer.from_paths([value_head_rm], batch_size=4, calibrate=False)
     got = scorer(PROMPTS, ANSWERS, images=IMAGES)
     # The reference, row by row: TRL's ValueHead on the causal LM's last hidden state, at the last token.
     processor = load_processor(value_head_rm)
@@ -111,7 +111,7 @@ def test_value_head_scores_equal_trls_value_head_on_the_same_inputs_and_see_the_
 def test_sequence_classification_scores_equal_transformers_forward(seq_cls_rm):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    scorer = BaseRewardScorer.from_paths([seq_cls_rm], batch_size=4)
+    scorer = BaseRewardScorer.from_paths([seq_cls_rm], batch_size=4, calibrate=False)
     got = scorer(PROMPTS, ANSWERS, images=IMAGES)  # a text model: the images are not its to see
     tokenizer = AutoTokenizer.from_pretrained(seq_cls_rm)
     model = AutoModelForSequenceClassification.from_pretrained(seq_cls_rm).eval()
@@ -124,9 +124,9 @@ def test_sequence_classification_scores_equal_transformers_forward(seq_cls_rm):
 def test_an_ensemble_of_layouts_averages_standardised_scores(value_head_rm, untrained_rm, seq_cls_rm):
     """The BaseReward ships its statistics; the value head ships none, so its first call's scores give
     them. Image rows go to the two models that see images; the text model gets the image-free row."""
-    base = BaseRewardScorer.from_paths([untrained_rm])
-    vhead = BaseRewardScorer.from_paths([value_head_rm])
-    text = BaseRewardScorer.from_paths([seq_cls_rm])
+    base = BaseRewardScorer.from_paths([untrained_rm], calibrate=False)
+    vhead = BaseRewardScorer.from_paths([value_head_rm], calibrate=False)
+    text = BaseRewardScorer.from_paths([seq_cls_rm], calibrate=False)
     ensemble = BaseRewardScorer.from_paths([untrained_rm, value_head_rm, seq_cls_rm])
     prompts = [*PROMPTS[:4], "What is 2 + 2?"]  # the last row has no image
     images = [*IMAGES[:4], []]

@@ -312,7 +312,7 @@ def test_calibrate_standardises_scores_with_the_checkpoints_statistics(tmp_path,
     path = str(model.save_pretrained(tmp_path / "rm", load_processor(tiny_vl)))
     prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is it?"}]}]
     images = [[Image.new("RGB", (56, 56), c)] for c in ("red", "blue")]
-    raw = BaseRewardScorer.from_paths([path])([prompt, prompt], ["red", "blue"], images=images)
+    raw = BaseRewardScorer.from_paths([path], calibrate=False)([prompt, prompt], ["red", "blue"], images=images)
     cfg = grpo.load(None, ["reward.scheme=model", f"reward.model.paths=[{path}]", "reward.model.calibrate=true"])
     (reward,), _ = build_rewards(cfg.reward)
     calibrated = asyncio.run(reward([prompt, prompt], ["red", "blue"], images=images))
