@@ -84,7 +84,7 @@ def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_o
         "scheme": scheme, "seed": seed,
         "final": callback.history[-1], "curve": callback.history,
         "reward_curve": [{"step": i + 1, "reward": r["reward"]} for i, r in enumerate(steps)],
-        "mean_reward_last": sum(r["reward"] for r in steps[-5:]) / max(1, len(steps[-5:])),
+        "mean_reward_last": _mean_std([r["reward"] for r in steps[-5:]])[0],  # a step with no reward at all: None
         "tokens": steps[-1].get("num_tokens") if steps else None,
         "wall_time_s": wall,
         # What the reward cost per step, measured in the run: its seconds (the guarded call, actors

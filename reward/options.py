@@ -60,7 +60,7 @@ class ScorerOptions:
     # Standardise scores with the mean/std stored in the checkpoint (else those of the first call's scores),
     # so that the hybrid's sigmoid puts a typical wrong answer near 0.5, well below a right answer's 1.0
     # (raw, the tiny BaseReward's wrong answers got sigmoid(3.9) = 0.98). On the miniature it made no
-    # measurable difference to held-out scores and halved the reward spread in all-wrong groups
+    # measurable difference to held-out scores and lowered the reward spread in all-wrong groups by a third
     # (benchmarks/hybrid_settings.py, docs/benchmarks.md). False: raw scores.
     calibrate: bool = True
     # Throughput (on by default; off only to measure what each one brings: benchmarks/reward_cost.py):

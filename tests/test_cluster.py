@@ -47,7 +47,8 @@ class Record(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         import ray
 
-        self.nodes = [ray.get([a.node_id.remote() for a in calls.actors], timeout=60) for calls in self.groups]
+        rollout_first = sorted(self.groups, key=lambda calls: calls.what != "rollout actors")
+        self.nodes = [ray.get([a.node_id.remote() for a in calls.actors], timeout=60) for calls in rollout_first]
 
 
 def _record_actor_groups(monkeypatch) -> list:

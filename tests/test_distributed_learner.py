@@ -13,9 +13,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+import pipeline
+from pipeline.distributed import split_output
 from recipes import grpo
 from rl.config import ConfigError
-from pipeline.distributed import split_output
 from rl.errors import LearnerWorkerError
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -33,13 +34,13 @@ def test_a_generation_is_handed_back_to_each_rank_in_the_order_it_came():
 
 def test_a_multi_worker_learner_needs_ray_and_actors_and_a_known_strategy():
     with pytest.raises(ConfigError, match="ray.enabled: true"):
-        grpo.check_learner(grpo.load(None, ["learner.num_workers=2"]))
+        pipeline.check(grpo.load(None, ["learner.num_workers=2"]))
     with pytest.raises(ConfigError, match="learner.num_workers: 1"):
-        grpo.check_learner(grpo.load(None, ["learner.num_workers=2", "ray.enabled=true", "rollout.colocate=true"]))
+        pipeline.check(grpo.load(None, ["learner.num_workers=2", "ray.enabled=true", "rollout.colocate=true"]))
     with pytest.raises(ConfigError, match="must be one of .*deepspeed"):
         grpo.load(None, ["learner.strategy=zero3"])
     with pytest.raises(ConfigError, match="learner.strategy: deepspeed"):  # a DeepSpeed config under DDP
-        grpo.check_learner(grpo.load(None, ["learner.num_workers=2", "ray.enabled=true",
+        pipeline.check(grpo.load(None, ["learner.num_workers=2", "ray.enabled=true",
                                             "trainer.deepspeed=ds_zero3.json"]))
 
 
