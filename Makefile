@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (each installs what it needs into .venv first):
-#   make demo   - the embedded main job (tiny rule / model / hybrid comparison on CPU)
+#   make demo   - the embedded main job (tiny rule / judge / model / hybrid comparison on CPU)
 #   make test   - the test suite, the vLLM lane included
 PYTHON ?= python3
 VENV   ?= .venv
@@ -33,8 +33,9 @@ install-vllm: $(VLLM_STAMP)
 demo: $(STAMP)
 	$(BIN)/brl demo --out runs/demo
 
+# Two workers: the suite mostly waits (Ray start-up, engines), so two on two cores take about half the time.
 test: $(VLLM_STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 # Skip the minutes-long end-to-end lanes (vLLM included) while iterating.
 test-fast: $(STAMP)
