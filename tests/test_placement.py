@@ -4,11 +4,16 @@ config that asks for more than there is fails before anything starts."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+import contextlib
+from contextlib import contextmanager
 import os
 from pathlib import Path
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -192,16 +197,43 @@ def test_a_new_local_cluster_starts_even_when_another_runs_on_the_machine(no_clu
     its own (with the CPUs and GPUs it asks for) instead of failing to join that one."""
     import ray
 
-    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable))
-    subprocess.run([ray_cli, "start", "--head", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True, timeout=120)
-    try:
+    with ray_start_head() as address:
+        assert ray._private.utils.read_ray_address() == address  # what a plain ray.init finds
         with pytest.raises(ValueError, match="When connecting to an existing cluster"):  # what plain ray.init does
             ray.init(num_cpus=8)
         with placed(_cfg("ray.num_gpus=2", "rollout.actors.num_gpus=1", "reward.actors.model.num_gpus=0")):
             assert ray.cluster_resources()["CPU"] == 8 and ray.cluster_resources()["GPU"] == 2
+
+
+@contextmanager
+def ray_start_head() -> Iterator[str]:
+    """`ray start --head` as a user runs it, stopped afterwards without `ray stop`: `ray stop --force` kills
+    every Ray process on the machine, the clusters of tests running beside this one included. `ray start`
+    runs in a session of its own, so its cluster's processes are one process group, killed as one."""
+    import ray
+
+    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable))
+    start = subprocess.Popen([ray_cli, "start", "--head", "--port=0", "--num-cpus=1", "--include-dashboard=false",
+                              "--disable-usage-stats"], start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = start.communicate(timeout=120)
+        assert start.returncode == 0, out
+        yield ray._private.utils.read_ray_address()
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        address_file = Path(ray._private.utils.get_ray_address_file(None))
+        address = ray._private.utils.read_ray_address()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(start.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(start.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        if address and address_file.exists() and address_file.read_text().strip() == address:
+            address_file.unlink()  # as `ray stop` does: a plain ray.init must not look for the dead cluster
 
 
 @pytest.mark.slow
