@@ -110,3 +110,25 @@ def share_updated():
     """share_updated(tmp_path, policy, dtype): the share of the weights a gradient reached that one GRPO
     step at lr 1e-6 with bf16 compute changed (the recipe, with weights loaded in `dtype`)."""
     return _share_updated
+
+
+
+def vllm_lock(tmp_path_factory):
+    """The lock vLLM tests hold across pytest-xdist workers: their engines' queues are POSIX shared memory
+    (`/dev/shm/psm_*`), one machine-wide namespace, so a test that checks its engine left none behind
+    cannot tell its own from those of an engine another worker starts at the same moment. (xdist workers'
+    base temp folders share a parent, pytest-N/popen-gwK; a plain run has one process.)"""
+    from filelock import FileLock
+
+    return FileLock(str(tmp_path_factory.getbasetemp().parent / "vllm-tests.lock"))
+
+
+@pytest.fixture(autouse=True)
+def one_vllm_test_at_a_time(request, tmp_path_factory):
+    """Tests marked `vllm` run one at a time across workers (see vllm_lock). Module-scoped engines are set
+    up before this fixture, so they take the lock themselves while they start."""
+    if request.node.get_closest_marker("vllm") is None:
+        yield
+        return
+    with vllm_lock(tmp_path_factory):
+        yield

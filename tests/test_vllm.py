@@ -15,6 +15,7 @@ from policies.rollout_engine import RolloutRequest, SamplingParams  # noqa: E402
 from policies.hf_engine import HFEngine  # noqa: E402
 from policies.vllm_engine import EngineStartError, VLLMEngine  # noqa: E402
 from rl.tasks.shapes import make_shapes_dataset  # noqa: E402
+from conftest import vllm_lock  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 # A fixed 256 MiB KV cache (plenty for these batches): gpu_memory_utilization would take its share of
@@ -23,8 +24,9 @@ ENGINE = {"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 
 
 
 @pytest.fixture(scope="module")
-def engine(warm_policy):
-    eng = VLLMEngine(warm_policy, dtype="float32", engine_kwargs=ENGINE)
+def engine(warm_policy, tmp_path_factory):
+    with vllm_lock(tmp_path_factory):  # its queues appear while it starts (conftest.vllm_lock)
+        eng = VLLMEngine(warm_policy, dtype="float32", engine_kwargs=ENGINE)
     yield eng
     eng.shutdown()
 
