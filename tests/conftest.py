@@ -12,6 +12,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
+from vllm_lock import vllm_lock  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -112,15 +113,6 @@ def share_updated():
     return _share_updated
 
 
-
-def vllm_lock(tmp_path_factory):
-    """The lock vLLM tests hold across pytest-xdist workers: their engines' queues are POSIX shared memory
-    (`/dev/shm/psm_*`), one machine-wide namespace, so a test that checks its engine left none behind
-    cannot tell its own from those of an engine another worker starts at the same moment. (xdist workers'
-    base temp folders share a parent, pytest-N/popen-gwK; a plain run has one process.)"""
-    from filelock import FileLock
-
-    return FileLock(str(tmp_path_factory.getbasetemp().parent / "vllm-tests.lock"))
 
 
 @pytest.fixture(autouse=True)

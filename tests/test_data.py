@@ -137,3 +137,13 @@ def test_integrity_checks_without_decoding_still_catch_broken_files(corpus):
     reasons = {e.row: e.reason for e in report.errors}
     assert report.ok == 2 and set(reasons) == set(EXPECTED)
     assert "cannot decode" in reasons[2] and "cannot decode" in reasons[4]
+
+
+def test_a_truncated_image_is_refused_even_where_a_library_told_pil_to_forgive_it(corpus, monkeypatch):
+    """lmms-eval sets PIL's process-wide LOAD_TRUNCATED_IMAGES on import; validation does not depend on it."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    report = validate_source(str(corpus), "rl", ValidationConfig(max_image_pixels=10_000_000))
+    assert report.ok == 2 and any(e.row == 2 and "cannot decode" in e.reason for e in report.errors)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is given back

@@ -15,7 +15,7 @@ from policies.rollout_engine import RolloutRequest, SamplingParams  # noqa: E402
 from policies.hf_engine import HFEngine  # noqa: E402
 from policies.vllm_engine import EngineStartError, VLLMEngine  # noqa: E402
 from rl.tasks.shapes import make_shapes_dataset  # noqa: E402
-from conftest import vllm_lock  # noqa: E402
+from vllm_lock import vllm_lock  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 # A fixed 256 MiB KV cache (plenty for these batches): gpu_memory_utilization would take its share of

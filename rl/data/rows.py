@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image as PILImage
+from PIL import ImageFile
 
 from policies.chat import message_text, parts_from_placeholders, with_image_parts
 from rl.config import ValidationConfig
@@ -75,7 +76,13 @@ def check_image(image: Any, base_dir: Path | None, max_pixels: int, decode: bool
                 # The header alone tells the size: refuse huge images before decoding any pixels.
                 if im.width * im.height > max_pixels:
                     raise ValueError(f"{label}: {im.width}x{im.height} pixels, more than max_image_pixels={max_pixels}")
-                im.load() if decode else im.verify()
+                # A library may have set PIL's process-wide LOAD_TRUNCATED_IMAGES (lmms-eval does, on import),
+                # which makes a truncated file decode with grey pixels: refused here whatever it says.
+                forgiving, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+                try:
+                    im.load() if decode else im.verify()
+                finally:
+                    ImageFile.LOAD_TRUNCATED_IMAGES = forgiving
         except ValueError:
             raise
         except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as e:
