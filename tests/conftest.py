@@ -113,11 +113,9 @@ def share_updated():
     return _share_updated
 
 
-
-
 @pytest.fixture(autouse=True)
 def one_vllm_test_at_a_time(request, tmp_path_factory):
-    """Tests marked `vllm` run one at a time across workers (see vllm_lock). Module-scoped engines are set
+    """Tests marked `vllm` run one at a time across workers (see tests/vllm_lock.py). Module-scoped engines are set
     up before this fixture, so they take the lock themselves while they start."""
     if request.node.get_closest_marker("vllm") is None:
         yield

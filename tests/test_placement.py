@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import contextlib
-from contextlib import contextmanager
 import os
 from pathlib import Path
 import shutil
@@ -205,7 +204,7 @@ def test_a_new_local_cluster_starts_even_when_another_runs_on_the_machine(no_clu
             assert ray.cluster_resources()["CPU"] == 8 and ray.cluster_resources()["GPU"] == 2
 
 
-@contextmanager
+@contextlib.contextmanager
 def ray_start_head() -> Iterator[str]:
     """`ray start --head` as a user runs it, stopped afterwards without `ray stop`: `ray stop --force` kills
     every Ray process on the machine, the clusters of tests running beside this one included. `ray start`
@@ -216,13 +215,13 @@ def ray_start_head() -> Iterator[str]:
     start = subprocess.Popen([ray_cli, "start", "--head", "--port=0", "--num-cpus=1", "--include-dashboard=false",
                               "--disable-usage-stats"], start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ours = None
     try:
         out, _ = start.communicate(timeout=120)
         assert start.returncode == 0, out
-        yield ray._private.utils.read_ray_address()
+        ours = ray._private.utils.read_ray_address()
+        yield ours
     finally:
-        address_file = Path(ray._private.utils.get_ray_address_file(None))
-        address = ray._private.utils.read_ray_address()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(start.pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
@@ -232,8 +231,10 @@ def ray_start_head() -> Iterator[str]:
             except ProcessLookupError:
                 break
             time.sleep(0.1)
-        if address and address_file.exists() and address_file.read_text().strip() == address:
-            address_file.unlink()  # as `ray stop` does: a plain ray.init must not look for the dead cluster
+        if ours and ray._private.utils.read_ray_address() == ours:
+            # As `ray stop` does: a plain ray.init must not look for the dead cluster (only if the file
+            # still names ours, not a cluster started since).
+            os.remove(ray._private.utils.get_ray_address_file(None))
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ ENGINE = {"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 
 
 @pytest.fixture(scope="module")
 def engine(warm_policy, tmp_path_factory):
-    with vllm_lock(tmp_path_factory):  # its queues appear while it starts (conftest.vllm_lock)
+    with vllm_lock(tmp_path_factory):  # its queues appear while it starts (tests/vllm_lock.py)
         eng = VLLMEngine(warm_policy, dtype="float32", engine_kwargs=ENGINE)
     yield eng
     eng.shutdown()
