@@ -15,7 +15,7 @@ from policies.rollout_engine import RolloutRequest, SamplingParams  # noqa: E402
 from policies.hf_engine import HFEngine  # noqa: E402
 from policies.vllm_engine import EngineStartError, VLLMEngine  # noqa: E402
 from rl.tasks.shapes import make_shapes_dataset  # noqa: E402
-from vllm_lock import vllm_lock  # noqa: E402
+from vllm_lock import leaked_queues, shared_memory_queues, vllm_lock  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 # A fixed 256 MiB KV cache (plenty for these batches): gpu_memory_utilization would take its share of
@@ -195,11 +195,11 @@ def test_grpo_with_a_ray_actor_hosting_vllm(tmp_path, warm_policy, weight_transf
         f"rollout.weight_transfer={weight_transfer or 'null'}",
         "trainer.max_steps=2", "trainer.per_device_train_batch_size=8", "trainer.num_generations=4",
         "trainer.report_to=[]"])
-    queues = set(Path("/dev/shm").glob("psm_*"))  # vLLM's shared-memory queues (this module's engine's too)
+    queues = shared_memory_queues()  # vLLM's shared-memory queues (this module's engine's too)
     summary = grpo.main(cfg)
     assert summary["global_step"] == 2 and summary["rollout_version"] == 1
     # The run's end shut the engine down before killing its actor: it left none of its queues behind.
-    assert not set(Path("/dev/shm").glob("psm_*")) - queues
+    assert not leaked_queues(queues)
     rows = [row for row in summary["log_history"] if "reward" in row]
     assert all("timing/generate" in row for row in rows)
     # vLLM's kernels vs the learner's on the same weights: a small, reported gap.
