@@ -88,7 +88,11 @@ def write_report(out: Path, quick: bool, sft_summary: dict, rm_summary: dict, ju
     table = (out / "compare" / "results.md").read_text()
 
     def by_kind(summary: dict) -> str:
-        return ", ".join(f"{k} {v:.1%}" for k, v in summary.get("eval_accuracy_by_kind", {}).items())
+        kinds = ", ".join(f"{k} {v:.1%}" for k, v in summary.get("eval_accuracy_by_kind", {}).items())
+        near_misses = {key.split("/", 1)[1]: v for key, v in summary.get("eval_accuracy_by_kind_and_task", {}).items()
+                       if key.startswith("near_miss/")}  # the kind that needs the image, per question
+        return kinds + ("; near misses by task: " + ", ".join(f"{t} {v:.1%}" for t, v in near_misses.items())
+                        if near_misses else "")
 
     after, before = rm_summary.get("eval_after", {}), rm_summary.get("eval_before", {})
     judged = judge_summary.get("eval_after", {})

@@ -25,7 +25,7 @@ from transformers import TrainingArguments, set_seed
 
 from policies.loading import freeze_vision_tower, load_policy, load_processor, resolve_dtype
 from reward.model import BaseRewardModel, ScoreStats
-from reward.train import BTTrainer, PairCollator, compute_pair_metrics, pair_metrics
+from reward.train import BTTrainer, PairCollator, compute_pair_metrics, held_out_breakdown, pair_metrics
 from rl.config import RMRecipeConfig, load_config, to_yaml
 from rl.data import load_preference_mixture
 from rl.learner import check_update_precision, device_defaults
@@ -66,16 +66,11 @@ def main(cfg: RMRecipeConfig) -> dict:
                         compute_metrics=compute_pair_metrics, zero_mean_weight=cfg.loss.zero_mean_weight)
     before = trainer.evaluate() if held_out is not None else {}
     result = trainer.train()
-    after, by_kind = {}, {}
+    after, breakdown = {}, {}
     if held_out is not None:
         pred = trainer.predict(held_out, metric_key_prefix="eval")
         after = pred.metrics
-        if "kind" in held_out.column_names:  # synthetic pairs: hallucination vs near miss
-            kinds = held_out["kind"]
-            for kind in sorted(set(kinds)):
-                rows = [i for i, k in enumerate(kinds) if k == kind]
-                by_kind[kind] = pair_metrics([float(pred.predictions[i, 0]) for i in rows],
-                                             [float(pred.predictions[i, 1]) for i in rows])["accuracy"]
+        breakdown = held_out_breakdown(held_out, pred.predictions[:, 0].tolist(), pred.predictions[:, 1].tolist())
 
     # Score statistics on (a slice of) the training pairs, stored for calibration at RL time.
     stats_rows = train.select(range(min(256, len(train))))
@@ -93,7 +88,8 @@ def main(cfg: RMRecipeConfig) -> dict:
         "train_metrics": pair_metrics(preds[:, 0].tolist(), preds[:, 1].tolist()),
         "eval_before": before,
         "eval_after": after,
-        "eval_accuracy_by_kind": by_kind,
+        "eval_accuracy_by_kind": breakdown.get("eval_accuracy_by_kind", {}),
+        "eval_accuracy_by_kind_and_task": breakdown.get("eval_accuracy_by_kind_and_task", {}),
         "score_mean": model.stats.mean,
         "score_std": model.stats.std,
     }
@@ -101,7 +97,7 @@ def main(cfg: RMRecipeConfig) -> dict:
     if after:
         log.info("held-out pairwise accuracy %.3f (before training %.3f) on %d pairs %s",
                  after["eval_accuracy"], before["eval_accuracy"], len(held_out),
-                 " ".join(f"{k}={v:.3f}" for k, v in by_kind.items()))
+                 " ".join(f"{k}={v:.3f}" for k, v in summary["eval_accuracy_by_kind"].items()))
     log.info("saved the reward model to %s", final)
     return summary
 
@@ -164,7 +160,7 @@ def judge_held_out(path: str, held_out: Any, batch_size: int) -> dict[str, Any]:
     from reward.options import JudgeOptions
 
     if held_out is None:
-        return {"eval_after": {}, "eval_accuracy_by_kind": {}}
+        return {"eval_after": {}, "eval_accuracy_by_kind": {}, "eval_accuracy_by_kind_and_task": {}}
     judge = GenerativeJudge(JudgeOptions(path=path, batch_size=batch_size))
     items = [[{"prompt": r["prompt"], "images": r["images"] or [], "response": r[key]} for r in held_out]
              for key in ("chosen", "rejected")]
@@ -175,16 +171,10 @@ def judge_held_out(path: str, held_out: Any, batch_size: int) -> dict[str, Any]:
     judge.options = replace(judge.options, mode="pointwise")  # the same model, each response on its own
     alone = [judge([it["prompt"] for it in part], [it["response"] for it in part],
                    images=[it["images"] for it in part]) for part in items]
-    by_kind, by_kind_alone = {}, {}
-    if "kind" in held_out.column_names:  # synthetic pairs: hallucination vs near miss
-        kinds = held_out["kind"]
-        for kind in sorted(set(kinds)):
-            at = [i for i, k in enumerate(kinds) if k == kind]
-            by_kind[kind] = pair_metrics([chosen[i] for i in at], [rejected[i] for i in at])["accuracy"]
-            by_kind_alone[kind] = pair_metrics([alone[0][i] for i in at], [alone[1][i] for i in at])["accuracy"]
     n = len(held_out)
     return {"eval_after": {"eval_accuracy": pair_metrics(chosen, rejected)["accuracy"],
                            "eval_pointwise_accuracy": pair_metrics(*alone)["accuracy"],
                            "eval_unparsed_rate": costs["unparsed"] / max(1, costs["verdicts"]),
                            "seconds_per_pair": seconds / n, "generated_tokens_per_pair": costs["generated_tokens"] / n},
-            "eval_accuracy_by_kind": by_kind, "eval_pointwise_accuracy_by_kind": by_kind_alone}
+            **held_out_breakdown(held_out, chosen, rejected),
+            "eval_pointwise_accuracy_by_kind": held_out_breakdown(held_out, *alone)["eval_accuracy_by_kind"]}

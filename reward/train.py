@@ -6,6 +6,7 @@ logging; this module adds only what is specific to pairwise reward modelling:
 - `bt_loss`: -log sigmoid(r_w - r_l), plus the paper's two regularisers for ablation (off by default);
 - `PairCollator`: chosen and rejected of every pair in ONE padded batch (one forward pass);
 - `pair_metrics`: pairwise accuracy (ties are wrong), margin, chosen/rejected mean and std;
+- `accuracy_by_group`: that accuracy per group of pairs (kind of rejected answer, task);
 - `BTTrainer`: Trainer with that loss and those metrics on train and eval.
 """
 
@@ -58,6 +59,30 @@ def pair_metrics(chosen: list[float], rejected: list[float]) -> dict[str, float]
     margin, _ = mean_std([c - r for c, r in finite])
     return {"accuracy": correct / n, "margin": margin, "chosen_mean": cm, "chosen_std": cs,
             "rejected_mean": rm, "rejected_std": rs}
+
+
+def accuracy_by_group(groups: list[str | None], chosen: list[float], rejected: list[float]) -> dict[str, float]:
+    """Pairwise accuracy of each group of pairs (`groups[i]` names pair i's; None leaves it out), groups in
+    sorted order: where a reward model fails (a kind of rejected answer, a task)."""
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, group in enumerate(groups):
+        if group is not None:
+            members[group].append(i)
+    return {group: pair_metrics([chosen[i] for i in at], [rejected[i] for i in at])["accuracy"]
+            for group, at in sorted(members.items())}
+
+
+def held_out_breakdown(rows: Any, chosen: list[float], rejected: list[float]) -> dict[str, dict[str, float]]:
+    """Accuracy on held-out pairs by kind of rejected answer and, where pairs name their task (the
+    synthetic shapes pairs), by task for each kind (a near miss on a position question needs more of
+    the image than one on a colour question)."""
+    if "kind" not in rows.column_names:
+        return {"eval_accuracy_by_kind": {}, "eval_accuracy_by_kind_and_task": {}}
+    kinds = rows["kind"]
+    tasks = rows["task"] if "task" in rows.column_names else [None] * len(kinds)
+    by_kind_and_task = [None if task is None else f"{kind}/{task}" for kind, task in zip(kinds, tasks, strict=True)]
+    return {"eval_accuracy_by_kind": accuracy_by_group(kinds, chosen, rejected),
+            "eval_accuracy_by_kind_and_task": accuracy_by_group(by_kind_and_task, chosen, rejected)}
 
 
 class PairCollator:

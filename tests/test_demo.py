@@ -42,3 +42,4 @@ def test_demo_quick_writes_report_table_and_plot(tmp_path, capsys):
     assert all(isinstance(x, float) and math.isfinite(x) for x in numbers), numbers
     report = (out / "report.md").read_text()
     assert "generative judge: held-out pairwise accuracy" in report and "BaseReward (scalar head)" in report
+    assert report.count("near misses by task: color ") == 2  # both reward models, per question

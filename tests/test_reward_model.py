@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from reward.model import BaseRewardModel, HeadConfig, ScoreStats, build_head, last_token_index
-from reward.train import PairCollator, bt_loss, pair_metrics
+from reward.train import PairCollator, accuracy_by_group, bt_loss, held_out_breakdown, pair_metrics
 
 
 @pytest.mark.parametrize("layers,act,expected", [
@@ -50,6 +50,25 @@ def test_pair_metrics_count_ties_and_nan_as_wrong():
     m = pair_metrics([2.0, 1.0, float("nan"), 3.0], [1.0, 1.0, 0.0, 4.0])
     assert m["accuracy"] == 0.25
     assert math.isclose(m["margin"], (1.0 + 0.0 - 1.0) / 3)
+
+
+def test_accuracy_by_group_scores_each_group_apart_and_leaves_unnamed_pairs_out():
+    groups = ["near_miss", "degenerate", None, "near_miss"]
+    got = accuracy_by_group(groups, [1.0, 2.0, 0.0, 0.0], [0.0, 1.0, 5.0, 1.0])
+    assert got == {"degenerate": 1.0, "near_miss": 0.5} and list(got) == ["degenerate", "near_miss"]
+
+
+def test_held_out_breakdown_by_kind_and_by_task_within_kind():
+    from datasets import Dataset
+
+    rows = Dataset.from_dict({"kind": ["near_miss", "near_miss", "near_miss", "degenerate"],
+                              "task": ["color", "position", "position", "color"]})
+    got = held_out_breakdown(rows, [1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0])
+    assert got["eval_accuracy_by_kind"] == {"degenerate": 1.0, "near_miss": 2 / 3}
+    assert got["eval_accuracy_by_kind_and_task"] == {"degenerate/color": 1.0, "near_miss/color": 1.0,
+                                                     "near_miss/position": 0.5}
+    plain = held_out_breakdown(Dataset.from_dict({"chosen": ["a"], "rejected": ["b"]}), [1.0], [0.0])
+    assert plain == {"eval_accuracy_by_kind": {}, "eval_accuracy_by_kind_and_task": {}}  # real pairs name no kind
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +310,7 @@ def test_tiny_reward_model_training_beats_chance_on_held_out_pairs(tmp_path, war
           f"by kind {summary['eval_accuracy_by_kind']}")
     assert after >= 0.65
     assert summary["eval_accuracy_by_kind"]["hallucination"] >= 0.8
+    assert set(summary["eval_accuracy_by_kind_and_task"]) >= {"near_miss/color", "wrong_attribute/description"}
     reloaded = BaseRewardModel.from_pretrained(summary["checkpoint"])
     assert reloaded.stats.std > 0
 
