@@ -27,13 +27,13 @@ def register_weight_transfer(name: str, engine_cls: type, trainer_cls: type) -> 
 SHUTDOWN_GRACE_S = 30.0
 
 
-def shutdown_llm(llm: Any, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+def shutdown_llm(llm: Any) -> None:
     """Stop a `vllm.LLM`'s engine-core processes now (also happens when the process exits).
 
-    The engine core gets `grace_s` to stop after SIGTERM, not vLLM's default 5 s: on a loaded node its
+    The engine core gets SHUTDOWN_GRACE_S to stop after SIGTERM, not vLLM's default 5 s: on a loaded node its
     executor takes longer to stop its workers, and a core killed before then never unlinks its
     shared-memory queues (`/dev/shm/psm_*`, hundreds of MiB of RAM each)."""
     engine = getattr(llm, "llm_engine", None)
     core = getattr(engine, "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
-        core.shutdown(timeout=grace_s)
+        core.shutdown(timeout=SHUTDOWN_GRACE_S)

@@ -9,10 +9,11 @@ from typing import Any
 
 
 def vllm_lock(tmp_path_factory: Any) -> Any:
-    """vLLM engines' queues are POSIX shared memory (`/dev/shm/psm_*`), one machine-wide namespace, so a test
-    that checks its engine left none behind cannot tell its own from those of an engine another worker starts
-    at the same moment. (xdist workers' base temp folders share a parent, pytest-N/popen-gwK; a plain run has
-    one process.)"""
+    """vLLM engines' queues are POSIX shared memory (`/dev/shm/psm_*`), one machine-wide namespace. A test that
+    checks its engine left none behind tells live queues from leaked ones (`leaked_queues`), but not its own
+    leaks from those of an engine another worker's test SIGKILLs on purpose (the restart tests) at the same
+    moment: so vLLM tests run one at a time. (xdist workers' base temp folders share a parent,
+    pytest-N/popen-gwK; a plain run has one process.)"""
     from filelock import FileLock
 
     return FileLock(str(tmp_path_factory.getbasetemp().parent / "vllm-tests.lock"))
