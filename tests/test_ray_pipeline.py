@@ -170,6 +170,8 @@ def test_a_broadcast_whose_receiver_dies_or_hangs_ends_in_actor_failure_not_a_ha
 
     from ray import cloudpickle
 
+    from ray.exceptions import RayActorError
+
     from rl.errors import ActorFailureError
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -180,7 +182,11 @@ def test_a_broadcast_whose_receiver_dies_or_hangs_ends_in_actor_failure_not_a_ha
     with pytest.raises(ActorFailureError, match="failed mid-round"):
         pool.load_weights({"w": torch.ones(1000)}, version=1)
     assert time.monotonic() - start < (6 if not hang else 14)  # a death is seen at once, a hang at the timeout
-    ray_local.kill(actors[0])
+    # A hung receiver stays blocked in the broken round (its stop() would queue behind it): closing kills it.
+    assert pool.sync.stuck == ([0] if hang else [])
+    pool.close()
+    with pytest.raises(RayActorError):
+        ray_local.get(actors[0].pid.remote(), timeout=30)
 
 
 def test_remote_reward_matches_local(ray_local, untrained_rm):

@@ -128,6 +128,7 @@ def test_a_round_whose_receiver_dies_or_hangs_ends_in_actor_failure_not_a_hang(r
     from rl.config import ActorGroupConfig
     from rl.errors import ActorFailureError
     from pipeline.weight_sync.vllm_transfer import VLLMTransferSync
+    from ray.exceptions import RayActorError
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     actors = spawn_group("stuck", Receiving, {}, ActorGroupConfig(num_actors=1, num_cpus=0.5, max_restarts=0))
@@ -143,4 +144,8 @@ def test_a_round_whose_receiver_dies_or_hangs_ends_in_actor_failure_not_a_hang(r
     with pytest.raises(ActorFailureError, match="died during" if kill else "did not finish within"):
         sync.send({}, version=1)
     assert time.monotonic() - start < (6 if kill else 12)  # the actor's death is seen at once, a hang at the timeout
-    ray_local.kill(actors[0])
+    # A hung receiver stays blocked in the broken round (its stop() would queue behind it): closing kills it.
+    assert sync.stuck == ([] if kill else [0])
+    sync.close()
+    with pytest.raises(RayActorError):
+        ray_local.get(actors[0].pid.remote(), timeout=30)

@@ -122,7 +122,8 @@ def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_
     the same weights, at the round's version. An actor SIGKILLed after a round comes back (Ray
     restarts it with the initial weights): its next generate gets the group re-formed and the round
     re-sent; an actor SIGKILLed before a round is waited for by that round, which then reaches both; an
-    actor SIGKILLed during a broadcast ends the round with ActorFailureError, not a hang."""
+    actor SIGKILLed during a broadcast ends the round with ActorFailureError, not a hang, and the actor left
+    blocked in that round is killed when the pool closes."""
     import os
     import signal
 
@@ -176,6 +177,12 @@ def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_
         with pytest.raises(ActorFailureError, match="weight transfer of version 5 failed mid-round"):
             pool.load_weights(policy_state_dict(learner.model), version=5)
         assert time.monotonic() - start < 60
+        # Actor 0 stays blocked in that round (its receive ends only at the group's 10-minute timeout, and
+        # its stop() would queue behind it): closing the pool kills it rather than stop_actors waiting.
+        assert pool.sync.stuck == [0]
+        pool.close()
+        with pytest.raises(ray_local.exceptions.RayActorError):
+            ray_local.get(actors[0].pid.remote(), timeout=30)
     finally:
         pool.close()
         stop_actors(actors)

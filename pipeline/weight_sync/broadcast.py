@@ -24,7 +24,8 @@ import torch
 
 from pipeline.actor_calls import ActorCalls, gather
 from rl.errors import ActorFailureError
-from pipeline.weight_sync.collective import BACKENDS, broadcast, close_group, failed_ref, open_group, serve_store, watched
+from pipeline.weight_sync.collective import (BACKENDS, broadcast, close_group, failed_ref, kill_stuck, open_group,
+                                             serve_store, unfinished, watched)
 from pipeline.weight_sync.export import Staging, aligned, as_weights, bucket_bytes_for, check_rereadable
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class BroadcastSync:
         self._staging: Staging | None = None
         self._last: Any = None
         self._learner_thread: threading.Thread | None = None
+        self.stuck: list[int] = []  # actors left blocked in a broken round (killed at close)
 
     def send(self, state: Mapping[str, torch.Tensor], version: int) -> None:
         self._learner_thread = threading.current_thread()
@@ -73,6 +75,8 @@ class BroadcastSync:
         self._stream(self._last, version)
 
     def close(self) -> None:
+        kill_stuck(self.calls.actors, self.stuck, "weight-sync broadcast")
+        self.stuck = []
         if self.group is not None:
             import ray
             from ray.exceptions import RayError
@@ -145,6 +149,7 @@ class BroadcastSync:
             gather(receiving, self.calls.timeout_s, f"rollout actors (loading weights version {version})")
         except Exception as e:  # a dead peer (Ray's error or the collective's), or a timeout
             self.group = None  # broken: a blocked communicator is not touched again; the next sync re-forms
+            self.stuck = unfinished(receiving)
             raise ActorFailureError(f"rollout actors: weight broadcast of version {version} failed mid-round: {e}") \
                 from e
         finally:

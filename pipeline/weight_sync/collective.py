@@ -8,6 +8,7 @@ re-formed after an actor restart and closed any number of times in one process.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from torch.distributed import BroadcastOptions, PrefixStore, TCPStore
 
 from adapters.torch import process_group
 
+log = logging.getLogger(__name__)
 BACKENDS = ("nccl", "gloo")
 
 
@@ -90,3 +92,22 @@ def failed_ref(refs: list[Any]) -> int | None:
         except RayError:
             return refs.index(ref)
     return None
+
+
+def unfinished(refs: list[Any]) -> list[int]:
+    """The indices of `refs` (ObjectRefs) whose calls have not returned yet (no waiting)."""
+    import ray
+
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
+    return [i for i, ref in enumerate(refs) if ref not in ready]
+
+
+def kill_stuck(actors: list[Any], stuck: list[int], what: str) -> None:
+    """Kill the actors left blocked in a broken round (`stuck`: their indices). Their receive returns only
+    at the group's timeout (an NCCL one: never), and their stop() would queue behind it: stop_actors
+    would wait out its own timeout and kill them anyway, so this does it when the round's owner closes."""
+    import ray
+
+    for i in stuck:
+        log.warning("rollout actor %d is still blocked in the broken %s round: killing it", i, what)
+        ray.kill(actors[i], no_restart=True)

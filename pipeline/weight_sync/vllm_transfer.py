@@ -53,7 +53,7 @@ from adapters.vllm import register_weight_transfer
 from policies.vllm_engine import WeightReloadExtension
 from pipeline.actor_calls import ActorCalls, gather
 from rl.errors import ActorFailureError
-from pipeline.weight_sync.collective import failed_ref, watched
+from pipeline.weight_sync.collective import failed_ref, kill_stuck, unfinished, watched
 from pipeline.weight_sync.export import as_weights, check_rereadable
 
 log = logging.getLogger(__name__)
@@ -247,6 +247,7 @@ class VLLMTransferSync:
         self.engine: Any = None  # vLLM's trainer engine, once the group is formed
         self.pids: list[int] = []  # the actor processes in the group (a restart changes one)
         self._learner_thread: threading.Thread | None = None  # the thread that sends (restores must too)
+        self.stuck: list[int] = []  # actors left blocked in a broken round (killed at close)
 
     def send(self, state: Mapping[str, torch.Tensor], version: int) -> None:
         from ray.exceptions import RayActorError
@@ -257,6 +258,7 @@ class VLLMTransferSync:
             self._round(state, version)
         except (RayActorError, RuntimeError, TimeoutError) as e:  # a dead peer: Ray's error, or the broadcast's
             self.engine = None  # the group is broken; its communicator may still be blocked, so it is not touched
+            self.stuck = unfinished(self.client.receiving) if self.client is not None else []
             raise ActorFailureError(f"rollout actors: weight transfer of version {version} failed mid-round: {e}") from e
 
     def restore(self, actor: int, version: int) -> None:
@@ -278,6 +280,8 @@ class VLLMTransferSync:
         self._round(self.source.state, version)
 
     def close(self) -> None:
+        kill_stuck(self.calls.actors, self.stuck, "weight transfer")
+        self.stuck = []
         if self.engine is not None:
             self.engine.shutdown()
         self.engine = None
