@@ -28,6 +28,8 @@ CONFIGS = Path(__file__).parent / "configs"
 # --quick: the same pipeline with budgets small enough for CI (numbers are then not meaningful).
 QUICK = {  # recipe module -> overrides
     "recipes.sft": ["trainer.max_steps=40", "data.train_size=1280"],
+    # The judge keeps its own 200 steps (`generative.trainer` replaces `trainer`): at 20 or 80 it writes no
+    # readable verdict (100% unparsed) and the compare stage's failure guard stops its run.
     "recipes.train_reward_model": ["trainer.max_steps=20", "data.sources.0.size=320", "data.eval_size=64"],
     "recipes.compare": ["grpo.trainer.max_steps=3", "grpo.trainer.per_device_train_batch_size=8",
                         "grpo.trainer.num_generations=4", "eval.size=20", "eval.every=3", "seeds=[0]"],
