@@ -12,16 +12,17 @@ import pytest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parent.parent
+VLLM = importlib.util.find_spec("vllm") is not None
 
 
 @pytest.mark.parametrize("module,args", [
     ("benchmarks.reward_cost", ["--prompts", "2", "--group", "4", "--batch-sizes", "4", "8", "--verdict-tokens", "4",
                                 "--repeats", "1"]),
-    ("benchmarks.weight_sync", ["--size", "tiny", "--actors", "1", "--repeats", "1"]),
-    pytest.param("benchmarks.weight_sync", ["--size", "tiny", "--actors", "1", "--repeats", "1", "--paths",
-                                            "shared_memory", "--vllm"],
-                 marks=[pytest.mark.vllm, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                                             reason="vLLM is not installed")], id="weight_sync-vllm"),
+    # Every path in one run (one process, one Ray start): the vLLM actor's two as well where vLLM is installed
+    # (then it takes the vLLM lane's lock: tests/vllm_lock.py).
+    pytest.param("benchmarks.weight_sync", ["--size", "tiny", "--actors", "1", "--repeats", "1",
+                                            *(["--vllm"] if VLLM else [])],
+                 marks=[pytest.mark.vllm] if VLLM else [], id="weight_sync"),
     ("benchmarks.pipeline_overhead", ["--steps", "2", "--sft-steps", "2", "--repeats", "1"]),
     ("benchmarks.step_breakdown", ["--steps", "3", "--sizes", "tiny"]),
     ("benchmarks.rollout_scaling", ["--actors", "1", "2", "--prompts", "4", "--tokens", "4"]),
