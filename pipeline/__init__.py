@@ -173,7 +173,8 @@ def build(cfg: GRPORecipeConfig, actors: Actors, model: Any, processor: Any,
     with contextlib.ExitStack() as stack:
         specs = {name: component_spec(name, cfg.reward) for name in actors.rewards}
         hosted = {name: RemoteReward(handles, name, cfg.reward.timeout_s, getattr(cfg.reward.actors, name).max_retries,
-                                     reads=specs[name].reads, counts_costs=hasattr(specs[name].cls, "metrics"))
+                                     reads=specs[name].reads, counts_costs=hasattr(specs[name].cls, "metrics"),
+                                     calibrates=hasattr(specs[name].cls, "adopt_calibration"))
                   for name, handles in actors.rewards.items()}
         reward_funcs, reward_weights = build_rewards(cfg.reward, hosted)
         pool = None

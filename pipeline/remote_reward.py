@@ -22,11 +22,16 @@ class RemoteReward:
     (64 rows of 1024 x 1024 photos are 200 MB through the object store every step)."""
 
     def __init__(self, actors: list[Any], name: str, timeout_s: float = 300.0, max_retries: int = 2,
-                 reads: Sequence[str] | None = None, counts_costs: bool = False):
+                 reads: Sequence[str] | None = None, counts_costs: bool = False, calibrates: bool = False):
         self.calls = ActorCalls(actors, timeout_s, max_retries, f"reward actors ({name})")
         self.actors = actors
         self.reads = None if reads is None else frozenset(reads)
         self.counts_costs = counts_costs  # the hosted reward has `metrics()` (its cost counters)
+        # The hosted reward may estimate score statistics from its first call (a BaseRewardScorer whose
+        # checkpoint ships none): the first call then goes whole to actor 0, and its estimate to every
+        # other actor and to any actor Ray restarts, so all of them standardise alike.
+        self.calibrates = calibrates
+        self.calibration: dict | None = None  # actor 0's estimate, once taken ({}: nothing to share)
         self.__name__ = name
 
     def metrics(self) -> dict[str, float]:
@@ -41,7 +46,11 @@ class RemoteReward:
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         n = len(completions)
-        k = min(len(self.actors), max(1, n))
+        estimating = self.calibrates and self.calibration is None and \
+            self.calls.run(lambda i: self.actors[i].estimates_stats.remote(), [0])[0]
+        if self.calibrates and self.calibration is None and not estimating:
+            self.calibration = {}
+        k = 1 if estimating else min(len(self.actors), max(1, n))
         index_parts = shard(list(range(n)), k)
         columns = {key: v for key, v in columns.items() if key not in DRIVER_ONLY}
         if self.reads is not None:
@@ -55,5 +64,14 @@ class RemoteReward:
             return self.actors[a].__call__.remote([prompts[i] for i in idx], [completions[i] for i in idx],
                                                   **slice_columns(columns, idx, n))
 
-        results = self.calls.run(submit, [a for a, idx in enumerate(index_parts) if idx])
+        results = self.calls.run(submit, [a for a, idx in enumerate(index_parts) if idx], restore=self._restore)
+        if estimating:
+            self.calibration = self.calls.run(lambda i: self.actors[i].calibration.remote(), [0])[0]
+            if len(self.actors) > 1:
+                self.calls.all(lambda i: self.actors[i].adopt_calibration.remote(self.calibration), "calibration")
         return [v for part in results for v in part]
+
+    def _restore(self, i: int) -> None:
+        """A restarted actor gets the shared score statistics again (it would estimate its own)."""
+        if self.calibration:
+            self.calls.run(lambda j: self.actors[j].adopt_calibration.remote(self.calibration), [i])

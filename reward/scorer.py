@@ -224,8 +224,9 @@ class BaseRewardScorer:
     vision tower get the image-free rows (and, when no model sees images, every row, as text); with
     `text_path`, image-free rows go to that text model alone. An ensemble averages standardised scores:
     each model's (score - mean) / std, with the statistics its checkpoint ships (a BaseReward's), else
-    those of the scores it gave in its first call (the first GRPO step's completions; fixed from then on),
-    since the models' scales differ. A single model's scores are raw, or standardised with `calibrate`."""
+    those of the scores it gave in its first call (the first GRPO step's completions; fixed from then on;
+    replicas on several actors share one estimate: `calibration` / `adopt_calibration`), since the models'
+    scales differ. A single model's scores are raw, or standardised with `calibrate`."""
 
     def __init__(self, options: ScorerOptions):
         if not options.paths:
@@ -279,6 +280,20 @@ class BaseRewardScorer:
             log.info("reward model %s ships no score statistics: standardising its scores with mean %.4g, std %.4g "
                      "of the %d it gave first", self.options.paths[b], mean, std or 1.0, len(finite))
         return self.estimated[b]
+
+    def estimates_stats(self) -> bool:
+        """Whether this scorer standardises with statistics it estimates (a model shipped none)."""
+        standardize = len(self.backends) > 1 or self.options.calibrate
+        return standardize and any(backend.model.stats is None for backend in self.backends)
+
+    def calibration(self) -> dict[int, ScoreStats]:
+        """The statistics estimated so far (model index -> stats), to hand to other replicas of this scorer."""
+        return dict(self.estimated)
+
+    def adopt_calibration(self, estimated: dict[int, ScoreStats]) -> None:
+        """Standardise with another replica's estimates: several scorer actors (or one Ray restarted) then
+        score alike, instead of each estimating from the share of the rows it was sent first."""
+        self.estimated.update(estimated)
 
     def _backends_for(self, has_images: bool) -> list[int]:
         """The ensemble members that score a row: with images, those that see images (all, as text, when none

@@ -158,3 +158,34 @@ def test_grpo_trains_with_a_published_layout_as_its_reward_model(layout, tmp_pat
                                                "trainer.max_steps=2", "trainer.report_to=[]"]))
     assert summary["global_step"] == 2 and summary["reward_failures"] == {"hybrid": 0}
     assert summary["reward_samples"]["hybrid"] == 2 * 8
+
+
+@pytest.mark.ray
+def test_scorer_actors_of_a_checkpoint_without_statistics_standardise_alike(ray_local, value_head_rm):
+    """The value head ships no score statistics: with two scorer actors, the first call goes whole to one
+    of them and its estimate to the other (each would otherwise estimate from its own half), and to an
+    actor Ray restarts; the scores are those of one local scorer making the same calls."""
+    import os
+    import signal
+
+    from pipeline.actors import spawn_group
+    from pipeline.remote_reward import RemoteReward
+    from reward.options import ScorerOptions
+    from rl.config import ActorGroupConfig
+
+    options = ScorerOptions(paths=[value_head_rm], calibrate=True)
+    actors = spawn_group("scorer", BaseRewardScorer, {"options": options},
+                         ActorGroupConfig(num_actors=2, num_cpus=0.5, max_restarts=1))
+    try:
+        remote = RemoteReward(actors, "basereward", 120, calibrates=True)
+        local = BaseRewardScorer(options)
+        first = remote(PROMPTS, ANSWERS, images=IMAGES)
+        assert first == pytest.approx(local(PROMPTS, ANSWERS, images=IMAGES), abs=1e-5)
+        assert set(remote.calibration) == {0} and remote.calibration[0] == local.estimated[0]
+        os.kill(ray_local.get(actors[1].pid.remote()), signal.SIGKILL)
+        later = remote(PROMPTS[::-1], ANSWERS, images=IMAGES[::-1])  # actor 1's share: restarted, then retried
+        assert remote.calls.restarts == 1
+        assert later == pytest.approx(local(PROMPTS[::-1], ANSWERS, images=IMAGES[::-1]), abs=1e-5)
+    finally:
+        for actor in actors:
+            ray_local.kill(actor)
