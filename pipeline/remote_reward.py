@@ -46,10 +46,7 @@ class RemoteReward:
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         n = len(completions)
-        estimating = self.calibrates and self.calibration is None and \
-            self.calls.run(lambda i: self.actors[i].estimates_stats.remote(), [0])[0]
-        if self.calibrates and self.calibration is None and not estimating:
-            self.calibration = {}
+        estimating = self._estimating()
         k = 1 if estimating else min(len(self.actors), max(1, n))
         index_parts = shard(list(range(n)), k)
         columns = {key: v for key, v in columns.items() if key not in DRIVER_ONLY}
@@ -70,6 +67,15 @@ class RemoteReward:
             if len(self.actors) > 1:
                 self.calls.all(lambda i: self.actors[i].adopt_calibration.remote(self.calibration), "calibration")
         return [v for part in results for v in part]
+
+    def _estimating(self) -> bool:
+        """Whether this call is the one the hosted reward estimates its score statistics from."""
+        if not self.calibrates or self.calibration is not None:
+            return False
+        if self.calls.run(lambda i: self.actors[i].estimates_stats.remote(), [0])[0]:
+            return True
+        self.calibration = {}  # its statistics ship with the checkpoint: nothing to share
+        return False
 
     def _restore(self, i: int) -> None:
         """A restarted actor gets the shared score statistics again (it would estimate its own)."""
