@@ -64,8 +64,7 @@ class RemoteReward:
         results = self.calls.run(submit, [a for a, idx in enumerate(index_parts) if idx], restore=self._restore)
         if estimating:
             self.calibration = self.calls.run(lambda i: self.actors[i].calibration.remote(), [0])[0]
-            if len(self.actors) > 1:
-                self.calls.all(lambda i: self.actors[i].adopt_calibration.remote(self.calibration), "calibration")
+            self._share_calibration(range(1, len(self.actors)))
         return [v for part in results for v in part]
 
     def _estimating(self) -> bool:
@@ -79,5 +78,8 @@ class RemoteReward:
 
     def _restore(self, i: int) -> None:
         """A restarted actor gets the shared score statistics again (it would estimate its own)."""
+        self._share_calibration([i])
+
+    def _share_calibration(self, indices: Sequence[int]) -> None:
         if self.calibration:
-            self.calls.run(lambda j: self.actors[j].adopt_calibration.remote(self.calibration), [i])
+            self.calls.run(lambda i: self.actors[i].adopt_calibration.remote(self.calibration), list(indices))

@@ -281,10 +281,14 @@ class BaseRewardScorer:
                      "of the %d it gave first", self.options.paths[b], mean, std or 1.0, len(finite))
         return self.estimated[b]
 
+    @property
+    def standardizes(self) -> bool:
+        """Scores are standardised: an ensemble's always (the models' scales differ), one model's with `calibrate`."""
+        return len(self.backends) > 1 or self.options.calibrate
+
     def estimates_stats(self) -> bool:
         """Whether this scorer standardises with statistics it estimates (a model shipped none)."""
-        standardize = len(self.backends) > 1 or self.options.calibrate
-        return standardize and any(backend.model.stats is None for backend in self.backends)
+        return self.standardizes and any(backend.model.stats is None for backend in self.backends)
 
     def calibration(self) -> dict[int, ScoreStats]:
         """The statistics estimated so far (model index -> stats), to hand to other replicas of this scorer."""
@@ -322,7 +326,7 @@ class BaseRewardScorer:
                 got = self._score_with(backend, [convs[i] for i in rows], [imgs[i] if backend.is_multimodal else []
                                                                            for i in rows])
                 per_model[b] = dict(zip(rows, got, strict=True))
-        standardize = len(self.backends) > 1 or self.options.calibrate
+        standardize = self.standardizes
         stats = {b: self._stats(b, list(scores.values())) for b, scores in per_model.items()} if standardize else {}
         for i, bs in members.items():
             values = [stats[b].standardize(per_model[b][i]) if standardize else per_model[b][i] for b in bs]

@@ -169,7 +169,6 @@ def test_a_broadcast_whose_receiver_dies_or_hangs_ends_in_actor_failure_not_a_ha
     import time
 
     from ray import cloudpickle
-
     from ray.exceptions import RayActorError
 
     from rl.errors import ActorFailureError
