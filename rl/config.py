@@ -208,6 +208,12 @@ class PreferenceSourceConfig(SourceConfig):
     # Synthetic source only: the kinds of rejected answer and their shares (None: rl/tasks/shapes.py's
     # REJECTION_KINDS). near_miss needs the image; hallucination, off_task and degenerate do not.
     kinds: dict[str, float] | None = None
+    # Synthetic source only: the task families of the pairs and their weights (None: all five evenly).
+    tasks: dict[str, float] | None = None
+    # Synthetic source only: a description's rejected answer worded exactly as its chosen one, so the wrong
+    # attribute (or the invented object) is all that differs: hard negatives. Held-out pairs stay worded
+    # independently.
+    same_wording: bool = False
 
 
 @dataclass

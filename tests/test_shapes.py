@@ -1,12 +1,13 @@
 from PIL import Image
 
 import random
+import re
 
 import pytest
 
-from rl.tasks.shapes import (COLORS, POSITIONS, SHAPES, TASKS, Item, describe, describe_freely, describe_score,
-                             make_preference_pairs, make_shapes_dataset, make_shapes_splits, mentions, paraphrases,
-                             scene_items, wrong_answers)
+from rl.tasks.shapes import (COLORS, POSITIONS, QUESTIONS, SHAPES, TASKS, Item, describe, describe_freely,
+                             describe_score, make_preference_pairs, make_shapes_dataset, make_shapes_splits, mentions,
+                             paraphrases, scene_items, wrong_answers)
 
 
 def test_rows_have_the_rl_format():
@@ -112,3 +113,38 @@ def test_paraphrases_and_wrong_answers_let_rewards_disagree():
 def test_unknown_task_is_rejected():
     with pytest.raises(ValueError, match="unknown shapes task"):
         make_shapes_dataset(2, tasks=["colour"])
+
+
+def _attributes_blanked(text: str) -> str:
+    """`text` with every colour, shape and position phrase replaced by one placeholder."""
+    words = "|".join([*COLORS, *SHAPES])
+    return re.sub(rf"\b({words})\b|\b(top|bottom)[\s-]+(left|right)\b", "_", text)
+
+
+def test_same_wording_pairs_differ_only_in_the_wrong_attribute():
+    minimal = make_preference_pairs(200, seed=4, tasks=["description"], kinds={"near_miss": 1.0}, same_wording=True)
+    free = make_preference_pairs(200, seed=4, tasks=["description"], kinds={"near_miss": 1.0})
+    assert set(minimal["kind"]) == {"wrong_attribute"}
+    for row in minimal:  # the same words around the attributes; the attributes differ in one object
+        assert _attributes_blanked(row["rejected"]) == _attributes_blanked(row["chosen"]), row
+        assert sorted(mentions(row["rejected"])) != sorted(mentions(row["chosen"]))
+    assert minimal["task"] == free["task"] and minimal["chosen"][0] == free["chosen"][0]  # the same scenes
+    reworded = sum(_attributes_blanked(r["rejected"]) != _attributes_blanked(r["chosen"]) for r in free)
+    assert reworded > 100  # by default the two are worded independently
+
+
+def test_preference_source_options_shape_the_training_pairs_and_leave_the_held_out_ones_alone():
+    from rl.config import PreferenceDataConfig, PreferenceSourceConfig
+    from rl.data import load_preference_mixture
+
+    source = PreferenceSourceConfig(source="shapes", size=60, tasks={"description": 3.0, "color": 1.0},
+                                    same_wording=True)
+    train, held_out = load_preference_mixture(PreferenceDataConfig(sources=[source], eval_size=200))
+    questions = [row["prompt"][0]["content"][-1]["text"] for row in train]  # the mixture keeps the common columns
+    assert set(questions) == {QUESTIONS["description"], QUESTIONS["color"]}
+    assert questions.count(QUESTIONS["description"]) > 30
+    assert set(held_out["task"]) == set(TASKS)
+    wrong = [r for r in held_out if r["kind"] == "wrong_attribute"]
+    assert any(_attributes_blanked(r["rejected"]) != _attributes_blanked(r["chosen"]) for r in wrong)
+    with pytest.raises(ValueError, match="unknown shapes task"):
+        load_preference_mixture(PreferenceDataConfig(sources=[PreferenceSourceConfig(source="shapes", tasks={"sky": 1.0})]))

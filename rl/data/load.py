@@ -215,9 +215,11 @@ def rows_without_answer(ds: Dataset) -> int:
 def _preference_source(cfg: Any, validation: ValidationConfig, size: int, seed: int) -> Dataset:
     source = Source.of(cfg, "preference")
     if source.path == "shapes":
-        from rl.tasks.shapes import make_preference_pairs
+        from rl.tasks.shapes import TASKS, make_preference_pairs
 
-        return make_preference_pairs(size, seed, kinds=dict(cfg.kinds) if getattr(cfg, "kinds", None) else None)
+        tasks, kinds = getattr(cfg, "tasks", None), getattr(cfg, "kinds", None)
+        return make_preference_pairs(size, seed, dict(tasks) if tasks else TASKS, dict(kinds) if kinds else None,
+                                     getattr(cfg, "same_wording", False))
     return load_source(source, "preference", validation)
 
 

@@ -290,8 +290,10 @@ DESCRIPTION_KINDS = {"near_miss": "wrong_attribute", "hallucination": "invented_
                      "degenerate": "degenerate"}
 
 
-def _wrong_description(rng: random.Random, items: list[Item], kind: str) -> str:
-    """A description that fails the scene the way `kind` says."""
+def _wrong_description(rng: random.Random, items: list[Item], kind: str, wording: random.Random | None = None) -> str:
+    """A description that fails the scene the way `kind` says; `wording`, when given, words it (order,
+    articles, phrasings) instead of `rng`."""
+    wording = wording or rng
     free = [c for c in range(4) if c not in {it.cell for it in items}]
     if kind == "wrong_attribute":  # one object's colour, shape or position said wrong, the rest right
         k = rng.randrange(len(items))
@@ -300,11 +302,11 @@ def _wrong_description(rng: random.Random, items: list[Item], kind: str) -> str:
         other = {"color": lambda: Item(it.cell, it.shape, rng.choice([c for c in COLORS if c != it.color])),
                  "shape": lambda: Item(it.cell, rng.choice([s for s in SHAPES if s != it.shape]), it.color),
                  "cell": lambda: Item(rng.choice(free), it.shape, it.color)}[attribute]()
-        return describe_freely(rng, [*items[:k], other, *items[k + 1:]])
+        return describe_freely(wording, [*items[:k], other, *items[k + 1:]])
     if kind == "invented_object":  # everything right, plus an object the scene does not have
         extra = Item(rng.choice(free), rng.choice(SHAPES), rng.choice(list(COLORS))) if free else \
             Item(items[0].cell, rng.choice([s for s in SHAPES if s != items[0].shape]), items[0].color)
-        return describe_freely(rng, [*items, extra])
+        return describe_freely(wording, [*items, extra])
     if kind == "off_task":  # a closed answer where a description was asked for
         return _phrase(rng, rng.choice([items[0].color, items[0].shape, POSITIONS[items[0].cell]]), "color")
     words = describe(items).split()  # degenerate: a repeated fragment
@@ -312,7 +314,7 @@ def _wrong_description(rng: random.Random, items: list[Item], kind: str) -> str:
 
 
 def make_preference_pairs(n: int, seed: int = 0, tasks: Tasks = TASKS,
-                          kinds: dict[str, float] | None = None) -> Dataset:
+                          kinds: dict[str, float] | None = None, same_wording: bool = False) -> Dataset:
     """`n` preference rows `{prompt, images, chosen, rejected, task, kind}` on shapes scenes.
 
     chosen is right (canonical or paraphrased; for a description, a free correct one). rejected is drawn
@@ -320,6 +322,10 @@ def make_preference_pairs(n: int, seed: int = 0, tasks: Tasks = TASKS,
     description one object's attribute wrong: rankable only by looking at the image), a hallucination
     (something no scene contains; an invented object), an off-task answer or degenerate text. Right and
     wrong answers share the same phrasings, so wording alone gives nothing away.
+
+    `same_wording`: a description's wrong one is worded exactly as its right one (the same order, articles
+    and phrasings), so the wrong attribute or the invented object is all that differs: minimal pairs, hard
+    negatives for training. Off, the two are worded independently, as answers to rank come in practice.
     """
     kinds = kinds or REJECTION_KINDS
     base = make_shapes_dataset(n, seed, tasks)
@@ -329,8 +335,10 @@ def make_preference_pairs(n: int, seed: int = 0, tasks: Tasks = TASKS,
         kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
         if task == "description":
             items, kind = scene_items(scene), DESCRIPTION_KINDS[kind]
+            wording = random.Random()
+            wording.setstate(rng.getstate())  # the chosen description's words, drawn again
             chosen.append(describe_freely(rng, items))
-            rejected.append(_wrong_description(rng, items, kind))
+            rejected.append(_wrong_description(rng, items, kind, wording if same_wording else None))
         else:
             chosen.append(_phrase(rng, reference, task))
             rejected.append(_rejected(rng, reference, task, kind))
