@@ -303,7 +303,7 @@ def test_tiny_reward_model_training_beats_chance_on_held_out_pairs(tmp_path, war
 
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rm.yaml"
     cfg = train_reward_model.load(str(config), [f"output_dir={tmp_path}", f"backbone.path={warm_policy}",
-                                                       "trainer.report_to=[]"])
+                                                       "trainer.report_to=[]", "trainer.max_steps=600"])  # half: CI time
     summary = train_reward_model.main(cfg)
     after = summary["eval_after"]["eval_accuracy"]
     print(f"held-out pairwise accuracy {after:.3f} (before {summary['eval_before']['eval_accuracy']:.3f}), "
