@@ -210,9 +210,8 @@ class PreferenceSourceConfig(SourceConfig):
     kinds: dict[str, float] | None = None
     # Synthetic source only: the task families of the pairs and their weights (None: all five evenly).
     tasks: dict[str, float] | None = None
-    # Synthetic source only: a description's rejected answer worded exactly as its chosen one, so the wrong
-    # attribute (or the invented object) is all that differs: hard negatives. Held-out pairs stay worded
-    # independently.
+    # Synthetic source only: a description with one wrong attribute worded exactly as its right one, so that
+    # attribute is all that differs: hard negatives. Held-out pairs stay worded independently.
     same_wording: bool = False
 
 

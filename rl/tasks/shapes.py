@@ -323,9 +323,10 @@ def make_preference_pairs(n: int, seed: int = 0, tasks: Tasks = TASKS,
     (something no scene contains; an invented object), an off-task answer or degenerate text. Right and
     wrong answers share the same phrasings, so wording alone gives nothing away.
 
-    `same_wording`: a description's wrong one is worded exactly as its right one (the same order, articles
-    and phrasings), so the wrong attribute or the invented object is all that differs: minimal pairs, hard
-    negatives for training. Off, the two are worded independently, as answers to rank come in practice.
+    `same_wording`: a description's wrong one is worded from the same random draws as its right one: with
+    one wrong attribute, exactly (the same order, articles and phrasings), so that attribute is all that
+    differs: minimal pairs, hard negatives for training (with an invented object only the style is shared:
+    one more object changes the draws). Off, the two are worded independently, as answers come in practice.
     """
     kinds = kinds or REJECTION_KINDS
     base = make_shapes_dataset(n, seed, tasks)
