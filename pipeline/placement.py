@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ from pipeline.layout import Layout, actor_groups
 from rl.config import ConfigError
 
 log = logging.getLogger(__name__)
+
+# Ray hands a killed actor's resources back once its process has exited, a moment after ray.kill returns:
+# the previous run of `brl compare` (or a test) may still hold them when the next one checks.
+RELEASE_WAIT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -198,10 +203,25 @@ def ray_cluster(cfg: Any) -> Iterator[float]:
     import ray
 
     if ray.is_initialized():
-        free = ray.available_resources()
-        check_resources(resource_requests(cfg, int(ray.cluster_resources().get("GPU", 0))),
-                        "the Ray cluster this process is connected to (free)", free.get("CPU", 0.0),
-                        free.get("GPU", 0.0), free)
+        requests = resource_requests(cfg, int(ray.cluster_resources().get("GPU", 0)))
+        deadline = time.monotonic() + RELEASE_WAIT_S
+        while True:
+            free = ray.available_resources()
+            try:
+                check_resources(requests, "the Ray cluster this process is connected to (free)", free.get("CPU", 0.0),
+                                free.get("GPU", 0.0), free)
+                break
+            except ConfigError:
+                # What stopped actors still hold comes back within moments; what the cluster lacks never does.
+                total = ray.cluster_resources()
+                check_resources(requests, "the Ray cluster this process is connected to", total.get("CPU", 0.0),
+                                total.get("GPU", 0.0), total)
+                if time.monotonic() > deadline:
+                    raise
+                if deadline - time.monotonic() > RELEASE_WAIT_S - 0.5:
+                    log.info("the connected Ray cluster has too little free for this run; waiting up to %gs for what "
+                             "stopped actors still hold", RELEASE_WAIT_S)
+                time.sleep(0.5)
         yield ray.cluster_resources().get("GPU", 0.0)
         return
     if cfg.ray.address:

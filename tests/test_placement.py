@@ -250,3 +250,44 @@ def test_the_gpu_lanes_one_gpu_hybrid_run_trains_here_on_a_logical_gpu(tmp_path,
                                   [*one_gpu_hybrid(tmp_path, tiny_vl, untrained_rm), "ray.num_gpus=1"]))
     assert summary["global_step"] == 3 and summary["learner_gpus"] == ["0"] and summary["rollout_version"] == 2
     assert summary["reward_samples"]["hybrid"] > 0 and summary["reward_failures"]["hybrid"] == 0
+
+
+def test_a_connected_cluster_waits_for_what_stopped_actors_still_hold_and_refuses_what_it_lacks(ray_local,
+                                                                                               monkeypatch):
+    """`brl compare` runs one GRPO run after another in one cluster, and Ray gives a stopped run's CPUs back
+    a moment after ray.kill: the next run waits for them (here: CPUs a placement group holds until it is
+    removed 1.5 s later). A run that could never fit the cluster is refused at once; one whose resources
+    stay taken, after pipeline.placement.RELEASE_WAIT_S."""
+    import threading
+
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from pipeline import placement
+
+    def hold_all_but_one_cpu():
+        group = placement_group([{"CPU": ray_local.available_resources()["CPU"] - 1}])
+        ray_local.get(group.ready(), timeout=30)
+        return group
+
+    fits = _cfg()  # a rollout actor and a scorer actor: 2 CPUs
+    held = hold_all_but_one_cpu()
+    threading.Timer(1.5, remove_placement_group, args=(held,)).start()
+    start = time.monotonic()
+    with placement.ray_cluster(fits):
+        assert time.monotonic() - start >= 1.4
+
+    too_big = _cfg(f"rollout.actors.num_cpus={ray_local.cluster_resources()['CPU']:g}")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"the Ray cluster this process is connected to has"):
+        with placement.ray_cluster(too_big):
+            pass
+    assert time.monotonic() - start < 1
+
+    monkeypatch.setattr(placement, "RELEASE_WAIT_S", 1.0)
+    held = hold_all_but_one_cpu()
+    try:
+        with pytest.raises(ConfigError, match=r"connected to \(free\) has 1"):
+            with placement.ray_cluster(fits):
+                pass
+    finally:
+        remove_placement_group(held)

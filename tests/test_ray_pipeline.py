@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from adapters.torch import share_cpu_storage
 from pipeline.actor_calls import shard
-from pipeline.actors import spawn_group
+from pipeline.actors import spawn_group, stop_actors
 from pipeline.remote_reward import RemoteReward
 from pipeline.rollout_pool import RolloutPool, spawn_rollout_actors
 from pipeline.weight_sync.export import PolicyWeights
@@ -200,6 +200,7 @@ def test_remote_reward_matches_local(ray_local, untrained_rm):
     prompts, completions = list(ds["prompt"]), ["red", "blue", "3", "top left", "circle"]
     local = BaseRewardScorer.from_paths([untrained_rm])(prompts, completions, images=list(ds["images"]))
     got = remote(prompts, completions, images=list(ds["images"]), log_metric=print)
+    stop_actors(actors)  # their CPUs are the next test's
     assert got == pytest.approx(local, abs=1e-5)
 
 
