@@ -193,6 +193,31 @@ def _local_gpus(cfg: Any) -> list[str]:
     return visible_gpus() if cfg.ray.num_gpus is None else [str(i) for i in range(cfg.ray.num_gpus)]
 
 
+def _check_against(requests: list[Request], where: str, resources: dict[str, float]) -> None:
+    """check_resources against a Ray resource dict (ray.cluster_resources() or ray.available_resources())."""
+    check_resources(requests, where, resources.get("CPU", 0.0), resources.get("GPU", 0.0), resources)
+
+
+def _wait_until_free(requests: list[Request], where: str) -> None:
+    """Refuse `requests` if the connected cluster's free resources do not hold them within RELEASE_WAIT_S:
+    what stopped actors still hold comes back within moments."""
+    import ray
+
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    waiting = False
+    while True:
+        try:
+            return _check_against(requests, where, ray.available_resources())
+        except ConfigError:
+            if time.monotonic() > deadline:
+                raise
+            if not waiting:
+                log.info("%s has too little for this run; waiting up to %gs for what stopped actors still hold",
+                         where, RELEASE_WAIT_S)
+                waiting = True
+            time.sleep(0.5)
+
+
 @contextmanager
 def ray_cluster(cfg: Any) -> Iterator[float]:
     """The Ray cluster `cfg.ray` names, with everything the config asks for (`resource_requests`: GPUs, CPUs,
@@ -204,24 +229,9 @@ def ray_cluster(cfg: Any) -> Iterator[float]:
 
     if ray.is_initialized():
         requests = resource_requests(cfg, int(ray.cluster_resources().get("GPU", 0)))
-        deadline = time.monotonic() + RELEASE_WAIT_S
-        while True:
-            free = ray.available_resources()
-            try:
-                check_resources(requests, "the Ray cluster this process is connected to (free)", free.get("CPU", 0.0),
-                                free.get("GPU", 0.0), free)
-                break
-            except ConfigError:
-                # What stopped actors still hold comes back within moments; what the cluster lacks never does.
-                total = ray.cluster_resources()
-                check_resources(requests, "the Ray cluster this process is connected to", total.get("CPU", 0.0),
-                                total.get("GPU", 0.0), total)
-                if time.monotonic() > deadline:
-                    raise
-                if deadline - time.monotonic() > RELEASE_WAIT_S - 0.5:
-                    log.info("the connected Ray cluster has too little free for this run; waiting up to %gs for what "
-                             "stopped actors still hold", RELEASE_WAIT_S)
-                time.sleep(0.5)
+        where = "the Ray cluster this process is connected to"
+        _check_against(requests, where, ray.cluster_resources())  # what it could never hold: refused at once
+        _wait_until_free(requests, f"{where} (free)")
         yield ray.cluster_resources().get("GPU", 0.0)
         return
     if cfg.ray.address:
@@ -230,8 +240,7 @@ def ray_cluster(cfg: Any) -> Iterator[float]:
         total = ray.cluster_resources()
         gpus = total.get("GPU", 0.0)
         try:
-            check_resources(resource_requests(cfg, int(gpus)), f"the Ray cluster at {cfg.ray.address}", total.get("CPU", 0.0),
-                            gpus, total)
+            _check_against(resource_requests(cfg, int(gpus)), f"the Ray cluster at {cfg.ray.address}", total)
         except ConfigError:
             ray.shutdown()
             raise

@@ -16,6 +16,7 @@ correctly, invented objects penalised: precision and recall), standing in for LL
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -336,10 +337,9 @@ def make_preference_pairs(n: int, seed: int = 0, tasks: Tasks = TASKS,
         kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
         if task == "description":
             items, kind = scene_items(scene), DESCRIPTION_KINDS[kind]
-            wording = random.Random()
-            wording.setstate(rng.getstate())  # the chosen description's words, drawn again
+            wording = copy.copy(rng) if same_wording else None  # the chosen description's words, drawn again
             chosen.append(describe_freely(rng, items))
-            rejected.append(_wrong_description(rng, items, kind, wording if same_wording else None))
+            rejected.append(_wrong_description(rng, items, kind, wording))
         else:
             chosen.append(_phrase(rng, reference, task))
             rejected.append(_rejected(rng, reference, task, kind))
