@@ -10,7 +10,7 @@ as a judge prompt in both orders (target `<answer>1</answer>` or `<answer>2</ans
 it where the data has one), plus single-response prompts; its checkpoint is what `reward.judge.path`
 takes. The paper's paradigm ablation is one command per paradigm. Each of its head and loss ablations is
 one config change: `head.num_layers`, `head.activation`, `loss.zero_mean_weight`, `loss.length_normalize`,
-`data.sources[].weight`.
+`data.sources[].weight`. `backbone.extra_layers` deepens the backbone first (block expansion, both paradigms).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 from transformers import TrainingArguments, set_seed
 
+from policies.expansion import expand_decoder
 from policies.loading import freeze_vision_tower, load_policy, load_processor, resolve_dtype
 from reward.model import BaseRewardModel, ScoreStats
 from reward.train import BTTrainer, PairCollator, compute_pair_metrics, held_out_breakdown, pair_metrics
@@ -58,6 +59,7 @@ def main(cfg: RMRecipeConfig) -> dict:
         **cfg.trainer, "output_dir": str(out), "seed": cfg.seed})
     model = BaseRewardModel.from_backbone(path, cfg.head, resolve_dtype(cfg.backbone.dtype),
                                           cfg.backbone.trust_remote_code, seed=cfg.seed)
+    deepen(model.backbone, cfg.backbone.extra_layers)
     if cfg.backbone.freeze_vision:
         freeze_vision_tower(model.backbone)
 
@@ -103,6 +105,13 @@ def main(cfg: RMRecipeConfig) -> dict:
 
 
 
+def deepen(model: Any, extra_layers: int) -> None:
+    """`backbone.extra_layers`: block expansion of the backbone before training (both paradigms)."""
+    if extra_layers:
+        depth = expand_decoder(model, extra_layers)
+        log.info("backbone deepened by %d zero-output layers to %d (block expansion)", extra_layers, depth)
+
+
 def train_judge(cfg: RMRecipeConfig, out: Path, path: str, processor: Any, train: Any, held_out: Any) -> dict:
     """`paradigm: generative`: SFT of the backbone to write the judge's verdict on the pairs (see the module
     docstring), then the held-out pairs judged by the result (accuracy, by kind of rejected answer, tokens
@@ -126,6 +135,7 @@ def train_judge(cfg: RMRecipeConfig, out: Path, path: str, processor: Any, train
                         "completion_only_loss": True, "max_length": None,
                         **cfg.trainer, **gen.trainer, "output_dir": str(out), "seed": cfg.seed})
     model = load_policy(path, cfg.backbone.dtype, cfg.backbone.trust_remote_code, cfg.backbone.freeze_vision)
+    deepen(model, cfg.backbone.extra_layers)
     trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=processor)
     result = trainer.train()
     final = out / "final"

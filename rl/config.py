@@ -155,6 +155,20 @@ class PolicyConfig:
 
 
 @dataclass
+class RewardBackboneConfig(PolicyConfig):
+    """The reward model's backbone: a policy checkpoint (or hub id), optionally deepened."""
+
+    # Decoder layers appended on top of the backbone's, copies of its last layer with zero output
+    # projections (block expansion, policies/expansion.py): the model starts out computing exactly what the
+    # backbone did and gains depth to check the response against the image. 0: the backbone as it is.
+    extra_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.extra_layers < 0:
+            raise ConfigError(f"backbone.extra_layers must be >= 0, got {self.extra_layers}")
+
+
+@dataclass
 class ValidationConfig:
     # What to do with a row that fails validation: "skip" (count and report) or "abort".
     on_bad_row: str = "skip"
@@ -355,7 +369,7 @@ class RMRecipeConfig:
     # naive: the paper's Naive-RM (a scalar head, Bradley-Terry loss); generative: the same backbone trained
     # by SFT to write R1-Reward's verdict (<answer>1</answer> / <answer>2</answer>) on the same pairs.
     paradigm: str = "naive"
-    backbone: PolicyConfig = field(default_factory=PolicyConfig)
+    backbone: RewardBackboneConfig = field(default_factory=RewardBackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: BTLossConfig = field(default_factory=BTLossConfig)
     generative: GenerativeRMConfig = field(default_factory=GenerativeRMConfig)
