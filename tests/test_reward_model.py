@@ -313,6 +313,11 @@ def test_tiny_reward_model_training_beats_chance_on_held_out_pairs(tmp_path, war
     assert set(summary["eval_accuracy_by_kind_and_task"]) >= {"near_miss/color", "wrong_attribute/description"}
     reloaded = BaseRewardModel.from_pretrained(summary["checkpoint"])
     assert reloaded.stats.std > 0
+    from transformers import AutoConfig  # the shipped recipe deepens the backbone: the checkpoint keeps the depth
+
+    policy_depth = AutoConfig.from_pretrained(warm_policy).text_config.num_hidden_layers
+    assert cfg.backbone.extra_layers > 0
+    assert reloaded.backbone.config.text_config.num_hidden_layers == policy_depth + cfg.backbone.extra_layers
 
 
 def test_calibrate_standardises_scores_with_the_checkpoints_statistics(tmp_path, tiny_vl):
