@@ -228,11 +228,12 @@ def ray_cluster(cfg: Any) -> Iterator[float]:
     import ray
 
     if ray.is_initialized():
-        requests = resource_requests(cfg, int(ray.cluster_resources().get("GPU", 0)))
+        total = ray.cluster_resources()
+        requests = resource_requests(cfg, int(total.get("GPU", 0)))
         where = "the Ray cluster this process is connected to"
-        _check_against(requests, where, ray.cluster_resources())  # what it could never hold: refused at once
+        _check_against(requests, where, total)  # what it could never hold: refused at once
         _wait_until_free(requests, f"{where} (free)")
-        yield ray.cluster_resources().get("GPU", 0.0)
+        yield total.get("GPU", 0.0)
         return
     if cfg.ray.address:
         log.info("joining the Ray cluster at %s", cfg.ray.address)

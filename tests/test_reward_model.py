@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from transformers import AutoConfig
 
 from reward.model import BaseRewardModel, HeadConfig, ScoreStats, build_head, last_token_index
 from reward.train import PairCollator, accuracy_by_group, bt_loss, held_out_breakdown, pair_metrics
@@ -313,8 +314,7 @@ def test_tiny_reward_model_training_beats_chance_on_held_out_pairs(tmp_path, war
     assert set(summary["eval_accuracy_by_kind_and_task"]) >= {"near_miss/color", "wrong_attribute/description"}
     reloaded = BaseRewardModel.from_pretrained(summary["checkpoint"])
     assert reloaded.stats.std > 0
-    from transformers import AutoConfig  # the shipped recipe deepens the backbone: the checkpoint keeps the depth
-
+    # The shipped recipe deepens the backbone: the checkpoint keeps the depth.
     policy_depth = AutoConfig.from_pretrained(warm_policy).text_config.num_hidden_layers
     assert cfg.backbone.extra_layers > 0
     assert reloaded.backbone.config.text_config.num_hidden_layers == policy_depth + cfg.backbone.extra_layers
