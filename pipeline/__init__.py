@@ -103,20 +103,25 @@ def launch(cfg: GRPORecipeConfig, policy_path: str) -> Iterator[Launched]:
 
 
 def _spawn(cfg: GRPORecipeConfig, layout: Layout, policy_path: str, stack: contextlib.ExitStack) -> Actors:
-    """The rollout and reward actors the layout asks for (stopped when `stack` closes)."""
-    from pipeline.actors import kill_on_exit, spawn_group
-    from pipeline.rollout_pool import engine_spec, spawn_rollout_actors
+    """The rollout and reward actors the layout asks for (stopped when `stack` closes), started together:
+    the groups construct at once (engines start while reward models load), and are waited for together."""
+    from pipeline.actors import StartingGroup, await_ready, kill_on_exit, start_group
+    from pipeline.rollout_pool import engine_spec, start_rollout_actors
     from rl.rewards import component_spec
 
-    actors = Actors()
+    groups: dict[str, StartingGroup] = {}  # "rollout" or a reward component -> its starting actors
     if layout.rollout_actors:
         engine_cls, kwargs = engine_spec(cfg.rollout, cfg.policy, policy_path)
-        actors.rollout = kill_on_exit(stack, spawn_rollout_actors(engine_cls, kwargs, cfg.rollout.actors))
+        groups["rollout"] = start_rollout_actors(engine_cls, kwargs, cfg.rollout.actors)
+        kill_on_exit(stack, groups["rollout"].actors)  # also when a later group cannot start
     for name in layout.reward_actors:
         spec = component_spec(name, cfg.reward)
-        actors.rewards[name] = kill_on_exit(stack, spawn_group(ACTOR_NAMES.get(name, name), spec.cls, spec.kwargs,
-                                                               getattr(cfg.reward.actors, name)))
-    return actors
+        groups[name] = start_group(ACTOR_NAMES.get(name, name), spec.cls, spec.kwargs, getattr(cfg.reward.actors, name))
+        kill_on_exit(stack, groups[name].actors)
+    await_ready(list(groups.values()))
+    rollout = groups.pop("rollout", None)
+    return Actors(rollout=rollout.actors if rollout else None,
+                  rewards={name: group.actors for name, group in groups.items()})
 
 
 def _check_memory(cfg: GRPORecipeConfig, gpus: int) -> None:

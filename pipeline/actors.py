@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -59,15 +61,26 @@ def hosted(cls: type[T], num_threads: int, mixins: tuple[type, ...] = ()) -> typ
     return type(cls.__name__, (*mixins, ActorProcess, cls), {"__init__": __init__, "__doc__": cls.__doc__})
 
 
-def spawn_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any,
-                mixins: tuple[type, ...] = ()) -> list[Any]:
-    """`group.num_actors` actors of `cls(**kwargs)` with the group's resources and placement.
+@dataclass
+class StartingGroup:
+    """A group's actors, created and still constructing: `await_ready` waits for them."""
+
+    name: str
+    actors: list[Any]
+    group: Any  # its rl.config.ActorGroupConfig
+    bundle: dict[str, Any]  # what each actor asked for
+    started: float = field(default_factory=time.monotonic)
+
+
+def start_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any,
+                mixins: tuple[type, ...] = ()) -> StartingGroup:
+    """Create `group.num_actors` actors of `cls(**kwargs)` with the group's resources and placement, without
+    waiting for their constructors: several groups started one after the other construct at once (a vLLM
+    engine's start-up overlaps a reward model's load), and `await_ready` waits for all of them.
 
     `group` is an `rl.config.ActorGroupConfig`: num_actors, num_cpus, num_gpus, resources (custom
     resource labels that pin actors to nodes), placement (a placement-group strategy or None),
-    max_restarts, ready_timeout_s. Returns Ray actor handles whose methods are `cls`'s, `ActorProcess`'s
-    and the `mixins`'. An actor that cannot be placed or constructed within `ready_timeout_s` is an
-    error naming the group and what it asked for, never a silent wait."""
+    max_restarts, ready_timeout_s. The actors' methods are `cls`'s, `ActorProcess`'s and the `mixins`'."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -97,18 +110,40 @@ def spawn_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any,
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=strategy, placement_group_bundle_index=i)
         actors.append(actor_cls.options(**options).remote(**kwargs))
-    # Fail fast (and clearly) if an actor cannot be placed or constructed.
+    return StartingGroup(name, actors, group, bundle)
+
+
+def await_ready(groups: list[StartingGroup]) -> None:
+    """Wait until every actor of `groups` is placed and constructed, each group within its ready_timeout_s
+    of its start. Fails fast and clearly: a group that is not ready in time is an error naming it and what
+    it asked for, never a silent wait; on any failure every actor of `groups` is killed, so nothing that
+    was starting alongside is left behind."""
+    import ray
+
+    pending = {id(g): [a.pid.remote() for a in g.actors] for g in groups}
     try:
-        ray.get([a.pid.remote() for a in actors], timeout=group.ready_timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
-        raise TimeoutError(f"{name}: {group.num_actors} actor(s) of {bundle} were not placed and constructed within "
-                           f"{group.ready_timeout_s:.0f}s (ready_timeout_s); the cluster has "
-                           f"{ray.available_resources()} free") from None
-    log.info("%s: %d actor(s) ready (%s CPU, %s GPU each%s)", name, len(actors), group.num_cpus, group.num_gpus,
-             f", {group.placement}" if group.placement else "")
-    return actors
+        for g in groups:
+            try:
+                ray.get(pending[id(g)], timeout=max(0.0, g.started + g.group.ready_timeout_s - time.monotonic()))
+            except ray.exceptions.GetTimeoutError:
+                raise TimeoutError(f"{g.name}: {g.group.num_actors} actor(s) of {g.bundle} were not placed and "
+                                   f"constructed within {g.group.ready_timeout_s:.0f}s (ready_timeout_s); the cluster "
+                                   f"has {ray.available_resources()} free") from None
+            log.info("%s: %d actor(s) ready (%s CPU, %s GPU each%s)", g.name, len(g.actors), g.group.num_cpus,
+                     g.group.num_gpus, f", {g.group.placement}" if g.group.placement else "")
+    except BaseException:
+        for g in groups:
+            for actor in g.actors:
+                ray.kill(actor, no_restart=True)
+        raise
+
+
+def spawn_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any,
+                mixins: tuple[type, ...] = ()) -> list[Any]:
+    """`start_group` and `await_ready` for one group: its actor handles, every one constructed."""
+    starting = start_group(name, cls, kwargs, group, mixins)
+    await_ready([starting])
+    return starting.actors
 
 
 def call_each(actors: list[Any], call: Callable[[Any], Any], timeout_s: float) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.actor_calls import ActorCalls, gather, shard
+from pipeline.actors import StartingGroup, await_ready, start_group
 from pipeline.weight_sync import Location, check_transport, engine_options, learner_location, make_weight_sync
 from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
 
@@ -40,13 +41,19 @@ def engine_spec(rollout: Any, policy: Any, policy_path: str) -> tuple[type, dict
                             **engine_options(rollout.weight_transfer))
 
 
-def spawn_rollout_actors(engine_cls: type, kwargs: dict[str, Any], group: Any) -> list[Any]:
+def start_rollout_actors(engine_cls: type, kwargs: dict[str, Any], group: Any) -> StartingGroup:
     """`group.num_actors` rollout actors hosting `engine_cls(**kwargs)`, with the receiving side of the
-    weight transports (`WeightReceiver`) mixed in."""
-    from pipeline.actors import spawn_group
+    weight transports (`WeightReceiver`) mixed in, created and constructing (`pipeline.actors.await_ready`)."""
     from pipeline.weight_sync.receiver import WeightReceiver
 
-    return spawn_group("rollout", engine_cls, kwargs, group, mixins=(WeightReceiver,))
+    return start_group("rollout", engine_cls, kwargs, group, mixins=(WeightReceiver,))
+
+
+def spawn_rollout_actors(engine_cls: type, kwargs: dict[str, Any], group: Any) -> list[Any]:
+    """`start_rollout_actors`, waited for: the actor handles, every engine constructed."""
+    starting = start_rollout_actors(engine_cls, kwargs, group)
+    await_ready([starting])
+    return starting.actors
 
 
 class RolloutPool:

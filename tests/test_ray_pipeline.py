@@ -241,6 +241,48 @@ def test_actor_groups_use_placement_groups_and_resources(ray_local, untrained_rm
         spawn_group("rule", RuleMatcher, {}, ActorGroupConfig(placement="TIGHT"))
 
 
+class Constructing:
+    """An actor whose constructor takes `seconds` and remembers when it ran."""
+
+    def __init__(self, seconds: float):
+        import time
+
+        self.began = time.time()
+        time.sleep(seconds)
+        self.ended = time.time()
+
+    def span(self) -> tuple[float, float]:
+        return self.began, self.ended
+
+
+def test_actor_groups_construct_together_and_one_that_is_late_stops_them_all(ray_local):
+    """A run's groups (rollout engines, reward scorers) are started before any is waited for: their
+    constructors overlap. A group not ready within its ready_timeout_s is a clear error naming it, and
+    every actor that was starting alongside is killed, not left behind."""
+    import sys
+
+    from ray import cloudpickle
+
+    from pipeline.actors import await_ready, start_group
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import a test module
+    group = ActorGroupConfig(num_actors=1, num_cpus=0.5)
+    first = start_group("first", Constructing, {"seconds": 3}, group)
+    second = start_group("second", Constructing, {"seconds": 3}, group)
+    await_ready([first, second])
+    (began_1, ended_1), (began_2, _) = ray_local.get([first.actors[0].span.remote(), second.actors[0].span.remote()])
+    assert began_2 < ended_1  # the second was constructing while the first still was
+    stop_actors(first.actors + second.actors)
+
+    quick = start_group("quick", Constructing, {"seconds": 0}, group)
+    late = start_group("late", Constructing, {"seconds": 600},
+                       ActorGroupConfig(num_actors=1, num_cpus=0.5, ready_timeout_s=5))
+    with pytest.raises(TimeoutError, match=r"late: 1 actor\(s\) of .* not placed and constructed within 5s"):
+        await_ready([quick, late])
+    with pytest.raises(ray_local.exceptions.RayActorError):
+        ray_local.get(quick.actors[0].pid.remote(), timeout=30)
+
+
 class Received:
     """A reward that returns what reached it: per row, its prompt and the columns' names."""
 
