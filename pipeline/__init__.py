@@ -109,19 +109,22 @@ def _spawn(cfg: GRPORecipeConfig, layout: Layout, policy_path: str, stack: conte
     from pipeline.rollout_pool import engine_spec, start_rollout_actors
     from rl.rewards import component_spec
 
-    groups: dict[str, StartingGroup] = {}  # "rollout" or a reward component -> its starting actors
+    def stopped_on_exit(group: StartingGroup) -> StartingGroup:  # at once: also when a later group cannot start
+        kill_on_exit(stack, group.actors)
+        return group
+
+    rollout = None
     if layout.rollout_actors:
         engine_cls, kwargs = engine_spec(cfg.rollout, cfg.policy, policy_path)
-        groups["rollout"] = start_rollout_actors(engine_cls, kwargs, cfg.rollout.actors)
-        kill_on_exit(stack, groups["rollout"].actors)  # also when a later group cannot start
+        rollout = stopped_on_exit(start_rollout_actors(engine_cls, kwargs, cfg.rollout.actors))
+    rewards = {}
     for name in layout.reward_actors:
         spec = component_spec(name, cfg.reward)
-        groups[name] = start_group(ACTOR_NAMES.get(name, name), spec.cls, spec.kwargs, getattr(cfg.reward.actors, name))
-        kill_on_exit(stack, groups[name].actors)
-    await_ready(list(groups.values()))
-    rollout = groups.pop("rollout", None)
+        rewards[name] = stopped_on_exit(start_group(ACTOR_NAMES.get(name, name), spec.cls, spec.kwargs,
+                                                    getattr(cfg.reward.actors, name)))
+    await_ready([group for group in (rollout, *rewards.values()) if group is not None])
     return Actors(rollout=rollout.actors if rollout else None,
-                  rewards={name: group.actors for name, group in groups.items()})
+                  rewards={name: group.actors for name, group in rewards.items()})
 
 
 def _check_memory(cfg: GRPORecipeConfig, gpus: int) -> None:

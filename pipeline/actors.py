@@ -68,8 +68,17 @@ class StartingGroup:
     name: str
     actors: list[Any]
     group: Any  # its rl.config.ActorGroupConfig
-    bundle: dict[str, Any]  # what each actor asked for
     started: float = field(default_factory=time.monotonic)
+
+    def ready(self) -> list[Any]:
+        """The actors, once every one is constructed (`await_ready` for this group alone)."""
+        await_ready([self])
+        return self.actors
+
+
+def _bundle(group: Any) -> dict[str, Any]:
+    """What each actor of `group` asks Ray for."""
+    return {"CPU": group.num_cpus, **({"GPU": group.num_gpus} if group.num_gpus else {}), **group.resources}
 
 
 def start_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any,
@@ -87,7 +96,7 @@ def start_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any,
 
     if group.num_actors < 1:
         raise ValueError(f"{name}: num_actors must be >= 1, got {group.num_actors}")
-    bundle = {"CPU": group.num_cpus, **({"GPU": group.num_gpus} if group.num_gpus else {}), **group.resources}
+    bundle = _bundle(group)
     strategy = None
     if group.placement:
         if group.placement not in PLACEMENT_STRATEGIES:
@@ -110,7 +119,7 @@ def start_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any,
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=strategy, placement_group_bundle_index=i)
         actors.append(actor_cls.options(**options).remote(**kwargs))
-    return StartingGroup(name, actors, group, bundle)
+    return StartingGroup(name, actors, group)
 
 
 def await_ready(groups: list[StartingGroup]) -> None:
@@ -120,15 +129,15 @@ def await_ready(groups: list[StartingGroup]) -> None:
     was starting alongside is left behind."""
     import ray
 
-    pending = {id(g): [a.pid.remote() for a in g.actors] for g in groups}
+    pids = [[actor.pid.remote() for actor in g.actors] for g in groups]  # every constructor, at once
     try:
-        for g in groups:
+        for g, group_pids in zip(groups, pids, strict=True):
             try:
-                ray.get(pending[id(g)], timeout=max(0.0, g.started + g.group.ready_timeout_s - time.monotonic()))
+                ray.get(group_pids, timeout=max(0.0, g.started + g.group.ready_timeout_s - time.monotonic()))
             except ray.exceptions.GetTimeoutError:
-                raise TimeoutError(f"{g.name}: {g.group.num_actors} actor(s) of {g.bundle} were not placed and "
-                                   f"constructed within {g.group.ready_timeout_s:.0f}s (ready_timeout_s); the cluster "
-                                   f"has {ray.available_resources()} free") from None
+                raise TimeoutError(f"{g.name}: {g.group.num_actors} actor(s) of {_bundle(g.group)} were not placed "
+                                   f"and constructed within {g.group.ready_timeout_s:.0f}s (ready_timeout_s); the "
+                                   f"cluster has {ray.available_resources()} free") from None
             log.info("%s: %d actor(s) ready (%s CPU, %s GPU each%s)", g.name, len(g.actors), g.group.num_cpus,
                      g.group.num_gpus, f", {g.group.placement}" if g.group.placement else "")
     except BaseException:
@@ -140,10 +149,8 @@ def await_ready(groups: list[StartingGroup]) -> None:
 
 def spawn_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any,
                 mixins: tuple[type, ...] = ()) -> list[Any]:
-    """`start_group` and `await_ready` for one group: its actor handles, every one constructed."""
-    starting = start_group(name, cls, kwargs, group, mixins)
-    await_ready([starting])
-    return starting.actors
+    """`start_group` for one group, waited for: its actor handles, every one constructed."""
+    return start_group(name, cls, kwargs, group, mixins).ready()
 
 
 def call_each(actors: list[Any], call: Callable[[Any], Any], timeout_s: float) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.actor_calls import ActorCalls, gather, shard
-from pipeline.actors import StartingGroup, await_ready, start_group
+from pipeline.actors import StartingGroup, start_group
 from pipeline.weight_sync import Location, check_transport, engine_options, learner_location, make_weight_sync
 from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
 
@@ -51,9 +51,7 @@ def start_rollout_actors(engine_cls: type, kwargs: dict[str, Any], group: Any) -
 
 def spawn_rollout_actors(engine_cls: type, kwargs: dict[str, Any], group: Any) -> list[Any]:
     """`start_rollout_actors`, waited for: the actor handles, every engine constructed."""
-    starting = start_rollout_actors(engine_cls, kwargs, group)
-    await_ready([starting])
-    return starting.actors
+    return start_rollout_actors(engine_cls, kwargs, group).ready()
 
 
 class RolloutPool:
