@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.installed-vllm
 PYTEST_ARGS ?=
 
-.PHONY: install install-vllm demo test test-fast clean
+.PHONY: install install-vllm demo test test-fast lint clean
 
 # One CPU environment (see constraints.txt). tools/sitecustomize.py lets PyPI's torchvision import
 # beside torch 2.13.0+cpu.
@@ -35,8 +35,12 @@ demo: $(STAMP)
 
 # Two workers: the suite mostly waits (Ray start-up, engines), so two on two cores take about half the time.
 # Tests that start Ray clusters run beside each other: each stops only the cluster it started.
-test: $(VLLM_STAMP)
+test: $(VLLM_STAMP) lint
 	$(BIN)/python -m pytest -n 2 --dist worksteal $(PYTEST_ARGS)
+
+# ruff's lint (pyproject.toml: pyflakes, pycodestyle, import order; 120 characters), on the whole tree.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # Skip the minutes-long end-to-end lanes (vLLM included) while iterating.
 test-fast: $(STAMP)

@@ -34,7 +34,7 @@ VARIANTS = {  # name -> overrides of the hybrid run
 def build_inputs(work: Path) -> tuple[str, str]:
     """The SFT policy and the tiny BaseReward, as `brl demo` builds them."""
     from recipes import sft, train_reward_model
-    from rl.tasks.shapes import make_tiny_policy
+    from rl.tasks.models import make_tiny_policy
 
     policy = make_tiny_policy(work / "tiny-policy")
     warm = sft.main(sft.load(str(CONFIGS / "tiny_cpu_sft.yaml"), [f"output_dir={work / 'sft'}", f"policy.path={policy}",
@@ -76,10 +76,27 @@ def main() -> None:
                          "RM score right - wrong": (run["model_score"] or {}).get("right_mean", float("nan"))
                          - (run["model_score"] or {}).get("wrong_mean", float("nan"))})
         start = results["start"]
-    rows.insert(0, {"variant": "starting policy (SFT)", "seed": "-", **{t: v["sampled"] for t, v in start["per_task"].items()},
-                    "average": start["sampled_task_average"], "average, greedy": start["task_average"]})
-    report("hybrid_settings", rows, {"steps": args.steps, "seeds": list(args.seeds), "policy": policy,
-                                      "reward_model": rm, "variants": {k: VARIANTS[k] for k in args.variants}})
+    rows.insert(
+        0,
+        {
+            "variant": "starting policy (SFT)",
+            "seed": "-",
+            **{t: v["sampled"] for t, v in start["per_task"].items()},
+            "average": start["sampled_task_average"],
+            "average, greedy": start["task_average"],
+        },
+    )
+    report(
+        "hybrid_settings",
+        rows,
+        {
+            "steps": args.steps,
+            "seeds": list(args.seeds),
+            "policy": policy,
+            "reward_model": rm,
+            "variants": {k: VARIANTS[k] for k in args.variants},
+        },
+    )
 
 
 if __name__ == "__main__":

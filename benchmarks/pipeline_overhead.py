@@ -70,7 +70,7 @@ def main() -> None:
 
     gpu = args.size == "3b"
     if gpu:
-        from rl.tasks.shapes import make_real_shape_model
+        from rl.tasks.models import make_real_shape_model
 
         policy = str(make_real_shape_model("Qwen/Qwen2.5-VL-3B-Instruct", tempfile.mkdtemp()))
         trainer_kwargs = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 8, "num_generations": 8,

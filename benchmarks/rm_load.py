@@ -26,7 +26,7 @@ def build(out: str, hidden: int, layers: int) -> int:
     """A BaseReward checkpoint on the tiny Qwen2.5-VL scaled to `hidden` x `layers`; returns its bytes."""
     from policies.loading import load_processor
     from reward.model import BaseRewardModel, HeadConfig
-    from rl.tasks.shapes import make_tiny_policy
+    from rl.tasks.models import make_tiny_policy
 
     text = {"hidden_size": hidden, "intermediate_size": hidden * 11 // 4, "num_hidden_layers": layers,
             "num_attention_heads": hidden // 64, "num_key_value_heads": 2}

@@ -32,7 +32,8 @@ def main() -> None:
     from policies.hf_engine import HFEngine
     from policies.rollout_engine import RolloutRequest, SamplingParams
     from rl.config import ActorGroupConfig, RolloutConfig
-    from rl.tasks.shapes import make_shapes_dataset, make_tiny_policy
+    from rl.tasks.models import make_tiny_policy
+    from rl.tasks.shapes import make_shapes_dataset
 
     policy = str(make_tiny_policy(tempfile.mkdtemp()))
     ds = make_shapes_dataset(args.prompts, seed=0)

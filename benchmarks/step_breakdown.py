@@ -50,8 +50,8 @@ class StepTimer(TrainerCallback):
 
 def run(size: str, steps: int, rm_path: str) -> dict:
     from policies.loading import load_policy
-    from rl.tasks.shapes import make_tiny_policy
     from recipes import grpo
+    from rl.tasks.models import make_tiny_policy
 
     policy = make_tiny_policy(tempfile.mkdtemp(), text=SIZES[size])
     params = sum(p.numel() for p in load_policy(str(policy)).parameters())
@@ -76,8 +76,14 @@ def run(size: str, steps: int, rm_path: str) -> dict:
     parts = {"generate": mean("timing/generate"), "weight_sync": mean("timing/weight_sync"),
              "reward": sum(mean(k) for k in rows[0] if k.startswith("timing/reward/"))}
     parts["learner"] = step - sum(parts.values())
-    return {"size": size, "params_M": params / 1e6, "s_per_step": step,
-            **{f"{k}_s": v for k, v in parts.items()}, **{f"{k}_share": v / step for k, v in parts.items()}, "first_sync_s": first_sync}
+    return {
+        "size": size,
+        "params_M": params / 1e6,
+        "s_per_step": step,
+        **{f"{k}_s": v for k, v in parts.items()},
+        **{f"{k}_share": v / step for k, v in parts.items()},
+        "first_sync_s": first_sync,
+    }
 
 
 def main() -> None:
@@ -89,15 +95,27 @@ def main() -> None:
         parser.error(f"--steps must be more than the {WARMUP_STEPS} warm-up steps left out of the timing")
 
     from policies.loading import load_processor
-    from rl.tasks.shapes import make_tiny_policy
     from reward.model import BaseRewardModel, HeadConfig
+    from rl.tasks.models import make_tiny_policy
 
     backbone = str(make_tiny_policy(tempfile.mkdtemp()))
-    rm = str(BaseRewardModel.from_backbone(backbone, HeadConfig(), seed=0).save_pretrained(
-        tempfile.mkdtemp(), load_processor(backbone)))
+    rm = str(
+        BaseRewardModel.from_backbone(backbone, HeadConfig(), seed=0).save_pretrained(
+            tempfile.mkdtemp(), load_processor(backbone)
+        )
+    )
     rows = [run(size, args.steps, rm) for size in args.sizes]
-    report("step_breakdown", rows, {"steps": args.steps, "rollouts_per_step": 16, "completion_tokens": 8,
-                                    "reward": "hybrid (rule + tiny BaseReward scorer actor)", "sync_every": 1})
+    report(
+        "step_breakdown",
+        rows,
+        {
+            "steps": args.steps,
+            "rollouts_per_step": 16,
+            "completion_tokens": 8,
+            "reward": "hybrid (rule + tiny BaseReward scorer actor)",
+            "sync_every": 1,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -90,8 +90,8 @@ class GatheredRollouts:
         return mine[0]
 
     def _log_gap(self, trainer: Any, prompts: list[Any], output: dict[str, list], rank: int) -> None:
-        from pipeline.rollout import output_logprob_gap
         from adapters.trl import log_metric
+        from pipeline.rollout import output_logprob_gap
 
         model = trainer.accelerator.unwrap_model(trainer.model)
         gaps = output_logprob_gap(model, trainer.processing_class, prompts, output, trainer.args.temperature,

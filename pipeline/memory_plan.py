@@ -18,10 +18,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.known_models import config_dtype, model_config
-from rl.config import SHARDED_STRATEGIES, ConfigError
 from pipeline.layout import Layout
 from pipeline.placement import Request, gpu_requests, pack
+from policies.known_models import config_dtype, model_config
+from rl.config import SHARDED_STRATEGIES, ConfigError
 
 GiB = 2**30
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -370,14 +370,14 @@ def judge_shape(cfg: Any) -> tuple[Shape | None, str]:
             return shape_of(model_config(path)), path
         except ValueError:  # a hub id neither cached nor known offline
             pass
-    return shape_of(model_config(ASSUMED_JUDGE)), f"{ASSUMED_JUDGE} assumed ({path or 'reward.judge.path'} unknown here)"
+    assumed = f"{ASSUMED_JUDGE} assumed ({path or 'reward.judge.path'} unknown here)"
+    return shape_of(model_config(ASSUMED_JUDGE)), assumed
 
 
 def reward_shape(cfg: Any, override: str | None = None) -> tuple[Shape | None, str]:
     """The reward model's shape and where it came from (None when the scheme has no reward model).
 
     Its checkpoint (or `override`), else, for a checkpoint not trained yet, the paper's backbone."""
-    from pathlib import Path
 
     if "model" not in cfg.reward.components():
         return None, "no reward model"
@@ -388,8 +388,9 @@ def reward_shape(cfg: Any, override: str | None = None) -> tuple[Shape | None, s
         except ValueError:
             if override:
                 raise
-    return shape_of(model_config(ASSUMED_REWARD_MODEL), backbone_only=True), \
-        f"{ASSUMED_REWARD_MODEL} assumed ({path or 'reward.model.paths'} is not there yet)"
+    return shape_of(
+        model_config(ASSUMED_REWARD_MODEL), backbone_only=True
+    ), f"{ASSUMED_REWARD_MODEL} assumed ({path or 'reward.model.paths'} is not there yet)"
 
 
 def fewest_gpus(cfg: Any) -> int:
@@ -403,22 +404,34 @@ def fewest_gpus(cfg: Any) -> int:
     raise ConfigError("the config asks for more than 1024 GPUs")
 
 
-def plan_for(cfg: Any, args: Any, num_gpus: int, capacity: int, reward_model: str | None = None,
-             text_tokens: int = DEFAULT_TEXT_TOKENS, images_per_prompt: int = 1) -> tuple[list[GPUPlan], str]:
+def plan_for(
+    cfg: Any,
+    args: Any,
+    num_gpus: int,
+    capacity: int,
+    reward_model: str | None = None,
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+    images_per_prompt: int = 1,
+) -> tuple[list[GPUPlan], str]:
     """The per-GPU plan of a GRPO config and a header describing what it assumed."""
     policy = shape_of(model_config(cfg.policy.path, cfg.policy.trust_remote_code))
     reward, reward_from = reward_shape(cfg, reward_model)
     judge, judge_from = judge_shape(cfg)
     load = workload(cfg, args, text_tokens, images_per_prompt)
     plans = plan(cfg, args, policy, reward, num_gpus, capacity, load, judge)
-    trained = "LoRA adapter" if cfg.policy.lora else \
-        f"{(policy.params - (policy.vision_params if cfg.policy.freeze_vision else 0)) / 1e9:.2f}B trained"
-    header = (f"{num_gpus} GPU(s) of {capacity / GiB:.0f} GiB. Policy {cfg.policy.path}: {policy.params / 1e9:.2f}B "
-              f"parameters ({policy.vision_params / 1e9:.2f}B vision), {trained}, {cfg.policy.dtype} weights, "
-              f"{'bf16' if args.bf16 else 'fp16' if args.fp16 else cfg.policy.dtype} compute. Reward model: "
-              f"{reward_from}{f' ({reward.params / 1e9:.2f}B)' if reward else ''}"
-              f"{f'. Judge: {judge_from} ({judge.params / 1e9:.2f}B)' if judge else ''}. A step: "
-              f"{load.rollouts_per_step} rollouts ({load.rollouts_per_step // load.group} prompts x {load.group}), "
-              f"{load.prompt_tokens} prompt tokens ({text_tokens} text + {images_per_prompt} image(s)), "
-              f"{load.completion_tokens} completion tokens, micro-batch {load.micro_batch}.")
+    trained = (
+        "LoRA adapter"
+        if cfg.policy.lora
+        else f"{(policy.params - (policy.vision_params if cfg.policy.freeze_vision else 0)) / 1e9:.2f}B trained"
+    )
+    header = (
+        f"{num_gpus} GPU(s) of {capacity / GiB:.0f} GiB. Policy {cfg.policy.path}: {policy.params / 1e9:.2f}B "
+        f"parameters ({policy.vision_params / 1e9:.2f}B vision), {trained}, {cfg.policy.dtype} weights, "
+        f"{'bf16' if args.bf16 else 'fp16' if args.fp16 else cfg.policy.dtype} compute. Reward model: "
+        f"{reward_from}{f' ({reward.params / 1e9:.2f}B)' if reward else ''}"
+        f"{f'. Judge: {judge_from} ({judge.params / 1e9:.2f}B)' if judge else ''}. A step: "
+        f"{load.rollouts_per_step} rollouts ({load.rollouts_per_step // load.group} prompts x {load.group}), "
+        f"{load.prompt_tokens} prompt tokens ({text_tokens} text + {images_per_prompt} image(s)), "
+        f"{load.completion_tokens} completion tokens, micro-batch {load.micro_batch}."
+    )
     return plans, header

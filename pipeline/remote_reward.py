@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pipeline.actor_calls import ActorCalls, shard
 from policies.chat import share_equal_images
 from reward.base import slice_columns
-from pipeline.actor_calls import ActorCalls, shard
 
 # Reward kwargs that only make sense in the driver process (TRL's callbacks and state objects).
 DRIVER_ONLY = ("log_metric", "log_extra", "trainer_state", "environments")

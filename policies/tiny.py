@@ -7,7 +7,7 @@ architecture with random weights. The result is saved with `save_pretrained`, so
 the project treats it exactly like `Qwen/Qwen2.5-VL-3B-Instruct`.
 
 The tokenizer is trained on a corpus the caller gives: a task's own vocabulary (the shapes task
-builds its tiny policy with `rl.tasks.shapes.make_tiny_policy`), so a few hundred tokens cover it.
+builds its tiny policy with `rl.tasks.models.make_tiny_policy`), so a few hundred tokens cover it.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ def resolve_model_path(path: str, output_dir: str | Path, seed: int = 0, field: 
     if path != "tiny":
         check_model_source(path, field)
         return str(Path(path).resolve()) if Path(path).is_dir() else path
-    from rl.tasks.shapes import make_tiny_policy
+    from rl.tasks.models import make_tiny_policy
 
     target = Path(output_dir) / "tiny-policy"
     if not (target / "config.json").is_file():

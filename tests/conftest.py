@@ -18,7 +18,7 @@ from vllm_lock import vllm_lock  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_vl(tmp_path_factory) -> str:
     """A random-weight tiny Qwen2.5-VL checkpoint directory (with processor)."""
-    from rl.tasks.shapes import make_tiny_policy
+    from rl.tasks.models import make_tiny_policy
 
     return str(make_tiny_policy(tmp_path_factory.mktemp("tiny-vl")))
 
@@ -26,7 +26,7 @@ def tiny_vl(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory) -> str:
     """A random-weight tiny Qwen2 (text-only) checkpoint directory (with tokenizer)."""
-    from rl.tasks.shapes import make_tiny_policy
+    from rl.tasks.models import make_tiny_policy
 
     return str(make_tiny_policy(tmp_path_factory.mktemp("tiny-lm"), text_only=True))
 

@@ -3,10 +3,18 @@ import math
 
 import pytest
 
+from evaluation.rm_benchmarks import evaluate_file
+from evaluation.rm_metrics import (
+    length_scorer,
+    mm_rlhf_category,
+    mm_rlhf_metrics,
+    pairs_metrics,
+    random_scorer,
+    scalar_pairs,
+    vl_reward_group,
+    vl_reward_metrics,
+)
 from recipes.cli import main as cli
-from reward.bench import (length_scorer, mm_rlhf_category, mm_rlhf_metrics, pairs_metrics, random_scorer,
-                          scalar_pairs, vl_reward_group, vl_reward_metrics)
-from rl.rm_benchmarks import evaluate_file
 
 NAN = float("nan")
 
@@ -90,7 +98,7 @@ def test_eval_rm_with_a_model_sees_images(tmp_path, untrained_rm):
     (red vs blue) get different scores, and rows with the same image get the same."""
     from PIL import Image
 
-    from reward.bench import model_scorer
+    from evaluation.rm_metrics import model_scorer
 
     (tmp_path / "imgs" / "short").mkdir(parents=True)
     for i, color in enumerate(("red", "blue", "red")):
@@ -170,22 +178,41 @@ def test_vl_reward_bench_in_its_hub_schema_with_embedded_images(tmp_path, untrai
     from datasets import Dataset, Features, Image, Sequence, Value
     from PIL import Image as PILImage
 
-    from reward.bench import model_scorer
+    from evaluation.rm_metrics import model_scorer
 
     def png(color):
         buf = io.BytesIO()
         PILImage.new("RGB", (56, 56), color).save(buf, format="PNG")
         return {"bytes": buf.getvalue(), "path": None}
 
-    features = Features({"id": Value("string"), "query": Value("string"), "response": Sequence(Value("string")),
-                         "image": Image(), "human_ranking": Sequence(Value("int64")), "models": Sequence(Value("string")),
-                         "judge": Value("string"), "rationale": Value("string"), "query_source": Value("string"),
-                         "ground_truth": Value("string")})
-    base = {"query": "What color?", "response": ["red", "blue"], "models": ["a", "b"], "judge": "human",
-            "rationale": "", "query_source": "x", "ground_truth": ""}
-    rows = [{**base, "id": "RLAIF-V_1", "image": png("red"), "human_ranking": [0, 1]},
-            {**base, "id": "wildvision-battle_2", "image": png("blue"), "human_ranking": [1, 0]},
-            {**base, "id": "mathverse_3", "image": png("red"), "human_ranking": [0, 1]}]
+    features = Features(
+        {
+            "id": Value("string"),
+            "query": Value("string"),
+            "response": Sequence(Value("string")),
+            "image": Image(),
+            "human_ranking": Sequence(Value("int64")),
+            "models": Sequence(Value("string")),
+            "judge": Value("string"),
+            "rationale": Value("string"),
+            "query_source": Value("string"),
+            "ground_truth": Value("string"),
+        }
+    )
+    base = {
+        "query": "What color?",
+        "response": ["red", "blue"],
+        "models": ["a", "b"],
+        "judge": "human",
+        "rationale": "",
+        "query_source": "x",
+        "ground_truth": "",
+    }
+    rows = [
+        {**base, "id": "RLAIF-V_1", "image": png("red"), "human_ranking": [0, 1]},
+        {**base, "id": "wildvision-battle_2", "image": png("blue"), "human_ranking": [1, 0]},
+        {**base, "id": "mathverse_3", "image": png("red"), "human_ranking": [0, 1]},
+    ]
     data = tmp_path / "test.parquet"
     Dataset.from_list(rows, features=features).to_parquet(str(data))
     seen = []

@@ -12,6 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from adapters.trl import EpochSeededRepeatSampler
+from recipes import grpo
 from rl.checkpoint import (
     CHECKPOINTS,
     LATEST,
@@ -21,9 +23,7 @@ from rl.checkpoint import (
     latest_checkpoint,
     resolve_resume,
 )
-from recipes import grpo
 from rl.step_guard import NonFiniteGuard, NonFiniteStepError, grads_finite
-from adapters.trl import EpochSeededRepeatSampler
 
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
 

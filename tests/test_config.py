@@ -1,6 +1,5 @@
-from pathlib import Path
-
 import importlib
+from pathlib import Path
 
 import pytest
 from trl import GRPOConfig

@@ -15,8 +15,9 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 # adapters (other libraries' internals) <- policies (models, engines, chat) <- reward <- rl (configs, data, the
-# learner, checkpoints) <- pipeline (placement, actors, rollouts, weight sync, the distributed learner) <- recipes
-LAYERS = {"adapters": 0, "policies": 1, "reward": 2, "rl": 3, "pipeline": 4, "recipes": 5}
+# learner, checkpoints) <- evaluation (policies and reward models on held-out rows and benchmarks) <- pipeline
+# (placement, actors, rollouts, weight sync, the distributed learner) <- recipes
+LAYERS = {"adapters": 0, "policies": 1, "reward": 2, "rl": 3, "evaluation": 4, "pipeline": 5, "recipes": 6}
 SOURCES = (*LAYERS, "tests", "benchmarks")
 
 

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 peft = pytest.importorskip("peft")
 
-from policies.rollout_engine import RolloutRequest, SamplingParams  # noqa: E402
-from policies.hf_engine import HFEngine  # noqa: E402
-from recipes import grpo  # noqa: E402
 from pipeline.weight_sync.export import policy_state_dict  # noqa: E402
+from policies.hf_engine import HFEngine  # noqa: E402
+from policies.rollout_engine import RolloutRequest, SamplingParams  # noqa: E402
+from recipes import grpo  # noqa: E402
 from rl.tasks.shapes import make_shapes_dataset  # noqa: E402
 
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.memory_plan import GiB, check_fits, plan_for
 from recipes import grpo
 from recipes.cli import main as cli
 from rl.config import ConfigError
 from rl.learner import grpo_args
-from pipeline.memory_plan import GiB, check_fits, plan_for
 
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
 GPU_CONFIGS = sorted(p.name for p in CONFIGS.glob("gpu_*.yaml") if "_rm_" not in p.name)

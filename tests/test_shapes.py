@@ -1,13 +1,27 @@
-from PIL import Image
-
 import random
 import re
 
 import pytest
+from PIL import Image
 
-from rl.tasks.shapes import (COLORS, POSITIONS, QUESTIONS, SHAPES, TASKS, Item, describe, describe_freely,
-                             describe_score, make_preference_pairs, make_shapes_dataset, make_shapes_splits, mentions,
-                             paraphrases, scene_items, wrong_answers)
+from rl.tasks.shapes import (
+    COLORS,
+    POSITIONS,
+    QUESTIONS,
+    SHAPES,
+    TASKS,
+    Item,
+    describe,
+    describe_freely,
+    describe_score,
+    make_preference_pairs,
+    make_shapes_dataset,
+    make_shapes_splits,
+    mentions,
+    paraphrases,
+    scene_items,
+    wrong_answers,
+)
 
 
 def test_rows_have_the_rl_format():
@@ -44,7 +58,9 @@ def test_the_task_mix_takes_weights():
     ds = make_shapes_dataset(400, seed=0, tasks={"color": 3.0, "description": 1.0})
     assert set(ds["task"]) == {"color", "description"}
     assert 0.65 < ds["task"].count("color") / 400 < 0.85
-    assert make_shapes_dataset(5, seed=0, tasks={"color": 1.0, "count": 1.0})["task"] == ["color", "count"] * 2 + ["color"]
+    assert make_shapes_dataset(5, seed=0, tasks={"color": 1.0, "count": 1.0})["task"] == ["color", "count"] * 2 + [
+        "color"
+    ]
     with pytest.raises(ValueError, match="weights"):
         make_shapes_dataset(2, tasks={"color": 0.0})
 
@@ -69,8 +85,11 @@ def test_the_scene_score_reads_free_descriptions_and_penalises_wrong_and_invente
 def test_description_pairs_reject_one_wrong_attribute_or_an_invented_object():
     pairs = make_preference_pairs(300, seed=2, tasks=["description"])
     kinds = set(pairs["kind"])
-    assert {"wrong_attribute", "invented_object"} <= kinds <= {"wrong_attribute", "invented_object", "off_task",
-                                                                "degenerate"}
+    assert (
+        {"wrong_attribute", "invented_object"}
+        <= kinds
+        <= {"wrong_attribute", "invented_object", "off_task", "degenerate"}
+    )
     for row in pairs:
         if row["kind"] == "wrong_attribute":  # as long as a right one, but one object's attribute is wrong
             assert len(mentions(row["rejected"])) == len(mentions(row["chosen"]))
@@ -137,8 +156,9 @@ def test_preference_source_options_shape_the_training_pairs_and_leave_the_held_o
     from rl.config import PreferenceDataConfig, PreferenceSourceConfig
     from rl.data import load_preference_mixture
 
-    source = PreferenceSourceConfig(source="shapes", size=60, tasks={"description": 3.0, "color": 1.0},
-                                    same_wording=True)
+    source = PreferenceSourceConfig(
+        source="shapes", size=60, tasks={"description": 3.0, "color": 1.0}, same_wording=True
+    )
     train, held_out = load_preference_mixture(PreferenceDataConfig(sources=[source], eval_size=200))
     questions = [row["prompt"][0]["content"][-1]["text"] for row in train]  # the mixture keeps the common columns
     assert set(questions) == {QUESTIONS["description"], QUESTIONS["color"]}
@@ -147,4 +167,6 @@ def test_preference_source_options_shape_the_training_pairs_and_leave_the_held_o
     wrong = [r for r in held_out if r["kind"] == "wrong_attribute"]
     assert any(_attributes_blanked(r["rejected"]) != _attributes_blanked(r["chosen"]) for r in wrong)
     with pytest.raises(ValueError, match="unknown shapes task"):
-        load_preference_mixture(PreferenceDataConfig(sources=[PreferenceSourceConfig(source="shapes", tasks={"sky": 1.0})]))
+        load_preference_mixture(
+            PreferenceDataConfig(sources=[PreferenceSourceConfig(source="shapes", tasks={"sky": 1.0})])
+        )

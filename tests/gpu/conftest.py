@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.tasks.shapes import make_real_shape_model
+from rl.tasks.models import make_real_shape_model
 
 ROOT = Path(__file__).parent.parent.parent
 

@@ -59,9 +59,10 @@ def test_the_hybrid_pipeline_shares_one_gpu_for_3_steps_within_the_plan(tmp_path
     fractions; 3 GRPO steps; the learner pinned to the GPU; peak memory of the GPU (all processes)
     within 15% of what `brl plan` estimates for it."""
     from lane_layouts import ONE_GPU_HYBRID_CONFIG, one_gpu_hybrid
+
+    from pipeline.memory_plan import GiB, plan_for
     from recipes import grpo
     from rl.learner import grpo_args
-    from pipeline.memory_plan import GiB, plan_for
 
     overrides = one_gpu_hybrid(tmp_path, policy_3b, reward_7b)
     config = ONE_GPU_HYBRID_CONFIG
@@ -83,11 +84,11 @@ def test_the_3b_policy_reaches_an_actor_on_the_learners_gpu_in_under_a_second(po
     IPC): each sync is a cast into a staging bucket and a device-to-device copy."""
     import ray
 
-    from policies.hf_engine import HFEngine
-    from policies.loading import load_policy
     from pipeline.rollout_pool import RolloutPool, spawn_rollout_actors
     from pipeline.weight_sync import learner_location
     from pipeline.weight_sync.export import PolicyWeights
+    from policies.hf_engine import HFEngine
+    from policies.loading import load_policy
     from rl.config import ActorGroupConfig, RolloutConfig
 
     model = load_policy(policy_3b, "float32").cuda()

@@ -1,5 +1,5 @@
 """Run a reward-model benchmark in its published form: read its rows (a file or the hub dataset),
-score both responses of each pair, compute its metrics (the metric code is reward/bench.py). Used by
+score both responses of each pair, compute its metrics (the metric code is evaluation/rm_metrics.py). Used by
 `brl eval-rm --format NAME --data PATH_OR_HUB_ID`.
 
 | format | published schema | metrics |
@@ -20,8 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reward.bench import (PairScorer, mm_rlhf_metrics, multimodal_rewardbench_metrics, pairs_metrics,
-                          rewardbench_metrics, vl_reward_metrics)
+from evaluation.rm_metrics import (
+    PairScorer,
+    mm_rlhf_metrics,
+    multimodal_rewardbench_metrics,
+    pairs_metrics,
+    rewardbench_metrics,
+    vl_reward_metrics,
+)
 from rl.data.read import RowError, iter_rows
 
 FORMATS = ("vl-reward", "mm-rlhf", "multimodal-rewardbench", "rewardbench", "pairs")
@@ -51,7 +57,8 @@ def _item(prompt_text: str, images: list[Any], response: str) -> dict:
 def evaluate_file(data: str, fmt: str, pairs: PairScorer, needs_images: bool = True, split: str = "test",
                   image_root: str | None = None, costs: Callable[[], dict[str, float]] | None = None) -> dict[str, Any]:
     """Score every pair of a benchmark (a file, or a hub dataset name and its split) and compute its metrics.
-    Beside them: seconds per pair, and what `costs` (a judge's counters) reports per pair (tokens generated)."""
+    Beside them: seconds per pair, and from `costs` (a judge's counters) its tokens and verdicts per pair, the
+    share of its verdicts that pick the first response and its position consistency (reward.judge.judge_report)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown benchmark format {fmt!r}; use one of {', '.join(FORMATS)}")
     base = Path(image_root) if image_root else Path(data).parent
@@ -101,6 +108,8 @@ def evaluate_file(data: str, fmt: str, pairs: PairScorer, needs_images: bool = T
         result = pairs_metrics(a, b)
     result["video_rows_scored_without_frames"] = video_without_frames
     result["seconds_per_pair"] = seconds / len(rows) if rows else math.nan
-    for key, value in (costs() if costs is not None else {}).items():
-        result[f"{key}_per_pair"] = value / len(rows) if rows else math.nan
+    if costs is not None:  # a judge's counters: its cost per pair, and how the order of the responses sways it
+        from reward.judge import judge_report
+
+        result.update(judge_report(costs(), len(rows)))
     return result

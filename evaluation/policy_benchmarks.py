@@ -13,26 +13,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
 from typing import Any
+
+from rl.config import BenchmarkOptions
 
 log = logging.getLogger(__name__)
 JUDGE_SETTINGS = ("MODEL_VERSION", "GPT_EVAL_MODEL_NAME")  # how lmms-eval's judge-scored tasks name their judge
-
-
-@dataclass
-class BenchmarkOptions:
-    """What to run and how (the `benchmarks:` section of `brl compare`; `brl eval-bench`'s flags)."""
-
-    tasks: list[str] = field(default_factory=list)  # lmms-eval task names (none: no benchmark columns)
-    include_path: str | None = None  # a folder of extra lmms-eval task definitions (local copies, your own)
-    limit: int | None = None  # documents per task (None: all)
-    batch_size: int = 16
-    backend: str = "hf"  # the engine that generates: hf | vllm
-    max_tokens: int = 1024  # the most any task may generate per answer
-    max_pixels: int | None = None  # per image (None: the checkpoint's processor setting)
-    device: str | None = None
-    log_samples: bool = False  # keep each document's response and target in the results
 
 
 def policy_model_class() -> type:
@@ -69,11 +55,17 @@ def policy_model_class() -> type:
                 gen_kwargs = requests[indices[0]].args[1]
                 until = gen_kwargs.get("until") or []
                 until = [until] if isinstance(until, str) else list(until)
-                sampling = SamplingParams(n=1, temperature=float(gen_kwargs.get("temperature") or 0.0), logprobs=False,
-                                          max_tokens=min(int(gen_kwargs.get("max_new_tokens") or self.options.max_tokens),
-                                                         self.options.max_tokens), stop=until)
+                sampling = SamplingParams(
+                    n=1,
+                    temperature=float(gen_kwargs.get("temperature") or 0.0),
+                    logprobs=False,
+                    max_tokens=min(
+                        int(gen_kwargs.get("max_new_tokens") or self.options.max_tokens), self.options.max_tokens
+                    ),
+                    stop=until,
+                )
                 for start in range(0, len(indices), self.options.batch_size):
-                    part = indices[start:start + self.options.batch_size]
+                    part = indices[start : start + self.options.batch_size]
                     batch = [self._request(requests[k]) for k in part]
                     for k, group in zip(part, self.engine.generate(batch, sampling), strict=True):
                         text = group[0].text
@@ -92,8 +84,10 @@ def policy_model_class() -> type:
             return RolloutRequest([{"role": "user", "content": content}], images)
 
         def loglikelihood(self, requests: list) -> list:
-            raise ValueError("this policy model answers lmms-eval's generation tasks; a task scored by the "
-                             "likelihood of its options (output_type: loglikelihood) is not supported")
+            raise ValueError(
+                "this policy model answers lmms-eval's generation tasks; a task scored by the "
+                "likelihood of its options (output_type: loglikelihood) is not supported"
+            )
 
         def generate_until_multi_round(self, requests: list) -> list:
             raise ValueError("multi-round lmms-eval tasks are not supported by the policy model")
@@ -103,8 +97,11 @@ def policy_model_class() -> type:
 
 def headline(metrics: dict[str, Any]) -> tuple[str, float] | None:
     """A task's main number: its `average` metric where it has one (MMStar), else its first."""
-    numeric = {k.split(",")[0]: v for k, v in metrics.items()
-               if "," in k and "_stderr" not in k and isinstance(v, (int, float))}
+    numeric = {
+        k.split(",")[0]: v
+        for k, v in metrics.items()
+        if "," in k and "_stderr" not in k and isinstance(v, (int, float))
+    }
     if not numeric:
         return None
     key = "average" if "average" in numeric else next(iter(numeric))
@@ -130,22 +127,35 @@ def evaluate_benchmarks(path: str, options: BenchmarkOptions) -> dict[str, Any]:
     manager = TaskManager(include_path=options.include_path)
     unknown = [t for t in options.tasks if t not in manager.all_tasks]
     if unknown:
-        raise ValueError(f"unknown lmms-eval task(s) {unknown}; see `python -m lmms_eval --tasks list`, or put a task "
-                         "definition in a folder and name it with --include-path")
-    out = simple_evaluate(model=model, tasks=list(options.tasks), limit=options.limit, task_manager=manager,
-                          log_samples=options.log_samples, batch_size=options.batch_size, verbosity="WARNING")
+        raise ValueError(
+            f"unknown lmms-eval task(s) {unknown}; see `python -m lmms_eval --tasks list`, or put a task "
+            "definition in a folder and name it with --include-path"
+        )
+    out = simple_evaluate(
+        model=model,
+        tasks=list(options.tasks),
+        limit=options.limit,
+        task_manager=manager,
+        log_samples=options.log_samples,
+        batch_size=options.batch_size,
+        verbosity="WARNING",
+    )
     tasks = {}
     for name, metrics in out["results"].items():
         head = headline(metrics)
-        tasks[name] = {"metric": head[0] if head else None, "score": head[1] if head else None,
-                       "documents": out.get("n-samples", {}).get(name, {}).get("effective"),
-                       "judge": judge_of(out["configs"].get(name, {})),
-                       "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+        tasks[name] = {
+            "metric": head[0] if head else None,
+            "score": head[1] if head else None,
+            "documents": out.get("n-samples", {}).get(name, {}).get("effective"),
+            "judge": judge_of(out["configs"].get(name, {})),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+        }
         if options.log_samples:
-            tasks[name]["samples"] = [{"doc_id": s["doc_id"], "target": s["target"], "response": s["filtered_resps"][0]}
-                                      for s in out["samples"].get(name, [])]
-    return {"model": path, "tasks": tasks, "generated_tokens": model.generated_tokens,
-            "lmms_eval_version": _version()}
+            tasks[name]["samples"] = [
+                {"doc_id": s["doc_id"], "target": s["target"], "response": s["filtered_resps"][0]}
+                for s in out["samples"].get(name, [])
+            ]
+    return {"model": path, "tasks": tasks, "generated_tokens": model.generated_tokens, "lmms_eval_version": _version()}
 
 
 def _version() -> str:

@@ -7,12 +7,18 @@ rows) by `describe_score` against the scene it shows (precision and recall of th
 are reported per task family and as their average (the paper's "Average": every family counts the
 same), for greedy answers and for `samples` sampled answers per row at the training temperature (what
 GRPO optimises).
+
+Each family also reports whether the policy has collapsed onto few answers, which GRPO does when its reward
+cannot tell answers apart (`answer_spread`): the share of greedy answers equal to the family's most frequent
+one and the number of distinct answers, beside the same share among the rows' own answers (a balanced
+colour question: about 1/4). `collapsed_tasks` says which families a run collapsed that its start did not.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +26,14 @@ from typing import Any
 from transformers import TrainerCallback
 
 from policies.rollout_engine import RolloutRequest, SamplingParams
-from reward.rule import RuleMatcher
+from reward.rule import RuleMatcher, normalize
 
+log = logging.getLogger("brl.evaluate")
 OTHER = "all"  # the task family of rows without a `task` column
+# A family has collapsed when the share of its most frequent greedy answer exceeds the share of the most
+# frequent right answer by this much (a policy answering "blue" to 70% of colour questions whose answers
+# are a quarter blue each): far beyond what held-out sampling noise moves (160 rows: a few points).
+COLLAPSE_MARGIN = 0.25
 
 
 @dataclass
@@ -33,7 +44,8 @@ class EvalResult:
     rule_match: float  # closed questions only: the rule matcher's normalised match
     mean_length: float  # completion tokens
     task_average: float  # mean over task families of their greedy score
-    per_task: dict[str, dict[str, float]] = field(default_factory=dict)  # family -> {n, greedy, sampled}
+    # family -> {n, greedy, sampled, pass_at_k, top_share, distinct, truth_top_share} (see summarize)
+    per_task: dict[str, dict[str, float]] = field(default_factory=dict)
     # The same for `samples` sampled answers per row (None when not asked for).
     sampled_score: float | None = None
     sampled_task_average: float | None = None
@@ -56,6 +68,35 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
+def _truth(row: dict) -> str | None:
+    """A row's right answer, or its reference response where it has no matchable answer (a description)."""
+    return row.get("answer") if row.get("answer") is not None else row.get("reference")
+
+
+def answer_spread(answers: list[str], truths: list[str | None]) -> dict[str, float]:
+    """How spread out one family's answers are: `top_share`, the share of the most frequent (normalised)
+    answer; `distinct`, how many different answers; `truth_top_share`, the same share among the rows' right
+    answers (what a policy that answers right shows)."""
+    counts = Counter(normalize(a) for a in answers)
+    truth_counts = Counter(normalize(t) for t in truths if t is not None)
+    return {"top_share": counts.most_common(1)[0][1] / len(answers) if answers else math.nan,
+            "distinct": float(len(counts)),
+            "truth_top_share": truth_counts.most_common(1)[0][1] / sum(truth_counts.values()) if truth_counts
+            else math.nan}
+
+
+def is_collapsed(spread: dict[str, float], margin: float = COLLAPSE_MARGIN) -> bool:
+    """A family whose most frequent answer is `margin` more common than its most common right answer."""
+    return spread.get("top_share", math.nan) - spread.get("truth_top_share", math.nan) >= margin
+
+
+def collapsed_tasks(start: dict[str, dict[str, float]], final: dict[str, dict[str, float]],
+                    margin: float = COLLAPSE_MARGIN) -> list[str]:
+    """The families (per_task entries) collapsed in `final` that were not in `start`."""
+    return sorted(t for t, spread in final.items() if is_collapsed(spread, margin)
+                  and not is_collapsed(start.get(t, {}), margin))
+
+
 def summarize(rows: list[dict], completions: list[str], lengths: list[int], matcher: RuleMatcher | None = None,
               sampled: list[list[str]] | None = None, scores: list[float | None] | None = None) -> EvalResult:
     """Pure metric computation over aligned rows and answers (unit-tested without any model). `sampled`:
@@ -69,7 +110,11 @@ def summarize(rows: list[dict], completions: list[str], lengths: list[int], matc
         if greedy[i] is not None:
             families[r.get("task") or OTHER].append(i)
     per_task = {t: {"n": len(ix), "greedy": _mean([greedy[i] for i in ix]),
-                    **({"sampled": _mean([s for i in ix for s in drawn[i]])} if drawn else {})}
+                    # sampled: pass@1 estimated from k samples a row; pass_at_k: the best of a row's k (what
+                    # sampling finds at all: what GRPO can sharpen).
+                    **({"sampled": _mean([s for i in ix for s in drawn[i]]),
+                        "pass_at_k": _mean([max(drawn[i]) for i in ix if drawn[i]])} if drawn else {}),
+                    **answer_spread([completions[i] for i in ix], [_truth(rows[i]) for i in ix])}
                 for t, ix in sorted(families.items())}
     finite = [s for s in (scores or []) if s is not None and math.isfinite(s)]
     scored = [g for g in greedy if g is not None]
@@ -115,16 +160,18 @@ def evaluate_policy(engine: Any, dataset: Any, batch_size: int = 32, max_tokens:
 
 
 class HeldOutCallback(TrainerCallback):
-    """Evaluate the live policy on held-out rows at the start and every `every` optimizer steps.
+    """Evaluate the live policy on held-out rows at the start (unless `start` gives that evaluation
+    already) and every `every` optimizer steps, logging each family's score and answer spread, and warning
+    when a family collapses that had not at the start.
 
     Decoding in-process on the learner's own model (no copy): the curve the compare report plots."""
 
     def __init__(self, dataset: Any, processor: Any, every: int, max_tokens: int = 16, batch_size: int = 64,
-                 samples: int = 4, temperature: float = 1.0):
+                 samples: int = 4, temperature: float = 1.0, start: dict[str, Any] | None = None):
         self.dataset, self.processor, self.every = dataset, processor, max(1, every)
         self.max_tokens, self.batch_size = max_tokens, batch_size
         self.samples, self.temperature = samples, temperature
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = [start] if start is not None else []
 
     def _run(self, step: int, model: Any) -> None:
         from policies.hf_engine import HFEngine
@@ -134,15 +181,25 @@ class HeldOutCallback(TrainerCallback):
         result = evaluate_policy(engine, self.dataset, self.batch_size, self.max_tokens, samples=self.samples,
                                  temperature=self.temperature)
         model.train(was_training)
-        self.history.append({"step": step, "score": result.score, "task_average": result.task_average,
-                             "sampled_score": result.sampled_score,
-                             "sampled_task_average": result.sampled_task_average,
-                             "exact_match": result.exact_match, "rule_match": result.rule_match,
-                             "per_task": result.per_task})
+        self.history.append(history_entry(step, result))
+        log.info("held-out at step %d: %s", step, ", ".join(
+            f"{t} {s['greedy']:.2f} (top answer {s['top_share']:.0%})" for t, s in result.per_task.items()))
+        if len(self.history) > 1 and (new := collapsed_tasks(self.history[0]["per_task"], result.per_task)):
+            log.warning("step %d: the policy collapsed onto few answers on %s (share of the most frequent "
+                        "greedy answer: %s); its reward may not tell these answers apart", step, ", ".join(new),
+                        ", ".join(f"{result.per_task[t]['top_share']:.0%}" for t in new))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._run(state.global_step, model)
+        if not self.history:
+            self._run(state.global_step, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
             self._run(state.global_step, model)
+
+
+def history_entry(step: int, result: EvalResult) -> dict[str, Any]:
+    """One point of a held-out curve (what compare's JSON, table and plot read)."""
+    return {"step": step, "score": result.score, "task_average": result.task_average,
+            "sampled_score": result.sampled_score, "sampled_task_average": result.sampled_task_average,
+            "exact_match": result.exact_match, "rule_match": result.rule_match, "per_task": result.per_task}

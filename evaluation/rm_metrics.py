@@ -5,7 +5,7 @@ and always by pairs (`PairScorer`: both responses of each pair at once, which a 
 a scalar reward model scores each response alone, `scalar_pairs`): a reward-model checkpoint of any
 layout (`reward_model_pairs`), or the model-free baselines `length` (longer response wins) and `random`
 (a seeded coin) that sanity-check the metric code. A pair is correct only when the better response
-scores strictly higher: ties and NaN are wrong. Reading benchmark files is rl/rm_benchmarks.py.
+scores strictly higher: ties and NaN are wrong. Reading benchmark files is evaluation/rm_benchmarks.py.
 """
 
 from __future__ import annotations
@@ -203,15 +203,17 @@ def judge_pairs(judge: Any) -> PairScorer:
     the second, in both orders; its score is P(first is better), the second's its complement."""
 
     def score(first: list[dict], second: list[dict]) -> tuple[list[float], list[float]]:
+        references = {judge.options.reference_column: [it["response"] for it in second]}
         p = judge([it["prompt"] for it in first], [it["response"] for it in first],
-                  images=[it["images"] for it in first], **{judge.options.reference_column: [it["response"] for it in second]})
+                  images=[it["images"] for it in first], **references)
         return p, [1.0 - x for x in p]  # NaN (an unreadable verdict) stays NaN: the pair counts as wrong
 
     return score
 
 
-def reward_model_pairs(paths: list[str], device: str = "cpu", batch_size: int = 16
-                       ) -> tuple[PairScorer, Callable[[], dict[str, float]] | None]:
+def reward_model_pairs(
+    paths: list[str], device: str = "cpu", batch_size: int = 16
+) -> tuple[PairScorer, Callable[[], dict[str, float]] | None]:
     """A pair scorer for reward-model checkpoints, whatever their layout (reward/layouts.py): scalar models
     (several are averaged, the paper's ensemble) or one generative judge; and, for a judge, its cost
     counters (tokens generated)."""
@@ -236,8 +238,9 @@ def model_scorer(paths: list[str], device: str = "cpu", batch_size: int = 16) ->
     scorer = BaseRewardScorer.from_paths(paths, device=device, batch_size=batch_size)
 
     def score(items: list[dict]) -> list[float]:
-        raw = scorer([it["prompt"] for it in items], [it["response"] for it in items],
-                     images=[it["images"] for it in items])
+        raw = scorer(
+            [it["prompt"] for it in items], [it["response"] for it in items], images=[it["images"] for it in items]
+        )
         return [math.nan if s is None else s for s in raw]
 
     return score
