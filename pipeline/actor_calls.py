@@ -104,6 +104,13 @@ class ActorCalls:
                 pids.append(self.await_restart(i))
         return pids
 
+    def restarted_since(self, pids: list[int]) -> list[int]:
+        """The actors whose process is no longer the one in `pids` (recorded when a weight-sync group formed):
+        Ray restarted them since, so they lost their place in that group. Counted in `restarts`."""
+        restarted = [i for i, (old, new) in enumerate(zip(pids, self.pids(), strict=True)) if old != new]
+        self.restarts += len(restarted)
+        return restarted
+
     def await_restart(self, i: int) -> int:
         """Block until Ray has restarted actor i (its constructor has run again), within the timeout;
         returns its new pid."""
@@ -117,10 +124,14 @@ class ActorCalls:
                 break
             except ActorUnavailableError:  # still restarting: Ray refuses calls meanwhile
                 if time.monotonic() > deadline:
-                    raise ActorFailureError(f"{self.what}: actor {i} was not back within {self.timeout_s:.0f}s") from None
+                    raise ActorFailureError(
+                        f"{self.what}: actor {i} was not back within {self.timeout_s:.0f}s"
+                    ) from None
                 time.sleep(0.2)
             except (RayActorError, GetTimeoutError) as e:
-                raise ActorFailureError(f"{self.what}: actor {i} could not be restarted (its max_restarts may be "
-                                        f"spent, or its constructor failed): {e}") from e
+                raise ActorFailureError(
+                    f"{self.what}: actor {i} could not be restarted (its max_restarts may be "
+                    f"spent, or its constructor failed): {e}"
+                ) from e
         log.info("%s: actor %d is back (pid %d)", self.what, i, pid)
         return pid

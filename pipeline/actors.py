@@ -55,10 +55,21 @@ def hosted(cls: type[T], num_threads: int, mixins: tuple[type, ...] = ()) -> typ
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         import torch
 
+        hide_gpus_unless_given()
         torch.set_num_threads(num_threads)
         cls.__init__(self, *args, **kwargs)
 
     return type(cls.__name__, (*mixins, ActorProcess, cls), {"__init__": __init__, "__doc__": cls.__doc__})
+
+
+def hide_gpus_unless_given() -> None:
+    """In an actor given no GPU, hide every GPU before anything touches CUDA. Ray (2.60 on, ray#54868) leaves
+    CUDA_VISIBLE_DEVICES as the node's when an actor asks for none, so an engine or a scorer that picks
+    `cuda` whenever CUDA is available would land on the learner's GPU, outside the memory plan."""
+    import ray
+
+    if not ray.get_gpu_ids():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 @dataclass
@@ -69,6 +80,9 @@ class StartingGroup:
     actors: list[Any]
     group: Any  # its rl.config.ActorGroupConfig
     started: float = field(default_factory=time.monotonic)
+    # Its Ray placement group (group.placement), if any: it reserves the bundles for as long as its creator
+    # lives unless removed, so `stop_group` removes it with the actors.
+    placement_group: Any = None
 
     def ready(self) -> list[Any]:
         """The actors, once every one is constructed (`await_ready` for this group alone)."""
@@ -106,20 +120,25 @@ def start_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any,
             ray.get(strategy.ready(), timeout=group.ready_timeout_s)
         except ray.exceptions.GetTimeoutError:
             remove_placement_group(strategy)
-            raise TimeoutError(f"{name}: Ray could not place {group.num_actors} x {bundle} ({group.placement}) within "
-                               f"{group.ready_timeout_s:.0f}s; the cluster has {ray.available_resources()} free") from None
+            raise TimeoutError(
+                f"{name}: Ray could not place {group.num_actors} x {bundle} ({group.placement}) within "
+                f"{group.ready_timeout_s:.0f}s; the cluster has {ray.available_resources()} free") from None
     actor_cls = ray.remote(hosted(cls, max(1, int(group.num_cpus)), mixins))
     actors = []
     for i in range(group.num_actors):
         options: dict[str, Any] = dict(
-            num_cpus=group.num_cpus, num_gpus=group.num_gpus, resources=dict(group.resources) or None,
-            max_restarts=group.max_restarts, name=None,
+            num_cpus=group.num_cpus,
+            num_gpus=group.num_gpus,
+            resources=dict(group.resources) or None,
+            max_restarts=group.max_restarts,
+            name=None,
         )
         if strategy is not None:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                placement_group=strategy, placement_group_bundle_index=i)
+                placement_group=strategy, placement_group_bundle_index=i
+            )
         actors.append(actor_cls.options(**options).remote(**kwargs))
-    return StartingGroup(name, actors, group)
+    return StartingGroup(name, actors, group, placement_group=strategy)
 
 
 def await_ready(groups: list[StartingGroup]) -> None:
@@ -135,22 +154,25 @@ def await_ready(groups: list[StartingGroup]) -> None:
             try:
                 ray.get(group_pids, timeout=max(0.0, g.started + g.group.ready_timeout_s - time.monotonic()))
             except ray.exceptions.GetTimeoutError:
-                raise TimeoutError(f"{g.name}: {g.group.num_actors} actor(s) of {_bundle(g.group)} were not placed "
-                                   f"and constructed within {g.group.ready_timeout_s:.0f}s (ready_timeout_s); the "
-                                   f"cluster has {ray.available_resources()} free") from None
-            log.info("%s: %d actor(s) ready (%s CPU, %s GPU each%s)", g.name, len(g.actors), g.group.num_cpus,
-                     g.group.num_gpus, f", {g.group.placement}" if g.group.placement else "")
+                raise TimeoutError(
+                    f"{g.name}: {g.group.num_actors} actor(s) of {_bundle(g.group)} were not placed "
+                    f"and constructed within {g.group.ready_timeout_s:.0f}s (ready_timeout_s); the "
+                    f"cluster has {ray.available_resources()} free"
+                ) from None
+            log.info(
+                "%s: %d actor(s) ready (%s CPU, %s GPU each%s)",
+                g.name,
+                len(g.actors),
+                g.group.num_cpus,
+                g.group.num_gpus,
+                f", {g.group.placement}" if g.group.placement else "",
+            )
     except BaseException:
         for g in groups:
             for actor in g.actors:
                 ray.kill(actor, no_restart=True)
+            _remove_placement(g)
         raise
-
-
-def spawn_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any,
-                mixins: tuple[type, ...] = ()) -> list[Any]:
-    """`start_group` for one group, waited for: its actor handles, every one constructed."""
-    return start_group(name, cls, kwargs, group, mixins).ready()
 
 
 def call_each(actors: list[Any], call: Callable[[Any], Any], timeout_s: float) -> None:
@@ -179,8 +201,25 @@ def stop_actors(actors: list[Any], timeout_s: float = 60.0) -> None:
             ray.kill(actor, no_restart=True)
 
 
-def kill_on_exit(stack: ExitStack, actors: list[Any]) -> list[Any]:
-    """Stop `actors` when `stack` closes (a recipe's run ends, normally or not): no leaked processes,
-    no leaked shared memory."""
-    stack.callback(stop_actors, actors)
-    return actors
+def _remove_placement(group: StartingGroup) -> None:
+    if group.placement_group is not None:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(group.placement_group)
+        group.placement_group = None
+
+
+def stop_group(group: StartingGroup, timeout_s: float = 60.0) -> None:
+    """Stop a group's actors (`stop_actors`) and give back its placement group's reservation: the next run
+    on the same cluster (`brl compare`'s) would otherwise wait for GPUs that never free up."""
+    try:
+        stop_actors(group.actors, timeout_s)
+    finally:
+        _remove_placement(group)
+
+
+def stopped_on_exit(stack: ExitStack, group: StartingGroup) -> StartingGroup:
+    """Stop `group` (`stop_group`) when `stack` closes (a recipe's run ends, normally or not): no leaked
+    processes, no leaked shared memory, no leaked reservation."""
+    stack.callback(stop_group, group)
+    return group

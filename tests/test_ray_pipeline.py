@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from adapters.torch import share_cpu_storage
 from pipeline.actor_calls import shard
-from pipeline.actors import spawn_group, stop_actors
+from pipeline.actors import start_group, stop_actors
 from pipeline.remote_reward import RemoteReward
 from pipeline.rollout_pool import RolloutPool, spawn_rollout_actors
 from pipeline.weight_sync.export import PolicyWeights
@@ -189,12 +189,10 @@ def test_a_broadcast_whose_receiver_dies_or_hangs_ends_in_actor_failure_not_a_ha
 
 
 def test_remote_reward_matches_local(ray_local, untrained_rm):
-    from reward.scorer import BaseRewardScorer
+    from reward.scorer import BaseRewardScorer, ScorerOptions
 
-    from reward.scorer import ScorerOptions
-
-    actors = spawn_group("scorer", BaseRewardScorer, {"options": ScorerOptions(paths=[untrained_rm])},
-                         ActorGroupConfig(num_actors=2, num_cpus=1))
+    actors = start_group("scorer", BaseRewardScorer, {"options": ScorerOptions(paths=[untrained_rm])},
+                         ActorGroupConfig(num_actors=2, num_cpus=1)).ready()
     remote = RemoteReward(actors, "basereward", 120)
     ds = make_shapes_dataset(5, seed=2)
     prompts, completions = list(ds["prompt"]), ["red", "blue", "3", "top left", "circle"]
@@ -232,13 +230,13 @@ def test_actor_groups_use_placement_groups_and_resources(ray_local, untrained_rm
     from reward.rule import RuleMatcher
 
     group = ActorGroupConfig(num_actors=2, num_cpus=0.5, placement="STRICT_PACK")
-    actors = spawn_group("rule", RuleMatcher, {}, group)
+    actors = start_group("rule", RuleMatcher, {}, group).ready()
     remote = RemoteReward(actors, "rule", 60)
     assert remote(["q"] * 3, ["red", "blue", "three"], answer=["red", "red", "3"]) == [1.0, 0.0, 1.0]
     for actor in actors:
         ray.kill(actor)
     with pytest.raises(ValueError, match="placement must be one of"):
-        spawn_group("rule", RuleMatcher, {}, ActorGroupConfig(placement="TIGHT"))
+        start_group("rule", RuleMatcher, {}, ActorGroupConfig(placement="TIGHT")).ready()
 
 
 class Constructing:
@@ -303,7 +301,7 @@ def test_a_remote_reward_sends_only_the_columns_its_reward_reads(ray_local):
     from reward.rule import columns_read
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import a test module
-    actors = spawn_group("received", Received, {}, ActorGroupConfig(num_actors=1, num_cpus=0.5))
+    actors = start_group("received", Received, {}, ActorGroupConfig(num_actors=1, num_cpus=0.5)).ready()
     prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Color?"}]}]
     columns = {"answer": ["red", "blue"], "images": [[Image.new("RGB", (64, 64))]] * 2, "solution": ["r", "b"]}
     everything = RemoteReward(actors, "received", 60)([prompt, prompt], ["a", "b"], **columns)
@@ -339,7 +337,7 @@ def test_a_reward_actor_killed_mid_call_is_restarted_and_retried_then_the_budget
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import a test module
     group = ActorGroupConfig(num_actors=1, num_cpus=0.5, max_restarts=1, max_retries=2)
-    actors = spawn_group("slow", SlowLength, {}, group)
+    actors = start_group("slow", SlowLength, {}, group).ready()
     remote = RemoteReward(actors, "slow", timeout_s=60, max_retries=group.max_retries)
 
     def kill_soon():

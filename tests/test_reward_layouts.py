@@ -75,8 +75,8 @@ def test_each_layout_is_told_apart_by_its_files_with_a_clear_error_for_none(valu
     (two / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForSequenceClassification"], "num_labels": 2}))
     with pytest.raises(ValueError, match="2 labels; a reward model has one"):
         layout_of(str(two))
-    from rl.rewards import resolve_reward_models
     from recipes import grpo
+    from rl.rewards import resolve_reward_models
 
     cfg = grpo.load(None, ["reward.scheme=model", f"reward.model.paths=[{tiny_vl}]"])
     with pytest.raises(ValueError, match="is a generative model .* reward.judge.path"):
@@ -168,14 +168,14 @@ def test_scorer_actors_of_a_checkpoint_without_statistics_standardise_alike(ray_
     import os
     import signal
 
-    from pipeline.actors import spawn_group
+    from pipeline.actors import start_group
     from pipeline.remote_reward import RemoteReward
     from reward.options import ScorerOptions
     from rl.config import ActorGroupConfig
 
     options = ScorerOptions(paths=[value_head_rm], calibrate=True)
-    actors = spawn_group("scorer", BaseRewardScorer, {"options": options},
-                         ActorGroupConfig(num_actors=2, num_cpus=0.5, max_restarts=1))
+    actors = start_group("scorer", BaseRewardScorer, {"options": options},
+                         ActorGroupConfig(num_actors=2, num_cpus=0.5, max_restarts=1)).ready()
     try:
         remote = RemoteReward(actors, "basereward", 120, calibrates=True)
         local = BaseRewardScorer(options)

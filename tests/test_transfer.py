@@ -17,10 +17,10 @@ def test_each_actor_gets_the_ranks_after_the_previous_one():
 
 
 def test_the_backends_the_config_accepts_are_the_ones_the_transport_has():
-    from pipeline.weight_sync import VLLM_BACKENDS
-    from pipeline.weight_sync.vllm_transfer import BACKENDS
+    from pipeline.weight_sync.vllm_transfer import TRANSFER_BACKENDS
+    from rl.config import VLLM_WEIGHT_SYNCS
 
-    assert set(VLLM_BACKENDS) == set(BACKENDS)
+    assert set(VLLM_WEIGHT_SYNCS.values()) == set(TRANSFER_BACKENDS)
 
 
 class Recorder:
@@ -57,13 +57,13 @@ def test_the_client_fans_out_with_per_actor_ranks_and_the_round_version(ray_loca
     from ray import cloudpickle
 
     from pipeline.actor_calls import ActorCalls
-    from pipeline.actors import spawn_group
+    from pipeline.actors import start_group
     from rl.config import ActorGroupConfig
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import a test module
 
-    a = spawn_group("rec", Recorder, {"world_size": 2}, ActorGroupConfig(num_actors=1, num_cpus=0.5))
-    b = spawn_group("rec", Recorder, {"world_size": 1}, ActorGroupConfig(num_actors=1, num_cpus=0.5))
+    a = start_group("rec", Recorder, {"world_size": 2}, ActorGroupConfig(num_actors=1, num_cpus=0.5)).ready()
+    b = start_group("rec", Recorder, {"world_size": 1}, ActorGroupConfig(num_actors=1, num_cpus=0.5)).ready()
     try:
         calls = ActorCalls(a + b, timeout_s=60, max_retries=0, what="rollout actors")
         sizes = calls.all(lambda i: calls.actors[i].transfer_world_size.remote(), "world size")
@@ -122,16 +122,16 @@ def test_a_round_whose_receiver_dies_or_hangs_ends_in_actor_failure_not_a_hang(r
     import time
 
     from ray import cloudpickle
-
-    from pipeline.actor_calls import ActorCalls
-    from pipeline.actors import spawn_group
-    from rl.config import ActorGroupConfig
-    from rl.errors import ActorFailureError
-    from pipeline.weight_sync.vllm_transfer import VLLMTransferSync
     from ray.exceptions import RayActorError
 
+    from pipeline.actor_calls import ActorCalls
+    from pipeline.actors import start_group
+    from pipeline.weight_sync.vllm_transfer import VLLMTransferSync
+    from rl.config import ActorGroupConfig
+    from rl.errors import ActorFailureError
+
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    actors = spawn_group("stuck", Receiving, {}, ActorGroupConfig(num_actors=1, num_cpus=0.5, max_restarts=0))
+    actors = start_group("stuck", Receiving, {}, ActorGroupConfig(num_actors=1, num_cpus=0.5, max_restarts=0)).ready()
     pid = ray_local.get(actors[0].pid.remote())
     calls = ActorCalls(actors, timeout_s=8, max_retries=0, what="rollout actors")
     sync = VLLMTransferSync(calls, "gloo")

@@ -11,11 +11,12 @@ import torch
 
 vllm = pytest.importorskip("vllm")
 
-from policies.rollout_engine import RolloutRequest, SamplingParams  # noqa: E402
+from vllm_lock import leaked_queues, shared_memory_queues, vllm_lock  # noqa: E402
+
 from policies.hf_engine import HFEngine  # noqa: E402
+from policies.rollout_engine import RolloutRequest, SamplingParams  # noqa: E402
 from policies.vllm_engine import EngineStartError, VLLMEngine  # noqa: E402
 from rl.tasks.shapes import make_shapes_dataset  # noqa: E402
-from vllm_lock import leaked_queues, shared_memory_queues, vllm_lock  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 # A fixed 256 MiB KV cache (plenty for these batches): gpu_memory_utilization would take its share of
@@ -77,6 +78,60 @@ def test_weight_update_then_greedy_equals_transformers(engine, warm_policy):
     assert sum(len(ids) for ids in expected) >= 16 and {g[0].version for g in got} == {3}
 
 
+def test_buckets_smaller_than_a_layer_reload_an_engine_that_fuses_layers(engine, warm_policy):
+    """The bucketed transports on vLLM: each bucket is a reload session of its own, and buckets far smaller
+    than a layer (the 3B takes ~15 of 512 MiB) must not split q/k/v or gate/up, which vLLM fuses: the
+    engine then answers exactly as the learner does. The shared-memory transport's buckets, attached as
+    the receiving actor does (`WeightReceiver.load_shared`)."""
+    from pipeline.weight_sync.export import PolicyWeights, fused_layer
+    from pipeline.weight_sync.shared_memory import SharedMemorySync
+
+    learner = _perturbed_learner(warm_policy, seed=1)
+    requests = _requests(4, seed=6)
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=10)
+    expected = [g[0].completion_ids for g in learner.generate(requests, greedy)]
+    sync = SharedMemorySync(calls=None, bucket_bytes=64 << 10)  # 64 KiB: smaller than any fused layer here
+    layers_seen: set[str] = set()
+    buckets = 0
+    for bucket in sync.buckets(PolicyWeights(learner.model)):
+        tensors = bucket.attach({})
+        layers = {fused_layer(name) for name in tensors}
+        assert not layers & layers_seen, f"{layers & layers_seen} split across buckets"
+        layers_seen |= layers
+        engine.load_weights(tensors, version=5)
+        buckets += 1
+    sync.close()
+    assert buckets > 10
+    assert [g[0].completion_ids for g in engine.generate(requests, greedy)] == expected
+
+
+def test_weights_reach_the_workers_as_a_file_never_inline(warm_policy, tmp_path):
+    """collective_rpc msgpack-encodes its arguments, bytes inline, and cannot encode more than 4 GiB (the
+    3B policy in bf16 is 7.5 GB): what goes through it is a path, whatever the policy's size."""
+    from safetensors.torch import load_file
+
+    sent = []
+
+    class RecordingLLM:
+        llm_engine = type("Engine", (), {"reset_encoder_cache": lambda self: None})()
+
+        def collective_rpc(self, method, timeout=None, args=()):
+            sent.append((method, args, load_file(args[0])))  # the file exists while the workers read it
+
+        def reset_prefix_cache(self):
+            pass
+
+    vllm_engine = VLLMEngine.__new__(VLLMEngine)  # the weight path alone: no engine processes needed
+    vllm_engine.llm, vllm_engine.sync_timeout_s = RecordingLLM(), 60.0
+    state = HFEngine(warm_policy).model.state_dict()
+    vllm_engine.load_weights(state, version=2)
+    (method, args, loaded), = sent
+    assert method == "reload_from_file" and len(args) == 1 and isinstance(args[0], str)
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert "lm_head.weight" in loaded  # tied to the embeddings: written apart, not dropped
+    assert vllm_engine.version == 2
+
+
 def test_placeholder_and_image_counts_must_agree(engine):
     request = _requests(1)[0]
     request.images = request.images * 2
@@ -129,10 +184,10 @@ def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_
 
     from pipeline.actors import stop_actors
     from pipeline.rollout_pool import RolloutPool, engine_spec, spawn_rollout_actors
-    from rl.config import ActorGroupConfig, PolicyConfig, RolloutConfig
     from pipeline.weight_sync.export import policy_state_dict
+    from rl.config import ActorGroupConfig, PolicyConfig, RolloutConfig
 
-    rollout = RolloutConfig(backend="vllm", weight_transfer="gloo", vllm=dict(ENGINE), timeout_s=300)
+    rollout = RolloutConfig(backend="vllm", weight_sync="vllm_gloo", vllm=dict(ENGINE), timeout_s=300)
     engine_cls, kwargs = engine_spec(rollout, PolicyConfig(dtype="float32"), warm_policy)
     actors = spawn_rollout_actors(engine_cls, kwargs, ActorGroupConfig(num_actors=2, num_cpus=1, max_restarts=1))
     pool = RolloutPool(actors, rollout)
@@ -163,10 +218,11 @@ def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_
         # Killed inside a round, once the broadcast has begun: vLLM cannot abort the other engine's
         # half-done update, so the round ends in ActorFailureError (the recipe checkpoints and stops),
         # within seconds, never a hang (an NCCL broadcast would wait forever for the dead peer).
-        from rl.errors import ActorFailureError
         from pipeline.weight_sync import vllm_transfer
+        from rl.errors import ActorFailureError
 
-        victim, broadcast = ray_local.get(actors[1].pid.remote()), vllm_transfer.GlooTrainerWeightTransferEngine._broadcast
+        victim = ray_local.get(actors[1].pid.remote())
+        broadcast = vllm_transfer.GlooTrainerWeightTransferEngine._broadcast
 
         def kill_then_broadcast(engine, source, meta):
             os.kill(victim, signal.SIGKILL)
@@ -188,20 +244,31 @@ def test_weight_transfer_into_two_ray_actors_survives_a_restart(ray_local, warm_
         stop_actors(actors)
 
 
-@pytest.mark.parametrize("weight_transfer", [None, "gloo"])
-def test_grpo_with_a_ray_actor_hosting_vllm(tmp_path, warm_policy, weight_transfer):
+@pytest.mark.parametrize("weight_sync", ["auto", "vllm_gloo"])
+def test_grpo_with_a_ray_actor_hosting_vllm(tmp_path, warm_policy, weight_sync):
     from pathlib import Path
 
     from recipes import grpo
 
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml"
-    cfg = grpo.load(str(config), [
-        f"output_dir={tmp_path}", f"policy.path={warm_policy}", "ray.enabled=true", "ray.num_cpus=2",
-        "rollout.backend=vllm", "rollout.actors.num_actors=1", "rollout.actors.num_cpus=1",
-        "rollout.vllm={max_model_len: 512, enforce_eager: true, kv_cache_memory_bytes: 268435456}",
-        f"rollout.weight_transfer={weight_transfer or 'null'}",
-        "trainer.max_steps=2", "trainer.per_device_train_batch_size=8", "trainer.num_generations=4",
-        "trainer.report_to=[]"])
+    cfg = grpo.load(
+        str(config),
+        [
+            f"output_dir={tmp_path}",
+            f"policy.path={warm_policy}",
+            "ray.enabled=true",
+            "ray.num_cpus=2",
+            "rollout.backend=vllm",
+            "rollout.actors.num_actors=1",
+            "rollout.actors.num_cpus=1",
+            "rollout.vllm={max_model_len: 512, enforce_eager: true, kv_cache_memory_bytes: 268435456}",
+            f"rollout.weight_sync={weight_sync}",
+            "trainer.max_steps=2",
+            "trainer.per_device_train_batch_size=8",
+            "trainer.num_generations=4",
+            "trainer.report_to=[]",
+        ],
+    )
     queues = shared_memory_queues()  # vLLM's shared-memory queues (this module's engine's too)
     summary = grpo.main(cfg)
     assert summary["global_step"] == 2 and summary["rollout_version"] == 1

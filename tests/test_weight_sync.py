@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adapters.torch import share_cpu_storage
-from pipeline.weight_sync import Location, check_transport, choose_weight_sync
+from pipeline.weight_sync import Location, choose_weight_sync
 from pipeline.weight_sync.export import PolicyWeights, Staging, aligned, as_weights, bucket_bytes_for
 from pipeline.weight_sync.shared_memory import SharedMemorySync, SharedTensors
 
@@ -23,18 +23,27 @@ def test_auto_picks_shared_memory_on_one_device_broadcast_between_gpus_else_the_
     assert choose_weight_sync(cpu, [Location("node-b")]) == "object_store"  # CPU, another node
     gpu0 = Location("node-a", "GPU-0")
     assert choose_weight_sync(gpu0, [Location("node-a", "GPU-0")]) == "shared_memory"  # colocated: CUDA IPC
-    assert choose_weight_sync(gpu0, [Location("node-a", "GPU-0"), Location("node-a", "GPU-1")]) == "broadcast"
+    assert choose_weight_sync(gpu0, [Location("node-a", "GPU-1"), Location("node-a", "GPU-2")]) == "broadcast"
+    # An actor on the learner's GPU (fractions), or two actors on one GPU: NCCL refuses two ranks on one device.
+    assert choose_weight_sync(gpu0, [Location("node-a", "GPU-0"), Location("node-a", "GPU-1")]) == "object_store"
+    assert choose_weight_sync(gpu0, [Location("node-a", "GPU-1"), Location("node-a", "GPU-1")]) == "object_store"
     assert choose_weight_sync(gpu0, [Location("node-b", "GPU-7")]) == "broadcast"  # NCCL across nodes
     assert choose_weight_sync(gpu0, [Location("node-a")]) == "object_store"  # a CPU actor beside a GPU learner
     assert choose_weight_sync(cpu, [Location("node-a", "GPU-0")]) == "object_store"
 
 
-def test_a_config_naming_two_transports_or_an_unknown_one_is_refused():
-    check_transport("auto", "gloo", "vllm")
-    with pytest.raises(ValueError, match="leave weight_sync at auto"):
-        check_transport("broadcast", "nccl", "vllm")
-    with pytest.raises(ValueError, match="rollout.weight_sync must be one of"):
-        check_transport("nvlink", None, "hf")
+def test_one_key_names_every_transport_and_the_old_spelling_is_refused_with_the_new_one():
+    from recipes import grpo
+    from rl.config import ConfigError, RolloutConfig
+
+    assert RolloutConfig(backend="vllm", weight_sync="vllm_gloo").vllm_transfer == "gloo"
+    assert RolloutConfig(weight_sync="broadcast").vllm_transfer is None
+    with pytest.raises(ConfigError, match="vllm_nccl is vLLM's weight-transfer engine: it needs rollout.backend=vllm"):
+        RolloutConfig(backend="hf", weight_sync="vllm_nccl")
+    with pytest.raises(ConfigError, match="rollout.weight_sync must be one of"):
+        RolloutConfig(weight_sync="nvlink")
+    with pytest.raises(ConfigError, match="merged into rollout.weight_sync: write weight_sync: vllm_nccl"):
+        grpo.load(None, ["rollout.backend=vllm", "rollout.weight_transfer=nccl"])
 
 
 def _model():
@@ -119,3 +128,69 @@ def test_another_process_reads_the_tensors_a_shared_memory_bucket_names(tmp_path
         read = torch.load(out)
         assert read.keys() == weights.keys()
         assert all(torch.equal(read[k], weights[k]) and read[k].dtype == weights[k].dtype for k in read)
+
+
+def test_a_bucket_never_splits_a_layer_an_engine_fuses():
+    """vLLM fuses q/k/v and gate/up into one layer and reloads each bucket in its own session; a fused layer
+    loaded in part would be materialised with uninitialised memory for the rest. Buckets far smaller than
+    a layer still keep each fused layer's parameters together, in the state dict's order."""
+    from pipeline.weight_sync.export import fused_layer, fused_runs
+
+    names = [f"model.layers.{i}.{part}" for i in range(2) for part in (
+        "self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+        "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")]
+    state = {name: torch.randn(8, 8) for name in [*names, "lm_head.weight"]}
+    assert fused_layer("model.layers.3.self_attn.q_proj.weight") == "model.layers.3.self_attn"
+    runs = [run for run, _ in fused_runs(as_weights(state))]
+    assert [len(r) for r in runs] == [4, 3, 4, 3, 1] and sum(runs, []) == list(state)
+    sync = SharedMemorySync(calls=None, bucket_bytes=300)  # one 8x8 float32 tensor (256 bytes) per bucket
+    seen: dict[str, int] = {}
+    buckets = list(sync.buckets(as_weights(state)))
+    for i, bucket in enumerate(buckets):
+        for name in bucket.handles:
+            assert seen.setdefault(fused_layer(name), i) == i, f"{fused_layer(name)} split across buckets"
+    # Each bucket as large as its largest run needs (a layer never waits for a second bucket), small runs
+    # sharing one: the last layer's MLP and the head.
+    assert [sorted({fused_layer(n) for n in b.handles}) for b in buckets][-1] == ["lm_head", "model.layers.1.mlp"]
+    assert len(buckets) == 4
+
+
+def test_a_broadcast_receiver_pins_an_indexed_gpu_even_when_the_engine_says_just_cuda(monkeypatch):
+    """torch.cuda.set_device refuses a device without an index (torch/_utils.py `_get_device_index`: the
+    same ValueError on a CPU build): engines say "cuda", the receiver asks CUDA which one it is on."""
+    from torch._utils import _get_device_index
+
+    from pipeline.weight_sync.receiver import receive_device
+
+    with pytest.raises(ValueError, match="Expected a torch.device with a specified index"):
+        _get_device_index(torch.device("cuda"))  # what joining an NCCL group did with the engine's "cuda"
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)  # this actor's one visible GPU
+    assert _get_device_index(receive_device("cuda", "nccl")) == 0
+    assert receive_device("cuda:1", "nccl") == torch.device("cuda", 1)
+    assert receive_device("cuda", "gloo") == torch.device("cpu")  # gloo receives on the CPU
+
+
+def test_a_broken_round_aborts_its_group_and_a_group_without_abort_is_shut_down():
+    """NCCL: dropping a group whose peer died leaves its kernels queued on the learner's stream (the stopping
+    run's checkpoint waits behind them until the watchdog kills the process); abort() ends them."""
+    from pipeline.weight_sync.collective import abort_group
+
+    calls = []
+
+    class NCCLLike:
+        def abort(self):
+            calls.append("abort")
+
+        def shutdown(self):
+            calls.append("shutdown")
+
+    class GlooLike:
+        def abort(self):
+            raise RuntimeError("not implemented for this backend")
+
+        def shutdown(self):
+            calls.append("gloo shutdown")
+
+    abort_group(NCCLLike())
+    abort_group(GlooLike())
+    assert calls == ["abort", "gloo shutdown"]

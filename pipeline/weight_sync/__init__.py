@@ -6,7 +6,7 @@
   on other GPUs (and nodes), gloo between CPUs.
 - `object_store.py`: the state dict goes into Ray's object store once and every actor loads that
   copy: any engine, any node, no process group. The fallback.
-- `vllm_transfer.py`: vLLM's own weight-transfer engine (`rollout.weight_transfer: nccl`; `gloo` is
+- `vllm_transfer.py`: vLLM's own weight-transfer engine (`rollout.weight_sync: vllm_nccl`; `vllm_gloo` is
   its CPU twin, what CI runs): the learner broadcasts straight into vLLM's workers.
 - `export.py`: what is sent: the policy's weights as engines load them (tied head included, LoRA
   merged, shards gathered), one tensor at a time, and the staging buffers of the bucketed paths.
@@ -26,10 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from rl.config import VLLM_WEIGHT_SYNCS
+
 log = logging.getLogger(__name__)
 
-WEIGHT_SYNCS = ("auto", "shared_memory", "broadcast", "object_store")  # rollout.weight_sync values
-VLLM_BACKENDS = ("nccl", "gloo")  # rollout.weight_transfer values (vllm_transfer.TRAINER_INIT_INFO's keys)
 
 
 class WeightSync(Protocol):
@@ -56,36 +56,23 @@ class Location:
 def choose_weight_sync(learner: Location, actors: list[Location]) -> str:
     """The fastest transport that reaches every actor: shared memory when all share the learner's node
     and device (the CPU, or the learner's own GPU through CUDA IPC), a broadcast when the learner and
-    every actor are on GPUs (NCCL), else the object store."""
+    every actor are each on a GPU of their own (NCCL refuses two ranks on one device, which GPU fractions
+    would give it), else the object store."""
     if all(a.node == learner.node and a.gpu == learner.gpu for a in actors):
         return "shared_memory"
-    if learner.gpu is not None and all(a.gpu is not None for a in actors):
+    ranks = [learner, *actors]
+    if all(r.gpu is not None for r in ranks) and len(set(ranks)) == len(ranks):
         return "broadcast"
     return "object_store"
 
 
-def check_transport(weight_sync: str, transport: str | None, backend: str) -> None:
-    """A config whose transport cannot work with its engine backend fails before anything starts."""
-    if weight_sync not in WEIGHT_SYNCS:
-        raise ValueError(f"rollout.weight_sync must be one of {WEIGHT_SYNCS}, got {weight_sync!r}")
-    if transport is None:
-        return
-    if transport not in VLLM_BACKENDS:
-        raise ValueError(f"rollout.weight_transfer must be one of {VLLM_BACKENDS} (or null), got {transport!r}")
-    if backend != "vllm":
-        raise ValueError(f"rollout.weight_transfer={transport!r} is vLLM's weight-transfer engine: it needs "
-                         f"rollout.backend=vllm (got {backend!r})")
-    if weight_sync != "auto":
-        raise ValueError(f"rollout.weight_transfer={transport!r} is the transport; rollout.weight_sync="
-                         f"{weight_sync!r} would name another: leave weight_sync at auto")
-
-
-def engine_options(transport: str | None) -> dict[str, Any]:
-    """What a rollout engine must be started with for `transport` (VLLMEngine keyword arguments)."""
-    if transport is None:
+def engine_options(weight_sync: str) -> dict[str, Any]:
+    """What a rollout engine must be started with for `weight_sync` (VLLMEngine keyword arguments)."""
+    if weight_sync not in VLLM_WEIGHT_SYNCS:
         return {}
     # Named, not imported: vLLM imports the extension in each worker, which registers the gloo twin there.
-    return {"weight_transfer": transport, "worker_extension": "pipeline.weight_sync.vllm_transfer.TransferWorkerExtension"}
+    return {"weight_transfer": VLLM_WEIGHT_SYNCS[weight_sync],
+            "worker_extension": "pipeline.weight_sync.vllm_transfer.TransferWorkerExtension"}
 
 
 def learner_location(gpu_ids: list[str]) -> Location:
@@ -98,18 +85,15 @@ def learner_location(gpu_ids: list[str]) -> Location:
     return Location(ray.get_runtime_context().get_node_id(), str(gpu_ids[0]) if on_gpu else None)
 
 
-def make_weight_sync(weight_sync: str, transport: str | None, calls: Any, learner: Location,
-                     bucket_bytes: int = 512 << 20) -> WeightSync:
-    """The transport over the rollout actors behind `calls` (ActorCalls) from a learner at `learner`:
-    vLLM's weight-transfer engine when `transport` names one, else `weight_sync` (`auto`: each actor
-    says where its engine's weights live, `WeightReceiver.weights_location`, and choose_weight_sync
-    takes the fastest path that reaches them all)."""
-    if weight_sync not in WEIGHT_SYNCS:
-        raise ValueError(f"rollout.weight_sync must be one of {WEIGHT_SYNCS}, got {weight_sync!r}")
-    if transport is not None:
+def make_weight_sync(weight_sync: str, calls: Any, learner: Location, bucket_bytes: int = 512 << 20) -> WeightSync:
+    """The transport `weight_sync` (a checked `rollout.weight_sync`) names over the rollout actors behind
+    `calls` (ActorCalls) from a learner at `learner`: vLLM's weight-transfer engine for vllm_nccl /
+    vllm_gloo; `auto`: each actor says where its engine's weights live (`WeightReceiver.weights_location`),
+    and choose_weight_sync takes the fastest path that reaches them all."""
+    if weight_sync in VLLM_WEIGHT_SYNCS:
         from pipeline.weight_sync.vllm_transfer import VLLMTransferSync  # imports vLLM
 
-        return VLLMTransferSync(calls, transport)
+        return VLLMTransferSync(calls, VLLM_WEIGHT_SYNCS[weight_sync])
     if weight_sync == "auto":
         actors = calls.all(lambda i: calls.actors[i].weights_location.remote(), "location")
         weight_sync = choose_weight_sync(learner, actors)
@@ -119,9 +103,9 @@ def make_weight_sync(weight_sync: str, transport: str | None, calls: Any, learne
 
         return SharedMemorySync(calls, bucket_bytes)
     if weight_sync == "broadcast":
-        from pipeline.weight_sync.broadcast import BroadcastSync
-
         import torch
+
+        from pipeline.weight_sync.broadcast import BroadcastSync
 
         return BroadcastSync(calls, "nccl" if learner.gpu is not None and torch.cuda.is_available() else "gloo",
                              bucket_bytes)

@@ -7,8 +7,10 @@ cast into a staging buffer on the learner's device and broadcast once; every act
 buffer of its own and loads the views with the engine's `load_weights`. The actors' side is the
 `WeightReceiver` mixin every rollout actor declares (`join_broadcast`, `receive_broadcast`,
 `leave_broadcast`; the group and the buffer live on the actor), so an engine needs nothing for it.
-The group is formed at the first sync and re-formed when Ray restarts an actor; an actor that dies inside a round ends the sync in an ActorFailureError (the run
-stops with a checkpoint to resume from), never a hang.
+The group is formed at the first sync and re-formed when Ray restarts an actor; an actor that dies inside a
+round ends the sync in an ActorFailureError (the run stops with a checkpoint to resume from), never a hang:
+the round's group is aborted (NCCL: its kernels waiting on the dead peer end), and a bucket of a fused layer
+(q/k/v, gate/up) is never split (`export.fused_runs`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,21 @@ from typing import Any
 import torch
 
 from pipeline.actor_calls import ActorCalls, gather
+from pipeline.weight_sync.collective import (
+    GROUP_BACKENDS,
+    abort_group,
+    broadcast,
+    close_group,
+    failed_ref,
+    kill_stuck,
+    open_group,
+    serve_store,
+    unfinished,
+    watched,
+)
+from pipeline.weight_sync.export import Staging, aligned, as_weights, bucket_bytes_for, check_rereadable, fused_runs
+from policies.rollout_engine import indexed_device
 from rl.errors import ActorFailureError
-from pipeline.weight_sync.collective import (BACKENDS, broadcast, close_group, failed_ref, kill_stuck, open_group,
-                                             serve_store, unfinished, watched)
-from pipeline.weight_sync.export import Staging, aligned, as_weights, bucket_bytes_for, check_rereadable
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +48,13 @@ class BroadcastSync:
     """The learner's side; see the module docstring."""
 
     def __init__(self, calls: ActorCalls, backend: str, bucket_bytes: int = 512 << 20):
-        if backend not in BACKENDS:
-            raise ValueError(f"broadcast backend must be one of {BACKENDS}, got {backend!r}")
+        if backend not in GROUP_BACKENDS:
+            raise ValueError(f"broadcast backend must be one of {GROUP_BACKENDS}, got {backend!r}")
         self.calls = calls
         self.backend = backend
         self.bucket_bytes = bucket_bytes
-        self.device = torch.device("cuda" if backend == "nccl" else "cpu")  # where buckets are staged
+        # Where buckets are staged: this process's GPU (with its index, as NCCL wants it), or the CPU.
+        self.device = indexed_device("cuda") if backend == "nccl" else torch.device("cpu")
         self.group: Any = None
         self.name = ""
         self.pids: list[int] = []  # the actor processes in the group (a restart changes one)
@@ -56,10 +70,9 @@ class BroadcastSync:
         if self.group is None:
             self._open()
         else:
-            restarted = [i for i, (old, new) in enumerate(zip(self.pids, self.calls.pids())) if old != new]
+            restarted = self.calls.restarted_since(self.pids)
             if restarted:
                 log.warning("rollout actors %s were restarted; re-forming the weight-sync group", restarted)
-                self.calls.restarts += len(restarted)
                 self._open()
         self._stream(self._last, version)
 
@@ -100,8 +113,12 @@ class BroadcastSync:
         host = ray.util.get_node_ip_address()
         self._store = serve_store(host, world_size, timeout)
         self.name = f"brl-weights-{uuid.uuid4().hex[:8]}"
-        joins = [a.join_broadcast.remote(self.name, self.backend, host, self._store.port, rank, world_size,
-                                         self.calls.timeout_s) for rank, a in enumerate(actors, start=1)]
+        joins = [
+            a.join_broadcast.remote(
+                self.name, self.backend, host, self._store.port, rank, world_size, self.calls.timeout_s
+            )
+            for rank, a in enumerate(actors, start=1)
+        ]
         self.group = open_group(self.backend, self._store, self.name, 0, world_size, timeout)  # gloo: waits for all
         gather(joins, self.calls.timeout_s, "rollout actors (joining the weight-sync group)")
         self.pids = self.calls.pids()
@@ -110,18 +127,18 @@ class BroadcastSync:
     def _stream(self, weights: Any, version: int) -> None:
         manifest: list[tuple[str, torch.dtype, tuple[int, ...], int]] = []
         bucket = bucket_bytes_for(weights, self.bucket_bytes)
-        for name in weights:
-            source = weights.source(name)
-            dtype = weights.target_dtype(source)
-            nbytes = source.numel() * dtype.itemsize
-            staging = self._staging_for(nbytes, bucket)
-            if manifest and not staging.fits(nbytes):
+        for names, run_bytes in fused_runs(weights):  # a fused layer's parameters go in one bucket
+            staging = self._staging_for(run_bytes, bucket)
+            if manifest and not staging.fits(run_bytes):
                 self._round(manifest, version)
                 manifest = []
-                staging = self._staging_for(nbytes, bucket)
-            offset = aligned(staging.used)
-            staging.put(source, dtype)  # to the staging device and dtype in one copy
-            manifest.append((name, dtype, tuple(source.shape), offset))
+                staging = self._staging_for(run_bytes, bucket)
+            for name in names:
+                source = weights.source(name)
+                dtype = weights.target_dtype(source)
+                offset = aligned(staging.used)
+                staging.put(source, dtype)  # to the staging device and dtype in one copy
+                manifest.append((name, dtype, tuple(source.shape), offset))
         if manifest:
             self._round(manifest, version)
 
@@ -144,13 +161,19 @@ class BroadcastSync:
             return None if i is None else f"rollout actor {i}"
 
         try:
-            watched(lambda: broadcast(self.group, staging.filled(), src=0), dead, self.calls.timeout_s,
-                    f"weight-sync broadcast of version {version}")
+            watched(
+                lambda: broadcast(self.group, staging.filled(), src=0),
+                dead,
+                self.calls.timeout_s,
+                f"weight-sync broadcast of version {version}",
+            )
             gather(receiving, self.calls.timeout_s, f"rollout actors (loading weights version {version})")
         except Exception as e:  # a dead peer (Ray's error or the collective's), or a timeout
-            self.group = None  # broken: a blocked communicator is not touched again; the next sync re-forms
+            abort_group(self.group)  # NCCL: frees the learner's stream of the round that will never finish
+            self.group = None  # broken: the next sync re-forms it
             self.stuck = unfinished(receiving)
-            raise ActorFailureError(f"rollout actors: weight broadcast of version {version} failed mid-round: {e}") \
-                from e
+            raise ActorFailureError(
+                f"rollout actors: weight broadcast of version {version} failed mid-round: {e}"
+            ) from e
         finally:
             staging.used = 0

@@ -21,7 +21,7 @@ from torch.distributed import BroadcastOptions, PrefixStore, TCPStore
 from adapters.torch import process_group
 
 log = logging.getLogger(__name__)
-BACKENDS = ("nccl", "gloo")
+GROUP_BACKENDS = ("nccl", "gloo")  # the process groups this module forms
 
 
 def serve_store(host: str, world_size: int, timeout: timedelta) -> TCPStore:
@@ -35,15 +35,21 @@ def join_store(host: str, port: int, world_size: int, timeout: timedelta) -> TCP
 
 def open_group(backend: str, store: TCPStore, name: str, rank: int, world_size: int, timeout: timedelta) -> Any:
     """A gloo or NCCL process group (the backend object itself) over `store`, namespaced by `name`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in GROUP_BACKENDS:
+        raise ValueError(f"backend must be one of {GROUP_BACKENDS}, got {backend!r}")
     return process_group(backend, PrefixStore(name, store), rank, world_size, timeout)
 
 
 def broadcast(group: Any, tensor: torch.Tensor, src: int = 0) -> None:
+    """Broadcast `tensor` from group rank `src`; returns once the round is complete on this side. An NCCL
+    `wait()` only orders the current CUDA stream after the collective and returns to the CPU at once, so
+    the stream is synchronised too: the caller's thread (`watched`) then waits for the round itself, and a
+    dead peer shows as a round that does not finish rather than as a stream blocked behind later work."""
     options = BroadcastOptions()
     options.rootRank = src  # a group rank: the group has no global ranks
     group.broadcast([tensor], options).wait()
+    if tensor.is_cuda:
+        torch.cuda.current_stream(tensor.device).synchronize()
 
 
 def close_group(group: Any) -> None:
@@ -51,6 +57,21 @@ def close_group(group: Any) -> None:
         group.shutdown()
     except Exception:  # noqa: BLE001 - a group whose peer died may refuse a clean shutdown; it is dropped either way
         pass
+
+
+def abort_group(group: Any) -> None:
+    """Drop a group whose round broke. NCCL: `abort()` tears the communicator down and ends the kernels
+    still waiting on a dead peer, so the learner's stream (the checkpoint a stopping run writes, the next
+    sync's group) is not queued behind them until the NCCL watchdog kills the process. A backend without
+    an abort (gloo: its ops time out on their own) is shut down."""
+    abort = getattr(group, "abort", None)
+    try:
+        if callable(abort):
+            abort()
+            return
+    except Exception:  # noqa: BLE001 - gloo's Backend.abort may be unimplemented: shut down instead
+        pass
+    close_group(group)
 
 
 def watched(send: Callable[[], None], failed: Callable[[], str | None], timeout_s: float, what: str) -> None:

@@ -145,11 +145,6 @@ def check_rereadable(weights: Any, learner_thread: Any, actor: int, transport: s
                                 f"{transport} its weights can only be given to it at the next sync")
 
 
-def policy_state_dict(model: Any, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """PolicyWeights copied to the CPU at once (tests and tools; the transports stream instead)."""
-    return {name: tensor.cpu().clone() for name, tensor in PolicyWeights(model, dtype).items()}
-
-
 def _is_shard(value: torch.Tensor) -> bool:
     return hasattr(value, "full_tensor") or hasattr(value, "ds_id")
 
@@ -186,6 +181,30 @@ ALIGN = 256  # bytes: every staged tensor starts on this boundary (any dtype's a
 
 def aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def fused_layer(name: str) -> str:
+    """The module a parameter's layer may be fused into by an engine: vLLM loads q/k/v into one qkv_proj
+    and gate/up into one gate_up_proj, siblings under one parent ("model.layers.3.self_attn.q_proj.weight"
+    -> "model.layers.3.self_attn")."""
+    return name.rsplit(".", 2)[0]
+
+
+def fused_runs(weights: Any) -> Iterator[tuple[list[str], int]]:
+    """The names of `weights` in order, in runs that share a `fused_layer`, each with its bytes as sent
+    (aligned). A bucket never splits a run: vLLM reloads each bucket in its own session, and a fused layer
+    loaded in part is materialised whole, the unloaded part uninitialised memory, before it replaces the
+    live weights (vllm/model_executor/model_loader/reload/layerwise.py, "Delayed processing")."""
+    names: list[str] = []
+    nbytes = 0
+    for name, dtype, shape in weights.meta():
+        if names and fused_layer(name) != fused_layer(names[-1]):
+            yield names, nbytes
+            names, nbytes = [], 0
+        names.append(name)
+        nbytes += aligned(math.prod(shape) * dtype.itemsize)
+    if names:
+        yield names, nbytes
 
 
 def bucket_bytes_for(weights: Any, bucket_bytes: int) -> int:

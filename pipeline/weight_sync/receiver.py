@@ -18,10 +18,18 @@ import torch
 from pipeline.weight_sync import Location
 from pipeline.weight_sync.collective import broadcast, close_group, join_store, open_group
 from pipeline.weight_sync.shared_memory import SharedTensors
+from policies.rollout_engine import indexed_device
+
+
+def receive_device(engine_device: str, backend: str) -> torch.device:
+    """Where a broadcast bucket lands: NCCL on the engine's GPU, with its index (NCCL and
+    `torch.cuda.set_device` need one: an engine may say just "cuda"); gloo on the CPU (the engine copies
+    on load)."""
+    return indexed_device(engine_device) if backend == "nccl" else torch.device("cpu")
 
 
 class WeightReceiver:
-    """Mixed into rollout actors (`pipeline.actors.spawn_group(..., mixins=(WeightReceiver,))`) in front of
+    """Mixed into rollout actors (`pipeline.actors.start_group(..., mixins=(WeightReceiver,))`) in front of
     a `RolloutEngine`; the engine's `load_weights` and `weights_device` are what it calls."""
 
     # Per-actor state, created on first use (the mixin has no constructor of its own).
@@ -59,7 +67,7 @@ class WeightReceiver:
         """Leave any old group, join group `name` as `rank` (the learner is rank 0)."""
         self.leave_broadcast()
         if backend == "nccl":
-            torch.cuda.set_device(torch.device(self.weights_device()))
+            torch.cuda.set_device(receive_device(self.weights_device(), backend))
         timeout = timedelta(seconds=timeout_s)
         store = join_store(host, port, world_size, timeout)
         self._weight_group = (name, backend, open_group(backend, store, name, rank, world_size, timeout), store)
@@ -77,7 +85,7 @@ class WeightReceiver:
         group_name, backend, group, _ = self._weight_group
         if group_name != name:
             raise RuntimeError(f"weight broadcast for group {name}, but this actor is in {group_name}")
-        device = torch.device(self.weights_device()) if backend == "nccl" else torch.device("cpu")
+        device = receive_device(self.weights_device(), backend)
         buffer = getattr(self, "_receive_buffer", None)
         if buffer is None or buffer.device != device or buffer.numel() < nbytes:
             buffer = self._receive_buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)

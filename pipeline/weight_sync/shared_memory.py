@@ -29,7 +29,7 @@ import torch
 from adapters.torch import attach_cpu_storage, cuda_ipc_handle, open_cuda_ipc, share_cpu_storage
 from pipeline.actor_calls import ActorCalls
 from pipeline.actors import call_each
-from pipeline.weight_sync.export import Staging, aligned, as_weights, bucket_bytes_for, check_rereadable
+from pipeline.weight_sync.export import Staging, aligned, as_weights, bucket_bytes_for, check_rereadable, fused_runs
 
 log = logging.getLogger(__name__)
 
@@ -129,18 +129,17 @@ class SharedMemorySync:
         the next one is asked for (its staging is then reused)."""
         handles: dict[str, tuple] = {}
         bucket = bucket_bytes_for(weights, self.bucket_bytes)
-        for name in weights:
-            source = weights.source(name)
-            dtype = weights.target_dtype(source)
-            if source.dtype == dtype and weights.persistent(name) and source.device.type in ("cpu", "cuda"):
-                handles[name] = _handle(source)  # the learner's own memory: no copy
-                continue
-            nbytes = source.numel() * dtype.itemsize
-            staging = self._staging.get(source.device)
-            if staging is not None and staging.used and not staging.fits(nbytes):
+        for names, run_bytes in fused_runs(weights):  # a fused layer's parameters go in one bucket
+            if any(staging.used and not staging.fits(run_bytes) for staging in self._staging.values()):
                 yield self._flush(handles)  # full: hand this bucket over, then reuse the buffer
                 handles = {}
-            handles[name] = _handle(self._staging_for(source.device, nbytes, bucket).put(source, dtype))
+            for name in names:
+                source = weights.source(name)
+                dtype = weights.target_dtype(source)
+                if source.dtype == dtype and weights.persistent(name) and source.device.type in ("cpu", "cuda"):
+                    handles[name] = _handle(source)  # the learner's own memory: no copy
+                    continue
+                handles[name] = _handle(self._staging_for(source.device, run_bytes, bucket).put(source, dtype))
         if handles:
             yield self._flush(handles)
 

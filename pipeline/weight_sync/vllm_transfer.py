@@ -50,11 +50,11 @@ from vllm.distributed.weight_transfer.nccl_engine import (
 from vllm.utils.network_utils import get_open_port
 
 from adapters.vllm import register_weight_transfer
-from policies.vllm_engine import WeightReloadExtension
 from pipeline.actor_calls import ActorCalls, gather
-from rl.errors import ActorFailureError
 from pipeline.weight_sync.collective import failed_ref, kill_stuck, unfinished, watched
 from pipeline.weight_sync.export import as_weights, check_rereadable
+from policies.vllm_engine import WeightReloadExtension
+from rl.errors import ActorFailureError
 
 log = logging.getLogger(__name__)
 GLOO_TIMEOUT = timedelta(minutes=10)  # a peer that never arrives is an error, not a hang
@@ -163,7 +163,7 @@ class GlooTrainerWeightTransferEngine(NCCLTrainerWeightTransferEngine):
 
 register_weight_transfer("gloo", GlooWeightTransferEngine, GlooTrainerWeightTransferEngine)  # in every process
 TRAINER_INIT_INFO = {"nccl": NCCLTrainerInitInfo, "gloo": GlooTrainerInitInfo}  # the learner's side, per backend
-BACKENDS = tuple(TRAINER_INIT_INFO)
+TRANSFER_BACKENDS = tuple(TRAINER_INIT_INFO)
 
 
 class TransferWorkerExtension(WeightReloadExtension):
@@ -239,7 +239,7 @@ class VLLMTransferSync:
 
     def __init__(self, calls: ActorCalls, backend: str):
         if backend not in TRAINER_INIT_INFO:
-            raise ValueError(f"rollout.weight_transfer must be one of {BACKENDS}, got {backend!r}")
+            raise ValueError(f"vLLM weight-transfer backend must be one of {TRANSFER_BACKENDS}, got {backend!r}")
         self.calls = calls
         self.backend = backend
         self.source = StateDictSource()  # the state dict of the round in flight (or the last one)
@@ -259,7 +259,8 @@ class VLLMTransferSync:
         except (RayActorError, RuntimeError, TimeoutError) as e:  # a dead peer: Ray's error, or the broadcast's
             self.engine = None  # the group is broken; its communicator may still be blocked, so it is not touched
             self.stuck = unfinished(self.client.receiving) if self.client is not None else []
-            raise ActorFailureError(f"rollout actors: weight transfer of version {version} failed mid-round: {e}") from e
+            raise ActorFailureError(
+                f"rollout actors: weight transfer of version {version} failed mid-round: {e}") from e
 
     def restore(self, actor: int, version: int) -> None:
         """Re-form the group with the restarted actor and broadcast the last round's state dict again.
@@ -273,9 +274,10 @@ class VLLMTransferSync:
         if not self.source.state:  # nothing sent yet: the restarted actor holds the initial weights
             self._reopen()
             return
-        check_rereadable(self.source.state, self._learner_thread, actor, "rollout.weight_transfer")
-        log.info("rollout actor %d restarted: re-forming the weight-transfer group, re-sending version %d", actor,
-                 version)
+        check_rereadable(self.source.state, self._learner_thread, actor, f"rollout.weight_sync=vllm_{self.backend}")
+        log.info(
+            "rollout actor %d restarted: re-forming the weight-transfer group, re-sending version %d", actor, version
+        )
         self._reopen()
         self._round(self.source.state, version)
 
@@ -292,6 +294,10 @@ class VLLMTransferSync:
             self._open()
         self.source.update(state)
         self.client.version = version
+        if self.backend == "nccl" and torch.cuda.is_available():
+            # vLLM's packed sender reads the weights on streams of its own, which do not wait for the learner's:
+            # the optimizer step queued on this device must be done before they read.
+            torch.cuda.current_stream().synchronize()
 
         def dead() -> str | None:
             i = self.client.failed_receiver()
@@ -307,11 +313,16 @@ class VLLMTransferSync:
         self.pids = gather([a.pid.remote() for a in actors], self.calls.timeout_s, "rollout actors (pid)")
         self.client = PoolSyncClient(self.calls, sizes)
         address = ray.util.get_node_ip_address()  # the workers connect to the learner's node
-        info = TRAINER_INIT_INFO[self.backend](master_address=address, master_port=get_open_port(),
-                                               world_size=1 + sum(sizes), rank=0)
+        info = TRAINER_INIT_INFO[self.backend](
+            master_address=address, master_port=get_open_port(), world_size=1 + sum(sizes), rank=0
+        )
         self.engine = WeightTransferTrainerFactory.trainer_init(info, client=self.client, source=self.source)
-        log.info("weight-transfer group (%s) formed: learner + %d workers on %d actors", self.backend, sum(sizes),
-                 len(actors))
+        log.info(
+            "weight-transfer group (%s) formed: learner + %d workers on %d actors",
+            self.backend,
+            sum(sizes),
+            len(actors),
+        )
 
     def _reopen(self) -> None:
         """Form a new group (a restarted actor lost its place in the old one); live actors leave the old."""
@@ -330,8 +341,7 @@ class VLLMTransferSync:
     def _reform_if_restarted(self) -> None:
         if self.engine is None:  # the first round forms the group
             return
-        restarted = [i for i, (old, new) in enumerate(zip(self.pids, self.calls.pids())) if old != new]
+        restarted = self.calls.restarted_since(self.pids)
         if restarted:
             log.warning("rollout actors %s were restarted; re-forming the weight-transfer group", restarted)
-            self.calls.restarts += len(restarted)
             self._reopen()
