@@ -40,10 +40,15 @@ class Actors:
 def check(cfg: GRPORecipeConfig) -> None:
     """What the pipeline cannot run is refused here, before anything starts or loads."""
     from pipeline.colocated import check_colocate
-    from pipeline.weight_sync import check_transport
+    from pipeline.placement import check_local_resources
 
-    check_transport(cfg.rollout.weight_sync, cfg.rollout.weight_transfer, cfg.rollout.backend)
+    check_local_resources(cfg)
     check_colocate(cfg.rollout, cfg.ray.enabled)
+    if cfg.rollout.backend == "vllm" or (cfg.reward.judge.backend == "vllm" and "judge" in cfg.reward.components()):
+        from adapters.vllm import vllm_version_problem
+
+        if problem := vllm_version_problem():
+            raise ConfigError(f"rollout.backend / reward.judge.backend: {problem}")
     if cfg.learner.num_workers == 1:
         return
     if not cfg.ray.enabled:
@@ -105,23 +110,20 @@ def launch(cfg: GRPORecipeConfig, policy_path: str) -> Iterator[Launched]:
 def _spawn(cfg: GRPORecipeConfig, layout: Layout, policy_path: str, stack: contextlib.ExitStack) -> Actors:
     """The rollout and reward actors the layout asks for (stopped when `stack` closes), started together:
     the groups construct at once (engines start while reward models load), and are waited for together."""
-    from pipeline.actors import StartingGroup, await_ready, kill_on_exit, start_group
+    from pipeline.actors import await_ready, start_group, stopped_on_exit
     from pipeline.rollout_pool import engine_spec, start_rollout_actors
     from rl.rewards import component_spec
 
-    def stopped_on_exit(group: StartingGroup) -> StartingGroup:  # at once: also when a later group cannot start
-        kill_on_exit(stack, group.actors)
-        return group
-
+    # Each group is registered for stopping as soon as it is created: also when a later group cannot start.
     rollout = None
     if layout.rollout_actors:
         engine_cls, kwargs = engine_spec(cfg.rollout, cfg.policy, policy_path)
-        rollout = stopped_on_exit(start_rollout_actors(engine_cls, kwargs, cfg.rollout.actors))
+        rollout = stopped_on_exit(stack, start_rollout_actors(engine_cls, kwargs, cfg.rollout.actors))
     rewards = {}
     for name in layout.reward_actors:
         spec = component_spec(name, cfg.reward)
-        rewards[name] = stopped_on_exit(start_group(ACTOR_NAMES.get(name, name), spec.cls, spec.kwargs,
-                                                    getattr(cfg.reward.actors, name)))
+        rewards[name] = stopped_on_exit(stack, start_group(ACTOR_NAMES.get(name, name), spec.cls, spec.kwargs,
+                                                           getattr(cfg.reward.actors, name)))
     await_ready([group for group in (rollout, *rewards.values()) if group is not None])
     return Actors(rollout=rollout.actors if rollout else None,
                   rewards={name: group.actors for name, group in rewards.items()})

@@ -21,12 +21,12 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from policies.chat import prompt_key
-from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
 from adapters.trl import log_metric, planned_prompts
 from pipeline.weight_sync.export import PolicyWeights
+from policies.chat import prompt_key
+from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +121,29 @@ def _gaps(model: Any, processor: Any, rows: list[tuple], temperature: float) -> 
     return gaps
 
 
+class Pool(Protocol):
+    """What ActorRollouts generates on: rollout actors as one engine (pipeline/rollout_pool.py's RolloutPool)
+    or the learner's own model (pipeline/colocated.py's ColocatedPool)."""
+
+    version: int  # the policy version every engine holds
+
+    @property
+    def restarts(self) -> int: ...  # engines restarted after a death, over the pool's life
+
+    def generate(self, requests: list[RolloutRequest], sampling: SamplingParams) -> list[list[Rollout]]: ...
+
+    def load_weights(self, weights: PolicyWeights, version: int) -> None: ...
+
+    def versions(self) -> list[int]: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class ActorRollouts:
-    """A `rollout_func` that generates on a RolloutPool and keeps its weights in sync with the learner."""
+    """A `rollout_func` that generates on a Pool and keeps its weights in sync with the learner."""
 
-    pool: Any  # RolloutPool (or anything with generate/load_weights/version)
+    pool: Pool
     sync_every: int = 1
     max_staleness: int = 1
     logprob_gap_samples: int = 4
@@ -135,14 +153,7 @@ class ActorRollouts:
     _ahead: tuple[int, list[tuple], Future] | None = field(default=None, repr=False)
     _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.sync_every < 1:
-            raise ValueError("rollout.sync_every must be >= 1")
-        lag = self.sync_every - 1 + int(self.overlap)
-        if self.max_staleness < lag:
-            raise ValueError(f"rollout.max_staleness={self.max_staleness} is below the lag that "
-                             f"rollout.sync_every={self.sync_every}{' with rollout.overlap' if self.overlap else ''} "
-                             f"causes ({lag})")
+    def __post_init__(self) -> None:  # sync_every, max_staleness and overlap were checked with the config
         if self.overlap:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-ahead")
 

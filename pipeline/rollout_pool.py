@@ -2,7 +2,7 @@
 
 `RolloutPool` shards each generation call across N actors (each hosting a `RolloutEngine`) and
 gathers the groups back in request order; weight syncs go through the transport that
-`rollout.weight_sync` / `rollout.weight_transfer` name (pipeline/weight_sync/). An actor that dies
+`rollout.weight_sync` names (pipeline/weight_sync/). An actor that dies
 mid-call is restarted by Ray, given the weights it held (the transport's `restore`) and sent only its
 share again (ActorCalls). `engine_spec` turns the config into the engine class and arguments each actor
 is built with.
@@ -17,18 +17,14 @@ from typing import Any
 
 from pipeline.actor_calls import ActorCalls, gather, shard
 from pipeline.actors import StartingGroup, start_group
-from pipeline.weight_sync import Location, check_transport, engine_options, learner_location, make_weight_sync
+from pipeline.weight_sync import Location, engine_options, learner_location, make_weight_sync
 from policies.rollout_engine import Rollout, RolloutRequest, SamplingParams
+from rl.config import PolicyConfig, RolloutConfig
 
-BACKENDS = ("hf", "vllm")
 
-
-def engine_spec(rollout: Any, policy: Any, policy_path: str) -> tuple[type, dict[str, Any]]:
-    """(engine class, constructor kwargs) for `rollout` (an `rl.config.RolloutConfig`) and `policy`
-    (a `PolicyConfig`); each rollout actor hosts `cls(**kwargs)`."""
-    if rollout.backend not in BACKENDS:
-        raise ValueError(f"rollout.backend must be one of {BACKENDS}, got {rollout.backend!r}")
-    check_transport(rollout.weight_sync, rollout.weight_transfer, rollout.backend)
+def engine_spec(rollout: RolloutConfig, policy: PolicyConfig, policy_path: str) -> tuple[type, dict[str, Any]]:
+    """(engine class, constructor kwargs) for the (checked) `rollout` and `policy` sections; each rollout
+    actor hosts `cls(**kwargs)`."""
     if rollout.backend == "hf":
         from policies.hf_engine import HFEngine
 
@@ -38,7 +34,7 @@ def engine_spec(rollout: Any, policy: Any, policy_path: str) -> tuple[type, dict
 
     return VLLMEngine, dict(path=policy_path, dtype=rollout.dtype or policy.dtype, max_pixels=policy.max_pixels,
                             engine_kwargs=dict(rollout.vllm), sync_timeout_s=rollout.timeout_s,
-                            **engine_options(rollout.weight_transfer))
+                            **engine_options(rollout.weight_sync))
 
 
 def start_rollout_actors(engine_cls: type, kwargs: dict[str, Any], group: Any) -> StartingGroup:
@@ -59,11 +55,11 @@ class RolloutPool:
     (an `rl.config.RolloutConfig`: timeouts, retries, the weight transport); `learner`: where the
     learner's weights live (default: this process on the CPU)."""
 
-    def __init__(self, actors: list[Any], rollout: Any, learner: Location | None = None):
+    def __init__(self, actors: list[Any], rollout: RolloutConfig, learner: Location | None = None):
         self.calls = ActorCalls(actors, rollout.timeout_s, rollout.actors.max_retries, "rollout actors")
         self.actors = actors
-        self.sync = make_weight_sync(rollout.weight_sync, rollout.weight_transfer, self.calls,
-                                     learner or learner_location([]), int(rollout.bucket_mb * 2**20))
+        self.sync = make_weight_sync(rollout.weight_sync, self.calls, learner or learner_location([]),
+                                     int(rollout.bucket_mb * 2**20))
         self.version = 0  # the policy version every actor holds
 
     @property

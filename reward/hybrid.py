@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reward.base import slice_columns
+from reward.stats import mean_std
 
 
 def sigmoid(x: float) -> float:
@@ -44,9 +45,9 @@ def score_summary(scores: list[float]) -> dict[str, float]:
         return {}
     s = sorted(scores)
     n = len(s)
-    mean = sum(s) / n
+    mean, std = mean_std(s)
     q = lambda p: s[min(n - 1, int(p * (n - 1) + 0.5))]  # noqa: E731 - nearest-rank quantile
-    return {"mean": mean, "std": math.sqrt(sum((x - mean) ** 2 for x in s) / n),
+    return {"mean": mean, "std": std,
             "p10": q(0.1), "p50": q(0.5), "p90": q(0.9), "min": s[0], "max": s[-1]}
 
 
@@ -76,8 +77,7 @@ def decision_metrics(matched: list[float | None], rewards: list[float | None], p
     for group in prompt_groups(prompts):
         values = [rewards[i] for i in group if rewards[i] is not None and math.isfinite(rewards[i])]
         if len(group) > 1 and not any(matched[i] == 1.0 for i in group) and len(values) > 1:
-            mean = sum(values) / len(values)
-            spreads.append(math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)))
+            spreads.append(mean_std(values)[1])
     if spreads:
         out["hybrid/all_wrong_group_std"] = sum(spreads) / len(spreads)
     return out

@@ -37,11 +37,13 @@ from policies.chat import (
     is_vlm_processor,
     message_text,
     render_conversation,
+    tokenizer_of,
     with_image_parts,
 )
 from reward.base import completion_text
 from reward.model import BaseRewardModel, ScoreStats, load_reward_model
 from reward.options import ScorerOptions
+from reward.stats import mean_std
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,8 @@ def process_distinct_images(processor: Any, texts: list[str], images: list[Any],
     """What `processor(text=texts, images=images)` gives, except that an image several rows share (a
     prompt's G completions) is resized and normalised once: its pixels appear once, under
     `distinct_grid_thw`, while the text gets every occurrence's placeholder tokens. Built from the
-    steps of transformers' multimodal processors (adapters/transformers.py); None for a processor that does its own processing (the caller then calls it as usual)."""
+    steps of transformers' multimodal processors (adapters/transformers.py); None for a processor that does
+    its own processing (the caller then calls it as usual)."""
     if not runs_standard_steps(processor):
         return None
     keys = fingerprints(images)  # rows that share an image object (bound_rows) checksum it once
@@ -139,7 +142,7 @@ class ScoringBackend:
         from policies.loading import load_processor
 
         processor = load_processor(str(path))
-        tokenizer = getattr(processor, "tokenizer", processor)
+        tokenizer = tokenizer_of(processor)
         model = load_reward_model(path, device=device, pad_token_id=tokenizer.pad_token_id)
         # Image features encoded once per batch go through the backbone's `mm_encoder_outputs`: a model this
         # project wraps around its backbone (BaseReward, value head) takes them; a sequence classifier, the pixels.
@@ -160,15 +163,20 @@ class ScoringBackend:
         flat = [img for imgs in images for img in imgs]
         occurrence = None
         if not is_vlm_processor(self.processor):
-            inputs = self.processor(text=texts, padding=True, padding_side="right", return_tensors="pt",
-                                    add_special_tokens=False)
-        elif flat and self.encode_images_once and \
-                (distinct := process_distinct_images(self.processor, texts, flat, device)) is not None:
+            inputs = self.processor(
+                text=texts, padding=True, padding_side="right", return_tensors="pt", add_special_tokens=False
+            )
+        elif (
+            flat
+            and self.encode_images_once
+            and (distinct := process_distinct_images(self.processor, texts, flat, device)) is not None
+        ):
             inputs, occurrence = distinct
         else:
             extra = {"device": str(device)} if device.type == "cuda" and flat else {}
-            inputs = self.processor(text=texts, images=flat or None, padding=True, padding_side="right",
-                                    return_tensors="pt", **extra)
+            inputs = self.processor(
+                text=texts, images=flat or None, padding=True, padding_side="right", return_tensors="pt", **extra
+            )
         tensors = {k: v.to(device, non_blocking=True) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         return Batch(tensors, occurrence)
 
@@ -251,7 +259,7 @@ class BaseRewardScorer:
     def _score_with(self, backend: ScoringBackend, convs: list, imgs: list) -> list[float]:
         order = length_order(convs, imgs) if self.options.sort_by_length else list(range(len(convs)))
         size = self.options.batch_size
-        parts = [order[start:start + size] for start in range(0, len(order), size)]
+        parts = [order[start : start + size] for start in range(0, len(order), size)]
 
         def prepare(part: list[int]) -> Batch:
             return backend.prepare([convs[i] for i in part], [imgs[i] for i in part])
@@ -274,11 +282,16 @@ class BaseRewardScorer:
             return shipped
         if b not in self.estimated:
             finite = [x for x in scores if math.isfinite(x)]
-            mean = sum(finite) / len(finite) if finite else 0.0
-            std = math.sqrt(sum((x - mean) ** 2 for x in finite) / len(finite)) if len(finite) > 1 else 1.0
+            mean, std = mean_std(finite) if len(finite) > 1 else (finite[0] if finite else 0.0, 1.0)
             self.estimated[b] = ScoreStats(mean, std or 1.0)
-            log.info("reward model %s ships no score statistics: standardising its scores with mean %.4g, std %.4g "
-                     "of the %d it gave first", self.options.paths[b], mean, std or 1.0, len(finite))
+            log.info(
+                "reward model %s ships no score statistics: standardising its scores with mean %.4g, std %.4g "
+                "of the %d it gave first",
+                self.options.paths[b],
+                mean,
+                std or 1.0,
+                len(finite),
+            )
         return self.estimated[b]
 
     @property
@@ -308,8 +321,13 @@ class BaseRewardScorer:
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         n = len(completions)
         column_images = columns.get("images") or [None] * n
-        imgs = bound_rows([(embedded_images(p) if isinstance(p, list) else []) or list(col or [])
-                           for p, col in zip(prompts, column_images, strict=True)], self.options.max_pixels)
+        imgs = bound_rows(
+            [
+                (embedded_images(p) if isinstance(p, list) else []) or list(col or [])
+                for p, col in zip(prompts, column_images, strict=True)
+            ],
+            self.options.max_pixels,
+        )
         convs = [self._conversation(p, c, len(im)) for p, c, im in zip(prompts, completions, imgs, strict=True)]
         out: list[float | None] = [None] * n
         text_rows = [i for i in range(n) if not imgs[i]] if self.text_backend else []
@@ -323,8 +341,9 @@ class BaseRewardScorer:
         for b, backend in enumerate(self.backends):
             rows = [i for i, bs in members.items() if b in bs]
             if rows:  # a text-only model sees no images: the rows it gets carry none, or are given as text
-                got = self._score_with(backend, [convs[i] for i in rows], [imgs[i] if backend.is_multimodal else []
-                                                                           for i in rows])
+                got = self._score_with(
+                    backend, [convs[i] for i in rows], [imgs[i] if backend.is_multimodal else [] for i in rows]
+                )
                 per_model[b] = dict(zip(rows, got, strict=True))
         standardize = self.standardizes
         stats = {b: self._stats(b, list(scores.values())) for b, scores in per_model.items()} if standardize else {}

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from policies.chat import is_vlm_processor, render_conversation
+from policies.chat import is_vlm_processor, render_conversation, tokenizer_of
+from policies.loading import VisionLRMixin
+from reward.stats import mean_std
 
 
 def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor, zero_mean_weight: float = 0.0,
@@ -47,12 +49,6 @@ def pair_metrics(chosen: list[float], rejected: list[float]) -> dict[str, float]
         return {}
     correct = sum(1 for c, r in zip(chosen, rejected, strict=True) if c > r)  # NaN compares False
     finite = [(c, r) for c, r in zip(chosen, rejected, strict=True) if math.isfinite(c) and math.isfinite(r)]
-
-    def mean_std(xs: list[float]) -> tuple[float, float]:
-        if not xs:
-            return float("nan"), float("nan")
-        m = sum(xs) / len(xs)
-        return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
 
     cm, cs = mean_std([c for c, _ in finite])
     rm, rs = mean_std([r for _, r in finite])
@@ -90,7 +86,7 @@ class PairCollator:
 
     def __init__(self, processor: Any, length_normalize: bool = False):
         self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer = tokenizer_of(processor)
         self.is_vlm = is_vlm_processor(processor)
         self.length_normalize = length_normalize
 
@@ -112,8 +108,8 @@ class PairCollator:
         return batch
 
 
-class BTTrainer(Trainer):
-    """transformers.Trainer with the Bradley-Terry loss and pairwise metrics."""
+class BTTrainer(VisionLRMixin, Trainer):
+    """transformers.Trainer with the Bradley-Terry loss and pairwise metrics (and the backbone's `vision_lr`)."""
 
     def __init__(self, *args: Any, zero_mean_weight: float = 0.0, **kwargs: Any):
         super().__init__(*args, **kwargs)

@@ -22,7 +22,6 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from reward.options import HeadConfig, JudgeOptions, RuleOptions, ScorerOptions
-from rl.policy_benchmarks import BenchmarkOptions
 
 T = TypeVar("T")
 
@@ -101,6 +100,32 @@ class LearnerConfig:
 
 
 @dataclass
+class BenchmarkOptions:
+    """What to run and how (the `benchmarks:` section of `brl compare`; `brl eval-bench`'s flags), for
+    evaluation/policy_benchmarks.py."""
+
+    tasks: list[str] = field(default_factory=list)  # lmms-eval task names (none: no benchmark columns)
+    include_path: str | None = None  # a folder of extra lmms-eval task definitions (local copies, your own)
+    limit: int | None = None  # documents per task (None: all)
+    batch_size: int = 16
+    backend: str = "hf"  # the engine that generates: hf | vllm
+    max_tokens: int = 1024  # the most any task may generate per answer
+    max_pixels: int | None = None  # per image (None: the checkpoint's processor setting)
+    device: str | None = None
+    log_samples: bool = False  # keep each document's response and target in the results
+
+
+ROLLOUT_BACKENDS = ("hf", "vllm")  # rollout.backend: transformers' generate, vLLM
+# rollout.weight_sync: this project's transports (any engine; auto picks among them) ...
+WEIGHT_SYNCS = ("auto", "shared_memory", "broadcast", "object_store")
+# ... and vLLM's weight-transfer engine (vLLM engines), by its backend (vllm_transfer.TRAINER_INIT_INFO's keys).
+VLLM_WEIGHT_SYNCS = {"vllm_nccl": "nccl", "vllm_gloo": "gloo"}
+# Keys that were renamed: a config that still uses one is refused with its new spelling.
+RENAMED_KEYS = {"weight_transfer": "rollout.weight_transfer was merged into rollout.weight_sync: write "
+                                   "weight_sync: vllm_nccl (or vllm_gloo) instead"}
+
+
+@dataclass
 class RolloutConfig:
     backend: str = "hf"  # hf (transformers generate) | vllm
     actors: ActorGroupConfig = field(default_factory=ActorGroupConfig)
@@ -121,18 +146,41 @@ class RolloutConfig:
     # the PPO "old" policy, so the clipped ratio is the importance weight pi_theta / pi_behaviour.
     correct_off_policy: bool = True
     timeout_s: float = 600.0  # a generate or weight-sync call that takes longer is an error
-    # How learner weights reach the engines (pipeline/weight_sync/): auto = the fastest that reaches every
-    # actor: shared_memory (actors on the learner's node and device: the CPU, or its GPU through CUDA
-    # IPC), broadcast (NCCL from the learner's GPU to actors on other GPUs; gloo between CPUs),
-    # object_store (Ray's object store: any engine, any node). vLLM engines: see weight_transfer.
+    # How learner weights reach the engines (pipeline/weight_sync/, one module per transport): auto = the
+    # fastest of the next three that reaches every actor; shared_memory (actors on the learner's node and
+    # device: the CPU, or its GPU through CUDA IPC); broadcast (NCCL from the learner's GPU to actors on
+    # other GPUs; gloo between CPUs); object_store (Ray's object store: any engine, any node); vllm_nccl
+    # (vLLM engines only: vLLM's own weight-transfer engine, learner and vLLM workers in one NCCL group);
+    # vllm_gloo (the same path over gloo: CPU machines, what CI runs).
     weight_sync: str = "auto"
     bucket_mb: float = 512  # shared_memory / broadcast: tensors are cast and sent in buckets of this size
-    # vLLM's own weight-transfer engine: "nccl" (GPUs: learner and engines in one NCCL group), "gloo"
-    # (the same path over gloo: CPU machines, what CI runs); null: weight_sync decides.
-    weight_transfer: str | None = None
     # Rollouts per step re-scored by the learner to report the engine/learner logprob gap (0: off).
     logprob_gap_samples: int = 4
     vllm: dict[str, Any] = field(default_factory=dict)  # vllm.LLM keyword arguments
+
+    def __post_init__(self) -> None:
+        if self.backend not in ROLLOUT_BACKENDS:
+            raise ConfigError(f"rollout.backend must be one of {ROLLOUT_BACKENDS}, got {self.backend!r}")
+        if self.weight_sync not in (*WEIGHT_SYNCS, *VLLM_WEIGHT_SYNCS):
+            raise ConfigError(f"rollout.weight_sync must be one of {(*WEIGHT_SYNCS, *VLLM_WEIGHT_SYNCS)}, "
+                              f"got {self.weight_sync!r}")
+        if self.weight_sync in VLLM_WEIGHT_SYNCS and self.backend != "vllm":
+            raise ConfigError(f"rollout.weight_sync={self.weight_sync} is vLLM's weight-transfer engine: it needs "
+                              f"rollout.backend=vllm (got {self.backend!r})")
+        if self.sync_every < 1:
+            raise ConfigError(f"rollout.sync_every must be >= 1, got {self.sync_every}")
+        lag = self.sync_every - 1 + int(self.overlap)  # how many versions behind a rollout can be
+        if self.max_staleness < lag:
+            raise ConfigError(f"rollout.max_staleness={self.max_staleness} is below the lag that rollout.sync_every="
+                              f"{self.sync_every}{' with rollout.overlap' if self.overlap else ''} causes ({lag}): "
+                              f"set rollout.max_staleness: {lag}")
+        if self.bucket_mb <= 0:
+            raise ConfigError(f"rollout.bucket_mb must be > 0, got {self.bucket_mb}")
+
+    @property
+    def vllm_transfer(self) -> str | None:
+        """The backend of vLLM's weight-transfer engine this config names ("nccl", "gloo"), else None."""
+        return VLLM_WEIGHT_SYNCS.get(self.weight_sync)
 
 
 @dataclass
@@ -148,10 +196,19 @@ class PolicyConfig:
     max_pixels: int | None = None
     # Keep the vision encoder's weights fixed (memory, and stability of small models).
     freeze_vision: bool = False
+    # The vision encoder's learning rate, when it trains (None: the trainer's learning_rate). A fresh or small
+    # encoder wants less than the language model: the tiny policy's collapses to a constant output at the
+    # 1e-3 its language model needs, and learns to see at 1e-4 (recipes/configs/tiny_cpu_sft.yaml).
+    vision_lr: float | None = None
     # LoRA through PEFT (TRL's peft_config): peft.LoraConfig keyword arguments, e.g.
     # {r: 16, lora_alpha: 32, target_modules: [q_proj, k_proj, v_proj, o_proj]}. Empty: full fine-tuning.
     # Rollout engines receive the merged weights (base + adapter) at every sync.
     lora: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.vision_lr is not None and (self.vision_lr <= 0 or self.freeze_vision):
+            raise ConfigError(f"vision_lr={self.vision_lr} needs a vision encoder that trains: a positive rate and "
+                              "freeze_vision: false")
 
 
 @dataclass
@@ -164,6 +221,7 @@ class RewardBackboneConfig(PolicyConfig):
     extra_layers: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.extra_layers < 0:
             raise ConfigError(f"backbone.extra_layers must be >= 0, got {self.extra_layers}")
 
@@ -205,11 +263,11 @@ class DataConfig(SourceConfig):
     train_size: int = 256  # synthetic task only
     eval_size: int = 64  # synthetic task only
     seed: int = 0
-    # Synthetic task only: its task families and their weights in the mix (equal weights: an even cycle).
-    # color / shape / count / position are closed questions (the rule can judge them); description is
-    # open-ended (no matchable answer: only a reward model or a judge can).
-    tasks: dict[str, float] = field(default_factory=lambda: {"color": 1.0, "shape": 1.0, "count": 1.0,
-                                                             "position": 1.0, "description": 1.0})
+    # Synthetic task only: its task families and their weights in the mix (equal weights: an even cycle;
+    # null: all five evenly). color / shape / count / position are closed questions (the rule can judge
+    # them); description is open-ended (no matchable answer: only a reward model or a judge can). A dict
+    # given here replaces the default, it is not merged into it: {color: 1} means colour questions only.
+    tasks: dict[str, float] | None = None
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
@@ -267,6 +325,12 @@ class CustomRewardConfig:
 
 SCHEMES = ("rule", "model", "judge", "hybrid", "none")  # reward.scheme values
 HYBRID_BRANCHES = ("model", "judge")  # reward.hybrid_with values
+# Each scheme's default reward.min_group_std, on its reward's own scale. rule: 0/1 rewards, so any spread
+# is a right answer among wrong ones (one in eight: std 0.33). judge: verdict probabilities, where two points
+# are below any verdict worth following (the untrained tiny judge's groups spread by 1e-4). model: calibrated
+# scores (the reward model's standard deviation is 1), a twentieth of it. hybrid: 1, or sigmoid(calibrated
+# score) (or a verdict probability): about what the model's 0.05 becomes through the sigmoid (0.0125 at 0.5).
+FLAT_GROUP_STD = {"rule": 0.0, "judge": 0.02, "model": 0.05, "hybrid": 0.01, "none": 0.0}
 
 
 @dataclass
@@ -282,10 +346,12 @@ class RewardConfig:
     judge: JudgeOptions = field(default_factory=JudgeOptions)
     actors: RewardActorsConfig = field(default_factory=RewardActorsConfig)
     extra: list[CustomRewardConfig] = field(default_factory=list)
-    # Groups of completions whose summed rewards spread by no more than this get zero advantages (DAPO's
-    # filter: a reward model's noise over answers it cannot tell apart is not a learning signal); the share
-    # of such groups is logged per step as rewards/flat_groups.
-    min_group_std: float = 0.0
+    # Groups of completions whose summed rewards spread (population std) by no more than this get zero
+    # advantages (DAPO's filter: a reward model's noise over answers it cannot tell apart is not a learning
+    # signal; GRPO's per-group standardisation would blow it up to full-size advantages). The share of such
+    # groups is logged per step as rewards/flat_groups. null: the scheme's own tolerance, on its scale
+    # (FLAT_GROUP_STD); 0 turns the filter off but for exactly equal rewards.
+    min_group_std: float | None = None
     # A reward call that takes longer than this is abandoned; its samples count as failures.
     timeout_s: float = 120.0
     # Abort when more than this share of a step's samples could not be scored.
@@ -296,6 +362,13 @@ class RewardConfig:
             raise ConfigError(f"reward.scheme must be one of {SCHEMES}, got {self.scheme!r}")
         if self.hybrid_with not in HYBRID_BRANCHES:
             raise ConfigError(f"reward.hybrid_with must be one of {HYBRID_BRANCHES}, got {self.hybrid_with!r}")
+        if self.min_group_std is not None and not self.min_group_std >= 0:
+            raise ConfigError(f"reward.min_group_std must be >= 0 (or null: the scheme's default), "
+                              f"got {self.min_group_std!r}")
+
+    def flat_group_std(self) -> float:
+        """The spread below which a group's rewards count as flat: min_group_std, else the scheme's own."""
+        return FLAT_GROUP_STD[self.scheme] if self.min_group_std is None else self.min_group_std
 
     def components(self) -> tuple[str, ...]:
         """The reward components the scheme runs, by their `reward.actors` names: one place that knows
@@ -411,7 +484,8 @@ class CompareRecipeConfig:
 def _describe(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
     msg = str(err).split("\n")[0]
-    return f"key '{key}': {msg}" if key else msg
+    renamed = RENAMED_KEYS.get(str(key).rsplit(".", 1)[-1]) if key else None
+    return (f"key '{key}': {msg}" if key else msg) + (f"; {renamed}" if renamed else "")
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from adapters.trl import EpochSeededRepeatSampler
-from pipeline.rollout_pool import RolloutPool
 from pipeline.rollout import ActorRollouts
 
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
@@ -24,8 +23,10 @@ def test_epoch_order_predicts_what_the_sampler_will_yield():
 
 
 def test_overlap_needs_a_staleness_bound_of_at_least_one_step():
-    with pytest.raises(ValueError, match="with rollout.overlap causes \\(1\\)"):
-        ActorRollouts(pool=RolloutPool.__new__(RolloutPool), max_staleness=0, overlap=True)
+    from rl.config import ConfigError, RolloutConfig
+
+    with pytest.raises(ConfigError, match="with rollout.overlap causes \\(1\\): set rollout.max_staleness: 1"):
+        RolloutConfig(max_staleness=0, overlap=True)
 
 
 @pytest.mark.ray
@@ -74,8 +75,14 @@ def _learner(tmp_path, policy, rollouts, train_size=8, **trainer):
     args = grpo_args(str(tmp_path), 0, {"per_device_train_batch_size": 4, "num_generations": 2,
                                         "max_completion_length": 4, "beta": 0.0, "report_to": [], **trainer})
     funcs, args.reward_weights = build_rewards(RewardConfig())
-    return build_grpo_trainer(args, load_policy(policy), load_processor(policy), make_shapes_dataset(train_size, seed=0),
-                              funcs, rollout_func=rollouts)
+    return build_grpo_trainer(
+        args,
+        load_policy(policy),
+        load_processor(policy),
+        make_shapes_dataset(train_size, seed=0),
+        funcs,
+        rollout_func=rollouts,
+    )
 
 
 def test_overlap_predicts_the_prompts_of_every_step_with_gradient_accumulation(tmp_path, warm_policy, caplog):
@@ -93,8 +100,16 @@ def test_overlap_predicts_the_prompts_of_every_step_with_gradient_accumulation(t
             return out
 
     rollouts = Recording(LocalPool(HFEngine(warm_policy)), max_staleness=1, logprob_gap_samples=0, overlap=True)
-    trainer = _learner(tmp_path, warm_policy, rollouts, train_size=6, max_steps=5, per_device_train_batch_size=2,
-                       gradient_accumulation_steps=2, learning_rate=1e-3)
+    trainer = _learner(
+        tmp_path,
+        warm_policy,
+        rollouts,
+        train_size=6,
+        max_steps=5,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-3,
+    )
     with caplog.at_level(logging.WARNING, logger="pipeline.rollout"):
         trainer.train()
     rollouts.close()
@@ -110,8 +125,8 @@ def test_correct_off_policy_makes_the_engines_logprobs_the_old_policy_the_loss_s
     learner's; without it TRL uses the learner's own (no old log-probs in the inputs)."""
     import torch
 
-    from policies.hf_engine import HFEngine
     from adapters.trl import GRPOLearner
+    from policies.hf_engine import HFEngine
 
     seen, made = [], []
     engine = HFEngine(warm_policy)

@@ -181,7 +181,10 @@ def test_presets_and_columns_through_validate_data(tmp_path, capsys):
     custom = _jsonl(tmp_path / "rl.jsonl", [{"question": "2+2?", "solution": "4"}, {"question": "3+3?"}])
     assert cli(["validate-data", custom, "--column", "prompt=question", "--column", "answer=solution"]) == 0
     out = capsys.readouterr().out
-    assert "2 rows, 2 valid, 0 bad" in out and "1 valid row(s) have no answer" in out
+    assert "2 rows, 2 valid, 0 bad" in out and "1 valid row(s) have no answer (row 2)" in out  # jsonl: its line
+    many = _jsonl(tmp_path / "many.jsonl", [{"question": f"{i}?"} for i in range(12)])
+    assert cli(["validate-data", many, "--column", "prompt=question"]) == 0
+    assert "12 valid row(s) have no answer (row 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 2 more)" in capsys.readouterr().out
     assert cli(["validate-data", custom, "--column", "promt=question"]) == 2
     err = capsys.readouterr().err
     assert "'promt' is not a field of rl rows" in err and "did you mean 'prompt'?" in err

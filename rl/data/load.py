@@ -39,6 +39,9 @@ def features_for(kind: str, extras: dict[str, Any] | None = None) -> Features:
     return Features({**base, **texts, **{k: Value(types[type(v)]) for k, v in (extras or {}).items()}})
 
 
+NAMED_ROWS = 10  # rows without an answer a summary names (then a count), like the errors it lists
+
+
 @dataclass
 class ValidationReport:
     source: str
@@ -47,6 +50,7 @@ class ValidationReport:
     bad: int = 0
     errors: list[RowError] = field(default_factory=list)  # the first KEEP_ERRORS
     no_answer: int = 0  # RL rows without a ground truth: fine for model rewards, unscorable by rule/hybrid
+    no_answer_rows: list[int] = field(default_factory=list)  # the first KEEP_ERRORS of them (row numbers as errors')
 
     @property
     def ok(self) -> int:
@@ -65,8 +69,10 @@ class ValidationReport:
         if self.bad > limit:
             lines.append(f"  ... and {self.bad - limit} more")
         if self.no_answer:
-            lines.append(f"  warning: {self.no_answer} valid row(s) have no answer: fine for a model-only reward, "
-                         f"but the rule and hybrid rewards cannot score them")
+            shown = ", ".join(str(r) for r in self.no_answer_rows[:NAMED_ROWS])
+            more = f" and {self.no_answer - NAMED_ROWS} more" if self.no_answer > NAMED_ROWS else ""
+            lines.append(f"  warning: {self.no_answer} valid row(s) have no answer (row {shown}{more}): fine for a "
+                         f"model-only reward, but the rule and hybrid rewards cannot score them")
         return "\n".join(lines)
 
 
@@ -128,6 +134,8 @@ def stream_rows(source: Source, kind: str, cfg: ValidationConfig, report: Valida
             continue
         if kind == "rl" and good["answer"] is None:
             report.no_answer += 1
+            if len(report.no_answer_rows) < KEEP_ERRORS:
+                report.no_answer_rows.append(rownum)
         yield good
 
 
@@ -195,9 +203,9 @@ def load_rl_splits(cfg: DataConfig) -> tuple[Dataset, Dataset | None]:
     """Train and held-out RL datasets for a recipe's `data` section."""
     train_source = Source.of(cfg, "rl")
     if train_source.path == "shapes":
-        from rl.tasks.shapes import make_shapes_splits
+        from rl.tasks.shapes import TASKS, make_shapes_splits
 
-        return make_shapes_splits(cfg.train_size, cfg.eval_size, cfg.seed, dict(cfg.tasks))
+        return make_shapes_splits(cfg.train_size, cfg.eval_size, cfg.seed, dict(cfg.tasks) if cfg.tasks else TASKS)
     train = load_source(train_source, "rl", cfg.validation)
     held_out = None
     if cfg.eval_source:
