@@ -37,8 +37,10 @@ def check_trl_version(version: str = trl.__version__) -> None:
         raise RuntimeError(
             f"adapters/trl.py was written against TRL {WRITTEN_FOR_TRL}.x and TRL {version} is installed. It "
             f"overrides TRL internals (GRPOTrainer._get_train_sampler, _generate_and_score_completions, "
-            f"_calculate_rewards, _load_from_checkpoint, _save_checkpoint, _metrics) that change between releases. Install "
-            f"trl=={WRITTEN_FOR_TRL}.* (the project's constraints.txt pins it), or port this module to {version}.")
+            f"_calculate_rewards, _load_from_checkpoint, _save_checkpoint, _metrics) that change between releases. "
+            f"Install trl=={WRITTEN_FOR_TRL}.* (the project's constraints.txt pins it), or port this module to "
+            f"{version}."
+        )
 
 
 check_trl_version()
@@ -94,6 +96,7 @@ class GRPOLearner(GRPOTrainer):
 
     rollout_logprobs_as_old = False
     min_group_std = 0.0
+    _mostly_flat_steps = 0  # consecutive generations in which most groups were flat
     train_sampler: EpochSeededRepeatSampler | None = None
     _step_rewards: Any = None  # every process's rewards of the generation being scored [B_all, n_funcs]
 
@@ -132,11 +135,35 @@ class GRPOLearner(GRPOTrainer):
         if self.rollout_logprobs_as_old and output.get("sampling_per_token_logps") is not None:
             output["old_per_token_logps"] = output["sampling_per_token_logps"]  # [B, T], 0 where masked
         if self._step_rewards is not None and self.model.training:
-            flat = flat_groups(self._step_rewards, self.reward_weights, self.num_generations, self.min_group_std)  # [B_all]
-            local = flat[self.accelerator.process_index * len(inputs):(self.accelerator.process_index + 1) * len(inputs)]
+            flat = flat_groups(
+                self._step_rewards, self.reward_weights, self.num_generations, self.min_group_std
+            )  # [B_all]
+            local = flat[
+                self.accelerator.process_index * len(inputs) : (self.accelerator.process_index + 1) * len(inputs)
+            ]
             output["advantages"] = output["advantages"].masked_fill(local.to(output["advantages"].device), 0.0)
-            self._metrics["train"]["rewards/flat_groups"].append(flat.float().mean().item())
+            share = flat.float().mean().item()
+            self._metrics["train"]["rewards/flat_groups"].append(share)
+            # What the tolerance adds to the groups TRL leaves without advantage anyway (exactly equal rewards).
+            equal = flat_groups(self._step_rewards, self.reward_weights, self.num_generations, 0.0)
+            self._metrics["train"]["rewards/equal_groups"].append(equal.float().mean().item())
+            self._warn_if_no_signal(share)
         return output
+
+    def _warn_if_no_signal(self, flat_share: float) -> None:
+        """Warn once when most groups have been flat for NO_SIGNAL_STEPS generations in a row: the reward
+        then gives GRPO (almost) nothing to learn from, whether every sample earns the same reward or the
+        reward cannot tell the samples apart."""
+        self._mostly_flat_steps = self._mostly_flat_steps + 1 if flat_share > 0.5 else 0
+        if self._mostly_flat_steps == NO_SIGNAL_STEPS:
+            log.warning(
+                "most groups have had flat rewards (spread <= %g) for %d generations in a row (now %.0f%%): "
+                "the reward gives no learning signal on them. The policy either always or never earns it, "
+                "or the reward cannot tell its samples apart",
+                self.min_group_std,
+                NO_SIGNAL_STEPS,
+                100 * flat_share,
+            )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         # The Trainer reads model.safetensors with the runtime key names, but save_pretrained writes
@@ -144,12 +171,19 @@ class GRPOLearner(GRPOTrainer):
         # load silently matches nothing and training "resumes" from the initial weights (seen with
         # transformers 5.19 and 5.23). from_pretrained applies the mapping; copy its tensors in, strictly.
         model = self.accelerator.unwrap_model(model if model is not None else self.model)
-        if not isinstance(model, torch.nn.Module) or not hasattr(type(model), "from_pretrained") or \
-                getattr(model, "peft_config", None) or self.is_fsdp_enabled:  # FSDP: accelerate loads its shards
+        if (
+            not isinstance(model, torch.nn.Module)
+            or not hasattr(type(model), "from_pretrained")
+            or getattr(model, "peft_config", None)
+            or self.is_fsdp_enabled
+        ):  # FSDP: accelerate loads its shards
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
         model.load_state_dict(saved.state_dict(), strict=True)
         log.info("policy weights restored from %s", resume_from_checkpoint)
+
+
+NO_SIGNAL_STEPS = 10  # GRPOLearner warns after this many generations in a row with mostly flat groups
 
 
 def flat_groups(rewards_per_func: torch.Tensor, weights: torch.Tensor, group: int, min_std: float) -> torch.Tensor:
@@ -201,7 +235,8 @@ def planned_prompts(trainer: GRPOLearner, step: int) -> list[Any] | None:
     epoch, k = divmod(step, generations_per_epoch)
     block = per_generation * group * sampler.repeat_count  # what the sampler yields for one generation
     order = sampler.epoch_order(epoch)
-    indices = order[k * block:k * block + per_generation * group:group]
+    indices = order[k * block : k * block + per_generation * group : group]
     rows = [trainer.train_dataset[i] for i in indices]
-    return [prepare_multimodal_messages(r["prompt"], images=r["images"]) if r.get("images") else r["prompt"]
-            for r in rows]
+    return [
+        prepare_multimodal_messages(r["prompt"], images=r["images"]) if r.get("images") else r["prompt"] for r in rows
+    ]

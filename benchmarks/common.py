@@ -27,36 +27,50 @@ def best_of(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def cpu_model() -> str:
+    """The CPU's model name and whether it has AVX-512 (rounding and speed differ between such machines)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    return f"{name} ({'AVX-512' if 'avx512f' in info else 'no AVX-512'})"
+
+
 def machine() -> dict[str, Any]:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"date": date.today().isoformat(), "cpus": os.cpu_count(), "gpu": gpu, "platform": platform.platform(),
+    return {"date": date.today().isoformat(), "cpus": os.cpu_count(), "cpu": cpu_model(), "gpu": gpu,
+            "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def report(name: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> Path:
-    """Write `$BRL_BENCH_OUT/<name>.json` (default benchmarks/results) and print a Markdown table."""
+    """Write `$BRL_BENCH_OUT/<name>.json` (default benchmarks/results) and `<name>.md` (the same rows as a
+    Markdown table, with the machine), and print the table."""
     out = Path(os.environ.get("BRL_BENCH_OUT", "benchmarks/results"))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     path.write_text(json.dumps({"benchmark": name, "machine": machine(), **extra, "rows": rows}, indent=2))
     keys = list(dict.fromkeys(k for row in rows for k in row))  # every column, in first-seen order
-    print(f"\n{name} ({path})\n")
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
         cells = [row.get(k, "-") for k in keys]
-        print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in cells) + " |")
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in cells) + " |")
+    table = "\n".join(lines)
+    host = machine()
+    (out / f"{name}.md").write_text(f"# {name}\n\n{table}\n\nMachine: {json.dumps(host)}\n")
+    print(f"\n{name} ({path})\n\n{table}")
     return path
 
 
 def warm_policy(sft_steps: int) -> str:
     """The tiny policy after the tests' short SFT warm-up: it answers in the task's format, so the
     rule reward has variance and the reward curves mean something."""
-    from rl.tasks.shapes import make_tiny_policy
     from recipes import sft
     from rl.config import SFTRecipeConfig, load_config
+    from rl.tasks.models import make_tiny_policy
 
     base = str(make_tiny_policy(tempfile.mkdtemp()))
     cfg = load_config(SFTRecipeConfig, None, [f"output_dir={tempfile.mkdtemp()}", f"policy.path={base}",

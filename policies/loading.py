@@ -59,9 +59,13 @@ def load_processor(path: str, max_pixels: int | None = None, trust_remote_code: 
 
 
 def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The vision encoder of a Qwen2-VL-family model (`model.model.visual`), or None for text-only."""
-    inner = getattr(model, "model", model)
-    return getattr(inner, "visual", None) or getattr(model, "visual", None)
+    """The vision encoder of a Qwen2-VL-family model (`model.model.visual`; a reward model's `backbone.visual`),
+    or None for text-only."""
+    for holder in (getattr(model, "model", None), getattr(model, "backbone", None), model):  # policy, reward model
+        tower = getattr(holder, "visual", None) if holder is not None else None
+        if tower is not None:
+            return tower
+    return None
 
 
 def freeze_vision_tower(model: torch.nn.Module) -> int:
@@ -74,6 +78,41 @@ def freeze_vision_tower(model: torch.nn.Module) -> int:
         p.requires_grad_(False)
         frozen += p.numel()
     return frozen
+
+
+def set_vision_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, lr: float) -> int:
+    """Give the vision encoder's parameters their own learning rate: each param group's encoder parameters
+    move into a group of their own (the same options, `lr`). Called on a fresh optimizer, before its
+    scheduler records each group's initial rate (so both follow the same schedule). Returns how many
+    parameters moved."""
+    tower = vision_tower(model)
+    if tower is None:
+        raise ValueError(f"{type(model).__name__} has no vision tower (policy.vision_lr)")
+    encoder = {id(p) for p in tower.parameters()}
+    moved = []
+    for group in optimizer.param_groups:
+        mine = [p for p in group["params"] if id(p) in encoder]
+        if mine:
+            group["params"] = [p for p in group["params"] if id(p) not in encoder]
+            moved.append({**{k: v for k, v in group.items() if k != "params"}, "params": mine, "lr": lr})
+    for group in moved:
+        optimizer.add_param_group(group)
+    return sum(p.numel() for g in moved for p in g["params"])
+
+
+class VisionLRMixin:
+    """Mixed in front of a transformers Trainer: its optimizer gives the vision encoder `vision_lr` (None:
+    the trainer's learning rate), through Trainer's documented `create_optimizer` hook."""
+
+    vision_lr: float | None = None
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh and self.vision_lr is not None:
+            moved = set_vision_lr(optimizer, model if model is not None else self.model, self.vision_lr)
+            log.info("vision encoder: %d parameters at learning rate %g", moved, self.vision_lr)
+        return optimizer
 
 
 def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = False,

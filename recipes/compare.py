@@ -21,10 +21,11 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from evaluation.held_out import COLLAPSE_MARGIN, HeldOutCallback, collapsed_tasks, evaluate_policy, history_entry
 from recipes import grpo
+from reward.stats import mean_std
 from rl.config import CompareRecipeConfig, GRPORecipeConfig, load_config, to_yaml
 from rl.data import load_rl_splits
-from rl.evaluate import HeldOutCallback, evaluate_policy
 from rl.models import resolve_model_path
 from rl.rewards import REWARD_NAMES
 
@@ -39,11 +40,8 @@ def load(path: str | None = None, overrides: Sequence[str] = ()) -> CompareRecip
 
 
 def _mean_std(xs: list[float | None]) -> tuple[float, float]:
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    if not xs:
-        return math.nan, math.nan
-    m = sum(xs) / len(xs)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+    """Over seeds: the mean and the sample std (the seeds sample what a scheme does)."""
+    return mean_std(xs, sample=True)
 
 
 def _fmt(xs: list[float | None], digits: int = 3) -> str:
@@ -63,8 +61,17 @@ def step_means(log_history: list[dict], prefix: str) -> dict[str, float]:
     return {key: sum(v) / len(v) for key, v in sums.items()}
 
 
-def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_out: Any, cfg: CompareRecipeConfig
-               ) -> dict:
+def evaluate_start(base: GRPORecipeConfig, held_out: Any, cfg: CompareRecipeConfig) -> dict:
+    """The starting policy's held-out evaluation, once for every run (each run's curve starts from it)."""
+    from policies.hf_engine import HFEngine
+
+    result = evaluate_policy(HFEngine(base.policy.path), held_out, 64, cfg.eval.max_tokens, samples=cfg.eval.samples,
+                             temperature=base.trainer.get("temperature", 1.0))
+    return history_entry(0, result)
+
+
+def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_out: Any, cfg: CompareRecipeConfig,
+               start: dict) -> dict:
     """One GRPO run; returns its final held-out scores, curves, what its reward cost and how it decided."""
     from policies.loading import load_processor
 
@@ -73,16 +80,20 @@ def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_o
     run.output_dir = str(out / f"{scheme}-seed{seed}")
     callback = HeldOutCallback(held_out, load_processor(run.policy.path, run.policy.max_pixels), cfg.eval.every,
                                cfg.eval.max_tokens, samples=cfg.eval.samples,
-                               temperature=run.trainer.get("temperature", 1.0))
-    start = time.perf_counter()
+                               temperature=run.trainer.get("temperature", 1.0), start=start)
+    began = time.perf_counter()
     summary = grpo.main(run, callbacks=[callback])
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - began
     history = summary["log_history"]
     steps = [r for r in history if "reward" in r]
     name = REWARD_NAMES[scheme]
+    collapsed = collapsed_tasks(start["per_task"], callback.history[-1]["per_task"])
+    if collapsed:
+        log.warning("%s reward, seed %d: the policy collapsed onto few answers on %s, which its start had not "
+                    "(see the collapse table)", scheme, seed, ", ".join(collapsed))
     return {
         "scheme": scheme, "seed": seed,
-        "final": callback.history[-1], "curve": callback.history,
+        "final": callback.history[-1], "curve": callback.history, "collapsed_tasks": collapsed,
         "reward_curve": [{"step": i + 1, "reward": r["reward"]} for i, r in enumerate(steps)],
         "mean_reward_last": _mean_std([r["reward"] for r in steps[-5:]])[0],  # a step with no reward at all: None
         "tokens": steps[-1].get("num_tokens") if steps else None,
@@ -93,7 +104,8 @@ def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_o
         "reward_tokens_per_step": step_means(history, f"rewards/{name}/generated_tokens").get(
             f"rewards/{name}/generated_tokens", 0.0),
         "mechanism": {**step_means(history, "hybrid/decided_by_match"), **step_means(history, "hybrid/all_wrong"),
-                      **step_means(history, "rewards/flat_groups")},
+                      **step_means(history, "rewards/flat_groups"), **step_means(history, "rewards/equal_groups")},
+        "flat_group_std": run.reward.flat_group_std(),
         "final_policy": summary["final_policy"],
     }
 
@@ -137,7 +149,7 @@ def benchmark_scores(policy_path: str, cfg: CompareRecipeConfig, out: Path) -> d
     results in `out/benchmarks.json`); None when no benchmark is asked for."""
     if not cfg.benchmarks.tasks:
         return None
-    from rl.policy_benchmarks import evaluate_benchmarks
+    from evaluation.policy_benchmarks import evaluate_benchmarks
 
     result = evaluate_benchmarks(policy_path, cfg.benchmarks)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,9 +188,36 @@ def write_table(results: dict, path: Path) -> str:
             f"reward cost per GRPO step, measured in the run (seconds of the reward call, tokens it generated).\n")
     lines.append(note)
     mechanism = mechanism_table(results)
-    table = "\n".join(lines) + ("\n" + mechanism if mechanism else "")
+    table = "\n".join(lines) + "\n" + collapse_table(results) + ("\n" + mechanism if mechanism else "")
     path.write_text(table)
     return table
+
+
+def collapse_table(results: dict) -> str:
+    """Per task family, how spread out each policy's greedy held-out answers are: the share of the most
+    frequent answer and the number of distinct answers (what a collapsed policy shows), and the families
+    each run collapsed that its start had not."""
+    tasks = results["tasks"]
+    head = ["policy", *[f"{t}: top answer share / distinct" for t in tasks], "collapsed (runs)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cells(finals: list[dict]) -> list[str]:
+        return [f"{_fmt([f['per_task'].get(t, {}).get('top_share') for f in finals], 2)} / "
+                f"{_fmt([f['per_task'].get(t, {}).get('distinct') for f in finals], 0)}" for t in tasks]
+
+    start = results["start"]
+    truth = [f"{start['per_task'].get(t, {}).get('truth_top_share', math.nan):.2f}" for t in tasks]
+    lines.append("| right answers | " + " | ".join(f"{x} / -" for x in truth) + " | - |")
+    lines.append("| starting policy (SFT) | " + " | ".join(cells([start])) + " | - |")
+    for scheme, runs in results["schemes"].items():
+        collapsed = sorted({t for r in runs for t in r.get("collapsed_tasks", [])})
+        lines.append(f"| GRPO, {scheme} reward | " + " | ".join(cells([r["final"] for r in runs]))
+                     + f" | {', '.join(collapsed) or 'none'} |")
+    return "\n".join(lines) + (
+        f"\n\nCollapse: per family, the share of greedy held-out answers equal to the most frequent one and the "
+        f"number of distinct answers (right answers: the same share among the rows' own answers). A run has "
+        f"collapsed a family when that share exceeds the right answers' by {COLLAPSE_MARGIN:.2f} or more where "
+        f"its start's did not.\n")
 
 
 def mechanism_table(results: dict) -> str:
@@ -191,17 +230,44 @@ def mechanism_table(results: dict) -> str:
         mech = [r["mechanism"] for r in runs]
         decided = [_fmt([m.get(f"hybrid/decided_by_match/{t}") for m in mech], 2) for t in tasks]
         scores = [r.get("model_score") or {} for r in runs]
-        rows.append(f"| {scheme} | " + " | ".join(decided) + f" | {_fmt([m.get('rewards/flat_groups') for m in mech], 2)}"
-                    f" | {_fmt([m.get('hybrid/all_wrong_group_std') for m in mech], 3)}"
-                    f" | {_fmt([s.get('right_mean') for s in scores], 2)} | {_fmt([s.get('wrong_mean') for s in scores], 2)} |")
-    head = ["scheme", *[f"decided by rule: {t}" for t in tasks], "flat groups", "reward std, all-wrong groups",
-            "RM score, right answers", "RM score, wrong answers"]
+        tolerance = runs[0].get("flat_group_std", math.nan)
+        rows.append(
+            f"| {scheme} | " + " | ".join(decided) + f" | {tolerance:g}"
+            f" | {_fmt([m.get('rewards/flat_groups') for m in mech], 2)}"
+            f" | {_fmt([m.get('rewards/equal_groups') for m in mech], 2)}"
+            f" | {_fmt([m.get('hybrid/all_wrong_group_std') for m in mech], 3)}"
+            f" | {_fmt([s.get('right_mean') for s in scores], 2)} | {_fmt([s.get('wrong_mean') for s in scores], 2)} |"
+        )
+    head = [
+        "scheme",
+        *[f"decided by rule: {t}" for t in tasks],
+        "flat-group tolerance",
+        "flat groups",
+        "groups of equal rewards",
+        "reward std, all-wrong groups",
+        "RM score, right answers",
+        "RM score, wrong answers",
+    ]
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows]) + (
         "\n\nDecided by rule: the share of training samples the exact match settled (the rest went to the model "
-        "branch; hybrid only). Flat groups: the share of groups whose rewards spread by no more than "
-        "reward.min_group_std (no advantage). Reward std, all-wrong groups: the mean spread of the hybrid's "
+        "branch; hybrid only). Flat groups: the share of groups whose rewards spread (population std) by no more "
+        "than the scheme's tolerance (reward.min_group_std, else its default): no advantage; groups of equal "
+        "rewards: those with no spread at all, which get none anyway (the difference is what the tolerance "
+        "adds). Reward std, all-wrong groups: the mean spread of the hybrid's "
         "rewards in groups with no right answer (GRPO standardises it into advantages). RM score: the reward "
-        "model's mean score of the final policy's greedy answers the rule accepts / rejects.\n")
+        "model's mean score of the final policy's greedy answers the rule accepts / rejects.\n"
+    )
+
+
+def excess_top_share(point: dict) -> float:
+    """How far one held-out evaluation is from collapse: the largest, over task families, of the most
+    frequent greedy answer's share above the most frequent right answer's."""
+    excess = [
+        s["top_share"] - s["truth_top_share"]
+        for s in point["per_task"].values()
+        if math.isfinite(s.get("top_share", math.nan)) and math.isfinite(s.get("truth_top_share", math.nan))
+    ]
+    return max(excess) if excess else math.nan
 
 
 def plot(results: dict, path: Path) -> None:
@@ -210,21 +276,47 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_r, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_r, ax_a, ax_c) = plt.subplots(1, 3, figsize=(16, 4))
     for scheme, runs in results["schemes"].items():
         for i, run in enumerate(runs):
             label = scheme if i == 0 else None
             color = COLORS.get(scheme)
-            ax_r.plot([p["step"] for p in run["reward_curve"]], [p["reward"] for p in run["reward_curve"]],
-                      color=color, alpha=0.8, label=label)
+            ax_r.plot(
+                [p["step"] for p in run["reward_curve"]],
+                [p["reward"] for p in run["reward_curve"]],
+                color=color,
+                alpha=0.8,
+                label=label,
+            )
             steps = [p["step"] for p in run["curve"]]
-            ax_a.plot(steps, [p["sampled_task_average"] for p in run["curve"]], color=color, alpha=0.8, marker="o",
-                      label=f"{label}, sampled" if label else None)
-            ax_a.plot(steps, [p["task_average"] for p in run["curve"]], color=color, alpha=0.5, linestyle=":",
-                      label=f"{label}, greedy" if label else None)
+            ax_a.plot(
+                steps,
+                [p["sampled_task_average"] for p in run["curve"]],
+                color=color,
+                alpha=0.8,
+                marker="o",
+                label=f"{label}, sampled" if label else None,
+            )
+            ax_a.plot(
+                steps,
+                [p["task_average"] for p in run["curve"]],
+                color=color,
+                alpha=0.5,
+                linestyle=":",
+                label=f"{label}, greedy" if label else None,
+            )
+            ax_c.plot(
+                steps, [excess_top_share(p) for p in run["curve"]], color=color, alpha=0.8, marker="o", label=label
+            )
+    ax_c.axhline(COLLAPSE_MARGIN, color="grey", linestyle="--", label="collapsed")
+    ax_c.set(
+        title="collapse: top answer share above the right answers'\n(largest over families, greedy)",
+        xlabel="step",
+        ylabel="excess share",
+    )
     ax_r.set(title="mean training reward (own scheme's scale)", xlabel="step", ylabel="reward")
     ax_a.set(title="held-out score, average over task families", xlabel="step", ylabel="score", ylim=(0, 1))
-    for ax in (ax_r, ax_a):
+    for ax in (ax_r, ax_a, ax_c):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -248,21 +340,29 @@ def main(cfg: CompareRecipeConfig) -> dict:
     from pipeline.placement import ray_cluster
 
     tasks = sorted(set(held_out["task"])) if "task" in held_out.column_names else ["all"]
-    results: dict[str, Any] = {"held_out_size": len(held_out), "samples": cfg.eval.samples, "tasks": tasks,
-                               "start_policy": base.policy.path, "schemes": {}}
+    results: dict[str, Any] = {
+        "held_out_size": len(held_out),
+        "samples": cfg.eval.samples,
+        "tasks": tasks,
+        "start_policy": base.policy.path,
+        "schemes": {},
+    }
     results["benchmark_tasks"] = list(cfg.benchmarks.tasks)
+    log.info("=== the starting policy, on %d held-out rows ===", len(held_out))
+    start = evaluate_start(base, held_out, cfg)
     with ray_cluster(base) if base.ray.enabled else contextlib.nullcontext():  # one cluster for every run
         for seed in cfg.seeds:
             for scheme in cfg.schemes:
                 log.info("=== scheme %s, seed %d ===", scheme, seed)
-                run = run_scheme(base, scheme, seed, out, held_out, cfg)
+                run = run_scheme(base, scheme, seed, out, held_out, cfg, start)
                 run["model_score"] = model_scores(run["final_policy"], held_out, base.reward.model, cfg.eval.max_tokens)
                 run["final"]["benchmarks"] = benchmark_scores(run["final_policy"], cfg, out / f"{scheme}-seed{seed}")
                 results["schemes"].setdefault(scheme, []).append(run)
-    first = next(iter(results["schemes"].values()))[0]
-    results["start"] = {**first["curve"][0],  # step 0 of any run is the starting policy
-                        "model_score": model_scores(base.policy.path, held_out, base.reward.model, cfg.eval.max_tokens),
-                        "benchmarks": benchmark_scores(base.policy.path, cfg, out / "start")}
+    results["start"] = {
+        **start,
+        "model_score": model_scores(base.policy.path, held_out, base.reward.model, cfg.eval.max_tokens),
+        "benchmarks": benchmark_scores(base.policy.path, cfg, out / "start"),
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     table = write_table(results, out / "results.md")
     plot(results, out / "compare.png")

@@ -18,13 +18,17 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from policies.loading import load_policy, load_processor
+from policies.loading import VisionLRMixin, load_policy, load_processor
 from rl.config import SFTRecipeConfig, load_config, to_yaml
 from rl.data import load_rl_splits
 from rl.learner import check_update_precision, device_defaults
 from rl.models import resolve_model_path
 
 log = logging.getLogger("brl.sft")
+
+
+class PolicySFTTrainer(VisionLRMixin, SFTTrainer):
+    """TRL's SFTTrainer with the policy's `vision_lr`."""
 
 
 def load(path: str | None = None, overrides: Sequence[str] = ()) -> SFTRecipeConfig:
@@ -60,8 +64,9 @@ def main(cfg: SFTRecipeConfig) -> dict:
     policy_path = resolve_model_path(cfg.policy.path, out, cfg.seed)
     processor = load_processor(policy_path, cfg.policy.max_pixels, cfg.policy.trust_remote_code)
     model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(train),
-                         processing_class=processor)
+    trainer = PolicySFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(train),
+                               processing_class=processor)
+    trainer.vision_lr = cfg.policy.vision_lr
     result = trainer.train()
     final = out / "final"
     trainer.save_model(str(final))

@@ -66,6 +66,7 @@ def main(cfg: RMRecipeConfig) -> dict:
     trainer = BTTrainer(model=model, args=args, train_dataset=train, eval_dataset=held_out,
                         data_collator=PairCollator(processor, cfg.loss.length_normalize),
                         compute_metrics=compute_pair_metrics, zero_mean_weight=cfg.loss.zero_mean_weight)
+    trainer.vision_lr = cfg.backbone.vision_lr
     before = trainer.evaluate() if held_out is not None else {}
     result = trainer.train()
     after, breakdown = {}, {}
@@ -116,9 +117,10 @@ def train_judge(cfg: RMRecipeConfig, out: Path, path: str, processor: Any, train
     """`paradigm: generative`: SFT of the backbone to write the judge's verdict on the pairs (see the module
     docstring), then the held-out pairs judged by the result (accuracy, by kind of rejected answer, tokens
     and seconds per pair)."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
-    from reward.judge import JUDGE_FILE, POINTWISE_TEMPLATE, PAIRWISE_TEMPLATE, judge_training_rows
+    from recipes.sft import PolicySFTTrainer
+    from reward.judge import JUDGE_FILE, PAIRWISE_TEMPLATE, POINTWISE_TEMPLATE, judge_training_rows
 
     gen = cfg.generative
     pairwise = Path(gen.template).read_text() if gen.template else PAIRWISE_TEMPLATE.read_text()
@@ -136,7 +138,8 @@ def train_judge(cfg: RMRecipeConfig, out: Path, path: str, processor: Any, train
                         **cfg.trainer, **gen.trainer, "output_dir": str(out), "seed": cfg.seed})
     model = load_policy(path, cfg.backbone.dtype, cfg.backbone.trust_remote_code, cfg.backbone.freeze_vision)
     deepen(model, cfg.backbone.extra_layers)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=processor)
+    trainer = PolicySFTTrainer(model=model, args=args, train_dataset=rows, processing_class=processor)
+    trainer.vision_lr = cfg.backbone.vision_lr
     result = trainer.train()
     final = out / "final"
     trainer.save_model(str(final))
@@ -145,28 +148,32 @@ def train_judge(cfg: RMRecipeConfig, out: Path, path: str, processor: Any, train
                                                 "pointwise_template": pointwise}, indent=2))
     summary = {"paradigm": "generative", "checkpoint": str(final), "train_pairs": len(train), "train_rows": len(rows),
                "global_step": trainer.state.global_step, "train_loss": result.training_loss,
-               **judge_held_out(str(final), held_out, gen.eval_batch_size)}
+               **judge_held_out(str(final), held_out, gen.eval_batch_size, pointwise=gen.pointwise)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if held_out is not None:
         after = summary["eval_after"]
-        log.info("held-out pairwise accuracy %.3f on %d pairs (%.1f tokens, %.3f s per pair) %s; pointwise %.3f %s",
-                 after["eval_accuracy"], len(held_out), after["generated_tokens_per_pair"], after["seconds_per_pair"],
-                 " ".join(f"{k}={v:.3f}" for k, v in summary["eval_accuracy_by_kind"].items()),
-                 after["eval_pointwise_accuracy"],
-                 " ".join(f"{k}={v:.3f}" for k, v in summary["eval_pointwise_accuracy_by_kind"].items()))
+        log.info("held-out pairwise accuracy %.3f on %d pairs (%.1f tokens, %.3f s per pair; verdicts for Response 1 "
+                 "%.1f%%, position consistency %.1f%%) %s", after["eval_accuracy"], len(held_out),
+                 after["generated_tokens_per_pair"], after["seconds_per_pair"], 100 * after["eval_first_position_rate"],
+                 100 * after["eval_position_consistency"],
+                 " ".join(f"{k}={v:.3f}" for k, v in summary["eval_accuracy_by_kind"].items()))
+        if "eval_pointwise_accuracy" in after:
+            log.info("held-out pointwise accuracy %.3f %s", after["eval_pointwise_accuracy"],
+                     " ".join(f"{k}={v:.3f}" for k, v in summary["eval_pointwise_accuracy_by_kind"].items()))
     log.info("saved the generative judge to %s", final)
     return summary
 
 
-def judge_held_out(path: str, held_out: Any, batch_size: int) -> dict[str, Any]:
+def judge_held_out(path: str, held_out: Any, batch_size: int, pointwise: bool = True) -> dict[str, Any]:
     """The judge at `path` on the held-out pairs, as it judges at RL time: pairwise (P(chosen better) > 0.5
-    from both orders: the accuracy, by kind of rejected answer, unreadable verdicts and the cost per pair)
-    and pointwise (each response alone: P(chosen good) > P(rejected good))."""
+    from both orders: the accuracy, by kind of rejected answer, unreadable verdicts, order bias and
+    position consistency, the cost per pair) and, for a judge trained on single responses (`pointwise`),
+    pointwise (each response alone: P(chosen good) > P(rejected good))."""
     import time
     from dataclasses import replace
 
-    from reward.bench import judge_pairs
-    from reward.judge import GenerativeJudge
+    from evaluation.rm_metrics import judge_pairs
+    from reward.judge import GenerativeJudge, judge_report
     from reward.options import JudgeOptions
 
     if held_out is None:
@@ -177,14 +184,19 @@ def judge_held_out(path: str, held_out: Any, batch_size: int) -> dict[str, Any]:
     start = time.perf_counter()
     chosen, rejected = judge_pairs(judge)(*items)
     seconds = time.perf_counter() - start
-    costs = judge.metrics()
-    judge.options = replace(judge.options, mode="pointwise")  # the same model, each response on its own
-    alone = [judge([it["prompt"] for it in part], [it["response"] for it in part],
-                   images=[it["images"] for it in part]) for part in items]
     n = len(held_out)
-    return {"eval_after": {"eval_accuracy": pair_metrics(chosen, rejected)["accuracy"],
-                           "eval_pointwise_accuracy": pair_metrics(*alone)["accuracy"],
-                           "eval_unparsed_rate": costs["unparsed"] / max(1, costs["verdicts"]),
-                           "seconds_per_pair": seconds / n, "generated_tokens_per_pair": costs["generated_tokens"] / n},
-            **held_out_breakdown(held_out, chosen, rejected),
-            "eval_pointwise_accuracy_by_kind": held_out_breakdown(held_out, *alone)["eval_accuracy_by_kind"]}
+    report = judge_report(judge.metrics(), n)
+    out = {"eval_after": {"eval_accuracy": pair_metrics(chosen, rejected)["accuracy"],
+                          "eval_unparsed_rate": report["unparsed_rate"],
+                          "eval_first_position_rate": report["first_position_rate"],
+                          "eval_position_consistency": report["position_consistency"],
+                          "seconds_per_pair": seconds / n,
+                          "generated_tokens_per_pair": report["generated_tokens_per_pair"]},
+           **held_out_breakdown(held_out, chosen, rejected)}
+    if pointwise:
+        judge.options = replace(judge.options, mode="pointwise")  # the same model, each response on its own
+        alone = [judge([it["prompt"] for it in part], [it["response"] for it in part],
+                       images=[it["images"] for it in part]) for part in items]
+        out["eval_after"]["eval_pointwise_accuracy"] = pair_metrics(*alone)["accuracy"]
+        out["eval_pointwise_accuracy_by_kind"] = held_out_breakdown(held_out, *alone)["eval_accuracy_by_kind"]
+    return out

@@ -35,6 +35,8 @@ POINTWISE_TEMPLATE = TEMPLATES / "pointwise.txt"
 JUDGE_FILE = "judge.json"  # what a judge trained here records (its prompts), beside its weights
 ANSWER_OPEN = "<answer>"
 VERDICTS = ("1", "2")
+# What a judge counts per call (summed across calls and actors): its cost, and how order sways it.
+COUNTERS = ("generated_tokens", "verdicts", "unparsed", "readable", "first_position", "compared", "consistent")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,8 +131,46 @@ def row_scores(requests: list[JudgeRequest], probabilities: list[float | None], 
         if not orders or any(p is None for p in orders.values()):
             scores.append(math.nan)
         else:
-            scores.append(orders["alone"] if "alone" in orders else combined_score(orders["first"], orders.get("second")))
+            alone = orders.get("alone")
+            scores.append(alone if alone is not None else combined_score(orders["first"], orders.get("second")))
     return scores
+
+
+def order_counts(requests: list[JudgeRequest], probabilities: list[float | None]) -> dict[str, int]:
+    """How a judge treats the order of the two responses, as counts (summable across calls and actors):
+    `readable` verdicts, `first_position` of them picking Response 1 (P("1") > 0.5), `compared` rows judged
+    readably in both orders and `consistent` ones among them, whose two verdicts pick the same response.
+    A judge that only prefers a position picks Response 1 in every verdict and is never consistent."""
+    by_row: dict[int, dict[str, float]] = {}
+    readable = first = 0
+    for request, p in zip(requests, probabilities, strict=True):
+        if p is None:
+            continue
+        readable += 1
+        first += p > 0.5
+        if request.order in ("first", "second"):
+            by_row.setdefault(request.row, {})[request.order] = p
+    both = [orders for orders in by_row.values() if len(orders) == 2]
+    consistent = sum((orders["first"] > 0.5) != (orders["second"] > 0.5) for orders in both)
+    return {"readable": readable, "first_position": first, "compared": len(both), "consistent": consistent}
+
+
+def judge_report(counts: dict[str, float], pairs: int) -> dict[str, float]:
+    """A judge's counters (`GenerativeJudge.metrics()`) over `pairs` judged, as rates: tokens generated
+    and verdicts per pair, the unreadable share, the share of verdicts that pick Response 1 (0.5 for a
+    judge without a position preference) and position consistency (the share of pairs judged the same
+    way in both orders; 1.0 for a judge that order does not sway)."""
+
+    def rate(num: str, den: str) -> float:
+        return counts.get(num, 0.0) / counts[den] if counts.get(den) else math.nan
+
+    return {
+        "generated_tokens_per_pair": counts.get("generated_tokens", 0.0) / pairs if pairs else math.nan,
+        "verdicts_per_pair": counts.get("verdicts", 0.0) / pairs if pairs else math.nan,
+        "unparsed_rate": rate("unparsed", "verdicts"),
+        "first_position_rate": rate("first_position", "readable"),
+        "position_consistency": rate("consistent", "compared"),
+    }
 
 
 def verdict_text(verdict: str, rationale: str | None = None) -> str:
@@ -139,22 +179,37 @@ def verdict_text(verdict: str, rationale: str | None = None) -> str:
     return f"{think}{ANSWER_OPEN}{verdict}</answer>"
 
 
-def judge_training_rows(prompt: Any, images: list[Any], chosen: str, rejected: str, pairwise: str, pointwise: str,
-                        with_pointwise: bool = True, rationale: str | None = None) -> list[dict]:
+def judge_training_rows(
+    prompt: Any,
+    images: list[Any],
+    chosen: str,
+    rejected: str,
+    pairwise: str,
+    pointwise: str,
+    with_pointwise: bool = True,
+    rationale: str | None = None,
+) -> list[dict]:
     """A preference pair as the judge's SFT rows (TRL's conversational prompt-completion format, with the
     pair's images): the pair in both orders (verdict 1, then 2: a judge trained so cannot learn a favourite
     position), and, with `with_pointwise`, each response alone (chosen: 1, rejected: 2)."""
     question = question_text(prompt)
 
     def row(text: str, verdict: str) -> dict:
-        return {"prompt": judge_messages(text, len(images)), "images": list(images),
-                "completion": [{"role": "assistant", "content": verdict_text(verdict, rationale)}]}
+        return {
+            "prompt": judge_messages(text, len(images)),
+            "images": list(images),
+            "completion": [{"role": "assistant", "content": verdict_text(verdict, rationale)}],
+        }
 
-    rows = [row(pairwise_prompt(pairwise, question, chosen, rejected), "1"),
-            row(pairwise_prompt(pairwise, question, rejected, chosen), "2")]
+    rows = [
+        row(pairwise_prompt(pairwise, question, chosen, rejected), "1"),
+        row(pairwise_prompt(pairwise, question, rejected, chosen), "2"),
+    ]
     if with_pointwise:
-        rows += [row(pointwise_prompt(pointwise, question, chosen), "1"),
-                 row(pointwise_prompt(pointwise, question, rejected), "2")]
+        rows += [
+            row(pointwise_prompt(pointwise, question, chosen), "1"),
+            row(pointwise_prompt(pointwise, question, rejected), "2"),
+        ]
     return rows
 
 
@@ -164,18 +219,26 @@ def read_templates(options: JudgeOptions) -> tuple[str, str]:
     recorded: dict[str, str] = {}
     if options.path and (Path(options.path) / JUDGE_FILE).is_file():
         recorded = json.loads((Path(options.path) / JUDGE_FILE).read_text())
-    pairwise = Path(options.template).read_text() if options.template else \
-        recorded.get("pairwise_template") or PAIRWISE_TEMPLATE.read_text()
-    pointwise = Path(options.pointwise_template).read_text() if options.pointwise_template else \
-        recorded.get("pointwise_template") or POINTWISE_TEMPLATE.read_text()
+    pairwise = (
+        Path(options.template).read_text()
+        if options.template
+        else recorded.get("pairwise_template") or PAIRWISE_TEMPLATE.read_text()
+    )
+    pointwise = (
+        Path(options.pointwise_template).read_text()
+        if options.pointwise_template
+        else recorded.get("pointwise_template") or POINTWISE_TEMPLATE.read_text()
+    )
     return pairwise, pointwise
 
 
 def single_token(tokenizer: Any, text: str) -> int:
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) != 1:
-        raise ValueError(f"the judge's tokenizer splits the verdict {text!r} into {len(ids)} tokens: its probability "
-                         "cannot be read from one position")
+        raise ValueError(
+            f"the judge's tokenizer splits the verdict {text!r} into {len(ids)} tokens: its probability "
+            "cannot be read from one position"
+        )
     return ids[0]
 
 
@@ -193,26 +256,37 @@ class GenerativeJudge:
         from policies.rollout_engine import SamplingParams
 
         if engine is None and not options.path:
-            raise ValueError("the generative judge needs reward.judge.path (a checkpoint, or a hub id such as "
-                             "yifanzhang114/R1-Reward)")
+            raise ValueError(
+                "the generative judge needs reward.judge.path (a checkpoint, or a hub id such as "
+                "yifanzhang114/R1-Reward)"
+            )
         self.options = options
         self.engine = engine if engine is not None else _engine(options)
         self.tokenizer = self.engine.tokenizer
         self.pairwise, self.pointwise = read_templates(options)
         self.verdict_ids = tuple(single_token(self.tokenizer, v) for v in VERDICTS)
-        self.sampling = SamplingParams(n=1, temperature=0.0, max_tokens=options.max_tokens, logprobs=False,
-                                       top_logprobs=max(2, options.top_logprobs))
-        self._counts = {"generated_tokens": 0, "verdicts": 0, "unparsed": 0}
+        self.sampling = SamplingParams(
+            n=1,
+            temperature=0.0,
+            max_tokens=options.max_tokens,
+            logprobs=False,
+            top_logprobs=max(2, options.top_logprobs),
+        )
+        self._counts = dict.fromkeys(COUNTERS, 0)
         self.__name__ = "judge"  # the name TRL logs this reward under
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
         n = len(completions)
         refs = columns.get(self.options.reference_column) or columns.get(self.options.answer_column) or [None] * n
         column_images = columns.get("images") or [None] * n
-        images = [(embedded_images(p) if isinstance(p, list) else []) or list(col or [])
-                  for p, col in zip(prompts, column_images, strict=True)]
+        images = [
+            (embedded_images(p) if isinstance(p, list) else []) or list(col or [])
+            for p, col in zip(prompts, column_images, strict=True)
+        ]
         requests = judge_requests(self.options, self.pairwise, self.pointwise, prompts, completions, images, refs)
         probabilities = self.verdicts(requests)
+        for key, value in order_counts(requests, probabilities).items():
+            self._counts[key] += value
         return row_scores(requests, probabilities, n)
 
     def verdicts(self, requests: list[JudgeRequest]) -> list[float | None]:
@@ -222,9 +296,10 @@ class GenerativeJudge:
         out: list[float | None] = []
         size = max(1, self.options.batch_size)
         for start in range(0, len(requests), size):
-            part = requests[start:start + size]
-            groups = self.engine.generate([RolloutRequest(judge_messages(r.text, len(r.images)), r.images)
-                                           for r in part], self.sampling)
+            part = requests[start : start + size]
+            groups = self.engine.generate(
+                [RolloutRequest(judge_messages(r.text, len(r.images)), r.images) for r in part], self.sampling
+            )
             for request, group in zip(part, groups, strict=True):
                 rollout = group[0]
                 pieces = [self.tokenizer.decode([t]) for t in rollout.completion_ids]
@@ -233,13 +308,15 @@ class GenerativeJudge:
                 self._counts["verdicts"] += 1
                 if p is None:
                     self._counts["unparsed"] += 1
-                    log.warning("judge: no readable verdict in %r (row %d, %s)", rollout.text[-200:], request.row,
-                                request.order)
+                    log.warning(
+                        "judge: no readable verdict in %r (row %d, %s)", rollout.text[-200:], request.row, request.order
+                    )
                 out.append(p)
         return out
 
     def metrics(self) -> dict[str, float]:
-        """What the calls since the last `metrics()` cost: tokens generated, verdicts written, unparsed."""
+        """Counters of the calls since the last `metrics()`: tokens generated, verdicts written, unparsed, and
+        the order counts (`order_counts`); `judge_report` turns them into rates."""
         counts, self._counts = self._counts, dict.fromkeys(self._counts, 0)
         return {k: float(v) for k, v in counts.items()}
 
@@ -254,8 +331,9 @@ def _engine(options: JudgeOptions) -> Any:
     if options.backend == "vllm":
         from policies.vllm_engine import VLLMEngine
 
-        return VLLMEngine(options.path, dtype=options.dtype, max_pixels=options.max_pixels,
-                          engine_kwargs=dict(options.vllm))
+        return VLLMEngine(
+            options.path, dtype=options.dtype, max_pixels=options.max_pixels, engine_kwargs=dict(options.vllm)
+        )
     from policies.hf_engine import HFEngine
 
     return HFEngine(options.path, dtype=options.dtype, device=options.device, max_pixels=options.max_pixels)

@@ -17,6 +17,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from adapters.trl import GRPOLearner
+from policies.loading import VisionLRMixin
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,15 @@ def planned_steps(trainer: GRPOTrainer) -> int:
     return math.ceil(args.num_train_epochs * per_epoch)
 
 
+class PolicyGRPOTrainer(VisionLRMixin, GRPOLearner):
+    """The project's GRPO learner with the policy's `vision_lr` (as recipes/sft.py's PolicySFTTrainer)."""
+
+
 def build_grpo_trainer(args: GRPOConfig, model: torch.nn.Module, processor: Any, train_dataset: Any,
                        reward_funcs: list[Callable], rollout_func: Callable | None = None,
                        callbacks: list | None = None, eval_dataset: Any = None,
                        lora: dict[str, Any] | None = None, rollout_logprobs_as_old: bool = False,
-                       min_group_std: float = 0.0) -> GRPOLearner:
+                       min_group_std: float = 0.0, vision_lr: float | None = None) -> GRPOLearner:
     """`lora`: peft.LoraConfig keyword arguments; TRL wraps the policy with the adapter (None: full tuning).
     `rollout_logprobs_as_old`: the rollout engine's log-probabilities are the PPO "old" policy;
     `min_group_std`: groups whose rewards spread no more than this get no advantage (GRPOLearner)."""
@@ -107,7 +112,7 @@ def build_grpo_trainer(args: GRPOConfig, model: torch.nn.Module, processor: Any,
         except ImportError as e:
             raise ImportError("policy.lora needs PEFT: pip install 'basereward-rl[lora]'") from e
         peft_config = LoraConfig(**{"task_type": "CAUSAL_LM", **lora})
-    trainer = GRPOLearner(
+    trainer = PolicyGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
@@ -120,4 +125,5 @@ def build_grpo_trainer(args: GRPOConfig, model: torch.nn.Module, processor: Any,
     )
     trainer.rollout_logprobs_as_old = rollout_logprobs_as_old
     trainer.min_group_std = min_group_std
+    trainer.vision_lr = vision_lr
     return trainer

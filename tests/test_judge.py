@@ -11,8 +11,20 @@ import pytest
 
 from policies.rollout_engine import Rollout
 from reward.failures import GuardedReward
-from reward.judge import (ANSWER_OPEN, GenerativeJudge, combined_score, judge_requests, judge_training_rows,
-                          row_scores, verdict_position, verdict_probability, verdict_text)
+from reward.judge import (
+    ANSWER_OPEN,
+    GenerativeJudge,
+    JudgeRequest,
+    combined_score,
+    judge_report,
+    judge_requests,
+    judge_training_rows,
+    order_counts,
+    row_scores,
+    verdict_position,
+    verdict_probability,
+    verdict_text,
+)
 from reward.options import JudgeOptions
 
 ONE, TWO = 11, 12  # the verdict tokens' ids in the scripted examples
@@ -60,7 +72,9 @@ def test_training_rows_teach_both_orders_so_no_position_can_be_a_favourite():
     assert texts == ["Q:What color? 1:red 2:blue", "Q:What color? 1:blue 2:red", "Q:What color? A:red",
                      "Q:What color? A:blue"]
     assert targets == [verdict_text(v, "it is red") for v in "1212"]
-    assert targets[0] == f"<think>it is red</think>{ANSWER_OPEN}1</answer>" and verdict_text("2") == "<answer>2</answer>"
+    assert (
+        targets[0] == f"<think>it is red</think>{ANSWER_OPEN}1</answer>" and verdict_text("2") == "<answer>2</answer>"
+    )
     assert all(r["images"] == ["img"] and r["prompt"][0]["content"][0]["type"] == "image" for r in rows)
 
 
@@ -82,8 +96,10 @@ class ScriptedEngine:
     def generate(self, requests, sampling):
         self.calls += 1
         top = {ONE: math.log(self.p_one), TWO: math.log(1 - self.p_one)}
-        return [[Rollout([0], list(range(len(self.pieces))), [], "".join(self.pieces), 0, "stop",
-                         [top] * len(self.pieces))] for _ in requests]
+        return [
+            [Rollout([0], list(range(len(self.pieces))), [], "".join(self.pieces), 0, "stop", [top] * len(self.pieces))]
+            for _ in requests
+        ]
 
 
 def test_a_verdict_the_judge_cannot_read_is_a_counted_failure_not_a_zero():
@@ -91,8 +107,16 @@ def test_a_verdict_the_judge_cannot_read_is_a_counted_failure_not_a_zero():
     guarded = GuardedReward(judge, max_failure_rate=1.0)
     out = asyncio.run(guarded(["What color?"], ["red"], reference=["blue"]))
     assert out == [None] and guarded.stats.non_finite == 1 and guarded.stats.failed == 1
-    assert judge.metrics() == {"generated_tokens": 4.0, "verdicts": 2.0, "unparsed": 2.0}
-    assert judge.metrics() == {"generated_tokens": 0.0, "verdicts": 0.0, "unparsed": 0.0}  # drained
+    assert judge.metrics() == {
+        "generated_tokens": 4.0,
+        "verdicts": 2.0,
+        "unparsed": 2.0,
+        "readable": 0.0,
+        "first_position": 0.0,
+        "compared": 0.0,
+        "consistent": 0.0,
+    }
+    assert set(judge.metrics().values()) == {0.0}  # drained
 
 
 def test_a_readable_verdict_gives_the_probability_from_both_orders():
@@ -101,3 +125,30 @@ def test_a_readable_verdict_gives_the_probability_from_both_orders():
     assert judge(["What color?"], ["red"], reference=["blue"]) == [pytest.approx((0.7 + 0.3) / 2)]
     assert engine.calls == 2  # batch_size 1: one generate call per order
     assert judge(["q"], ["red"], answer=["red"]) == [pytest.approx(0.5)]  # the answer column when no reference
+
+
+def _both_orders(n: int) -> list[JudgeRequest]:
+    return [JudgeRequest(row, order, "", []) for row in range(n) for order in ("first", "second")]
+
+
+def test_a_judge_that_only_prefers_the_first_position_is_never_consistent():
+    # Response 1 wins every verdict: in one order that is the policy's answer, in the other the reference.
+    counts = order_counts(_both_orders(3), [0.9, 0.8] * 3)
+    assert counts == {"readable": 6, "first_position": 6, "compared": 3, "consistent": 0}
+    report = judge_report({**counts, "generated_tokens": 42, "verdicts": 6, "unparsed": 0}, pairs=3)
+    assert report["first_position_rate"] == 1.0 and report["position_consistency"] == 0.0
+    assert report["generated_tokens_per_pair"] == 14.0 and report["unparsed_rate"] == 0.0
+
+
+def test_a_judge_that_follows_the_content_is_consistent_and_unbiased():
+    # Row 0: the answer is better (Response 1 first, Response 2 second); row 1: the reference is.
+    counts = order_counts(_both_orders(2), [0.9, 0.2, 0.1, 0.7])
+    assert counts == {"readable": 4, "first_position": 2, "compared": 2, "consistent": 2}
+    report = judge_report(counts, pairs=2)
+    assert report["first_position_rate"] == 0.5 and report["position_consistency"] == 1.0
+
+
+def test_an_unreadable_verdict_leaves_its_pair_out_of_consistency():
+    counts = order_counts(_both_orders(2), [0.9, None, 0.1, 0.7])
+    assert counts == {"readable": 3, "first_position": 2, "compared": 1, "consistent": 1}
+    assert math.isnan(judge_report({}, pairs=2)["position_consistency"])  # nothing compared: no number
