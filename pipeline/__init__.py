@@ -42,15 +42,18 @@ def check(cfg: GRPORecipeConfig) -> None:
     from pipeline.colocated import check_colocate
     from pipeline.placement import check_local_resources
 
-    check_local_resources(cfg)
     check_colocate(cfg.rollout, cfg.ray.enabled)
     if cfg.rollout.backend == "vllm" or (cfg.reward.judge.backend == "vllm" and "judge" in cfg.reward.components()):
         from adapters.vllm import vllm_version_problem
 
         if problem := vllm_version_problem():
             raise ConfigError(f"rollout.backend / reward.judge.backend: {problem}")
-    if cfg.learner.num_workers == 1:
-        return
+    if cfg.learner.num_workers > 1:
+        _check_learner_workers(cfg)
+    check_local_resources(cfg)  # last: the config's own contradictions are named before what this machine lacks
+
+
+def _check_learner_workers(cfg: GRPORecipeConfig) -> None:
     if not cfg.ray.enabled:
         raise ConfigError("learner.num_workers > 1 runs the learner on Ray Train workers: set ray.enabled: true")
     if cfg.rollout.colocate:

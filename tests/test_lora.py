@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 peft = pytest.importorskip("peft")
 
-from pipeline.weight_sync.export import policy_state_dict  # noqa: E402
+from pipeline.weight_sync.export import PolicyWeights  # noqa: E402
 from policies.hf_engine import HFEngine  # noqa: E402
 from policies.rollout_engine import RolloutRequest, SamplingParams  # noqa: E402
 from recipes import grpo  # noqa: E402
@@ -22,7 +22,7 @@ LORA = "policy.lora={r: 8, lora_alpha: 16, target_modules: [q_proj, v_proj, up_p
 
 
 def test_merged_lora_weights_give_an_engine_the_adapted_policy(warm_policy):
-    """policy_state_dict(peft model) loaded into a plain engine: same logits and greedy tokens as the
+    """PolicyWeights(peft model) loaded into a plain engine: same logits and greedy tokens as the
     adapted model, while the training model's own weights are left exactly as they were."""
     from policies.loading import load_policy
 
@@ -30,7 +30,7 @@ def test_merged_lora_weights_give_an_engine_the_adapted_policy(warm_policy):
     model = peft.get_peft_model(load_policy(warm_policy), peft.LoraConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))  # random A and B
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    state = policy_state_dict(model)
+    state = {k: v.clone() for k, v in PolicyWeights(model).items()}
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing merged in place
     engine = HFEngine(warm_policy)
     assert state.keys() == engine.state_dict().keys()

@@ -309,11 +309,14 @@ def test_compare_places_its_second_run_after_the_first_on_a_gpu_node(no_cluster,
     once CUDA is initialised the learner's mask stays (else the second run's pin refuses)."""
     import ray
     import torch
+    from ray import cloudpickle
 
     from pipeline.actors import start_group, stopped_on_exit
 
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # as after a GPU run's first step
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # given back by monkeypatch: CUDA keeps the pin
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import a test module
+
+    # Recorded by monkeypatch, which gives this process its mask back at teardown (CUDA would keep the pin).
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the node's mask: the learner is pinned to one of them
     cfg = _cfg("reward.scheme=rule", "ray.num_gpus=1", "learner.gpus_per_worker=0.5", "rollout.actors.num_gpus=0.5",
                "rollout.actors.num_cpus=0.5", "rollout.actors.placement=PACK", "rollout.actors.ready_timeout_s=10")
     ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
@@ -322,6 +325,7 @@ def test_compare_places_its_second_run_after_the_first_on_a_gpu_node(no_cluster,
             started = time.monotonic()
             with placed(cfg) as placement, contextlib.ExitStack() as stack:
                 assert placement.learner_gpu_ids == ["0"], run
+                monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # the run's first step did
                 group = stopped_on_exit(stack, start_group("rollout", VisibleDevices, {}, cfg.rollout.actors))
                 assert ray.get([a.cuda_visible_devices.remote() for a in group.ready()]) == ["0"]
             assert time.monotonic() - started < 10, f"run {run} waited for what the run before still held"

@@ -204,11 +204,13 @@ def test_remote_reward_matches_local(ray_local, untrained_rm):
 
 @pytest.mark.slow
 def test_grpo_through_ray_actors(tmp_path, warm_policy, untrained_rm):
-    """Two steps of the hybrid scheme: 2 rollout actors + 1 scorer actor, TRL learner, weight sync."""
+    """Two steps of the hybrid scheme: 2 rollout actors + 1 scorer actor, TRL learner, weight sync. The
+    untrained reward model's scores spread by less than the hybrid's flat-group tolerance (noise, rightly
+    given no advantage), so the tolerance is off here: the test is of the pipeline, not of the signal."""
     cfg = grpo.load(str(CONFIGS / "tiny_cpu_hybrid.yaml"), [
         f"output_dir={tmp_path}", f"policy.path={warm_policy}", f"reward.model.paths=[{untrained_rm}]",
         "trainer.max_steps=2", "trainer.per_device_train_batch_size=8", "trainer.num_generations=4",
-        "trainer.learning_rate=1e-3", "trainer.report_to=[]"])
+        "trainer.learning_rate=1e-3", "trainer.report_to=[]", "reward.min_group_std=0"])
     summary = grpo.main(cfg)
     assert summary["global_step"] == 2
     assert summary["rollout_version"] == 1  # synced before the second generation
