@@ -171,7 +171,19 @@ def _run_packed(config: dict[str, Any]) -> None:
     else:  # another node without that directory: only absolute (shared) paths can work there
         log.warning("learner worker: the launch directory %s does not exist on this node; relative paths in the "
                     "config resolve against %s", launch_dir, os.getcwd())
-    train_fn(**kwargs, learner_gpus=[d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d])
+    import ray.train.torch
+
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+    train_fn(**kwargs, learner_gpus=rank_gpus(visible, ray.train.torch.get_device()))
+
+
+def rank_gpus(visible: list[str], device: Any) -> list[str]:
+    """The GPU id a learner worker trains on. Ray Train shows each worker every GPU its node gives the run's
+    workers (so NCCL can reach them all) and assigns each rank one of them (`ray.train.torch.get_device()`,
+    an index into that list): the rank's own id, not the node's first. A worker on the CPU: none."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return []
+    return [visible[device.index or 0]] if visible else [str(device.index or 0)]
 
 
 def run_workers(train_fn: Callable[..., Any], kwargs: dict[str, Any], learner: Any, gpus_per_worker: float,

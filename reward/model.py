@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
+from policies.loading import resolve_dtype
 from reward.options import HeadConfig
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}  # HeadConfig.activation
@@ -128,7 +129,10 @@ class BaseRewardModel(nn.Module):
         return out
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> BaseRewardModel:
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype = "auto") -> BaseRewardModel:
+        """`dtype`: the weights' dtype on the device ("auto": as saved; a BaseReward trained with float32
+        masters is saved in float32, twice the memory of bfloat16 scoring)."""
         p = Path(path)
         for name in ("config.json", HEAD_FILE):
             if not (p / name).is_file():
@@ -137,15 +141,17 @@ class BaseRewardModel(nn.Module):
         stats = ScoreStats(head.pop("score_mean", 0.0), head.pop("score_std", 1.0)) if "score_mean" in head else None
         head_cfg = HeadConfig(**head)
         if not (p / HEAD_WEIGHTS_FILE).is_file():
-            return cls._from_legacy(p, head_cfg, stats, device)
-        # Never trust_remote_code: only built-in architectures. dtype "auto": as saved.
-        backbone = AutoModel.from_pretrained(p, dtype="auto", device_map={"": str(device)})
+            legacy = cls._from_legacy(p, head_cfg, stats, device)
+            return legacy if dtype == "auto" else legacy.to(resolve_dtype(dtype))
+        # Never trust_remote_code: only built-in architectures.
+        backbone = AutoModel.from_pretrained(p, dtype=resolve_dtype(dtype), device_map={"": str(device)})
         model = cls(backbone, head_cfg, stats)
         model.head.load_state_dict(load_file(p / HEAD_WEIGHTS_FILE, device=str(device)), strict=True)
         return model.to(device).eval()
 
     @classmethod
-    def from_value_head(cls, path: str | Path, device: str | torch.device = "cpu") -> BaseRewardModel:
+    def from_value_head(cls, path: str | Path, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype = "auto") -> BaseRewardModel:
         """TRL's value-head layout (`AutoModelForCausalLMWithValueHead`, as Skywork-VL-Reward-7B ships it): a
         causal-LM checkpoint beside `value_head.safetensors` (or `.bin`) holding `v_head.summary.weight` [1, H]
         and `v_head.summary.bias` [1], a linear head on the language model's final (normed) hidden state, read
@@ -161,7 +167,7 @@ class BaseRewardModel(nn.Module):
         keys = ("v_head.summary.weight", "v_head.summary.bias")
         if any(k not in state for k in keys):
             raise ValueError(f"{found[0]}: a value head holds {list(keys)}; this file has {sorted(state)[:6]}")
-        backbone = AutoModel.from_pretrained(path, dtype="auto", device_map={"": str(device)})
+        backbone = AutoModel.from_pretrained(path, dtype=resolve_dtype(dtype), device_map={"": str(device)})
         model = cls(backbone, HeadConfig(num_layers=1))
         weight, bias = state[keys[0]], state[keys[1]]
         if weight.shape != (1, text_hidden_size(backbone.config)):
@@ -219,27 +225,30 @@ class SequenceClassificationRewardModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
-                        pad_token_id: int | None = None) -> SequenceClassificationRewardModel:
+                        pad_token_id: int | None = None, dtype: str | torch.dtype = "auto"
+                        ) -> SequenceClassificationRewardModel:
         from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype="auto", device_map={"": str(device)})
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=resolve_dtype(dtype),
+                                                                   device_map={"": str(device)})
         if model.config.pad_token_id is None:  # transformers finds the last token of each row by the pad token
             model.config.pad_token_id = pad_token_id
         return cls(model).to(device).eval()
 
 
 def load_reward_model(path: str | Path, device: str | torch.device = "cpu",
-                      pad_token_id: int | None = None) -> nn.Module:
+                      pad_token_id: int | None = None, dtype: str = "auto") -> nn.Module:
     """A scalar reward model of any layout (reward/layouts.py), on `device`, in eval mode: called with
     (input_ids, attention_mask, **image inputs) it gives [B] scores; `.stats` are its shipped score
-    statistics (None: it ships none); `.is_multimodal` says whether it sees images."""
+    statistics (None: it ships none); `.is_multimodal` says whether it sees images. `dtype`: its weights'
+    dtype ("auto": as saved)."""
     from reward.layouts import layout_of
 
     layout = layout_of(str(path))
     if layout == "basereward":
-        return BaseRewardModel.from_pretrained(path, device)
+        return BaseRewardModel.from_pretrained(path, device, dtype)
     if layout == "value_head":
-        return BaseRewardModel.from_value_head(path, device)
+        return BaseRewardModel.from_value_head(path, device, dtype)
     if layout == "sequence_classification":
-        return SequenceClassificationRewardModel.from_pretrained(path, device, pad_token_id)
+        return SequenceClassificationRewardModel.from_pretrained(path, device, pad_token_id, dtype)
     raise ValueError(f"{path} is a generative reward model (no scalar head): it is a judge, used as reward.judge.path")

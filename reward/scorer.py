@@ -137,13 +137,14 @@ class ScoringBackend:
     encode_images_once: bool = True
 
     @classmethod
-    def load(cls, path: str, device: str = "cpu", encode_images_once: bool = True) -> ScoringBackend:
+    def load(cls, path: str, device: str = "cpu", encode_images_once: bool = True, dtype: str = "auto"
+             ) -> ScoringBackend:
         """Any scalar reward-model layout (reward/layouts.py) with its own processor (its chat template)."""
         from policies.loading import load_processor
 
         processor = load_processor(str(path))
         tokenizer = tokenizer_of(processor)
-        model = load_reward_model(path, device=device, pad_token_id=tokenizer.pad_token_id)
+        model = load_reward_model(path, device=device, pad_token_id=tokenizer.pad_token_id, dtype=dtype)
         # Image features encoded once per batch go through the backbone's `mm_encoder_outputs`: a model this
         # project wraps around its backbone (BaseReward, value head) takes them; a sequence classifier, the pixels.
         return cls(model, processor, encode_images_once and isinstance(model, BaseRewardModel))
@@ -241,8 +242,10 @@ class BaseRewardScorer:
             raise ValueError("BaseRewardScorer needs at least one checkpoint (reward.model.paths)")
         self.options = options
         device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.backends = [ScoringBackend.load(p, device, options.encode_images_once) for p in options.paths]
-        self.text_backend = ScoringBackend.load(options.text_path, device) if options.text_path else None
+        self.backends = [ScoringBackend.load(p, device, options.encode_images_once, options.dtype)
+                         for p in options.paths]
+        self.text_backend = ScoringBackend.load(options.text_path, device, dtype=options.dtype) \
+            if options.text_path else None
         self.estimated: dict[int, ScoreStats] = {}  # backend -> statistics from its first call (it shipped none)
         self.__name__ = "basereward"  # the name TRL logs this reward under
 

@@ -159,3 +159,16 @@ def test_a_learner_worker_that_dies_ends_the_run_with_its_last_checkpoint(tmp_pa
     assert time.monotonic() - start < 300  # ended by Ray Train's failure handling, not a collective's timeout
     assert "checkpoints/step-2" in caplog.text and "resume=auto" in caplog.text
     assert (tmp_path / "checkpoints" / "step-2" / "trainer_state.json").is_file()
+
+
+def test_each_learner_worker_reports_its_own_gpu_not_the_nodes_first():
+    """Ray Train shows a node's workers all of the node's GPUs for the run; rank r trains on its own (the index
+    `ray.train.torch.get_device()` gives), which is the GPU the weight sync must be told about."""
+    import torch
+
+    from pipeline.distributed import rank_gpus
+
+    assert rank_gpus(["2", "5"], torch.device("cuda", 1)) == ["5"]
+    assert rank_gpus(["2", "5"], torch.device("cuda", 0)) == ["2"]
+    assert rank_gpus([], torch.device("cuda", 1)) == ["1"]  # no mask: CUDA's own numbering
+    assert rank_gpus(["0", "1"], torch.device("cpu")) == []

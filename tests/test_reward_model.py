@@ -374,3 +374,21 @@ def test_large_checkpoints_are_written_in_shards_and_read_back(tmp_path, rm, mon
     assert (path / "model.safetensors.index.json").is_file() and len(list(path.glob("model-*.safetensors"))) > 1
     loaded = BaseRewardModel.from_pretrained(path)
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in rm.state_dict().items())
+
+
+def test_a_reward_model_saved_in_float32_is_scored_in_the_dtype_asked_for(untrained_rm):
+    """reward.model.dtype: a BaseReward trained with float32 masters is saved in float32 (31 GB for the 7B);
+    bfloat16 scoring loads it in half the memory, with scores close to the float32 ones."""
+    import torch
+
+    from reward.options import ScorerOptions
+    from reward.scorer import BaseRewardScorer
+
+    prompts, answers = [[{"role": "user", "content": "What color?"}]] * 2, ["red", "a blue square"]
+    full = BaseRewardScorer(ScorerOptions(paths=[untrained_rm], calibrate=False))
+    half = BaseRewardScorer(ScorerOptions(paths=[untrained_rm], calibrate=False, dtype="bfloat16"))
+    assert next(full.backends[0].model.parameters()).dtype == torch.float32
+    assert {p.dtype for p in half.backends[0].model.parameters()} == {torch.bfloat16}
+    assert half(prompts, answers) == pytest.approx(full(prompts, answers), abs=0.05)
+    with pytest.raises(ValueError, match="reward.model.dtype must be one of"):
+        ScorerOptions(dtype="fp8")
