@@ -135,18 +135,15 @@ class GRPOLearner(GRPOTrainer):
         if self.rollout_logprobs_as_old and output.get("sampling_per_token_logps") is not None:
             output["old_per_token_logps"] = output["sampling_per_token_logps"]  # [B, T], 0 where masked
         if self._step_rewards is not None and self.model.training:
-            flat = flat_groups(
-                self._step_rewards, self.reward_weights, self.num_generations, self.min_group_std
-            )  # [B_all]
-            local = flat[
-                self.accelerator.process_index * len(inputs) : (self.accelerator.process_index + 1) * len(inputs)
-            ]
+            spread = group_spread(self._step_rewards, self.reward_weights, self.num_generations)  # [B_all / G]
+            flat = is_flat(spread, self.min_group_std).repeat_interleave(self.num_generations)  # [B_all]
+            first = self.accelerator.process_index * len(inputs)
+            local = flat[first:first + len(inputs)]  # this process's samples
             output["advantages"] = output["advantages"].masked_fill(local.to(output["advantages"].device), 0.0)
             share = flat.float().mean().item()
             self._metrics["train"]["rewards/flat_groups"].append(share)
             # What the tolerance adds to the groups TRL leaves without advantage anyway (exactly equal rewards).
-            equal = flat_groups(self._step_rewards, self.reward_weights, self.num_generations, 0.0)
-            self._metrics["train"]["rewards/equal_groups"].append(equal.float().mean().item())
+            self._metrics["train"]["rewards/equal_groups"].append(is_flat(spread, 0.0).float().mean().item())
             self._warn_if_no_signal(share)
         return output
 
@@ -156,14 +153,10 @@ class GRPOLearner(GRPOTrainer):
         reward cannot tell the samples apart."""
         self._mostly_flat_steps = self._mostly_flat_steps + 1 if flat_share > 0.5 else 0
         if self._mostly_flat_steps == NO_SIGNAL_STEPS:
-            log.warning(
-                "most groups have had flat rewards (spread <= %g) for %d generations in a row (now %.0f%%): "
-                "the reward gives no learning signal on them. The policy either always or never earns it, "
-                "or the reward cannot tell its samples apart",
-                self.min_group_std,
-                NO_SIGNAL_STEPS,
-                100 * flat_share,
-            )
+            log.warning("most groups have had flat rewards (spread <= %g) for %d generations in a row (now %.0f%%): "
+                        "the reward gives no learning signal on them. The policy either always or never earns it, "
+                        "or the reward cannot tell its samples apart", self.min_group_std, NO_SIGNAL_STEPS,
+                        100 * flat_share)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         # The Trainer reads model.safetensors with the runtime key names, but save_pretrained writes
@@ -186,17 +179,24 @@ class GRPOLearner(GRPOTrainer):
 NO_SIGNAL_STEPS = 10  # GRPOLearner warns after this many generations in a row with mostly flat groups
 
 
-def flat_groups(rewards_per_func: torch.Tensor, weights: torch.Tensor, group: int, min_std: float) -> torch.Tensor:
-    """Which samples belong to a group whose weighted rewards spread by at most `min_std` (population std,
-    unscored samples left out; 0 also flags groups of equal rewards, which TRL already gives no advantage).
-    rewards_per_func: [B, F] -> [B] bool."""
+def group_spread(rewards_per_func: torch.Tensor, weights: torch.Tensor, group: int) -> torch.Tensor:
+    """Each group's spread of weighted rewards: population std, unscored samples left out (a group with
+    none scored: 0). rewards_per_func: [B, F] -> [B / G]."""
     rewards = (rewards_per_func * weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)  # [B]
     rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
     grouped = rewards.view(-1, group)  # [B / G, G]
     mean = torch.nanmean(grouped, dim=1, keepdim=True)  # [B / G, 1]
-    std = torch.nanmean((grouped - mean) ** 2, dim=1).sqrt()  # [B / G]
-    flat = torch.nan_to_num(std, nan=0.0) <= min_std + 1e-12  # [B / G]
-    return flat.repeat_interleave(group)  # [B]
+    return torch.nan_to_num(torch.nanmean((grouped - mean) ** 2, dim=1).sqrt(), nan=0.0)  # [B / G]
+
+
+def is_flat(spread: torch.Tensor, min_std: float) -> torch.Tensor:
+    """Groups whose spread is at most `min_std` (0: exactly equal rewards, which TRL gives no advantage)."""
+    return spread <= min_std + 1e-12
+
+
+def flat_groups(rewards_per_func: torch.Tensor, weights: torch.Tensor, group: int, min_std: float) -> torch.Tensor:
+    """Which samples belong to a flat group (`group_spread`, `is_flat`). [B, F] -> [B] bool."""
+    return is_flat(group_spread(rewards_per_func, weights, group), min_std).repeat_interleave(group)  # [B]
 
 
 def log_metric(trainer: GRPOTrainer, name: str, value: float) -> None:
@@ -235,8 +235,7 @@ def planned_prompts(trainer: GRPOLearner, step: int) -> list[Any] | None:
     epoch, k = divmod(step, generations_per_epoch)
     block = per_generation * group * sampler.repeat_count  # what the sampler yields for one generation
     order = sampler.epoch_order(epoch)
-    indices = order[k * block : k * block + per_generation * group : group]
+    indices = order[k * block:k * block + per_generation * group:group]
     rows = [trainer.train_dataset[i] for i in indices]
-    return [
-        prepare_multimodal_messages(r["prompt"], images=r["images"]) if r.get("images") else r["prompt"] for r in rows
-    ]
+    return [prepare_multimodal_messages(r["prompt"], images=r["images"]) if r.get("images") else r["prompt"]
+            for r in rows]

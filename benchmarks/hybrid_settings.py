@@ -76,27 +76,11 @@ def main() -> None:
                          "RM score right - wrong": (run["model_score"] or {}).get("right_mean", float("nan"))
                          - (run["model_score"] or {}).get("wrong_mean", float("nan"))})
         start = results["start"]
-    rows.insert(
-        0,
-        {
-            "variant": "starting policy (SFT)",
-            "seed": "-",
-            **{t: v["sampled"] for t, v in start["per_task"].items()},
-            "average": start["sampled_task_average"],
-            "average, greedy": start["task_average"],
-        },
-    )
-    report(
-        "hybrid_settings",
-        rows,
-        {
-            "steps": args.steps,
-            "seeds": list(args.seeds),
-            "policy": policy,
-            "reward_model": rm,
-            "variants": {k: VARIANTS[k] for k in args.variants},
-        },
-    )
+    rows.insert(0, {"variant": "starting policy (SFT)", "seed": "-",
+                    **{t: v["sampled"] for t, v in start["per_task"].items()},
+                    "average": start["sampled_task_average"], "average, greedy": start["task_average"]})
+    report("hybrid_settings", rows, {"steps": args.steps, "seeds": list(args.seeds), "policy": policy,
+                                      "reward_model": rm, "variants": {k: VARIANTS[k] for k in args.variants}})
 
 
 if __name__ == "__main__":

@@ -76,14 +76,9 @@ def run(size: str, steps: int, rm_path: str) -> dict:
     parts = {"generate": mean("timing/generate"), "weight_sync": mean("timing/weight_sync"),
              "reward": sum(mean(k) for k in rows[0] if k.startswith("timing/reward/"))}
     parts["learner"] = step - sum(parts.values())
-    return {
-        "size": size,
-        "params_M": params / 1e6,
-        "s_per_step": step,
-        **{f"{k}_s": v for k, v in parts.items()},
-        **{f"{k}_share": v / step for k, v in parts.items()},
-        "first_sync_s": first_sync,
-    }
+    return {"size": size, "params_M": params / 1e6, "s_per_step": step,
+            **{f"{k}_s": v for k, v in parts.items()}, **{f"{k}_share": v / step for k, v in parts.items()},
+            "first_sync_s": first_sync}
 
 
 def main() -> None:
@@ -99,23 +94,11 @@ def main() -> None:
     from rl.tasks.models import make_tiny_policy
 
     backbone = str(make_tiny_policy(tempfile.mkdtemp()))
-    rm = str(
-        BaseRewardModel.from_backbone(backbone, HeadConfig(), seed=0).save_pretrained(
-            tempfile.mkdtemp(), load_processor(backbone)
-        )
-    )
+    rm = str(BaseRewardModel.from_backbone(backbone, HeadConfig(), seed=0).save_pretrained(
+        tempfile.mkdtemp(), load_processor(backbone)))
     rows = [run(size, args.steps, rm) for size in args.sizes]
-    report(
-        "step_breakdown",
-        rows,
-        {
-            "steps": args.steps,
-            "rollouts_per_step": 16,
-            "completion_tokens": 8,
-            "reward": "hybrid (rule + tiny BaseReward scorer actor)",
-            "sync_every": 1,
-        },
-    )
+    report("step_breakdown", rows, {"steps": args.steps, "rollouts_per_step": 16, "completion_tokens": 8,
+                                    "reward": "hybrid (rule + tiny BaseReward scorer actor)", "sync_every": 1})
 
 
 if __name__ == "__main__":

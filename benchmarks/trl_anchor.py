@@ -105,17 +105,11 @@ def closed_scores(result: Any) -> dict[str, float]:
             "sampled": sum(result.per_task[t]["sampled"] for t in families) / len(families)}
 
 
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    """Over seeds: mean and sample std."""
-    from reward.stats import mean_std as stats
-
-    return stats(xs, sample=True)
-
-
 def main() -> None:
     from benchmarks.common import report
     from evaluation.held_out import collapsed_tasks, evaluate_policy
     from policies.hf_engine import HFEngine
+    from reward.stats import mean_std
     from rl.data import load_rl_splits
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -154,12 +148,12 @@ def main() -> None:
                                   "collapsed": collapsed_tasks(start.per_task, result.per_task),
                                   "per_task": {t: {"greedy": v["greedy"], "sampled": v["sampled"],
                                                    "top_share": v["top_share"]} for t, v in result.per_task.items()}})
-    trl_gain = mean_std([r["sampled_gain"] for r in runs["trl"]])[0] if runs.get("trl") else math.nan
+    trl_gain = mean_std([r["sampled_gain"] for r in runs["trl"]], sample=True)[0] if runs.get("trl") else math.nan
     rows = []
     for variant, done in runs.items():
-        greedy, greedy_sd = mean_std([r["greedy_gain"] for r in done])
-        sampled, sampled_sd = mean_std([r["sampled_gain"] for r in done])
-        step, step_sd = mean_std([r["seconds_per_step"] for r in done])
+        greedy, greedy_sd = mean_std([r["greedy_gain"] for r in done], sample=True)
+        sampled, sampled_sd = mean_std([r["sampled_gain"] for r in done], sample=True)
+        step, step_sd = mean_std([r["seconds_per_step"] for r in done], sample=True)
         rows.append({"learner": variant, "seeds": len(done),
                      "closed greedy gain": f"{greedy:+.3f} ± {greedy_sd:.3f}",
                      "closed sampled gain": f"{sampled:+.3f} ± {sampled_sd:.3f}",

@@ -134,14 +134,10 @@ def vllm_rows(path: str, model, t_copy: float, nbytes: int, repeats: int) -> lis
     engine = {"path": path, "dtype": "float32", **engine_options("vllm_gloo"),
               "engine_kwargs": {"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 256 << 20}}
     actors = spawn_rollout_actors(VLLMEngine, engine, ActorGroupConfig(num_actors=1, num_cpus=1))
-    paths = {
-        "vLLM actor: object store + reload_weights": RolloutPool(
-            actors, RolloutConfig(timeout_s=1800, weight_sync="object_store")
-        ),
-        "vLLM actor: weight transfer (gloo)": RolloutPool(
-            actors, RolloutConfig(backend="vllm", timeout_s=1800, weight_sync="vllm_gloo")
-        ),
-    }
+    paths = {"vLLM actor: object store + reload_weights":
+             RolloutPool(actors, RolloutConfig(timeout_s=1800, weight_sync="object_store")),
+             "vLLM actor: weight transfer (gloo)":
+             RolloutPool(actors, RolloutConfig(backend="vllm", timeout_s=1800, weight_sync="vllm_gloo"))}
     times: dict[str, list[float]] = {name: [] for name in paths}
     weights = PolicyWeights(model)
     try:
@@ -154,17 +150,9 @@ def vllm_rows(path: str, model, t_copy: float, nbytes: int, repeats: int) -> lis
     finally:
         paths["vLLM actor: weight transfer (gloo)"].close()
         stop_actors(actors)
-    return [
-        {
-            "path": name,
-            "actors": 1,
-            "seconds": statistics.median(ts),
-            "GB_per_s": nbytes / statistics.median(ts) / 1e9,
-            "copy_s": t_copy,
-            "vs_copy": statistics.median(ts) / t_copy,
-        }
-        for name, ts in times.items()
-    ]
+    return [{"path": name, "actors": 1, "seconds": statistics.median(ts),
+             "GB_per_s": nbytes / statistics.median(ts) / 1e9, "copy_s": t_copy,
+             "vs_copy": statistics.median(ts) / t_copy} for name, ts in times.items()]
 
 
 if __name__ == "__main__":

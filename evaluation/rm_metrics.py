@@ -238,9 +238,8 @@ def model_scorer(paths: list[str], device: str = "cpu", batch_size: int = 16) ->
     scorer = BaseRewardScorer.from_paths(paths, device=device, batch_size=batch_size)
 
     def score(items: list[dict]) -> list[float]:
-        raw = scorer(
-            [it["prompt"] for it in items], [it["response"] for it in items], images=[it["images"] for it in items]
-        )
+        raw = scorer([it["prompt"] for it in items], [it["response"] for it in items],
+                     images=[it["images"] for it in items])
         return [math.nan if s is None else s for s in raw]
 
     return score

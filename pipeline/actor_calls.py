@@ -125,13 +125,10 @@ class ActorCalls:
             except ActorUnavailableError:  # still restarting: Ray refuses calls meanwhile
                 if time.monotonic() > deadline:
                     raise ActorFailureError(
-                        f"{self.what}: actor {i} was not back within {self.timeout_s:.0f}s"
-                    ) from None
+                        f"{self.what}: actor {i} was not back within {self.timeout_s:.0f}s") from None
                 time.sleep(0.2)
             except (RayActorError, GetTimeoutError) as e:
-                raise ActorFailureError(
-                    f"{self.what}: actor {i} could not be restarted (its max_restarts may be "
-                    f"spent, or its constructor failed): {e}"
-                ) from e
+                raise ActorFailureError(f"{self.what}: actor {i} could not be restarted (its max_restarts may be "
+                                        f"spent, or its constructor failed): {e}") from e
         log.info("%s: actor %d is back (pid %d)", self.what, i, pid)
         return pid

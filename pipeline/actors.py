@@ -127,16 +127,12 @@ def start_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any,
     actors = []
     for i in range(group.num_actors):
         options: dict[str, Any] = dict(
-            num_cpus=group.num_cpus,
-            num_gpus=group.num_gpus,
-            resources=dict(group.resources) or None,
-            max_restarts=group.max_restarts,
-            name=None,
+            num_cpus=group.num_cpus, num_gpus=group.num_gpus, resources=dict(group.resources) or None,
+            max_restarts=group.max_restarts, name=None,
         )
         if strategy is not None:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                placement_group=strategy, placement_group_bundle_index=i
-            )
+                placement_group=strategy, placement_group_bundle_index=i)
         actors.append(actor_cls.options(**options).remote(**kwargs))
     return StartingGroup(name, actors, group, placement_group=strategy)
 
@@ -154,19 +150,11 @@ def await_ready(groups: list[StartingGroup]) -> None:
             try:
                 ray.get(group_pids, timeout=max(0.0, g.started + g.group.ready_timeout_s - time.monotonic()))
             except ray.exceptions.GetTimeoutError:
-                raise TimeoutError(
-                    f"{g.name}: {g.group.num_actors} actor(s) of {_bundle(g.group)} were not placed "
-                    f"and constructed within {g.group.ready_timeout_s:.0f}s (ready_timeout_s); the "
-                    f"cluster has {ray.available_resources()} free"
-                ) from None
-            log.info(
-                "%s: %d actor(s) ready (%s CPU, %s GPU each%s)",
-                g.name,
-                len(g.actors),
-                g.group.num_cpus,
-                g.group.num_gpus,
-                f", {g.group.placement}" if g.group.placement else "",
-            )
+                raise TimeoutError(f"{g.name}: {g.group.num_actors} actor(s) of {_bundle(g.group)} were not placed "
+                                   f"and constructed within {g.group.ready_timeout_s:.0f}s (ready_timeout_s); the "
+                                   f"cluster has {ray.available_resources()} free") from None
+            log.info("%s: %d actor(s) ready (%s CPU, %s GPU each%s)", g.name, len(g.actors), g.group.num_cpus,
+                     g.group.num_gpus, f", {g.group.placement}" if g.group.placement else "")
     except BaseException:
         for g in groups:
             for actor in g.actors:

@@ -388,9 +388,8 @@ def reward_shape(cfg: Any, override: str | None = None) -> tuple[Shape | None, s
         except ValueError:
             if override:
                 raise
-    return shape_of(
-        model_config(ASSUMED_REWARD_MODEL), backbone_only=True
-    ), f"{ASSUMED_REWARD_MODEL} assumed ({path or 'reward.model.paths'} is not there yet)"
+    return shape_of(model_config(ASSUMED_REWARD_MODEL), backbone_only=True), \
+        f"{ASSUMED_REWARD_MODEL} assumed ({path or 'reward.model.paths'} is not there yet)"
 
 
 def fewest_gpus(cfg: Any) -> int:
@@ -404,15 +403,8 @@ def fewest_gpus(cfg: Any) -> int:
     raise ConfigError("the config asks for more than 1024 GPUs")
 
 
-def plan_for(
-    cfg: Any,
-    args: Any,
-    num_gpus: int,
-    capacity: int,
-    reward_model: str | None = None,
-    text_tokens: int = DEFAULT_TEXT_TOKENS,
-    images_per_prompt: int = 1,
-) -> tuple[list[GPUPlan], str]:
+def plan_for(cfg: Any, args: Any, num_gpus: int, capacity: int, reward_model: str | None = None,
+             text_tokens: int = DEFAULT_TEXT_TOKENS, images_per_prompt: int = 1) -> tuple[list[GPUPlan], str]:
     """The per-GPU plan of a GRPO config and a header describing what it assumed."""
     policy = shape_of(model_config(cfg.policy.path, cfg.policy.trust_remote_code))
     reward, reward_from = reward_shape(cfg, reward_model)
@@ -424,14 +416,12 @@ def plan_for(
         if cfg.policy.lora
         else f"{(policy.params - (policy.vision_params if cfg.policy.freeze_vision else 0)) / 1e9:.2f}B trained"
     )
-    header = (
-        f"{num_gpus} GPU(s) of {capacity / GiB:.0f} GiB. Policy {cfg.policy.path}: {policy.params / 1e9:.2f}B "
-        f"parameters ({policy.vision_params / 1e9:.2f}B vision), {trained}, {cfg.policy.dtype} weights, "
-        f"{'bf16' if args.bf16 else 'fp16' if args.fp16 else cfg.policy.dtype} compute. Reward model: "
-        f"{reward_from}{f' ({reward.params / 1e9:.2f}B)' if reward else ''}"
-        f"{f'. Judge: {judge_from} ({judge.params / 1e9:.2f}B)' if judge else ''}. A step: "
-        f"{load.rollouts_per_step} rollouts ({load.rollouts_per_step // load.group} prompts x {load.group}), "
-        f"{load.prompt_tokens} prompt tokens ({text_tokens} text + {images_per_prompt} image(s)), "
-        f"{load.completion_tokens} completion tokens, micro-batch {load.micro_batch}."
-    )
+    header = (f"{num_gpus} GPU(s) of {capacity / GiB:.0f} GiB. Policy {cfg.policy.path}: {policy.params / 1e9:.2f}B "
+              f"parameters ({policy.vision_params / 1e9:.2f}B vision), {trained}, {cfg.policy.dtype} weights, "
+              f"{'bf16' if args.bf16 else 'fp16' if args.fp16 else cfg.policy.dtype} compute. Reward model: "
+              f"{reward_from}{f' ({reward.params / 1e9:.2f}B)' if reward else ''}"
+              f"{f'. Judge: {judge_from} ({judge.params / 1e9:.2f}B)' if judge else ''}. A step: "
+              f"{load.rollouts_per_step} rollouts ({load.rollouts_per_step // load.group} prompts x {load.group}), "
+              f"{load.prompt_tokens} prompt tokens ({text_tokens} text + {images_per_prompt} image(s)), "
+              f"{load.completion_tokens} completion tokens, micro-batch {load.micro_batch}.")
     return plans, header

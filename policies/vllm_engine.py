@@ -175,17 +175,8 @@ class VLLMEngine:
                     if sampling.top_logprobs
                     else []
                 )
-                group.append(
-                    Rollout(
-                        list(out.prompt_token_ids),
-                        ids,
-                        logprobs,
-                        c.text,
-                        self.version,
-                        "stop" if c.finish_reason == "stop" else "length",
-                        top,
-                    )
-                )
+                group.append(Rollout(list(out.prompt_token_ids), ids, logprobs, c.text, self.version,
+                                     "stop" if c.finish_reason == "stop" else "length", top))
             results.append(group)
         return results
 

@@ -87,13 +87,11 @@ def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_o
     history = summary["log_history"]
     steps = [r for r in history if "reward" in r]
     name = REWARD_NAMES[scheme]
-    collapsed = collapsed_tasks(start["per_task"], callback.history[-1]["per_task"])
-    if collapsed:
-        log.warning("%s reward, seed %d: the policy collapsed onto few answers on %s, which its start had not "
-                    "(see the collapse table)", scheme, seed, ", ".join(collapsed))
     return {
         "scheme": scheme, "seed": seed,
-        "final": callback.history[-1], "curve": callback.history, "collapsed_tasks": collapsed,
+        "final": callback.history[-1], "curve": callback.history,
+        # (HeldOutCallback warned when it saw a family collapse)
+        "collapsed_tasks": collapsed_tasks(start["per_task"], callback.history[-1]["per_task"]),
         "reward_curve": [{"step": i + 1, "reward": r["reward"]} for i, r in enumerate(steps)],
         "mean_reward_last": _mean_std([r["reward"] for r in steps[-5:]])[0],  # a step with no reward at all: None
         "tokens": steps[-1].get("num_tokens") if steps else None,
@@ -238,16 +236,9 @@ def mechanism_table(results: dict) -> str:
             f" | {_fmt([m.get('hybrid/all_wrong_group_std') for m in mech], 3)}"
             f" | {_fmt([s.get('right_mean') for s in scores], 2)} | {_fmt([s.get('wrong_mean') for s in scores], 2)} |"
         )
-    head = [
-        "scheme",
-        *[f"decided by rule: {t}" for t in tasks],
-        "flat-group tolerance",
-        "flat groups",
-        "groups of equal rewards",
-        "reward std, all-wrong groups",
-        "RM score, right answers",
-        "RM score, wrong answers",
-    ]
+    head = ["scheme", *[f"decided by rule: {t}" for t in tasks], "flat-group tolerance", "flat groups",
+            "groups of equal rewards", "reward std, all-wrong groups", "RM score, right answers",
+            "RM score, wrong answers"]
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows]) + (
         "\n\nDecided by rule: the share of training samples the exact match settled (the rest went to the model "
         "branch; hybrid only). Flat groups: the share of groups whose rewards spread (population std) by no more "
@@ -281,39 +272,18 @@ def plot(results: dict, path: Path) -> None:
         for i, run in enumerate(runs):
             label = scheme if i == 0 else None
             color = COLORS.get(scheme)
-            ax_r.plot(
-                [p["step"] for p in run["reward_curve"]],
-                [p["reward"] for p in run["reward_curve"]],
-                color=color,
-                alpha=0.8,
-                label=label,
-            )
+            ax_r.plot([p["step"] for p in run["reward_curve"]], [p["reward"] for p in run["reward_curve"]],
+                      color=color, alpha=0.8, label=label)
             steps = [p["step"] for p in run["curve"]]
-            ax_a.plot(
-                steps,
-                [p["sampled_task_average"] for p in run["curve"]],
-                color=color,
-                alpha=0.8,
-                marker="o",
-                label=f"{label}, sampled" if label else None,
-            )
-            ax_a.plot(
-                steps,
-                [p["task_average"] for p in run["curve"]],
-                color=color,
-                alpha=0.5,
-                linestyle=":",
-                label=f"{label}, greedy" if label else None,
-            )
-            ax_c.plot(
-                steps, [excess_top_share(p) for p in run["curve"]], color=color, alpha=0.8, marker="o", label=label
-            )
+            ax_a.plot(steps, [p["sampled_task_average"] for p in run["curve"]], color=color, alpha=0.8, marker="o",
+                      label=f"{label}, sampled" if label else None)
+            ax_a.plot(steps, [p["task_average"] for p in run["curve"]], color=color, alpha=0.5, linestyle=":",
+                      label=f"{label}, greedy" if label else None)
+            ax_c.plot(steps, [excess_top_share(p) for p in run["curve"]], color=color, alpha=0.8, marker="o",
+                      label=label)
     ax_c.axhline(COLLAPSE_MARGIN, color="grey", linestyle="--", label="collapsed")
-    ax_c.set(
-        title="collapse: top answer share above the right answers'\n(largest over families, greedy)",
-        xlabel="step",
-        ylabel="excess share",
-    )
+    ax_c.set(title="collapse: top answer share above the right answers'\n(largest over families, greedy)",
+             xlabel="step", ylabel="excess share")
     ax_r.set(title="mean training reward (own scheme's scale)", xlabel="step", ylabel="reward")
     ax_a.set(title="held-out score, average over task families", xlabel="step", ylabel="score", ylim=(0, 1))
     for ax in (ax_r, ax_a, ax_c):
@@ -340,13 +310,8 @@ def main(cfg: CompareRecipeConfig) -> dict:
     from pipeline.placement import ray_cluster
 
     tasks = sorted(set(held_out["task"])) if "task" in held_out.column_names else ["all"]
-    results: dict[str, Any] = {
-        "held_out_size": len(held_out),
-        "samples": cfg.eval.samples,
-        "tasks": tasks,
-        "start_policy": base.policy.path,
-        "schemes": {},
-    }
+    results: dict[str, Any] = {"held_out_size": len(held_out), "samples": cfg.eval.samples, "tasks": tasks,
+                               "start_policy": base.policy.path, "schemes": {}}
     results["benchmark_tasks"] = list(cfg.benchmarks.tasks)
     log.info("=== the starting policy, on %d held-out rows ===", len(held_out))
     start = evaluate_start(base, held_out, cfg)
@@ -358,11 +323,9 @@ def main(cfg: CompareRecipeConfig) -> dict:
                 run["model_score"] = model_scores(run["final_policy"], held_out, base.reward.model, cfg.eval.max_tokens)
                 run["final"]["benchmarks"] = benchmark_scores(run["final_policy"], cfg, out / f"{scheme}-seed{seed}")
                 results["schemes"].setdefault(scheme, []).append(run)
-    results["start"] = {
-        **start,
-        "model_score": model_scores(base.policy.path, held_out, base.reward.model, cfg.eval.max_tokens),
-        "benchmarks": benchmark_scores(base.policy.path, cfg, out / "start"),
-    }
+    results["start"] = {**start,
+                        "model_score": model_scores(base.policy.path, held_out, base.reward.model, cfg.eval.max_tokens),
+                        "benchmarks": benchmark_scores(base.policy.path, cfg, out / "start")}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     table = write_table(results, out / "results.md")
     plot(results, out / "compare.png")

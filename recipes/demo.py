@@ -73,47 +73,30 @@ def run(out: str | Path = "runs/demo", quick: bool = False) -> dict:
     timings["judge"] = time.perf_counter() - t
 
     t = _stage(5, 5, "GRPO under the rule, judge, model and hybrid rewards (Ray pipeline)")
-    results = compare.main(
-        cfg(
-            compare,
-            "tiny_cpu_compare.yaml",
-            [
-                f"output_dir={out / 'compare'}",
-                f"grpo.policy.path={sft_summary['final_policy']}",
-                f"grpo.reward.model.paths=[{rm_summary['checkpoint']}]",
-                f"grpo.reward.judge.path={judge_summary['checkpoint']}",
-            ],
-        )
-    )
+    results = compare.main(cfg(compare, "tiny_cpu_compare.yaml", [
+        f"output_dir={out / 'compare'}", f"grpo.policy.path={sft_summary['final_policy']}",
+        f"grpo.reward.model.paths=[{rm_summary['checkpoint']}]",
+        f"grpo.reward.judge.path={judge_summary['checkpoint']}"]))
     timings["compare"] = time.perf_counter() - t
 
     report = write_report(out, quick, sft_summary, rm_summary, judge_summary, timings)
-    summary = {
-        "report": str(report),
-        "quick": quick,
-        "timings_s": timings,
-        "results": str(out / "compare" / "results.json"),
-    }
+    summary = {"report": str(report), "quick": quick, "timings_s": timings,
+               "results": str(out / "compare" / "results.json")}
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     print(f"\nDemo finished in {sum(timings.values()):.0f}s. Report: {report}")
     return {**summary, "compare": results}
 
 
-def write_report(
-    out: Path, quick: bool, sft_summary: dict, rm_summary: dict, judge_summary: dict, timings: dict
-) -> Path:
+def write_report(out: Path, quick: bool, sft_summary: dict, rm_summary: dict, judge_summary: dict,
+                 timings: dict) -> Path:
     table = (out / "compare" / "results.md").read_text()
 
     def by_kind(summary: dict) -> str:
         kinds = ", ".join(f"{k} {v:.1%}" for k, v in summary.get("eval_accuracy_by_kind", {}).items())
-        near_misses = {
-            key.split("/", 1)[1]: v
-            for key, v in summary.get("eval_accuracy_by_kind_and_task", {}).items()
-            if key.startswith("near_miss/")
-        }  # the kind that needs the image, per question
-        return kinds + (
-            "; near misses by task: " + ", ".join(f"{t} {v:.1%}" for t, v in near_misses.items()) if near_misses else ""
-        )
+        near_misses = {key.split("/", 1)[1]: v for key, v in summary.get("eval_accuracy_by_kind_and_task", {}).items()
+                       if key.startswith("near_miss/")}  # the kind that needs the image, per question
+        return kinds + ("; near misses by task: " + ", ".join(f"{t} {v:.1%}" for t, v in near_misses.items())
+                        if near_misses else "")
 
     after, before = rm_summary.get("eval_after", {}), rm_summary.get("eval_before", {})
     judged = judge_summary.get("eval_after", {})
@@ -121,8 +104,7 @@ def write_report(
         "# brl demo: rule vs generative judge vs BaseReward vs hybrid rewards, in miniature",
         "",
         "Quick mode: budgets cut for CI; the numbers below show the pipeline runs, not what it learns."
-        if quick
-        else "Full mode (the README's numbers come from this run).",
+        if quick else "Full mode (the README's numbers come from this run).",
         "",
         "## Upstream: the tiny reward models (same backbone, same pairs)",
         f"- BaseReward (scalar head): held-out pairwise accuracy {after.get('eval_accuracy', float('nan')):.1%} "

@@ -185,34 +185,16 @@ def test_vl_reward_bench_in_its_hub_schema_with_embedded_images(tmp_path, untrai
         PILImage.new("RGB", (56, 56), color).save(buf, format="PNG")
         return {"bytes": buf.getvalue(), "path": None}
 
-    features = Features(
-        {
-            "id": Value("string"),
-            "query": Value("string"),
-            "response": Sequence(Value("string")),
-            "image": Image(),
-            "human_ranking": Sequence(Value("int64")),
-            "models": Sequence(Value("string")),
-            "judge": Value("string"),
-            "rationale": Value("string"),
-            "query_source": Value("string"),
-            "ground_truth": Value("string"),
-        }
-    )
-    base = {
-        "query": "What color?",
-        "response": ["red", "blue"],
-        "models": ["a", "b"],
-        "judge": "human",
-        "rationale": "",
-        "query_source": "x",
-        "ground_truth": "",
-    }
-    rows = [
-        {**base, "id": "RLAIF-V_1", "image": png("red"), "human_ranking": [0, 1]},
-        {**base, "id": "wildvision-battle_2", "image": png("blue"), "human_ranking": [1, 0]},
-        {**base, "id": "mathverse_3", "image": png("red"), "human_ranking": [0, 1]},
-    ]
+    features = Features({"id": Value("string"), "query": Value("string"), "response": Sequence(Value("string")),
+                         "image": Image(), "human_ranking": Sequence(Value("int64")),
+                         "models": Sequence(Value("string")),
+                         "judge": Value("string"), "rationale": Value("string"), "query_source": Value("string"),
+                         "ground_truth": Value("string")})
+    base = {"query": "What color?", "response": ["red", "blue"], "models": ["a", "b"], "judge": "human",
+            "rationale": "", "query_source": "x", "ground_truth": ""}
+    rows = [{**base, "id": "RLAIF-V_1", "image": png("red"), "human_ranking": [0, 1]},
+            {**base, "id": "wildvision-battle_2", "image": png("blue"), "human_ranking": [1, 0]},
+            {**base, "id": "mathverse_3", "image": png("red"), "human_ranking": [0, 1]}]
     data = tmp_path / "test.parquet"
     Dataset.from_list(rows, features=features).to_parquet(str(data))
     seen = []

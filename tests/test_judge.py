@@ -96,10 +96,8 @@ class ScriptedEngine:
     def generate(self, requests, sampling):
         self.calls += 1
         top = {ONE: math.log(self.p_one), TWO: math.log(1 - self.p_one)}
-        return [
-            [Rollout([0], list(range(len(self.pieces))), [], "".join(self.pieces), 0, "stop", [top] * len(self.pieces))]
-            for _ in requests
-        ]
+        return [[Rollout([0], list(range(len(self.pieces))), [], "".join(self.pieces), 0, "stop",
+                         [top] * len(self.pieces))] for _ in requests]
 
 
 def test_a_verdict_the_judge_cannot_read_is_a_counted_failure_not_a_zero():

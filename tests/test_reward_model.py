@@ -307,10 +307,8 @@ def test_tiny_reward_model_training_beats_chance_on_held_out_pairs(tmp_path, war
                                                 "trainer.report_to=[]", "data.eval_size=400"])  # the recipe's steps
     summary = train_reward_model.main(cfg)
     after = summary["eval_after"]["eval_accuracy"]
-    print(
-        f"held-out pairwise accuracy {after:.3f} (before {summary['eval_before']['eval_accuracy']:.3f}), "
-        f"by kind {summary['eval_accuracy_by_kind']}"
-    )
+    print(f"held-out pairwise accuracy {after:.3f} (before {summary['eval_before']['eval_accuracy']:.3f}), "
+          f"by kind {summary['eval_accuracy_by_kind']}")
     assert after >= 0.65
     assert summary["eval_accuracy_by_kind"]["hallucination"] >= 0.8
     assert set(summary["eval_accuracy_by_kind_and_task"]) >= {"near_miss/color", "wrong_attribute/description"}

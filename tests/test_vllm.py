@@ -99,12 +99,10 @@ def test_buckets_smaller_than_a_layer_reload_an_engine_that_fuses_layers(engine,
         engine.load_weights(tensors, version=5)
     sync.close()
     assert max(bucket_of.values()) >= 4  # nine buckets for this policy
-    fused = [[n for n in bucket_of if n.startswith(f"{fused_layer(name)}.{part}")] for name in bucket_of
-             if name.endswith("q_proj.weight") or name.endswith("gate_proj.weight")
-             for part in (("q_proj", "k_proj", "v_proj") if "q_proj" in name else ("gate_proj", "up_proj"))]
-    groups = {}
-    for names in fused:  # q/k/v (and their biases) of one layer, gate/up of one MLP: one bucket each
-        groups.setdefault(fused_layer(names[0]), set()).update(bucket_of[n] for n in names)
+    groups: dict[str, set[int]] = {}  # q/k/v (and their biases) of one layer, gate/up of one MLP: one bucket each
+    for name, bucket in bucket_of.items():
+        if name.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
+            groups.setdefault(fused_layer(name), set()).add(bucket)
     assert [g[0].completion_ids for g in engine.generate(requests, greedy)] == expected
     assert groups and all(len(buckets) == 1 for buckets in groups.values()), groups
 
@@ -255,24 +253,13 @@ def test_grpo_with_a_ray_actor_hosting_vllm(tmp_path, warm_policy, weight_sync):
     from recipes import grpo
 
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml"
-    cfg = grpo.load(
-        str(config),
-        [
-            f"output_dir={tmp_path}",
-            f"policy.path={warm_policy}",
-            "ray.enabled=true",
-            "ray.num_cpus=2",
-            "rollout.backend=vllm",
-            "rollout.actors.num_actors=1",
-            "rollout.actors.num_cpus=1",
-            "rollout.vllm={max_model_len: 512, enforce_eager: true, kv_cache_memory_bytes: 268435456}",
-            f"rollout.weight_sync={weight_sync}",
-            "trainer.max_steps=2",
-            "trainer.per_device_train_batch_size=8",
-            "trainer.num_generations=4",
-            "trainer.report_to=[]",
-        ],
-    )
+    cfg = grpo.load(str(config), [
+        f"output_dir={tmp_path}", f"policy.path={warm_policy}", "ray.enabled=true", "ray.num_cpus=2",
+        "rollout.backend=vllm", "rollout.actors.num_actors=1", "rollout.actors.num_cpus=1",
+        "rollout.vllm={max_model_len: 512, enforce_eager: true, kv_cache_memory_bytes: 268435456}",
+        f"rollout.weight_sync={weight_sync}",
+        "trainer.max_steps=2", "trainer.per_device_train_batch_size=8", "trainer.num_generations=4",
+        "trainer.report_to=[]"])
     queues = shared_memory_queues()  # vLLM's shared-memory queues (this module's engine's too)
     summary = grpo.main(cfg)
     assert summary["global_step"] == 2 and summary["rollout_version"] == 1

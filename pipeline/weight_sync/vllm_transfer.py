@@ -275,9 +275,8 @@ class VLLMTransferSync:
             self._reopen()
             return
         check_rereadable(self.source.state, self._learner_thread, actor, f"rollout.weight_sync=vllm_{self.backend}")
-        log.info(
-            "rollout actor %d restarted: re-forming the weight-transfer group, re-sending version %d", actor, version
-        )
+        log.info("rollout actor %d restarted: re-forming the weight-transfer group, re-sending version %d", actor,
+                 version)
         self._reopen()
         self._round(self.source.state, version)
 
@@ -313,16 +312,11 @@ class VLLMTransferSync:
         self.pids = gather([a.pid.remote() for a in actors], self.calls.timeout_s, "rollout actors (pid)")
         self.client = PoolSyncClient(self.calls, sizes)
         address = ray.util.get_node_ip_address()  # the workers connect to the learner's node
-        info = TRAINER_INIT_INFO[self.backend](
-            master_address=address, master_port=get_open_port(), world_size=1 + sum(sizes), rank=0
-        )
+        info = TRAINER_INIT_INFO[self.backend](master_address=address, master_port=get_open_port(),
+                                               world_size=1 + sum(sizes), rank=0)
         self.engine = WeightTransferTrainerFactory.trainer_init(info, client=self.client, source=self.source)
-        log.info(
-            "weight-transfer group (%s) formed: learner + %d workers on %d actors",
-            self.backend,
-            sum(sizes),
-            len(actors),
-        )
+        log.info("weight-transfer group (%s) formed: learner + %d workers on %d actors", self.backend, sum(sizes),
+                 len(actors))
 
     def _reopen(self) -> None:
         """Form a new group (a restarted actor lost its place in the old one); live actors leave the old."""
