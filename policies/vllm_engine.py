@@ -99,12 +99,13 @@ class VLLMEngine:
     `weight_transfer`: a vLLM weight-transfer backend ("nccl", or "gloo" with the worker extension
     that registers it); None: weights arrive through `load_weights` only."""
 
-    def __init__(self, path: str, dtype: str = "auto", max_pixels: int | None = None,
+    def __init__(self, path: str | os.PathLike, dtype: str = "auto", max_pixels: int | None = None,
                  engine_kwargs: dict[str, Any] | None = None, version: int = 0, sync_timeout_s: float = 600.0,
                  weight_transfer: str | None = None,
                  worker_extension: str = "policies.vllm_engine.WeightReloadExtension"):
         from adapters.vllm import vllm_version_problem
 
+        path = os.fspath(path)  # vLLM calls str methods on it
         if problem := vllm_version_problem():
             raise EngineStartError(problem)
         import vllm
