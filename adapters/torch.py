@@ -35,21 +35,23 @@ def new_shared_storage(nbytes: int) -> torch.UntypedStorage:
 
 
 def cuda_ipc_handle(tensor: torch.Tensor) -> tuple:
-    """What rebuilds `tensor` (on a CUDA device) in another process: `open_cuda_ipc`'s argument."""
+    """What opens the whole storage of `tensor` (on a CUDA device) in another process: `open_cuda_ipc`'s
+    argument. torch registers the memory for IPC and records an event each time: make it once per storage."""
     from torch.multiprocessing.reductions import reduce_tensor
 
-    _, args = reduce_tensor(tensor)
+    whole = torch.empty(0, dtype=torch.uint8, device=tensor.device).set_(tensor.untyped_storage())  # [nbytes]
+    _, args = reduce_tensor(whole)
     return args
 
 
-def open_cuda_ipc(handle: tuple, device_index: int) -> torch.Tensor:
-    """The tensor `cuda_ipc_handle` described, over the sender's memory, on this process's device
+def open_cuda_ipc(handle: tuple, device_index: int) -> torch.UntypedStorage:
+    """The storage `cuda_ipc_handle` described, over the sender's memory, on this process's device
     `device_index` (the sender's own index means nothing under this process's visible devices)."""
     from torch.multiprocessing.reductions import rebuild_cuda_tensor
 
     args = list(handle)
     args[6] = device_index
-    return rebuild_cuda_tensor(*args)
+    return rebuild_cuda_tensor(*args).untyped_storage()
 
 
 def process_group(backend: str, store: Any, rank: int, world_size: int, timeout: timedelta) -> Any:

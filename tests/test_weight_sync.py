@@ -89,10 +89,10 @@ def test_shared_memory_buckets_share_the_learners_tensors_in_place_and_stage_the
     same = list(sync.buckets(PolicyWeights(model)))
     assert len(same) == 1 and model[0].weight.is_shared()  # moved to shared memory in place, still the model's
     cast = list(sync.buckets(PolicyWeights(model, torch.bfloat16)))
-    assert len(cast) > 1 and [n for b in cast for n in b.handles] == list(model.state_dict())
+    assert len(cast) > 1 and [n for b in cast for n in b.views] == list(model.state_dict())
     plain = list(sync.buckets(as_weights({"x": torch.ones(2)})))  # a dict's tensors are not the learner's: staged
     staging = share_cpu_storage(sync._staging[torch.device("cpu")].buffer)[1]
-    assert plain[0].handles["x"][2] == staging
+    assert plain[0].storages[plain[0].views["x"][0]][2] == staging
 
 
 def test_a_staging_bucket_is_never_larger_than_the_policy_it_stages():
@@ -106,6 +106,32 @@ def test_a_staging_bucket_is_never_larger_than_the_policy_it_stages():
     sync = SharedMemorySync(calls=None)  # the default bucket
     buckets = list(sync.buckets(weights))
     assert len(buckets) == 1 and sync._staging[torch.device("cpu")].nbytes == policy_bytes
+
+
+def test_each_storage_is_shared_once_per_session_and_opened_once_per_receiver(monkeypatch):
+    """Sync after sync, the sender names the same storages (the learner's tensors, its staging buffer):
+    it shares each once per session and a receiver opens each once, while every sync still reads the
+    values of that sync. (Finding 9 of the GPU reading: per tensor per sync, a CUDA IPC handle is made,
+    its memory registered and mapped again in every actor; these lines are the same on CUDA, where
+    only `_opener` and `_open` differ: tests/gpu/ runs them there.)"""
+    from pipeline.weight_sync import shared_memory
+
+    shared, opened = [], []
+    share, attach = shared_memory.share_cpu_storage, shared_memory.attach_cpu_storage
+    monkeypatch.setattr(shared_memory, "share_cpu_storage", lambda t: shared.append(1) or share(t))
+    monkeypatch.setattr(shared_memory, "attach_cpu_storage", lambda *a: opened.append(a[1]) or attach(*a))
+    model = _model()
+    sync = SharedMemorySync(calls=None, bucket_bytes=64)  # the cast weights: several buckets through one buffer
+    mapped: dict = {}
+    for step in range(3):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)  # the optimizer's in-place step
+        for weights in (PolicyWeights(model), PolicyWeights(model, torch.bfloat16)):
+            for bucket in sync.buckets(weights):
+                got = pickle.loads(pickle.dumps(bucket)).attach(mapped)
+                assert all(torch.equal(got[k], weights[k]) and got[k].dtype == weights[k].dtype for k in got), step
+    storages = len(list(model.parameters())) + 1  # each parameter's own storage, and the staging buffer
+    assert len(shared) == storages and sorted(opened) == sorted(set(opened)) and len(opened) == storages
 
 
 _READER = """
@@ -147,11 +173,11 @@ def test_a_bucket_never_splits_a_layer_an_engine_fuses():
     seen: dict[str, int] = {}
     buckets = list(sync.buckets(as_weights(state)))
     for i, bucket in enumerate(buckets):
-        for name in bucket.handles:
+        for name in bucket.views:
             assert seen.setdefault(fused_layer(name), i) == i, f"{fused_layer(name)} split across buckets"
     # Each bucket as large as its largest run needs (a layer never waits for a second bucket), small runs
     # sharing one: the last layer's MLP and the head.
-    assert [sorted({fused_layer(n) for n in b.handles}) for b in buckets][-1] == ["lm_head", "model.layers.1.mlp"]
+    assert [sorted({fused_layer(n) for n in b.views}) for b in buckets][-1] == ["lm_head", "model.layers.1.mlp"]
     assert len(buckets) == 4
 
 

@@ -33,7 +33,7 @@ class WeightReceiver:
     a `RolloutEngine`; the engine's `load_weights` and `weights_device` are what it calls."""
 
     # Per-actor state, created on first use (the mixin has no constructor of its own).
-    _mapped: dict[str, torch.UntypedStorage]  # shared-memory files of the current session, by name
+    _mapped: dict[str, torch.UntypedStorage]  # the sender's storages opened in this session, by key
     _mapped_session: str
     _weight_group: tuple[str, str, Any, Any] | None  # (name, backend, the group, its store: kept alive with it)
     _receive_buffer: torch.Tensor | None
@@ -53,7 +53,10 @@ class WeightReceiver:
         """Load one bucket of the learner's weights straight from its memory."""
         if getattr(self, "_mapped_session", None) != bucket.session:  # a new sender: a new run or transport
             self._mapped, self._mapped_session = {}, bucket.session
-        self.load_weights(bucket.attach(self._mapped), version)
+        tensors = bucket.attach(self._mapped)
+        self.load_weights(tensors, version)
+        for device in {t.device for t in tensors.values() if t.is_cuda}:
+            torch.cuda.synchronize(device)  # copied before the sender reuses its staging or steps its optimizer
 
     def release_shared(self) -> None:
         """Unmap every file of the sender's (its `close`): torch unlinks a shared file once every process

@@ -1,11 +1,14 @@
 """Weight sync through shared memory on one node: each actor copies straight from the learner's memory.
 
 - CPU: the learner's weights are moved into POSIX shared memory once, in place (torch's file-system
-  sharing: the learner keeps training on the same tensors), and every later sync sends only their
-  file names: each actor maps them (once) and copies into its engine. One memcpy, no serialisation,
-  no object store (benchmarks/weight_sync.py: within 1.5x of an in-process copy).
-- GPU: CUDA IPC handles of the learner's tensors, so an actor on the learner's GPU copies device to
+  sharing: the learner keeps training on the same tensors). One memcpy, no serialisation, no object
+  store (benchmarks/weight_sync.py: within 1.5x of an in-process copy).
+- GPU: CUDA IPC handles of the learner's storages, so an actor on the learner's GPU copies device to
   device (the colocated layout; verl does the same for its hybrid engine).
+
+Either way each storage (a parameter's, the staging buffer's) is shared once per session and each actor
+opens it once: a sync sends views into storages the actors already hold (key, offset, shape, stride),
+and the same lines rebuild them on CPU and GPU; only opening a storage differs.
 
 Tensors that must be cast (float32 master weights, bfloat16 engines) or that are not the learner's
 own (LoRA-merged, gathered from shards) are copied into a staging buffer of `bucket_bytes`, reused
@@ -36,34 +39,41 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SharedTensors:
-    """name -> handle of a tensor in shared memory (CPU) or a CUDA IPC handle; picklable, a few bytes
-    per tensor. The receiving actor (`WeightReceiver.load_shared`) turns it into tensors over the
-    sender's memory with `attach`, valid until the call that received it returns (the sender then
-    reuses its staging buffer)."""
+    """One bucket, picklable, a few bytes per tensor: each tensor as a view into a storage the sender
+    shared once per session (`views`: name -> (storage key, offset, shape, stride, dtype); key None for an
+    empty tensor), and what opens each of those storages in another process (`storages`: key -> a
+    shared-memory file, or a CUDA IPC handle of the whole storage). The receiving actor
+    (`WeightReceiver.load_shared`) rebuilds the tensors over the sender's memory with `attach`; they are
+    valid until the call that received them returns (the sender then reuses its staging buffer)."""
 
     session: str
-    handles: dict[str, tuple]
+    storages: dict[str, tuple]
+    views: dict[str, tuple]
 
     def attach(self, mapped: dict[str, torch.UntypedStorage]) -> dict[str, torch.Tensor]:
         """The tensors, in the receiving process. `mapped`: that process's storages of this session by
-        file name: a sync sends the same files every time (the learner's tensors, the staging buffer),
-        so each is mapped once per session, not once per sync."""
-        return {name: _rebuild(handle, mapped) for name, handle in self.handles.items()}
+        key: a sync names the same storages every time (the learner's tensors, the staging buffer), so
+        each is opened once per session, not once per sync (opening a CUDA IPC handle maps device memory:
+        milliseconds, and every open is one more mapping to release)."""
+        return {name: _view(view, self.storages, mapped) for name, view in self.views.items()}
 
 
-def _rebuild(handle: tuple, mapped: dict[str, torch.UntypedStorage]) -> torch.Tensor:
-    kind = handle[0]
-    if kind == "empty":
-        _, shape, dtype = handle
+def _view(view: tuple, storages: dict[str, tuple], mapped: dict[str, torch.UntypedStorage]) -> torch.Tensor:
+    key, offset, shape, stride, dtype = view
+    if key is None:  # an empty tensor: no storage to share
         return torch.empty(shape, dtype=dtype)
-    if kind == "cpu":
-        _, manager, filename, nbytes, offset, shape, stride, dtype = handle
-        storage = mapped.get(filename)
-        if storage is None:
-            storage = mapped[filename] = attach_cpu_storage(manager, filename, nbytes)
-        return torch.empty(0, dtype=dtype).set_(storage, offset, shape, stride)
-    _, gpu_uuid, args = handle
-    return open_cuda_ipc(args, _local_device_index(gpu_uuid))
+    storage = mapped.get(key)
+    if storage is None:
+        storage = mapped[key] = _open(storages[key])
+    return torch.empty(0, dtype=dtype, device=storage.device).set_(storage, offset, shape, stride)
+
+
+def _open(opener: tuple) -> torch.UntypedStorage:
+    if opener[0] == "cpu":
+        _, manager, filename, nbytes = opener
+        return attach_cpu_storage(manager, filename, nbytes)
+    _, gpu_uuid, handle = opener
+    return open_cuda_ipc(handle, _local_device_index(gpu_uuid))
 
 
 def _local_device_index(gpu_uuid: str) -> int:
@@ -74,20 +84,12 @@ def _local_device_index(gpu_uuid: str) -> int:
                        "CUDA IPC only reaches actors on the learner's GPU (use weight_sync: broadcast)")
 
 
-def _cpu_handle(tensor: torch.Tensor) -> tuple:
-    manager, filename, nbytes = share_cpu_storage(tensor)  # in place; no-op once shared
-    return ("cpu", manager, filename, nbytes, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()),
-            tensor.dtype)
-
-
-def _cuda_handle(tensor: torch.Tensor) -> tuple:
-    return ("cuda", str(torch.cuda.get_device_properties(tensor.device).uuid), cuda_ipc_handle(tensor))
-
-
-def _handle(tensor: torch.Tensor) -> tuple:
-    if tensor.numel() == 0:
-        return ("empty", tuple(tensor.shape), tensor.dtype)
-    return _cuda_handle(tensor) if tensor.is_cuda else _cpu_handle(tensor)
+def _opener(tensor: torch.Tensor) -> tuple:
+    """What opens `tensor`'s whole storage in another process. A CPU storage is moved into shared memory
+    in place (the learner keeps training on it); a CUDA storage gets an IPC handle."""
+    if tensor.is_cuda:
+        return ("cuda", str(torch.cuda.get_device_properties(tensor.device).uuid), cuda_ipc_handle(tensor))
+    return ("cpu", *share_cpu_storage(tensor))
 
 
 class SharedMemorySync:
@@ -98,6 +100,12 @@ class SharedMemorySync:
         self.bucket_bytes = bucket_bytes
         self.session = uuid.uuid4().hex
         self._staging: dict[torch.device, Staging] = {}
+        # Each storage is shared once per session and named by a key after that (finding 9 of the GPU
+        # reading: an IPC handle made per tensor per sync re-registers the memory and re-maps it in every
+        # actor). The storages are held, so an address is never reused while its key is known.
+        self._keys: dict[int, str] = {}  # a shared storage's address -> its key
+        self._openers: dict[str, tuple] = {}  # key -> what opens it elsewhere
+        self._held: list[torch.UntypedStorage] = []
         self._last: Any = None  # the weights last sent (their live tensors): what a restarted actor is given
         self._learner_thread: threading.Thread | None = None
 
@@ -123,32 +131,52 @@ class SharedMemorySync:
             call_each(self.calls.actors, lambda actor: actor.release_shared.remote(), self.calls.timeout_s)
         self._last = None
         self._staging.clear()
+        self._keys, self._openers, self._held = {}, {}, []
+        self.session = uuid.uuid4().hex  # a later send shares afresh, under a session the actors have not mapped
 
     def buckets(self, weights: Any) -> Iterator[SharedTensors]:
         """The weights as SharedTensors, one staging bucket's worth at a time: a bucket is valid until
         the next one is asked for (its staging is then reused)."""
-        handles: dict[str, tuple] = {}
+        views: dict[str, tuple] = {}
+        devices: set[torch.device] = set()  # the GPUs whose memory this bucket names
         bucket = bucket_bytes_for(weights, self.bucket_bytes)
         for names, run_bytes in fused_runs(weights):  # a fused layer's parameters go in one bucket
             if any(staging.used and not staging.fits(run_bytes) for staging in self._staging.values()):
-                yield self._flush(handles)  # full: hand this bucket over, then reuse the buffer
-                handles = {}
+                yield self._flush(views, devices)  # full: hand this bucket over, then reuse the buffer
+                views, devices = {}, set()
             for name in names:
                 source = weights.source(name)
                 dtype = weights.target_dtype(source)
-                if source.dtype == dtype and weights.persistent(name) and source.device.type in ("cpu", "cuda"):
-                    handles[name] = _handle(source)  # the learner's own memory: no copy
-                    continue
-                handles[name] = _handle(self._staging_for(source.device, run_bytes, bucket).put(source, dtype))
-        if handles:
-            yield self._flush(handles)
+                if not (source.dtype == dtype and weights.persistent(name) and source.device.type in ("cpu", "cuda")):
+                    source = self._staging_for(source.device, run_bytes, bucket).put(source, dtype)
+                views[name] = self._view(source)  # the learner's own memory (no copy), or the staging buffer
+                if source.is_cuda:
+                    devices.add(source.device)
+        if views:
+            yield self._flush(views, devices)
 
-    def _flush(self, handles: dict[str, tuple]) -> SharedTensors:
+    def _view(self, tensor: torch.Tensor) -> tuple:
+        shape, stride = tuple(tensor.shape), tuple(tensor.stride())
+        if tensor.numel() == 0:
+            return (None, 0, shape, stride, tensor.dtype)
+        key = self._keys.get(tensor.untyped_storage().data_ptr())
+        if key is None:
+            opener = _opener(tensor)  # a CPU storage moves into shared memory here: its address changes
+            storage = tensor.untyped_storage()
+            key = self._keys[storage.data_ptr()] = str(len(self._openers))
+            self._openers[key] = opener
+            self._held.append(storage)
+        return (key, tensor.storage_offset(), shape, stride, tensor.dtype)
+
+    def _flush(self, views: dict[str, tuple], devices: set[torch.device]) -> SharedTensors:
+        # A cached IPC handle carries no event of this sync: the optimizer's writes and the staging copies
+        # are waited for here, before any actor reads.
+        for device in devices:
+            torch.cuda.current_stream(device).synchronize()
         for staging in self._staging.values():
-            if staging.used and staging.device.type == "cuda":
-                torch.cuda.current_stream(staging.device).synchronize()  # the copies are done before anyone reads
             staging.used = 0
-        return SharedTensors(self.session, handles)
+        keys = {view[0] for view in views.values()} - {None}
+        return SharedTensors(self.session, {key: self._openers[key] for key in keys}, views)
 
     def _staging_for(self, device: torch.device, nbytes: int, bucket: int) -> Staging:
         staging = self._staging.get(device)

@@ -121,3 +121,51 @@ def test_a_colocated_engine_trains_on_cuda_with_bf16_generation(tmp_path, tiny_v
     assert run.returncode == 0, run.stderr[-5000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["global_step"] == 2 and summary["learner_gpus"] == ["0"]
+
+
+_IPC_READER = """
+import pickle, struct, sys, torch
+mapped = {}
+while header := sys.stdin.buffer.read(4):
+    bucket = pickle.loads(sys.stdin.buffer.read(struct.unpack("<I", header)[0]))
+    sums = {name: t.double().sum().item() for name, t in bucket.attach(mapped).items()}
+    torch.cuda.synchronize()
+    print(repr((sums, len(mapped))), flush=True)
+"""
+
+
+def test_cuda_ipc_storages_are_opened_once_and_read_fresh_every_sync():
+    """Finding 9 on CUDA (its CPU twin: tests/test_weight_sync.py, same lines but opening a storage):
+    a reader process opens each of the learner's CUDA storages once, and every later sync reads that
+    sync's values through the same mapping, the staging buffer (bfloat16 casts) included."""
+    import ast
+    import math
+    import pickle
+    import struct
+    import subprocess
+    import sys
+
+    from pipeline.weight_sync.export import PolicyWeights
+    from pipeline.weight_sync.shared_memory import SharedMemorySync
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8)).cuda()
+    sync = SharedMemorySync(calls=None, bucket_bytes=4096)
+    reader = subprocess.Popen([sys.executable, "-c", _IPC_READER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    opened = []
+    try:
+        for _ in range(3):
+            with torch.no_grad():
+                model[0].weight.add_(1.0)
+            for weights in (PolicyWeights(model), PolicyWeights(model, torch.bfloat16)):
+                for bucket in sync.buckets(weights):
+                    blob = pickle.dumps(bucket)
+                    reader.stdin.write(struct.pack("<I", len(blob)) + blob)
+                    reader.stdin.flush()
+                    sums, mapped = ast.literal_eval(reader.stdout.readline().decode())
+                    assert all(math.isclose(sums[k], weights[k].double().sum().item(), rel_tol=1e-9) for k in sums)
+                    opened.append(mapped)
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=60)
+    assert opened[-1] == len(sync._openers) == len(list(model.parameters())) + 1  # parameters and the staging buffer
