@@ -78,7 +78,7 @@ def main() -> None:
     from policies.hf_engine import HFEngine
     from policies.rollout_engine import RolloutRequest, SamplingParams
     from reward.rule import RuleMatcher
-    from reward.scorer import BaseRewardScorer, ScorerOptions
+    from reward.scorer import RewardModelOptions, RewardModelScorer
 
     tmp = tempfile.mkdtemp()
     rm, judge_path = build(args.size, tmp)
@@ -90,12 +90,12 @@ def main() -> None:
         return best_of(lambda: (fn(), sync()), repeats=repeats)
 
     batch_size = args.batch_sizes[0]  # the reference: ratios are to this batched path
-    scorer = BaseRewardScorer.from_paths([rm])  # one model, its options changed between timings
+    scorer = RewardModelScorer.from_paths([rm])  # one model, its options changed between timings
     fast = dataclasses.replace(scorer.options)
     plain = dataclasses.replace(fast, batch_size=batch_size, prefetch=False, sort_by_length=False,
                                 encode_images_once=False)
 
-    def configure(options: ScorerOptions, **changes: Any) -> None:
+    def configure(options: RewardModelOptions, **changes: Any) -> None:
         scorer.options = dataclasses.replace(options, **changes)
         scorer.backends[0].encode_images_once = scorer.options.encode_images_once
 

@@ -3,7 +3,7 @@
     python -m benchmarks.step_breakdown [--steps 8] [--sizes tiny mid]
 
 Runs the GRPO recipe with a rollout actor (transformers backend), the hybrid reward (rule + a
-BaseReward scorer on its own actor) and weight sync every step, and splits each step's wall time
+reward model on its own actor) and weight sync every step, and splits each step's wall time
 with the recipe's own per-step metrics; the step itself is timed from the Trainer's step-begin to
 step-end callbacks (everything the step does). "learner" is the rest of the step: TRL's log-prob
 forwards, loss, backward and optimizer step, plus its bookkeeping. The first two steps (warm-up: lazy
@@ -98,7 +98,7 @@ def main() -> None:
         tempfile.mkdtemp(), load_processor(backbone)))
     rows = [run(size, args.steps, rm) for size in args.sizes]
     report("step_breakdown", rows, {"steps": args.steps, "rollouts_per_step": 16, "completion_tokens": 8,
-                                    "reward": "hybrid (rule + tiny BaseReward scorer actor)", "sync_every": 1})
+                                    "reward": "hybrid (rule + tiny reward-model actor)", "sync_every": 1})
 
 
 if __name__ == "__main__":

@@ -233,9 +233,9 @@ def reward_model_pairs(
 
 def model_scorer(paths: list[str], device: str = "cpu", batch_size: int = 16) -> Scorer:
     """Scalar reward models' scores of single responses (several checkpoints averaged)."""
-    from reward.scorer import BaseRewardScorer
+    from reward.scorer import RewardModelScorer
 
-    scorer = BaseRewardScorer.from_paths(paths, device=device, batch_size=batch_size)
+    scorer = RewardModelScorer.from_paths(paths, device=device, batch_size=batch_size)
 
     def score(items: list[dict]) -> list[float]:
         raw = scorer([it["prompt"] for it in items], [it["response"] for it in items],

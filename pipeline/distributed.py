@@ -1,7 +1,7 @@
 """A learner that spans processes and nodes: TRL's GRPOTrainer on N Ray Train workers
 (`learner.num_workers > 1`).
 
-The driver (`brl grpo`) starts the rollout, scorer and rule actors as for one learner, then N Ray Train
+The driver (`brl grpo`) starts the rollout, reward-model and rule actors as for one learner, then N Ray Train
 workers (`TorchTrainer`, one torch.distributed group: gloo on CPUs, NCCL on GPUs), each running the
 recipe's training function with TRL's GRPOTrainer under DDP, FSDP2 or DeepSpeed ZeRO-3 (accelerate, as
 TRL runs them; `learner.strategy`). One config, one command, on a laptop, a node or a cluster (`ray.address`).

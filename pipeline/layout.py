@@ -8,7 +8,8 @@ from typing import Any
 
 from rl.config import SHARDED_STRATEGIES
 
-ACTOR_NAMES = {"model": "scorer"}  # a reward component's actors by what they do, where it differs from its key
+# How logs and errors name a reward component's actors where its key alone is unclear ("model": which?).
+ACTOR_NAMES = {"model": "reward model"}
 
 
 @dataclass(frozen=True)

@@ -244,7 +244,7 @@ def colocated_items(cfg: Any, shape: Shape, load: Workload, learner: list[Item])
                  "trainer.max_completion_length, or fewer rollouts per step (trainer.steps_per_generation)")]
 
 
-def scorer_items(cfg: Any, shape: Shape, load: Workload) -> list[Item]:
+def reward_model_items(cfg: Any, shape: Shape, load: Workload) -> list[Item]:
     w = BYTES.get(shape.dtype or "bfloat16", 2)
     tokens = cfg.reward.model.batch_size * (load.prompt_tokens + load.completion_tokens)
     return [
@@ -290,7 +290,7 @@ def plan(cfg: Any, args: Any, policy: Shape, reward: Shape | None, num_gpus: int
             if layout.colocate:
                 items += colocated_items(cfg, policy, load, items)
             if reward is not None and layout.in_learner("model", cfg):
-                items += scorer_items(cfg, reward, load)  # scored in the learner's process
+                items += reward_model_items(cfg, reward, load)  # scored in the learner's process
             if judge is not None and layout.in_learner("judge", cfg):
                 items += judge_items(cfg, judge, load, capacity)
         elif kind == "rollout":
@@ -298,7 +298,7 @@ def plan(cfg: Any, args: Any, policy: Shape, reward: Shape | None, num_gpus: int
         elif kind == "judge":
             items = judge_items(cfg, judge, load, capacity) if judge is not None else []
         else:
-            items = scorer_items(cfg, reward, load) if reward is not None else []
+            items = reward_model_items(cfg, reward, load) if reward is not None else []
         parts[r.who] = items
     plans = []
     for i, occupants in enumerate(placed):

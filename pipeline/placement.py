@@ -2,13 +2,13 @@
 joined) with them, the learner's share reserved in Ray and this process pinned to it.
 
 The learner trains in this process (the driver), or on Ray Train workers (`learner.num_workers > 1`,
-placed by Ray like the actors, their GPUs counted here up front); the rollout and scorer actors are Ray's. On a GPU
-node, two things must hold: the learner's process sees exactly the GPU(s) it trains on (else
+placed by Ray like the actors, their GPUs counted here up front); the rollout and reward-model actors
+are Ray's. On a GPU node, two things must hold: the learner's process sees exactly the GPU(s) it trains on (else
 transformers counts every GPU of the node and TRL refuses DataParallel), and Ray never hands that
 GPU share to an actor. Both come from one mechanism: the learner's share is a placement-group bundle
 in the same Ray cluster as the actors, and this process is pinned (CUDA_VISIBLE_DEVICES) to the GPU
 that Ray put the bundle on, before CUDA is initialised here. Fractional shares work the same way
-(a learner, a rollout actor and a scorer sharing one GPU). A config asking for more GPUs than there
+(a learner, a rollout actor and a reward model sharing one GPU). A config asking for more GPUs than there
 are is refused up front, naming the numbers.
 
 Nothing here initialises CUDA: GPUs are counted with NVML (torch's device_count before CUDA is
@@ -40,7 +40,7 @@ RELEASE_WAIT_S = 15.0
 class Request:
     """What one learner process or actor asks the cluster for."""
 
-    who: str  # "learner", "rollout actor 2", "scorer actor 0"
+    who: str  # "learner", "rollout actor 2", "reward-model actor 0"
     gpus: float = 0.0
     cpus: float = 0.0  # Ray CPUs (the in-process learner is the driver itself: it takes none)
     labels: tuple[tuple[str, float], ...] = ()  # custom resources that pin it to nodes

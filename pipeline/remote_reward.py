@@ -27,7 +27,7 @@ class RemoteReward:
         self.actors = actors
         self.reads = None if reads is None else frozenset(reads)
         self.counts_costs = counts_costs  # the hosted reward has `metrics()` (its cost counters)
-        # The hosted reward may estimate score statistics from its first call (a BaseRewardScorer whose
+        # The hosted reward may estimate score statistics from its first call (a RewardModelScorer whose
         # checkpoint ships none): the first call then goes whole to actor 0, and its estimate to every
         # other actor and to any actor Ray restarts, so all of them standardise alike.
         self.calibrates = calibrates

@@ -169,9 +169,9 @@ def _eval_policy(ns: argparse.Namespace) -> int:
     rows = held_out if ns.data == "shapes" else train
     scorer = None
     if ns.reward_model:
-        from reward.scorer import BaseRewardScorer
+        from reward.scorer import RewardModelScorer
 
-        scorer = BaseRewardScorer.from_paths(ns.reward_model, calibrate=False)  # raw scores
+        scorer = RewardModelScorer.from_paths(ns.reward_model, calibrate=False)  # raw scores
     result = evaluate_policy(HFEngine(ns.model), rows, ns.batch_size, ns.max_tokens, scorer=scorer)
     return _emit(asdict(result), ns.out)
 

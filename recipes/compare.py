@@ -27,7 +27,6 @@ from reward.stats import mean_std
 from rl.config import CompareRecipeConfig, GRPORecipeConfig, load_config, to_yaml
 from rl.data import load_rl_splits
 from rl.models import resolve_model_path
-from rl.rewards import REWARD_NAMES
 
 log = logging.getLogger("brl.compare")
 COLORS = {"rule": "tab:blue", "model": "tab:orange", "hybrid": "tab:green", "judge": "tab:red"}
@@ -86,7 +85,7 @@ def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_o
     wall = time.perf_counter() - began
     history = summary["log_history"]
     steps = [r for r in history if "reward" in r]
-    name = REWARD_NAMES[scheme]
+    name = scheme  # TRL logs a scheme's reward under the scheme's name
     return {
         "scheme": scheme, "seed": seed,
         "final": callback.history[-1], "curve": callback.history,
@@ -117,9 +116,9 @@ def model_scores(policy_path: str, held_out: Any, scorer_cfg: Any, max_tokens: i
     from policies.hf_engine import HFEngine
     from policies.rollout_engine import RolloutRequest, SamplingParams
     from reward.rule import RuleMatcher
-    from reward.scorer import BaseRewardScorer
+    from reward.scorer import RewardModelScorer
 
-    engine, scorer, matcher = HFEngine(policy_path), BaseRewardScorer(scorer_cfg), RuleMatcher()
+    engine, scorer, matcher = HFEngine(policy_path), RewardModelScorer(scorer_cfg), RuleMatcher()
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, logprobs=False)
     every: list[float] = []
     split: dict[str, list[float]] = {"right": [], "wrong": []}

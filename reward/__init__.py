@@ -3,12 +3,12 @@
 from reward.base import Reward, completion_text
 from reward.failures import FailureStats, GuardedReward, RewardFailureError
 from reward.hybrid import HybridReward, hybrid_value, sigmoid
-from reward.options import HeadConfig, RuleOptions, ScorerOptions
+from reward.options import HeadConfig, RewardModelOptions, RuleOptions
 from reward.rule import FormatReward, RuleMatcher, extract_answer, normalize
 
 __all__ = [
     "BaseRewardModel",
-    "BaseRewardScorer",
+    "RewardModelScorer",
     "FailureStats",
     "FormatReward",
     "GuardedReward",
@@ -18,7 +18,7 @@ __all__ = [
     "RewardFailureError",
     "RuleMatcher",
     "RuleOptions",
-    "ScorerOptions",
+    "RewardModelOptions",
     "completion_text",
     "extract_answer",
     "hybrid_value",
@@ -33,8 +33,8 @@ def __getattr__(name: str):
         from reward.model import BaseRewardModel
 
         return BaseRewardModel
-    if name == "BaseRewardScorer":
-        from reward.scorer import BaseRewardScorer
+    if name == "RewardModelScorer":
+        from reward.scorer import RewardModelScorer
 
-        return BaseRewardScorer
+        return RewardModelScorer
     raise AttributeError(f"module 'reward' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The options of every reward component, as plain dataclasses: declared once, here, and nothing else.
 
-Each component is built from its options (`RuleMatcher(RuleOptions(...))`, `BaseRewardScorer(ScorerOptions(...))`,
+Each component is built from its options (`RuleMatcher(RuleOptions(...))`, `RewardModelScorer(RewardModelOptions(...))`,
 `build_head(width, HeadConfig(...))`), and each options class is also a section of the recipes' configs
 (`reward.rule:`, `reward.model:`, `head:`). This module imports no torch, so loading a config does not either.
 """
@@ -47,8 +47,11 @@ class HeadConfig:
 
 
 @dataclass
-class ScorerOptions:
-    """The reward-model scorer (reward/scorer.py)."""
+class RewardModelOptions:
+    """`reward.model`: the reward model the `model` and `hybrid` schemes score with. One name from config to
+    log: the section `reward.model`, this class, `RewardModelScorer` (reward/scorer.py) built from it, its
+    actors ("reward model actor 0"), TRL's `rewards/model/...` metrics. The checkpoint is a BaseReward or any
+    published scalar layout (reward/layouts.py)."""
 
     # Reward-model checkpoint(s): one path, or several whose scores are averaged (the paper's ensemble).
     paths: list[str] = field(default_factory=list)
@@ -74,11 +77,11 @@ class ScorerOptions:
     encode_images_once: bool = True  # an image shared by rows of a batch goes through the vision tower once
 
     def __post_init__(self) -> None:
-        if self.dtype not in SCORER_DTYPES:
-            raise ValueError(f"reward.model.dtype must be one of {SCORER_DTYPES}, got {self.dtype!r}")
+        if self.dtype not in REWARD_MODEL_DTYPES:
+            raise ValueError(f"reward.model.dtype must be one of {REWARD_MODEL_DTYPES}, got {self.dtype!r}")
 
 
-SCORER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+REWARD_MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 JUDGE_BACKENDS = ("hf", "vllm")
 JUDGE_MODES = ("pairwise", "pointwise")
 

@@ -1,4 +1,5 @@
-"""BaseRewardScorer: batched scoring of (prompt with its images, completion) by BaseReward models.
+"""RewardModelScorer: batched scoring of (prompt with its images, completion) by reward models (BaseReward, or
+any published scalar layout: reward/layouts.py).
 
 The images reach the reward model: each prompt is rendered with the checkpoint's own chat template,
 its images go through the checkpoint's processor (after a per-image pixel bound), and the reward
@@ -13,7 +14,7 @@ that several rows share (GRPO scores G completions of each prompt) is resized on
 through the vision encoder once per batch, its features reused for every row (transformers'
 `mm_encoder_outputs`).
 
-The scorer is built from `ScorerOptions` (reward/options.py), the `reward.model:` section of a GRPO config.
+The scorer is built from `RewardModelOptions` (reward/options.py), the `reward.model:` section of a GRPO config.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from policies.chat import (
 )
 from reward.base import completion_text
 from reward.model import BaseRewardModel, ScoreStats, load_reward_model
-from reward.options import ScorerOptions
+from reward.options import RewardModelOptions
 from reward.stats import mean_std
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def length_order(conversations: list[list[dict]], images: list[list[Any]]) -> li
     return sorted(range(len(conversations)), key=key)
 
 
-class BaseRewardScorer:
+class RewardModelScorer:
     """A TRL-compatible reward: reward-model scores (any scalar layout; several averaged), batched.
 
     Routing (the paper's recipe): a row with images goes to the models that see images; models without a
@@ -235,9 +236,9 @@ class BaseRewardScorer:
     replicas on several actors share one estimate: `calibration` / `adopt_calibration`), since the models'
     scales differ. A single model's scores are raw, or standardised with `calibrate`."""
 
-    def __init__(self, options: ScorerOptions):
+    def __init__(self, options: RewardModelOptions):
         if not options.paths:
-            raise ValueError("BaseRewardScorer needs at least one checkpoint (reward.model.paths)")
+            raise ValueError("RewardModelScorer needs at least one checkpoint (reward.model.paths)")
         self.options = options
         device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.backends = [ScoringBackend.load(p, device, options.encode_images_once, options.dtype)
@@ -245,11 +246,11 @@ class BaseRewardScorer:
         self.text_backend = ScoringBackend.load(options.text_path, device, dtype=options.dtype) \
             if options.text_path else None
         self.estimated: dict[int, ScoreStats] = {}  # backend -> statistics from its first call (it shipped none)
-        self.__name__ = "basereward"  # the name TRL logs this reward under
+        self.__name__ = "model"  # the name TRL logs this reward under: its scheme and its config section (reward.model)
 
     @classmethod
-    def from_paths(cls, paths: list[str], text_path: str | None = None, **options: Any) -> BaseRewardScorer:
-        return cls(ScorerOptions(paths=list(paths), text_path=text_path, **options))
+    def from_paths(cls, paths: list[str], text_path: str | None = None, **options: Any) -> RewardModelScorer:
+        return cls(RewardModelOptions(paths=list(paths), text_path=text_path, **options))
 
     @staticmethod
     def _conversation(prompt: Any, completion: Any, n_images: int) -> list[dict]:
@@ -303,7 +304,7 @@ class BaseRewardScorer:
         return dict(self.estimated)
 
     def adopt_calibration(self, estimated: dict[int, ScoreStats]) -> None:
-        """Standardise with another replica's estimates: several scorer actors (or one Ray restarted) then
+        """Standardise with another replica's estimates: several reward-model actors (or one Ray restarted) then
         score alike, instead of each estimating from the share of the rows it was sent first."""
         self.estimated.update(estimated)
 

@@ -4,7 +4,7 @@ Every recipe declares its schema here as OmegaConf structured dataclasses, so a 
 is an error that names the key and where it came from, before any model is loaded. A section is a
 plain dataclass of options; a component is built from its section, and a component's options are
 declared once, as its own dataclass (reward/options.py): `reward.rule:` is `RuleOptions`,
-`reward.model:` `ScorerOptions`, `head:` `HeadConfig`. Where components run (Ray actor groups) is
+`reward.model:` `RewardModelOptions`, `head:` `HeadConfig`. Where components run (Ray actor groups) is
 configured beside them (`rollout.actors`, `reward.actors`). The `trainer:` section of a recipe is
 passed through to a TRL / transformers config class (GRPOConfig, SFTConfig, TrainingArguments) and
 checked against that class's fields, so every knob those libraries document works from YAML without
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from reward.options import HeadConfig, JudgeOptions, RuleOptions, ScorerOptions
+from reward.options import HeadConfig, JudgeOptions, RewardModelOptions, RuleOptions
 
 T = TypeVar("T")
 
@@ -342,7 +342,7 @@ class RewardConfig:
     weight: float = 1.0
     hybrid_with: str = "model"  # the hybrid's model branch: model | judge
     rule: RuleOptions = field(default_factory=RuleOptions)
-    model: ScorerOptions = field(default_factory=ScorerOptions)
+    model: RewardModelOptions = field(default_factory=RewardModelOptions)
     judge: JudgeOptions = field(default_factory=JudgeOptions)
     actors: RewardActorsConfig = field(default_factory=RewardActorsConfig)
     extra: list[CustomRewardConfig] = field(default_factory=list)

@@ -27,9 +27,6 @@ from reward.layouts import check_scalar_reward_model
 from reward.rule import RuleMatcher, columns_read
 from rl.config import RewardConfig
 
-# The name TRL logs each scheme's reward under.
-REWARD_NAMES = {"rule": "rule", "model": "basereward", "judge": "judge", "hybrid": "hybrid"}
-
 
 def load_callable(spec: str) -> Any:
     """Resolve `module:attr` or `file.py:attr` to the object it names, with a clear error."""
@@ -87,9 +84,9 @@ def component_spec(name: str, cfg: RewardConfig) -> ComponentSpec:
     if name == "rule":
         return ComponentSpec(RuleMatcher, {"options": cfg.rule}, reads=columns_read(cfg.rule))
     if name == "model":
-        from reward.scorer import BaseRewardScorer
+        from reward.scorer import RewardModelScorer
 
-        return ComponentSpec(BaseRewardScorer, {"options": cfg.model})
+        return ComponentSpec(RewardModelScorer, {"options": cfg.model})
     if name == "judge":
         from reward.judge import GenerativeJudge
 
@@ -139,9 +136,9 @@ def build_rewards(cfg: RewardConfig, hosted: Mapping[str, Callable] | None = Non
     weights: list[float] = []
     if cfg.scheme == "hybrid":  # a judge's verdicts are probabilities already: no sigmoid
         squash = sigmoid if cfg.hybrid_with == "model" else None
-        funcs.append(guard(HybridReward(parts["rule"], parts[cfg.hybrid_with], squash), name=REWARD_NAMES["hybrid"]))
+        funcs.append(guard(HybridReward(parts["rule"], parts[cfg.hybrid_with], squash), name="hybrid"))
     elif cfg.scheme != "none":
-        funcs.append(guard(parts[cfg.scheme], name=REWARD_NAMES[cfg.scheme]))
+        funcs.append(guard(parts[cfg.scheme], name=cfg.scheme))
     if cfg.scheme != "none":
         weights.append(cfg.weight)
     for extra in cfg.extra:

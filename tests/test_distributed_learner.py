@@ -57,7 +57,7 @@ def _final(summary: dict) -> dict[str, torch.Tensor]:
 
 
 def test_two_ddp_workers_train_as_one_worker_on_the_same_global_batch(tmp_path, warm_policy, untrained_rm, ray_local):
-    """The hybrid pipeline (rule + a BaseReward scorer actor) with the learner on two gloo workers, 4
+    """The hybrid pipeline (rule + a reward-model actor) with the learner on two gloo workers, 4
     rollouts each, against one learner with all 8: rank 0 generates the same rollouts for both (the
     ranks' prompts gathered in order), so after 3 steps the weights agree to float tolerance: the two
     runs' updates of every tensor differ by under 0.1% of the update (AdamW divides by the root of the

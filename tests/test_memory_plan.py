@@ -57,8 +57,8 @@ def test_fractional_shares_of_one_gpu_add_up_on_it():
                      "learner.gpus_per_worker=0.5", "rollout.actors.num_actors=1", "rollout.actors.num_gpus=0.25",
                      "reward.actors.model.num_gpus=0.25", gpus=1)
     (gpu,) = plans
-    assert sorted(o.split(" (")[0] for o in gpu.occupants) == ["learner", "rollout actor 0", "scorer actor 0"]
-    assert any(i.name.startswith("scorer actor 0: reward model weights") for i in gpu.items)
+    assert sorted(o.split(" (")[0] for o in gpu.occupants) == ["learner", "reward model actor 0", "rollout actor 0"]
+    assert any(i.name.startswith("reward model actor 0: reward model weights") for i in gpu.items)
     assert gpu.total == sum(i.bytes for i in gpu.items)
 
 

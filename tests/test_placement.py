@@ -42,8 +42,8 @@ def test_pack_gives_whole_gpus_to_whole_requests_and_shares_fractions():
 def test_the_learner_takes_a_gpu_only_where_there_are_gpus():
     cfg = _cfg("rollout.actors.num_gpus=1", "reward.actors.model.num_gpus=0.5")
     assert [(r.who, r.gpus) for r in gpu_requests(cfg, 8)] == [("learner", 1.0), ("rollout actor 0", 1.0),
-                                                               ("scorer actor 0", 0.5)]
-    assert [r.who for r in gpu_requests(cfg, 0)] == ["rollout actor 0", "scorer actor 0"]  # a CPU learner
+                                                               ("reward model actor 0", 0.5)]
+    assert [r.who for r in gpu_requests(cfg, 0)] == ["rollout actor 0", "reward model actor 0"]  # a CPU learner
 
 
 def test_learner_workers_are_placed_with_the_actors_from_one_config_and_checked_up_front():
@@ -51,7 +51,8 @@ def test_learner_workers_are_placed_with_the_actors_from_one_config_and_checked_
     requests = gpu_requests(cfg, 8)
     assert [r.who for r in requests][:4] == [f"learner worker {i}" for i in range(4)] and len(requests) == 8
     assert [len(gpu) for gpu in pack(requests, 8)] == [1] * 8
-    with pytest.raises(ConfigError, match=r"asks for 9 GPUs \(learner worker: 5, rollout actor: 3, scorer actor: 1\)"):
+    with pytest.raises(ConfigError,
+                       match=r"asks for 9 GPUs \(learner worker: 5, rollout actor: 3, reward model actor: 1\)"):
         pack(gpu_requests(grpo.load(None, ["ray.enabled=true", "learner.num_workers=5", "learner.gpus_per_worker=1",
                                            "rollout.actors.num_actors=3", "rollout.actors.num_gpus=1",
                                            "reward.scheme=hybrid", "reward.actors.model.num_gpus=1"]), 8), 8)
@@ -110,8 +111,8 @@ def test_a_config_that_asks_for_more_gpus_than_the_node_has_fails_before_ray_sta
 
     cfg = _cfg("ray.num_gpus=8", "rollout.actors.num_actors=7", "rollout.actors.num_gpus=1",
                "reward.actors.model.num_gpus=1")
-    with pytest.raises(ConfigError, match=r"asks for 9 GPUs \(learner: 1, rollout actor: 7, scorer actor: 1\) and "
-                                          r"they do not fit on the 8 GPU"):
+    with pytest.raises(ConfigError, match=r"asks for 9 GPUs \(learner: 1, rollout actor: 7, reward model actor: 1\) "
+                                          r"and they do not fit on the 8 GPU"):
         with placed(cfg):
             pass
     assert not ray.is_initialized()

@@ -187,14 +187,14 @@ def test_a_broadcast_whose_receiver_dies_or_hangs_ends_in_actor_failure_not_a_ha
 
 
 def test_remote_reward_matches_local(ray_local, untrained_rm):
-    from reward.scorer import BaseRewardScorer, ScorerOptions
+    from reward.scorer import RewardModelOptions, RewardModelScorer
 
-    actors = start_group("scorer", BaseRewardScorer, {"options": ScorerOptions(paths=[untrained_rm])},
+    actors = start_group("reward model", RewardModelScorer, {"options": RewardModelOptions(paths=[untrained_rm])},
                          ActorGroupConfig(num_actors=2, num_cpus=1)).ready()
-    remote = RemoteReward(actors, "basereward", 120)
+    remote = RemoteReward(actors, "model", 120)
     ds = make_shapes_dataset(5, seed=2)
     prompts, completions = list(ds["prompt"]), ["red", "blue", "3", "top left", "circle"]
-    local = BaseRewardScorer.from_paths([untrained_rm])(prompts, completions, images=list(ds["images"]))
+    local = RewardModelScorer.from_paths([untrained_rm])(prompts, completions, images=list(ds["images"]))
     got = remote(prompts, completions, images=list(ds["images"]), log_metric=print)
     stop_actors(actors)  # their CPUs are the next test's
     assert got == pytest.approx(local, abs=1e-5)
@@ -202,7 +202,7 @@ def test_remote_reward_matches_local(ray_local, untrained_rm):
 
 @pytest.mark.slow
 def test_grpo_through_ray_actors(tmp_path, warm_policy, untrained_rm):
-    """Two steps of the hybrid scheme: 2 rollout actors + 1 scorer actor, TRL learner, weight sync. The
+    """Two steps of the hybrid scheme: 2 rollout actors + 1 reward-model actor, TRL learner, weight sync. The
     untrained reward model's scores spread by less than the hybrid's flat-group tolerance (noise, rightly
     given no advantage), so the tolerance is off here: the test is of the pipeline, not of the signal."""
     cfg = grpo.load(str(CONFIGS / "tiny_cpu_hybrid.yaml"), [

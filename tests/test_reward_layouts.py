@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from reward.layouts import layout_of
-from reward.scorer import BaseRewardScorer
+from reward.scorer import RewardModelScorer
 from rl.tasks.shapes import make_shapes_dataset
 
 ROWS = make_shapes_dataset(6, seed=11)
@@ -60,7 +60,7 @@ def seq_cls_rm(tmp_path_factory, tiny_lm) -> str:
 def _conversations(processor, answers):
     from policies.chat import render_conversation
 
-    return [render_conversation(processor, BaseRewardScorer._conversation(p, a, len(i)))
+    return [render_conversation(processor, RewardModelScorer._conversation(p, a, len(i)))
             for p, a, i in zip(PROMPTS, answers, IMAGES)]
 
 
@@ -89,7 +89,7 @@ def test_value_head_scores_equal_trls_value_head_on_the_same_inputs_and_see_the_
 
     from policies.loading import load_processor
 
-    scorer = BaseRewardScorer.from_paths([value_head_rm], batch_size=4, calibrate=False)
+    scorer = RewardModelScorer.from_paths([value_head_rm], batch_size=4, calibrate=False)
     got = scorer(PROMPTS, ANSWERS, images=IMAGES)
     # The reference, row by row: TRL's ValueHead on the causal LM's last hidden state, at the last token.
     processor = load_processor(value_head_rm)
@@ -111,7 +111,7 @@ def test_value_head_scores_equal_trls_value_head_on_the_same_inputs_and_see_the_
 def test_sequence_classification_scores_equal_transformers_forward(seq_cls_rm):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    scorer = BaseRewardScorer.from_paths([seq_cls_rm], batch_size=4, calibrate=False)
+    scorer = RewardModelScorer.from_paths([seq_cls_rm], batch_size=4, calibrate=False)
     got = scorer(PROMPTS, ANSWERS, images=IMAGES)  # a text model: the images are not its to see
     tokenizer = AutoTokenizer.from_pretrained(seq_cls_rm)
     model = AutoModelForSequenceClassification.from_pretrained(seq_cls_rm).eval()
@@ -124,10 +124,10 @@ def test_sequence_classification_scores_equal_transformers_forward(seq_cls_rm):
 def test_an_ensemble_of_layouts_averages_standardised_scores(value_head_rm, untrained_rm, seq_cls_rm):
     """The BaseReward ships its statistics; the value head ships none, so its first call's scores give
     them. Image rows go to the two models that see images; the text model gets the image-free row."""
-    base = BaseRewardScorer.from_paths([untrained_rm], calibrate=False)
-    vhead = BaseRewardScorer.from_paths([value_head_rm], calibrate=False)
-    text = BaseRewardScorer.from_paths([seq_cls_rm], calibrate=False)
-    ensemble = BaseRewardScorer.from_paths([untrained_rm, value_head_rm, seq_cls_rm])
+    base = RewardModelScorer.from_paths([untrained_rm], calibrate=False)
+    vhead = RewardModelScorer.from_paths([value_head_rm], calibrate=False)
+    text = RewardModelScorer.from_paths([seq_cls_rm], calibrate=False)
+    ensemble = RewardModelScorer.from_paths([untrained_rm, value_head_rm, seq_cls_rm])
     prompts = [*PROMPTS[:4], "What is 2 + 2?"]  # the last row has no image
     images = [*IMAGES[:4], []]
     answers = [*ANSWERS[:4], "4"]
@@ -170,15 +170,15 @@ def test_scorer_actors_of_a_checkpoint_without_statistics_standardise_alike(ray_
 
     from pipeline.actors import start_group
     from pipeline.remote_reward import RemoteReward
-    from reward.options import ScorerOptions
+    from reward.options import RewardModelOptions
     from rl.config import ActorGroupConfig
 
-    options = ScorerOptions(paths=[value_head_rm], calibrate=True)
-    actors = start_group("scorer", BaseRewardScorer, {"options": options},
+    options = RewardModelOptions(paths=[value_head_rm], calibrate=True)
+    actors = start_group("reward model", RewardModelScorer, {"options": options},
                          ActorGroupConfig(num_actors=2, num_cpus=0.5, max_restarts=1)).ready()
     try:
-        remote = RemoteReward(actors, "basereward", 120, calibrates=True)
-        local = BaseRewardScorer(options)
+        remote = RemoteReward(actors, "model", 120, calibrates=True)
+        local = RewardModelScorer(options)
         first = remote(PROMPTS, ANSWERS, images=IMAGES)
         assert first == pytest.approx(local(PROMPTS, ANSWERS, images=IMAGES), abs=1e-5)
         assert set(remote.calibration) == {0} and remote.calibration[0] == local.estimated[0]

@@ -131,9 +131,9 @@ def test_scores_change_when_only_the_image_changes(untrained_rm):
     """Proof that pixels reach the reward model: same text, different image, different score."""
     from PIL import Image
 
-    from reward.scorer import BaseRewardScorer
+    from reward.scorer import RewardModelScorer
 
-    scorer = BaseRewardScorer.from_paths([untrained_rm])
+    scorer = RewardModelScorer.from_paths([untrained_rm])
     prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is it?"}]}]
     red, blue = Image.new("RGB", (56, 56), "red"), Image.new("RGB", (56, 56), "blue")
     scores = scorer([prompt, prompt, prompt], ["red", "red", "red"], images=[[red], [blue], [red]])
@@ -145,7 +145,7 @@ def test_the_scorers_throughput_options_change_nothing_but_speed(untrained_rm):
     the plain path, in the caller's order; the vision tower really sees each distinct image once."""
     from PIL import Image
 
-    from reward.scorer import BaseRewardScorer
+    from reward.scorer import RewardModelScorer
 
     colors = ["red", "blue", "green"]
     prompts, completions, images = [], [], []
@@ -154,9 +154,9 @@ def test_the_scorers_throughput_options_change_nothing_but_speed(untrained_rm):
             prompts.append([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Color {c}?"}]}])
             completions.append("It is " + "very " * (3 * k % 5) + c)
             images.append([Image.new("RGB", (56, 56), c)])
-    plain = BaseRewardScorer.from_paths([untrained_rm], batch_size=5, prefetch=False, sort_by_length=False,
+    plain = RewardModelScorer.from_paths([untrained_rm], batch_size=5, prefetch=False, sort_by_length=False,
                                         encode_images_once=False)
-    fast = BaseRewardScorer.from_paths([untrained_rm], batch_size=5)
+    fast = RewardModelScorer.from_paths([untrained_rm], batch_size=5)
     visual = fast.backends[0].model.backbone.visual
     seen = []
     visual.register_forward_hook(lambda module, args, kwargs, out: seen.append(len(kwargs["grid_thw"])),
@@ -195,7 +195,7 @@ def test_batching_order_follows_lengths_and_arrival_never_memory_addresses():
     from PIL import Image
 
     from policies.chat import embedded_images
-    from reward.scorer import BaseRewardScorer, length_order
+    from reward.scorer import RewardModelScorer, length_order
 
     a, b = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
     first, second = (a, b) if id(a) > id(b) else (b, a)
@@ -205,7 +205,7 @@ def test_batching_order_follows_lengths_and_arrival_never_memory_addresses():
 
     rows = [(question(first), "a longer answer"), (question(second), "long answer"),
             ([{"role": "user", "content": "Hi"}], "x"), (question(first), "short"), (question(second), "shortest")]
-    convs = [BaseRewardScorer._conversation(p, c, len(embedded_images(p))) for p, c in rows]
+    convs = [RewardModelScorer._conversation(p, c, len(embedded_images(p))) for p, c in rows]
     images = [embedded_images(p) for p, _ in rows]
     assert length_order(convs, images) == [2, 3, 0, 4, 1]
 
@@ -231,9 +231,9 @@ def test_distinct_images_are_processed_once_into_what_the_processor_gives(untrai
     from PIL import Image
 
     from policies.chat import render_conversation
-    from reward.scorer import BaseRewardScorer, process_distinct_images
+    from reward.scorer import RewardModelScorer, process_distinct_images
 
-    scorer = BaseRewardScorer.from_paths([untrained_rm])
+    scorer = RewardModelScorer.from_paths([untrained_rm])
     processor = scorer.backends[0].processor
     prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Color?"}]}]
     red, blue = Image.new("RGB", (56, 56), "red"), Image.new("RGB", (112, 56), "blue")
@@ -253,7 +253,7 @@ def test_distinct_images_are_processed_once_into_what_the_processor_gives(untrai
 def test_a_backbone_without_precomputed_image_features_gets_every_occurrences_pixels(untrained_rm):
     from PIL import Image
 
-    from reward.scorer import BaseRewardScorer
+    from reward.scorer import RewardModelScorer
 
     class WithoutEncoderOutputs(torch.nn.Module):  # a VLM whose forward takes pixels only
         def __init__(self, inner):
@@ -267,9 +267,9 @@ def test_a_backbone_without_precomputed_image_features_gets_every_occurrences_pi
 
     prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Color?"}]}]
     images = [[Image.new("RGB", (56, 56), c)] for c in ("red", "red", "blue", "red")]
-    plain = BaseRewardScorer.from_paths([untrained_rm], encode_images_once=False)
+    plain = RewardModelScorer.from_paths([untrained_rm], encode_images_once=False)
     expected = plain([prompt] * 4, ["a", "bb", "a", "ccc"], images=images)
-    other = BaseRewardScorer.from_paths([untrained_rm])
+    other = RewardModelScorer.from_paths([untrained_rm])
     other.backends[0].model.backbone = WithoutEncoderOutputs(other.backends[0].model.backbone)
     assert other([prompt] * 4, ["a", "bb", "a", "ccc"], images=images) == pytest.approx(expected, abs=1e-5)
 
@@ -277,20 +277,20 @@ def test_a_backbone_without_precomputed_image_features_gets_every_occurrences_pi
 def test_ensemble_averages_and_text_rows_route_to_the_text_model(untrained_rm, tiny_lm, tmp_path):
     from PIL import Image
 
-    from reward.scorer import BaseRewardScorer
+    from reward.scorer import RewardModelScorer
 
     text_rm = BaseRewardModel.from_backbone(tiny_lm, HeadConfig(), seed=1)
     from policies.loading import load_processor
 
     text_path = str(text_rm.save_pretrained(tmp_path / "text_rm", load_processor(tiny_lm)))
-    single = BaseRewardScorer.from_paths([untrained_rm])
-    pair = BaseRewardScorer.from_paths([untrained_rm, untrained_rm])
-    routed = BaseRewardScorer.from_paths([untrained_rm], text_path=text_path)
+    single = RewardModelScorer.from_paths([untrained_rm])
+    pair = RewardModelScorer.from_paths([untrained_rm, untrained_rm])
+    routed = RewardModelScorer.from_paths([untrained_rm], text_path=text_path)
     img_prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}]
     text_prompt = [{"role": "user", "content": "2+2?"}]
     img = Image.new("RGB", (56, 56), "green")
     assert pair([img_prompt], ["a"], images=[[img]]) == pytest.approx(single([img_prompt], ["a"], images=[[img]]))
-    only_text = BaseRewardScorer.from_paths([text_path])
+    only_text = RewardModelScorer.from_paths([text_path])
     got = routed([img_prompt, text_prompt], ["a", "4"], images=[[img], []])
     assert got[0] == pytest.approx(single([img_prompt], ["a"], images=[[img]])[0])
     assert got[1] == pytest.approx(only_text([text_prompt], ["4"])[0])
@@ -329,7 +329,7 @@ def test_calibrate_standardises_scores_with_the_checkpoints_statistics(tmp_path,
 
     from policies.loading import load_processor
     from recipes import grpo
-    from reward.scorer import BaseRewardScorer
+    from reward.scorer import RewardModelScorer
     from rl.rewards import build_rewards
 
     model = BaseRewardModel.from_backbone(tiny_vl, HeadConfig(), seed=0)
@@ -337,7 +337,7 @@ def test_calibrate_standardises_scores_with_the_checkpoints_statistics(tmp_path,
     path = str(model.save_pretrained(tmp_path / "rm", load_processor(tiny_vl)))
     prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is it?"}]}]
     images = [[Image.new("RGB", (56, 56), c)] for c in ("red", "blue")]
-    raw = BaseRewardScorer.from_paths([path], calibrate=False)([prompt, prompt], ["red", "blue"], images=images)
+    raw = RewardModelScorer.from_paths([path], calibrate=False)([prompt, prompt], ["red", "blue"], images=images)
     cfg = grpo.load(None, ["reward.scheme=model", f"reward.model.paths=[{path}]", "reward.model.calibrate=true"])
     (reward,), _ = build_rewards(cfg.reward)
     calibrated = asyncio.run(reward([prompt, prompt], ["red", "blue"], images=images))
@@ -379,14 +379,14 @@ def test_a_reward_model_saved_in_float32_is_scored_in_the_dtype_asked_for(untrai
     bfloat16 scoring loads it in half the memory, with scores close to the float32 ones."""
     import torch
 
-    from reward.options import ScorerOptions
-    from reward.scorer import BaseRewardScorer
+    from reward.options import RewardModelOptions
+    from reward.scorer import RewardModelScorer
 
     prompts, answers = [[{"role": "user", "content": "What color?"}]] * 2, ["red", "a blue square"]
-    full = BaseRewardScorer(ScorerOptions(paths=[untrained_rm], calibrate=False))
-    half = BaseRewardScorer(ScorerOptions(paths=[untrained_rm], calibrate=False, dtype="bfloat16"))
+    full = RewardModelScorer(RewardModelOptions(paths=[untrained_rm], calibrate=False))
+    half = RewardModelScorer(RewardModelOptions(paths=[untrained_rm], calibrate=False, dtype="bfloat16"))
     assert next(full.backends[0].model.parameters()).dtype == torch.float32
     assert {p.dtype for p in half.backends[0].model.parameters()} == {torch.bfloat16}
     assert half(prompts, answers) == pytest.approx(full(prompts, answers), abs=0.05)
     with pytest.raises(ValueError, match="reward.model.dtype must be one of"):
-        ScorerOptions(dtype="fp8")
+        RewardModelOptions(dtype="fp8")

@@ -4,7 +4,7 @@ import pytest
 from trl import GRPOConfig, GRPOTrainer
 
 from policies.loading import load_policy, load_processor
-from reward import BaseRewardScorer, FormatReward, HybridReward, RuleMatcher
+from reward import FormatReward, HybridReward, RewardModelScorer, RuleMatcher
 from rl.tasks.shapes import make_shapes_dataset
 
 
@@ -25,8 +25,8 @@ def test_reward_as_a_plain_trl_reward_function(kind, tmp_path, warm_policy, untr
     reward = {
         "rule": lambda: RuleMatcher(),
         "format": lambda: FormatReward(),
-        "model": lambda: BaseRewardScorer.from_paths([untrained_rm]),
-        "hybrid": lambda: HybridReward(RuleMatcher(), BaseRewardScorer.from_paths([untrained_rm])),
+        "model": lambda: RewardModelScorer.from_paths([untrained_rm]),
+        "hybrid": lambda: HybridReward(RuleMatcher(), RewardModelScorer.from_paths([untrained_rm])),
         "custom": lambda: custom,
     }[kind]()
     trainer = GRPOTrainer(model=load_policy(warm_policy), reward_funcs=[reward], args=_args(tmp_path),

@@ -55,7 +55,7 @@ class PeakMemory:
 
 
 def test_the_hybrid_pipeline_shares_one_gpu_for_3_steps_within_the_plan(tmp_path, policy_3b, reward_7b, brl):
-    """Learner (LoRA on the 3.75B policy), one rollout actor and the 7.76B scorer actor on one GPU in
+    """Learner (LoRA on the 3.75B policy), one rollout actor and the 7.76B reward-model actor on one GPU in
     fractions; 3 GRPO steps; the learner pinned to the GPU; peak memory of the GPU (all processes)
     within 15% of what `brl plan` estimates for it."""
     from lane_layouts import ONE_GPU_HYBRID_CONFIG, one_gpu_hybrid
