@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny offline models are built once per test session and reused."""
+"""Shared fixtures: tiny offline models are built once per test session, by one xdist worker, and reused."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from shared_artifacts import built_once  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from vllm_lock import vllm_lock  # noqa: E402
 
@@ -20,7 +21,7 @@ def tiny_vl(tmp_path_factory) -> str:
     """A random-weight tiny Qwen2.5-VL checkpoint directory (with processor)."""
     from rl.tasks.models import make_tiny_policy
 
-    return str(make_tiny_policy(tmp_path_factory.mktemp("tiny-vl")))
+    return built_once(tmp_path_factory, "tiny-vl", lambda out: str(make_tiny_policy(out)))
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +29,7 @@ def tiny_lm(tmp_path_factory) -> str:
     """A random-weight tiny Qwen2 (text-only) checkpoint directory (with tokenizer)."""
     from rl.tasks.models import make_tiny_policy
 
-    return str(make_tiny_policy(tmp_path_factory.mktemp("tiny-lm"), text_only=True))
+    return built_once(tmp_path_factory, "tiny-lm", lambda out: str(make_tiny_policy(out, text_only=True)))
 
 
 @pytest.fixture(scope="session")
@@ -38,12 +39,14 @@ def warm_policy(tmp_path_factory, tiny_vl) -> str:
     from recipes import sft
     from rl.config import SFTRecipeConfig, load_config
 
-    out = tmp_path_factory.mktemp("sft")
-    cfg = load_config(SFTRecipeConfig, None, [f"output_dir={out}", f"policy.path={tiny_vl}", "data.train_size=512",
-                                              "trainer.max_steps=120", "trainer.per_device_train_batch_size=32",
-                                              "trainer.learning_rate=1e-3", "policy.freeze_vision=true",
-                                              "trainer.report_to=[]"])
-    return sft.main(cfg)["final_policy"]
+    def build(out: Path) -> str:
+        cfg = load_config(SFTRecipeConfig, None, [
+            f"output_dir={out}", f"policy.path={tiny_vl}", "data.train_size=512", "trainer.max_steps=120",
+            "trainer.per_device_train_batch_size=32", "trainer.learning_rate=1e-3", "policy.freeze_vision=true",
+            "trainer.report_to=[]"])
+        return sft.main(cfg)["final_policy"]
+
+    return built_once(tmp_path_factory, "warm-policy", build)
 
 
 @pytest.fixture(scope="session")
@@ -59,9 +62,11 @@ def untrained_rm(tmp_path_factory, tiny_vl) -> str:
     from policies.loading import load_processor
     from reward.model import BaseRewardModel, HeadConfig
 
-    out = tmp_path_factory.mktemp("rm")
-    model = BaseRewardModel.from_backbone(tiny_vl, HeadConfig(), seed=0)
-    return str(model.save_pretrained(out, load_processor(tiny_vl)))
+    def build(out: Path) -> str:
+        model = BaseRewardModel.from_backbone(tiny_vl, HeadConfig(), seed=0)
+        return str(model.save_pretrained(out, load_processor(tiny_vl)))
+
+    return built_once(tmp_path_factory, "untrained-rm", build)
 
 
 @pytest.fixture()

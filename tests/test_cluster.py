@@ -23,7 +23,10 @@ def cluster():
 
     if ray.is_initialized():  # the single-node fixture's cluster: this test needs its own
         ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    # The GCS calls a node dead after health_check_failure_threshold missed checks, health_check_period_ms
+    # apart (Ray's defaults: 5 x 3 s): a 3 s detector here, so the node-loss test waits for failover, not for it.
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": {
+        "health_check_period_ms": 1000, "health_check_failure_threshold": 3}})
     nodes = {"rollout": c.add_node(num_cpus=1, resources={"rollout_node": 2}),
              "reward": c.add_node(num_cpus=1, resources={"reward_node": 2})}
     c.wait_for_nodes()
@@ -108,8 +111,8 @@ def test_losing_a_node_ends_in_recovery_elsewhere_or_a_clean_abort_with_a_checkp
     last = [n for n in c.worker_nodes if n.node_id not in (nodes["rollout"].node_id, nodes["reward"].node_id)][0]
     record = Record(groups, after_step=1, action=lambda: c.remove_node(last, allow_graceful=False))
     start = time.monotonic()
-    with pytest.raises(ActorFailureError):
-        grpo.main(_cfg(tmp_path / "aborts", warm_policy, untrained_rm, *pinned, "checkpoint.every_steps=1"),
-                  callbacks=[record])
+    with pytest.raises(ActorFailureError):  # Ray cannot place the restart: the pool waits rollout.timeout_s for it
+        grpo.main(_cfg(tmp_path / "aborts", warm_policy, untrained_rm, *pinned, "checkpoint.every_steps=1",
+                       "rollout.timeout_s=10"), callbacks=[record])
     assert time.monotonic() - start < 240
     assert (tmp_path / "aborts" / "checkpoints" / "latest").read_text() == "step-1"

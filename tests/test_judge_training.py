@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_artifacts import built_once
 
 from rl.tasks.shapes import make_preference_pairs
 
@@ -21,11 +22,13 @@ def judge(tmp_path_factory, warm_policy) -> dict:
     """The tiny judge, trained from the warmed-up policy on the recipe's synthetic pairs: its summary."""
     from recipes import train_reward_model
 
-    out = tmp_path_factory.mktemp("judge")
-    cfg = train_reward_model.load(str(CONFIGS / "tiny_cpu_rm.yaml"), [
-        f"output_dir={out}", "paradigm=generative", f"backbone.path={warm_policy}", "trainer.report_to=[]",
-        "data.sources.0.size=1024", "data.eval_size=128", "generative.trainer.max_steps=200"])  # the demo's: 800
-    return train_reward_model.main(cfg)
+    def build(out: Path) -> dict:
+        cfg = train_reward_model.load(str(CONFIGS / "tiny_cpu_rm.yaml"), [
+            f"output_dir={out}", "paradigm=generative", f"backbone.path={warm_policy}", "trainer.report_to=[]",
+            "data.sources.0.size=1024", "data.eval_size=128", "generative.trainer.max_steps=200"])  # the demo's: 800
+        return train_reward_model.main(cfg)
+
+    return built_once(tmp_path_factory, "judge", build)
 
 
 def test_the_generative_trainer_teaches_the_verdict_format_and_the_pairs_the_text_gives_away(judge):
