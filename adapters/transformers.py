@@ -23,8 +23,11 @@ def runs_standard_steps(processor: Any) -> bool:
     from transformers.processing_utils import ProcessorMixin
 
     kind = type(processor)
-    return kind.__call__ is ProcessorMixin.__call__ and kind._process_images is ProcessorMixin._process_images \
+    return (
+        kind.__call__ is ProcessorMixin.__call__
+        and kind._process_images is ProcessorMixin._process_images
         and getattr(processor, "image_token", None) is not None
+    )
 
 
 def expand_image_tokens(processor: Any, texts: list[str], pixels: Any, occurrence: list[int]) -> list[str]:

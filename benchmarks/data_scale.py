@@ -24,8 +24,10 @@ from pathlib import Path
 
 from benchmarks.common import report
 
-WORDS = ("the of and to in is that for it as with was on be by this are or at from which an have not but has "
-         "reward model image answer question color shape count position policy learner rollout scorer").split()
+WORDS = (
+    "the of and to in is that for it as with was on be by this are or at from which an have not but has "
+    "reward model image answer question color shape count position policy learner rollout scorer"
+).split()
 
 
 def write_sources(folder: Path, rows: int, sources: int, seed: int = 0) -> list[Path]:
@@ -42,8 +44,10 @@ def write_sources(folder: Path, rows: int, sources: int, seed: int = 0) -> list[
                 prompt, chosen, rejected = text(40), text(60), text(60)
                 if s % 2:  # message lists: the assistant turn is the response, the rest the prompt
                     turn = {"role": "user", "content": prompt}
-                    row = {"chosen": [turn, {"role": "assistant", "content": chosen}],
-                           "rejected": [turn, {"role": "assistant", "content": rejected}]}
+                    row = {
+                        "chosen": [turn, {"role": "assistant", "content": chosen}],
+                        "rejected": [turn, {"role": "assistant", "content": rejected}],
+                    }
                 else:
                     row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
                 f.write(json.dumps(row) + "\n")
@@ -57,14 +61,16 @@ def first_batch(paths: list[str]) -> dict:
     from rl.data import load_preference_mixture
 
     start = time.perf_counter()
-    cfg = PreferenceDataConfig(sources=[PreferenceSourceConfig(source=p, weight=1.0) for p in paths],
-                               eval_source=None)
+    cfg = PreferenceDataConfig(sources=[PreferenceSourceConfig(source=p, weight=1.0) for p in paths], eval_source=None)
     train, _ = load_preference_mixture(cfg)
     batch = train[:8]
     seconds = time.perf_counter() - start
     assert len(batch["chosen"]) == 8
-    return {"rows": len(train), "seconds_to_first_batch": seconds,
-            "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "rows": len(train),
+        "seconds_to_first_batch": seconds,
+        "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -79,18 +85,36 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp())
     paths = write_sources(folder, args.rows, args.sources)
     on_disk = sum(p.stat().st_size for p in paths) / 2**20
-    baseline = subprocess.run([sys.executable, "-c", "import resource, rl.data; "
-                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],
-                              capture_output=True, text=True, check=True)
-    out = subprocess.run([sys.executable, "-m", "benchmarks.data_scale", "--worker", *map(str, paths)],
-                         capture_output=True, text=True, check=True)
+    baseline = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import resource, rl.data; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.data_scale", "--worker", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     imports_mb = float(baseline.stdout.strip().splitlines()[-1])
-    rows = [{"rows": result["rows"], "sources": args.sources, "data_on_disk_MB": on_disk,
-             "seconds_to_first_batch": result["seconds_to_first_batch"],
-             "rows_per_s": result["rows"] / result["seconds_to_first_batch"],
-             "peak_rss_MB": result["peak_rss_MB"], "rss_of_the_imports_MB": imports_mb,
-             "peak_rss_above_imports_MB": result["peak_rss_MB"] - imports_mb}]
+    rows = [
+        {
+            "rows": result["rows"],
+            "sources": args.sources,
+            "data_on_disk_MB": on_disk,
+            "seconds_to_first_batch": result["seconds_to_first_batch"],
+            "rows_per_s": result["rows"] / result["seconds_to_first_batch"],
+            "peak_rss_MB": result["peak_rss_MB"],
+            "rss_of_the_imports_MB": imports_mb,
+            "peak_rss_above_imports_MB": result["peak_rss_MB"] - imports_mb,
+        }
+    ]
     report("data_scale", rows, {"rows": args.rows, "sources": args.sources})
 
 

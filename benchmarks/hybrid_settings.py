@@ -24,8 +24,11 @@ CONFIGS = Path(__file__).parent.parent / "recipes" / "configs"
 VARIANTS = {  # name -> overrides of the hybrid run
     "raw, group scale": ["grpo.reward.model.calibrate=false", "grpo.trainer.scale_rewards=group"],
     "calibrated, group scale": ["grpo.reward.model.calibrate=true", "grpo.trainer.scale_rewards=group"],
-    "calibrated, flat groups zeroed": ["grpo.reward.model.calibrate=true", "grpo.trainer.scale_rewards=group",
-                                       "grpo.reward.min_group_std=0.05"],
+    "calibrated, flat groups zeroed": [
+        "grpo.reward.model.calibrate=true",
+        "grpo.trainer.scale_rewards=group",
+        "grpo.reward.min_group_std=0.05",
+    ],
     "calibrated, batch scale": ["grpo.reward.model.calibrate=true", "grpo.trainer.scale_rewards=batch"],
     "calibrated, no scaling": ["grpo.reward.model.calibrate=true", "grpo.trainer.scale_rewards=none"],
 }
@@ -37,10 +40,18 @@ def build_inputs(work: Path) -> tuple[str, str]:
     from rl.tasks.models import make_tiny_policy
 
     policy = make_tiny_policy(work / "tiny-policy")
-    warm = sft.main(sft.load(str(CONFIGS / "tiny_cpu_sft.yaml"), [f"output_dir={work / 'sft'}", f"policy.path={policy}",
-                                                                   "trainer.report_to=[]"]))["final_policy"]
-    rm = train_reward_model.main(train_reward_model.load(str(CONFIGS / "tiny_cpu_rm.yaml"), [
-        f"output_dir={work / 'rm'}", f"backbone.path={warm}", "trainer.report_to=[]"]))["checkpoint"]
+    warm = sft.main(
+        sft.load(
+            str(CONFIGS / "tiny_cpu_sft.yaml"),
+            [f"output_dir={work / 'sft'}", f"policy.path={policy}", "trainer.report_to=[]"],
+        )
+    )["final_policy"]
+    rm = train_reward_model.main(
+        train_reward_model.load(
+            str(CONFIGS / "tiny_cpu_rm.yaml"),
+            [f"output_dir={work / 'rm'}", f"backbone.path={warm}", "trainer.report_to=[]"],
+        )
+    )["checkpoint"]
     return warm, rm
 
 
@@ -60,27 +71,58 @@ def main() -> None:
     policy, rm = (args.policy, args.reward_model) if args.policy and args.reward_model else build_inputs(work)
     rows = []
     for name in args.variants:
-        cfg = compare.load(str(CONFIGS / "tiny_cpu_compare.yaml"), [
-            f"output_dir={work / name.replace(', ', '_').replace(' ', '-')}", "schemes=[hybrid]",
-            f"seeds={list(args.seeds)}", f"grpo.policy.path={policy}", f"grpo.reward.model.paths=[{rm}]",
-            f"grpo.trainer.max_steps={args.steps}", f"eval.size={args.eval_size}", f"eval.every={args.steps}",
-            *VARIANTS[name]])
+        cfg = compare.load(
+            str(CONFIGS / "tiny_cpu_compare.yaml"),
+            [
+                f"output_dir={work / name.replace(', ', '_').replace(' ', '-')}",
+                "schemes=[hybrid]",
+                f"seeds={list(args.seeds)}",
+                f"grpo.policy.path={policy}",
+                f"grpo.reward.model.paths=[{rm}]",
+                f"grpo.trainer.max_steps={args.steps}",
+                f"eval.size={args.eval_size}",
+                f"eval.every={args.steps}",
+                *VARIANTS[name],
+            ],
+        )
         results = compare.main(copy.deepcopy(cfg))
         for run in results["schemes"]["hybrid"]:
             final, mech = run["final"], run["mechanism"]
-            rows.append({"variant": name, "seed": run["seed"],
-                         **{t: v["sampled"] for t, v in final["per_task"].items()},
-                         "average": final["sampled_task_average"], "average, greedy": final["task_average"],
-                         "flat groups": mech.get("rewards/flat_groups"),
-                         "reward std, all-wrong groups": mech.get("hybrid/all_wrong_group_std"),
-                         "RM score right - wrong": (run["model_score"] or {}).get("right_mean", float("nan"))
-                         - (run["model_score"] or {}).get("wrong_mean", float("nan"))})
+            rows.append(
+                {
+                    "variant": name,
+                    "seed": run["seed"],
+                    **{t: v["sampled"] for t, v in final["per_task"].items()},
+                    "average": final["sampled_task_average"],
+                    "average, greedy": final["task_average"],
+                    "flat groups": mech.get("rewards/flat_groups"),
+                    "reward std, all-wrong groups": mech.get("hybrid/all_wrong_group_std"),
+                    "RM score right - wrong": (run["model_score"] or {}).get("right_mean", float("nan"))
+                    - (run["model_score"] or {}).get("wrong_mean", float("nan")),
+                }
+            )
         start = results["start"]
-    rows.insert(0, {"variant": "starting policy (SFT)", "seed": "-",
-                    **{t: v["sampled"] for t, v in start["per_task"].items()},
-                    "average": start["sampled_task_average"], "average, greedy": start["task_average"]})
-    report("hybrid_settings", rows, {"steps": args.steps, "seeds": list(args.seeds), "policy": policy,
-                                      "reward_model": rm, "variants": {k: VARIANTS[k] for k in args.variants}})
+    rows.insert(
+        0,
+        {
+            "variant": "starting policy (SFT)",
+            "seed": "-",
+            **{t: v["sampled"] for t, v in start["per_task"].items()},
+            "average": start["sampled_task_average"],
+            "average, greedy": start["task_average"],
+        },
+    )
+    report(
+        "hybrid_settings",
+        rows,
+        {
+            "steps": args.steps,
+            "seeds": list(args.seeds),
+            "policy": policy,
+            "reward_model": rm,
+            "variants": {k: VARIANTS[k] for k in args.variants},
+        },
+    )
 
 
 if __name__ == "__main__":

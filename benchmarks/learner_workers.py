@@ -25,9 +25,15 @@ def run(policy: str, steps: int, workers: int, strategy: str) -> dict:
     """One GRPO run of the config with the global batch of 8 rollouts split over `workers`."""
     from recipes import grpo
 
-    overrides = [f"output_dir={tempfile.mkdtemp()}", f"policy.path={policy}", f"trainer.max_steps={steps}",
-                 f"learner.num_workers={workers}", f"learner.strategy={strategy}",
-                 f"trainer.per_device_train_batch_size={8 // workers}", "trainer.report_to=[]"]
+    overrides = [
+        f"output_dir={tempfile.mkdtemp()}",
+        f"policy.path={policy}",
+        f"trainer.max_steps={steps}",
+        f"learner.num_workers={workers}",
+        f"learner.strategy={strategy}",
+        f"trainer.per_device_train_batch_size={8 // workers}",
+        "trainer.report_to=[]",
+    ]
     return grpo.main(grpo.load(str(CONFIG), overrides))
 
 
@@ -64,20 +70,38 @@ def main() -> None:
     start = load_file(Path(policy) / "model.safetensors")
     one = run(policy, args.steps, 1, "ddp")
     one_weights, one_rewards = weights(one), [r["reward"] for r in one["log_history"] if "reward" in r]
-    rows = [{"learner": "1 worker, 8 rollouts", "s_per_step": one["train_runtime_s"] / args.steps,
-             "same_rewards": True, "max_rel_weight_diff": 0.0}]
+    rows = [
+        {
+            "learner": "1 worker, 8 rollouts",
+            "s_per_step": one["train_runtime_s"] / args.steps,
+            "same_rewards": True,
+            "max_rel_weight_diff": 0.0,
+        }
+    ]
     for strategy in args.strategies:
         two = run(policy, args.steps, 2, strategy)
         rewards = [r["reward"] for r in two["log_history"] if "reward" in r]
-        rows.append({"learner": f"2 workers, {strategy}, 4 rollouts each",
-                     "s_per_step": two["train_runtime_s"] / args.steps,
-                     "same_rewards": len(rewards) == len(one_rewards)
-                     and all(abs(a - b) <= 1e-6 for a, b in zip(rewards, one_rewards)),
-                     "max_rel_weight_diff": largest_relative_difference(one_weights, weights(two), start)})
+        rows.append(
+            {
+                "learner": f"2 workers, {strategy}, 4 rollouts each",
+                "s_per_step": two["train_runtime_s"] / args.steps,
+                "same_rewards": len(rewards) == len(one_rewards)
+                and all(abs(a - b) <= 1e-6 for a, b in zip(rewards, one_rewards)),
+                "max_rel_weight_diff": largest_relative_difference(one_weights, weights(two), start),
+            }
+        )
     moved = any(not one_weights[k].equal(start[k]) for k in start)
-    report("learner_workers", rows, {"config": str(CONFIG.relative_to(CONFIG.parents[2])), "steps": args.steps,
-                                     "sft_steps": args.sft_steps, "policy_trained": moved,
-                                     "targets": {"max_rel_weight_diff": "<= 1e-3 (float summation order only)"}})
+    report(
+        "learner_workers",
+        rows,
+        {
+            "config": str(CONFIG.relative_to(CONFIG.parents[2])),
+            "steps": args.steps,
+            "sft_steps": args.sft_steps,
+            "policy_trained": moved,
+            "targets": {"max_rel_weight_diff": "<= 1e-3 (float summation order only)"},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,11 @@ def peak_rss(cmd: list[str], timeout_s: float = 900) -> dict:
     err = proc.stderr.read()
     if proc.wait() != 0:
         raise RuntimeError(f"{cmd} failed:\n{err[-2000:]}")
-    return {"peak_tree_MB": peak_tree / 2**20, "peak_driver_MB": peak_driver / 2**20,
-            "seconds": time.perf_counter() - start}
+    return {
+        "peak_tree_MB": peak_tree / 2**20,
+        "peak_driver_MB": peak_driver / 2**20,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main() -> None:
@@ -63,8 +66,13 @@ def main() -> None:
     jobs = {
         f"brl grpo tiny_cpu_rule.yaml ({args.steps} steps, one process)": [*grpo, f"output_dir={tempfile.mkdtemp()}"],
         f"brl grpo tiny_cpu_rule.yaml ({args.steps} steps, Ray rollout + rule actors)": [
-            *grpo, f"output_dir={tempfile.mkdtemp()}", "ray.enabled=true", "ray.num_cpus=2",
-            "rollout.actors.num_cpus=1", "reward.actors.rule.num_actors=1"],
+            *grpo,
+            f"output_dir={tempfile.mkdtemp()}",
+            "ray.enabled=true",
+            "ray.num_cpus=2",
+            "rollout.actors.num_cpus=1",
+            "reward.actors.rule.num_actors=1",
+        ],
     }
     if not args.skip_demo:
         jobs["brl demo --quick"] = [*cli, "demo", "--quick", "--out", tempfile.mkdtemp()]

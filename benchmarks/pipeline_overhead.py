@@ -28,11 +28,25 @@ def plain_trl(policy: str, steps: int, trainer_kwargs: dict, gpu: bool) -> float
     from reward.rule import RuleMatcher
     from rl.tasks.shapes import make_shapes_dataset
 
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(), max_steps=steps, use_cpu=not gpu, bf16=gpu, report_to=[],
-                      logging_steps=1, save_strategy="no", seed=0, **trainer_kwargs)
+    args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(),
+        max_steps=steps,
+        use_cpu=not gpu,
+        bf16=gpu,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        **trainer_kwargs,
+    )
     model = load_policy(policy, "float32", freeze_vision=gpu)
-    trainer = GRPOTrainer(model=model, reward_funcs=[RuleMatcher()], args=args,
-                          train_dataset=make_shapes_dataset(1024, seed=0), processing_class=load_processor(policy))
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[RuleMatcher()],
+        args=args,
+        train_dataset=make_shapes_dataset(1024, seed=0),
+        processing_class=load_processor(policy),
+    )
     return trainer.train().metrics["train_runtime"] / steps
 
 
@@ -41,18 +55,34 @@ SETUPS = {  # the pipeline's variants, as config overrides
     "overlap": ["rollout.overlap=true", "rollout.max_staleness=1"],
     "colocated": ["rollout.colocate=true"],
 }
-GPU = ["learner.gpus_per_worker=0.7", "rollout.actors.num_gpus=0.3", "policy.dtype=float32", "rollout.dtype=bfloat16",
-       "policy.freeze_vision=true", "trainer.bf16=true", "trainer.gradient_checkpointing=true"]
+GPU = [
+    "learner.gpus_per_worker=0.7",
+    "rollout.actors.num_gpus=0.3",
+    "policy.dtype=float32",
+    "rollout.dtype=bfloat16",
+    "policy.freeze_vision=true",
+    "trainer.bf16=true",
+    "trainer.gradient_checkpointing=true",
+]
 
 
 def pipeline(policy: str, steps: int, trainer_kwargs: dict, setup: str, gpu: bool) -> tuple[float, list[float]]:
     from recipes import grpo
 
-    overrides = [f"output_dir={tempfile.mkdtemp()}", f"policy.path={policy}", "data.train_size=1024",
-                 "reward.scheme=rule", "reward.actors.rule.num_actors=1", "ray.enabled=true", "ray.num_cpus=3",
-                 "rollout.actors.num_actors=1", "rollout.actors.num_cpus=1", f"trainer.max_steps={steps}",
-                 "rollout.logprob_gap_samples=0",  # a diagnostic plain TRL does not run: off for the comparison
-                 "trainer.report_to=[]"] + [f"trainer.{k}={v}" for k, v in trainer_kwargs.items()]
+    overrides = [
+        f"output_dir={tempfile.mkdtemp()}",
+        f"policy.path={policy}",
+        "data.train_size=1024",
+        "reward.scheme=rule",
+        "reward.actors.rule.num_actors=1",
+        "ray.enabled=true",
+        "ray.num_cpus=3",
+        "rollout.actors.num_actors=1",
+        "rollout.actors.num_cpus=1",
+        f"trainer.max_steps={steps}",
+        "rollout.logprob_gap_samples=0",  # a diagnostic plain TRL does not run: off for the comparison
+        "trainer.report_to=[]",
+    ] + [f"trainer.{k}={v}" for k, v in trainer_kwargs.items()]
     summary = grpo.main(grpo.load(None, overrides + SETUPS[setup] + (GPU if gpu else [])))
     rewards = [r["reward"] for r in summary["log_history"] if "reward" in r]
     return summary["train_runtime_s"] / steps, rewards
@@ -73,12 +103,23 @@ def main() -> None:
         from rl.tasks.models import make_real_shape_model
 
         policy = str(make_real_shape_model("Qwen/Qwen2.5-VL-3B-Instruct", tempfile.mkdtemp()))
-        trainer_kwargs = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 8, "num_generations": 8,
-                          "max_completion_length": 128, "learning_rate": 1e-6, "beta": 0.0}
+        trainer_kwargs = {
+            "per_device_train_batch_size": 8,
+            "gradient_accumulation_steps": 8,
+            "num_generations": 8,
+            "max_completion_length": 128,
+            "learning_rate": 1e-6,
+            "beta": 0.0,
+        }
     else:
         policy = warm_policy(args.sft_steps)
-        trainer_kwargs = {"per_device_train_batch_size": 16, "num_generations": 8, "max_completion_length": 8,
-                          "learning_rate": 1e-4, "beta": 0.0}
+        trainer_kwargs = {
+            "per_device_train_batch_size": 16,
+            "num_generations": 8,
+            "max_completion_length": 8,
+            "learning_rate": 1e-4,
+            "beta": 0.0,
+        }
     # Same process, interleaved (plain, sync, overlap, colocated, plain, ...) `repeats` times; the median of
     # each is reported, so a burst of load from elsewhere on this shared machine hits them all alike.
     times: dict[str, list[float]] = {"trl": [], **{name: [] for name in SETUPS}}
@@ -94,16 +135,41 @@ def main() -> None:
     def last(rewards: list[float]) -> float:
         return sum(rewards[-tail:]) / len(rewards[-tail:])
 
-    labels = {"sync": "this pipeline: Ray rollout actor + rule actor + weight sync",
-              "overlap": "this pipeline, overlapped rollouts (one step off-policy)",
-              "colocated": "this pipeline, colocated engine (generates on the learner's model; no sync)"}
-    rows = [{"setup": "plain TRL GRPOTrainer, one process", "s_per_step": median["trl"], "ratio": 1.0,
-             "reward_last_third": "-"}]
-    rows += [{"setup": labels[name], "s_per_step": median[name], "ratio": median[name] / median["trl"],
-              "reward_last_third": last(curves[name])} for name in SETUPS]
-    report("pipeline_overhead" if not gpu else f"pipeline_overhead_{args.size}", rows,
-           {"size": args.size, "steps": args.steps, **trainer_kwargs, "repeats": args.repeats, "s_per_step_all": times,
-            "reward_curves": curves, "targets": {"ratio": "<= 1.0 (sync, same GPU), < 1.0 (overlap)"}})
+    labels = {
+        "sync": "this pipeline: Ray rollout actor + rule actor + weight sync",
+        "overlap": "this pipeline, overlapped rollouts (one step off-policy)",
+        "colocated": "this pipeline, colocated engine (generates on the learner's model; no sync)",
+    }
+    rows = [
+        {
+            "setup": "plain TRL GRPOTrainer, one process",
+            "s_per_step": median["trl"],
+            "ratio": 1.0,
+            "reward_last_third": "-",
+        }
+    ]
+    rows += [
+        {
+            "setup": labels[name],
+            "s_per_step": median[name],
+            "ratio": median[name] / median["trl"],
+            "reward_last_third": last(curves[name]),
+        }
+        for name in SETUPS
+    ]
+    report(
+        "pipeline_overhead" if not gpu else f"pipeline_overhead_{args.size}",
+        rows,
+        {
+            "size": args.size,
+            "steps": args.steps,
+            **trainer_kwargs,
+            "repeats": args.repeats,
+            "s_per_step_all": times,
+            "reward_curves": curves,
+            "targets": {"ratio": "<= 1.0 (sync, same GPU), < 1.0 (overlap)"},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -28,14 +28,17 @@ def build(size: str, tmp: str) -> tuple[str, str]:
     from rl.tasks.models import make_real_shape_model, make_tiny_policy
 
     if size == "7b":
-        return (str(make_real_shape_model(REAL, f"{tmp}/rm", reward_model=True)),
-                str(make_real_shape_model(REAL, f"{tmp}/judge")))
+        return (
+            str(make_real_shape_model(REAL, f"{tmp}/rm", reward_model=True)),
+            str(make_real_shape_model(REAL, f"{tmp}/judge")),
+        )
     from policies.loading import load_processor
     from reward.model import BaseRewardModel, HeadConfig
 
     policy = str(make_tiny_policy(f"{tmp}/policy"))
-    rm = BaseRewardModel.from_backbone(policy, HeadConfig(), seed=0).save_pretrained(f"{tmp}/rm",
-                                                                                      load_processor(policy))
+    rm = BaseRewardModel.from_backbone(policy, HeadConfig(), seed=0).save_pretrained(
+        f"{tmp}/rm", load_processor(policy)
+    )
     return str(rm), policy
 
 
@@ -66,11 +69,17 @@ def main() -> None:
     parser.add_argument("--size", default="tiny", choices=["tiny", "7b"])
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=8, help="completions per prompt (GRPO's G)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64],
-                        help="the scorer's batch sizes timed (the first is also the plain path's and the judge's)")
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[32, 64],
+        help="the scorer's batch sizes timed (the first is also the plain path's and the judge's)",
+    )
     parser.add_argument("--verdict-tokens", type=int, nargs="+", default=[32, 256])
-    parser.add_argument("--repeats", type=int, default=7,
-                        help="rounds of the scorer's timings (the judge: at most 3 runs)")
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="rounds of the scorer's timings (the judge: at most 3 runs)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -92,8 +101,9 @@ def main() -> None:
     batch_size = args.batch_sizes[0]  # the reference: ratios are to this batched path
     scorer = RewardModelScorer.from_paths([rm])  # one model, its options changed between timings
     fast = dataclasses.replace(scorer.options)
-    plain = dataclasses.replace(fast, batch_size=batch_size, prefetch=False, sort_by_length=False,
-                                encode_images_once=False)
+    plain = dataclasses.replace(
+        fast, batch_size=batch_size, prefetch=False, sort_by_length=False, encode_images_once=False
+    )
 
     def configure(options: RewardModelOptions, **changes: Any) -> None:
         scorer.options = dataclasses.replace(options, **changes)
@@ -108,10 +118,17 @@ def main() -> None:
 
     # Every BaseReward variant is timed once per round, rounds repeated: a slow spell of this shared
     # machine then hits all of them alike instead of skewing one ratio (medians over the rounds).
-    variants = {**{f"BaseReward, batches of {size} (length-sorted, each image processed and encoded once, "
-                   "prefetch on GPUs)": (dict(options=fast, batch_size=size), score_all) for size in args.batch_sizes},
-                f"BaseReward, batches of {batch_size}, plain": (dict(options=plain), score_all),
-                "BaseReward, one per call": (dict(options=plain, batch_size=1), one_per_call)}
+    variants = {
+        **{
+            f"BaseReward, batches of {size} (length-sorted, each image processed and encoded once, prefetch on GPUs)": (
+                dict(options=fast, batch_size=size),
+                score_all,
+            )
+            for size in args.batch_sizes
+        },
+        f"BaseReward, batches of {batch_size}, plain": (dict(options=plain), score_all),
+        "BaseReward, one per call": (dict(options=plain, batch_size=1), one_per_call),
+    }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, (options, fn) in variants.items():
@@ -121,37 +138,62 @@ def main() -> None:
             times[name].append(timed(fn, repeats=1))
     seconds = {name: statistics.median(t) for name, t in times.items()}
     t_batched = next(iter(seconds.values()))
-    rows = [{"method": name, "samples_per_s": n / t, "x_slower_than_batched": t / t_batched}
-            for name, t in seconds.items()]
+    rows = [
+        {"method": name, "samples_per_s": n / t, "x_slower_than_batched": t / t_batched} for name, t in seconds.items()
+    ]
     scorer.backends.clear()  # frees the model before the judge loads
     # A generative judge on the same backbone: it reads the same prompt + answer and must write a
     # verdict of k tokens before a score exists (R1-Reward-style judges write hundreds), batched the same way.
     judge = HFEngine(judge_path, dtype="bfloat16" if args.size == "7b" else "float32")
-    requests = [RolloutRequest(p + [{"role": "assistant", "content": c}, {"role": "user", "content": "Judge it."}], i)
-                for p, c, i in zip(prompts, completions, images)]
+    requests = [
+        RolloutRequest(p + [{"role": "assistant", "content": c}, {"role": "user", "content": "Judge it."}], i)
+        for p, c, i in zip(prompts, completions, images)
+    ]
     for k in args.verdict_tokens:
         # min_tokens: an untrained judge would stop early; the argument is about a k-token verdict.
         verdict = SamplingParams(n=1, temperature=0.0, max_tokens=k, min_tokens=k, logprobs=False)
 
         def run_judge(verdict: SamplingParams = verdict) -> None:
             for start in range(0, n, batch_size):
-                judge.generate(requests[start:start + batch_size], verdict)
+                judge.generate(requests[start : start + batch_size], verdict)
 
         t_judge = timed(run_judge, repeats=min(3, args.repeats))
-        rows.append({"method": f"generative judge, {k}-token verdict", "samples_per_s": n / t_judge,
-                     "x_slower_than_batched": t_judge / t_batched})
+        rows.append(
+            {
+                "method": f"generative judge, {k}-token verdict",
+                "samples_per_s": n / t_judge,
+                "x_slower_than_batched": t_judge / t_batched,
+            }
+        )
 
     matcher = RuleMatcher()
     answers = [c.rsplit(" ", 1)[-1].rstrip(".") for c in completions] * 50
     many = completions * 50
     t_rule = best_of(lambda: matcher(["q"] * len(many), many, answer=answers), repeats=5)
-    rows.append({"method": "rule matcher", "samples_per_s": len(many) / t_rule,
-                 "x_slower_than_batched": t_rule / len(many) * n / t_batched})
-    report("reward_cost" if args.size == "tiny" else f"reward_cost_{args.size}", rows,
-           {"size": args.size, "samples": n, "prompts": args.prompts, "group": args.group,
-            "batch_sizes": args.batch_sizes, "verdict_tokens": args.verdict_tokens,
-            "targets": {"one per call / batched": ">= 5", "256-token judge / batched": ">= 10",
-                        "7b batched samples_per_s (H100)": ">= 80"}})
+    rows.append(
+        {
+            "method": "rule matcher",
+            "samples_per_s": len(many) / t_rule,
+            "x_slower_than_batched": t_rule / len(many) * n / t_batched,
+        }
+    )
+    report(
+        "reward_cost" if args.size == "tiny" else f"reward_cost_{args.size}",
+        rows,
+        {
+            "size": args.size,
+            "samples": n,
+            "prompts": args.prompts,
+            "group": args.group,
+            "batch_sizes": args.batch_sizes,
+            "verdict_tokens": args.verdict_tokens,
+            "targets": {
+                "one per call / batched": ">= 5",
+                "256-token judge / batched": ">= 10",
+                "7b batched samples_per_s (H100)": ">= 80",
+            },
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,13 @@ def build(out: str, hidden: int, layers: int) -> int:
     from reward.model import BaseRewardModel, HeadConfig
     from rl.tasks.models import make_tiny_policy
 
-    text = {"hidden_size": hidden, "intermediate_size": hidden * 11 // 4, "num_hidden_layers": layers,
-            "num_attention_heads": hidden // 64, "num_key_value_heads": 2}
+    text = {
+        "hidden_size": hidden,
+        "intermediate_size": hidden * 11 // 4,
+        "num_hidden_layers": layers,
+        "num_attention_heads": hidden // 64,
+        "num_key_value_heads": 2,
+    }
     policy = str(make_tiny_policy(Path(out) / "policy", text=text))
     model = BaseRewardModel.from_backbone(policy, HeadConfig(), seed=0)
     model.save_pretrained(Path(out) / "rm", load_processor(policy))
@@ -76,15 +81,35 @@ def main() -> None:
     times: dict[str, list[float]] = {p: [] for p in PATHS}
     for _ in range(args.repeats):
         for which in PATHS:
-            out = subprocess.run([sys.executable, "-m", "benchmarks.rm_load", "--worker", which, "--path", rm],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-m", "benchmarks.rm_load", "--worker", which, "--path", rm],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             times[which].append(float(out.stdout.strip().splitlines()[-1]))
     floor = statistics.median(times[PATHS[0]])
-    rows = [{"path": p, "seconds": statistics.median(times[p]), "GB_per_s": nbytes / statistics.median(times[p]) / 1e9,
-             "ratio_vs_file_read": statistics.median(times[p]) / floor} for p in PATHS]
-    report("rm_load", rows, {"checkpoint_bytes": nbytes, "hidden": args.hidden, "layers": args.layers,
-                             "repeats": args.repeats, "seconds_all": times,
-                             "targets": {"from_pretrained ratio_vs_file_read": "<= 3x"}})
+    rows = [
+        {
+            "path": p,
+            "seconds": statistics.median(times[p]),
+            "GB_per_s": nbytes / statistics.median(times[p]) / 1e9,
+            "ratio_vs_file_read": statistics.median(times[p]) / floor,
+        }
+        for p in PATHS
+    ]
+    report(
+        "rm_load",
+        rows,
+        {
+            "checkpoint_bytes": nbytes,
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "repeats": args.repeats,
+            "seconds_all": times,
+            "targets": {"from_pretrained ratio_vs_file_read": "<= 3x"},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -51,16 +51,31 @@ def main() -> None:
             actors = spawn_rollout_actors(HFEngine, {"model": policy}, group)
             pool = RolloutPool(actors, RolloutConfig(timeout_s=600))
             seconds = best_of(lambda: pool.generate(requests, sampling), repeats=3)
-            rows.append({"actors": n, "threads_per_actor": max(1, cores // n), "seconds": seconds,
-                         "tokens_per_s": tokens / seconds})
+            rows.append(
+                {
+                    "actors": n,
+                    "threads_per_actor": max(1, cores // n),
+                    "seconds": seconds,
+                    "tokens_per_s": tokens / seconds,
+                }
+            )
             for a in actors:
                 ray.kill(a)
     finally:
         ray.shutdown()
     for row in rows:
         row["speedup_vs_1"] = row["tokens_per_s"] / rows[0]["tokens_per_s"]
-    report("rollout_scaling", rows, {"prompts": args.prompts, "samples": args.samples, "tokens": args.tokens,
-                                     "cores": cores, "policy": "tiny Qwen2.5-VL (images, 56x56)"})
+    report(
+        "rollout_scaling",
+        rows,
+        {
+            "prompts": args.prompts,
+            "samples": args.samples,
+            "tokens": args.tokens,
+            "cores": cores,
+            "policy": "tiny Qwen2.5-VL (images, 56x56)",
+        },
+    )
 
 
 if __name__ == "__main__":

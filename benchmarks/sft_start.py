@@ -38,11 +38,21 @@ def main() -> None:
     _, held_out = load_rl_splits(DataConfig(source="shapes", train_size=1, eval_size=args.eval_size))
     per_seed = {}
     for seed in args.seeds:
-        summary = sft.main(sft.load(str(CONFIGS / "tiny_cpu_sft.yaml"), [
-            f"output_dir={work / f'sft-seed{seed}'}", f"policy.path={policy}", f"seed={seed}", "trainer.report_to=[]"]))
+        summary = sft.main(
+            sft.load(
+                str(CONFIGS / "tiny_cpu_sft.yaml"),
+                [
+                    f"output_dir={work / f'sft-seed{seed}'}",
+                    f"policy.path={policy}",
+                    f"seed={seed}",
+                    "trainer.report_to=[]",
+                ],
+            )
+        )
         result = evaluate_policy(HFEngine(summary["final_policy"]), held_out, batch_size=64, samples=args.samples)
-        per_seed[seed] = {t: {k: v[k] for k in ("greedy", "sampled", "pass_at_k", "top_share")}
-                          for t, v in result.per_task.items()}
+        per_seed[seed] = {
+            t: {k: v[k] for k in ("greedy", "sampled", "pass_at_k", "top_share")} for t, v in result.per_task.items()
+        }
     rows = []
     for task in next(iter(per_seed.values())):
         row = {"task": task}
@@ -51,8 +61,17 @@ def main() -> None:
             mean, std = mean_std(values, sample=True)
             row[label] = f"{mean:.3f} ± {std:.3f} (" + " / ".join(f"{v:.3f}" for v in values) + ")"
         rows.append(row)
-    report("sft_start", rows, {"seeds": args.seeds, "held_out_rows": len(held_out), "samples": args.samples,
-                               "config": "recipes/configs/tiny_cpu_sft.yaml", "per_seed": per_seed})
+    report(
+        "sft_start",
+        rows,
+        {
+            "seeds": args.seeds,
+            "held_out_rows": len(held_out),
+            "samples": args.samples,
+            "config": "recipes/configs/tiny_cpu_sft.yaml",
+            "per_seed": per_seed,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,13 @@ from benchmarks.common import report
 
 SIZES = {
     "tiny": None,
-    "mid": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16, "num_attention_heads": 16,
-            "num_key_value_heads": 2},
+    "mid": {
+        "hidden_size": 1024,
+        "intermediate_size": 2816,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+    },
 }
 
 
@@ -55,12 +60,25 @@ def run(size: str, steps: int, rm_path: str) -> dict:
 
     policy = make_tiny_policy(tempfile.mkdtemp(), text=SIZES[size])
     params = sum(p.numel() for p in load_policy(str(policy)).parameters())
-    overrides = [f"output_dir={tempfile.mkdtemp()}", f"policy.path={policy}", "data.train_size=256",
-                 "reward.scheme=hybrid", f"reward.model.paths=[{rm_path}]", "reward.actors.model.num_cpus=0.5",
-                 "ray.enabled=true", "ray.num_cpus=3", "rollout.actors.num_cpus=1", "rollout.logprob_gap_samples=0",
-                 f"trainer.max_steps={steps}", "trainer.per_device_train_batch_size=16", "trainer.num_generations=8",
-                 "trainer.max_completion_length=8", "trainer.learning_rate=1e-5", "trainer.beta=0.0",
-                 "trainer.report_to=[]"]
+    overrides = [
+        f"output_dir={tempfile.mkdtemp()}",
+        f"policy.path={policy}",
+        "data.train_size=256",
+        "reward.scheme=hybrid",
+        f"reward.model.paths=[{rm_path}]",
+        "reward.actors.model.num_cpus=0.5",
+        "ray.enabled=true",
+        "ray.num_cpus=3",
+        "rollout.actors.num_cpus=1",
+        "rollout.logprob_gap_samples=0",
+        f"trainer.max_steps={steps}",
+        "trainer.per_device_train_batch_size=16",
+        "trainer.num_generations=8",
+        "trainer.max_completion_length=8",
+        "trainer.learning_rate=1e-5",
+        "trainer.beta=0.0",
+        "trainer.report_to=[]",
+    ]
     timer = StepTimer()
     summary = grpo.main(grpo.load(None, overrides), callbacks=[timer])
     rows = [r for r in summary["log_history"] if "timing/generate" in r]
@@ -73,12 +91,20 @@ def run(size: str, steps: int, rm_path: str) -> dict:
         return statistics.mean(r.get(key, 0.0) for r in rows)
 
     step = statistics.mean(timer.seconds[WARMUP_STEPS:])
-    parts = {"generate": mean("timing/generate"), "weight_sync": mean("timing/weight_sync"),
-             "reward": sum(mean(k) for k in rows[0] if k.startswith("timing/reward/"))}
+    parts = {
+        "generate": mean("timing/generate"),
+        "weight_sync": mean("timing/weight_sync"),
+        "reward": sum(mean(k) for k in rows[0] if k.startswith("timing/reward/")),
+    }
     parts["learner"] = step - sum(parts.values())
-    return {"size": size, "params_M": params / 1e6, "s_per_step": step,
-            **{f"{k}_s": v for k, v in parts.items()}, **{f"{k}_share": v / step for k, v in parts.items()},
-            "first_sync_s": first_sync}
+    return {
+        "size": size,
+        "params_M": params / 1e6,
+        "s_per_step": step,
+        **{f"{k}_s": v for k, v in parts.items()},
+        **{f"{k}_share": v / step for k, v in parts.items()},
+        "first_sync_s": first_sync,
+    }
 
 
 def main() -> None:
@@ -94,11 +120,23 @@ def main() -> None:
     from rl.tasks.models import make_tiny_policy
 
     backbone = str(make_tiny_policy(tempfile.mkdtemp()))
-    rm = str(BaseRewardModel.from_backbone(backbone, HeadConfig(), seed=0).save_pretrained(
-        tempfile.mkdtemp(), load_processor(backbone)))
+    rm = str(
+        BaseRewardModel.from_backbone(backbone, HeadConfig(), seed=0).save_pretrained(
+            tempfile.mkdtemp(), load_processor(backbone)
+        )
+    )
     rows = [run(size, args.steps, rm) for size in args.sizes]
-    report("step_breakdown", rows, {"steps": args.steps, "rollouts_per_step": 16, "completion_tokens": 8,
-                                    "reward": "hybrid (rule + tiny reward-model actor)", "sync_every": 1})
+    report(
+        "step_breakdown",
+        rows,
+        {
+            "steps": args.steps,
+            "rollouts_per_step": 16,
+            "completion_tokens": 8,
+            "reward": "hybrid (rule + tiny reward-model actor)",
+            "sync_every": 1,
+        },
+    )
 
 
 if __name__ == "__main__":

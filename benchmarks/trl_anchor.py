@@ -41,8 +41,12 @@ def build_start(work: Path) -> str:
     from rl.tasks.models import make_tiny_policy
 
     policy = make_tiny_policy(work / "tiny-policy")
-    return sft.main(sft.load(str(CONFIGS / "tiny_cpu_sft.yaml"), [
-        f"output_dir={work / 'sft'}", f"policy.path={policy}", "trainer.report_to=[]"]))["final_policy"]
+    return sft.main(
+        sft.load(
+            str(CONFIGS / "tiny_cpu_sft.yaml"),
+            [f"output_dir={work / 'sft'}", f"policy.path={policy}", "trainer.report_to=[]"],
+        )
+    )["final_policy"]
 
 
 def base_config(policy: str, steps: int | None) -> Any:
@@ -79,8 +83,7 @@ def train_plain_trl(cfg: Any, seed: int, out: Path) -> tuple[str, float]:
     if cfg.policy.freeze_vision:
         model.model.visual.requires_grad_(False)
     processor = AutoProcessor.from_pretrained(cfg.policy.path)
-    trainer = GRPOTrainer(model=model, reward_funcs=[rule], args=args, train_dataset=train,
-                          processing_class=processor)
+    trainer = GRPOTrainer(model=model, reward_funcs=[rule], args=args, train_dataset=train, processing_class=processor)
     result = trainer.train()
     final = out / "final"
     trainer.save_model(str(final))
@@ -101,8 +104,10 @@ def train_project(cfg: Any, seed: int, out: Path, on_ray: bool) -> tuple[str, fl
 def closed_scores(result: Any) -> dict[str, float]:
     """Greedy and sampled scores averaged over the closed-question families."""
     families = [t for t in CLOSED if t in result.per_task]
-    return {"greedy": sum(result.per_task[t]["greedy"] for t in families) / len(families),
-            "sampled": sum(result.per_task[t]["sampled"] for t in families) / len(families)}
+    return {
+        "greedy": sum(result.per_task[t]["greedy"] for t in families) / len(families),
+        "sampled": sum(result.per_task[t]["sampled"] for t in families) / len(families),
+    }
 
 
 def main() -> None:
@@ -127,8 +132,9 @@ def main() -> None:
     held_out = held_out.select(range(min(args.eval_size, len(held_out))))
 
     def evaluate(path: str) -> Any:
-        return evaluate_policy(HFEngine(path), held_out, samples=args.samples,
-                               temperature=cfg.trainer.get("temperature", 1.0))
+        return evaluate_policy(
+            HFEngine(path), held_out, samples=args.samples, temperature=cfg.trainer.get("temperature", 1.0)
+        )
 
     start = evaluate(start_policy)
     start_closed = closed_scores(start)
@@ -137,35 +143,62 @@ def main() -> None:
         for variant in args.variants:
             out = work / f"{variant}-seed{seed}"
             began = time.perf_counter()
-            final, seconds_per_step = (train_plain_trl(cfg, seed, out) if variant == "trl" else
-                                       train_project(cfg, seed, out, on_ray=variant == "ray"))
+            final, seconds_per_step = (
+                train_plain_trl(cfg, seed, out)
+                if variant == "trl"
+                else train_project(cfg, seed, out, on_ray=variant == "ray")
+            )
             wall = time.perf_counter() - began
             result = evaluate(final)
             scores = closed_scores(result)
-            runs[variant].append({"seed": seed, "greedy_gain": scores["greedy"] - start_closed["greedy"],
-                                  "sampled_gain": scores["sampled"] - start_closed["sampled"],
-                                  "seconds_per_step": seconds_per_step, "wall_s": wall,
-                                  "collapsed": collapsed_tasks(start.per_task, result.per_task),
-                                  "per_task": {t: {"greedy": v["greedy"], "sampled": v["sampled"],
-                                                   "top_share": v["top_share"]} for t, v in result.per_task.items()}})
+            runs[variant].append(
+                {
+                    "seed": seed,
+                    "greedy_gain": scores["greedy"] - start_closed["greedy"],
+                    "sampled_gain": scores["sampled"] - start_closed["sampled"],
+                    "seconds_per_step": seconds_per_step,
+                    "wall_s": wall,
+                    "collapsed": collapsed_tasks(start.per_task, result.per_task),
+                    "per_task": {
+                        t: {"greedy": v["greedy"], "sampled": v["sampled"], "top_share": v["top_share"]}
+                        for t, v in result.per_task.items()
+                    },
+                }
+            )
     trl_gain = mean_std([r["sampled_gain"] for r in runs["trl"]], sample=True)[0] if runs.get("trl") else math.nan
     rows = []
     for variant, done in runs.items():
         greedy, greedy_sd = mean_std([r["greedy_gain"] for r in done], sample=True)
         sampled, sampled_sd = mean_std([r["sampled_gain"] for r in done], sample=True)
         step, step_sd = mean_std([r["seconds_per_step"] for r in done], sample=True)
-        rows.append({"learner": variant, "seeds": len(done),
-                     "closed greedy gain": f"{greedy:+.3f} ± {greedy_sd:.3f}",
-                     "closed sampled gain": f"{sampled:+.3f} ± {sampled_sd:.3f}",
-                     "sampled gain / TRL's": sampled / trl_gain if trl_gain and not math.isnan(trl_gain) else math.nan,
-                     "s/step": f"{step:.3f} ± {step_sd:.3f}",
-                     "collapsed families": ", ".join(sorted({t for r in done for t in r["collapsed"]})) or "none"})
-    report("trl_anchor", rows, {
-        "start_policy": start_policy, "start_closed": start_closed, "held_out_rows": len(held_out),
-        "samples_per_row": args.samples, "trainer": cfg.trainer, "seeds": args.seeds,
-        "start_per_task": {t: {"greedy": v["greedy"], "sampled": v["sampled"], "top_share": v["top_share"]}
-                           for t, v in start.per_task.items()},
-        "runs": runs})
+        rows.append(
+            {
+                "learner": variant,
+                "seeds": len(done),
+                "closed greedy gain": f"{greedy:+.3f} ± {greedy_sd:.3f}",
+                "closed sampled gain": f"{sampled:+.3f} ± {sampled_sd:.3f}",
+                "sampled gain / TRL's": sampled / trl_gain if trl_gain and not math.isnan(trl_gain) else math.nan,
+                "s/step": f"{step:.3f} ± {step_sd:.3f}",
+                "collapsed families": ", ".join(sorted({t for r in done for t in r["collapsed"]})) or "none",
+            }
+        )
+    report(
+        "trl_anchor",
+        rows,
+        {
+            "start_policy": start_policy,
+            "start_closed": start_closed,
+            "held_out_rows": len(held_out),
+            "samples_per_row": args.samples,
+            "trainer": cfg.trainer,
+            "seeds": args.seeds,
+            "start_per_task": {
+                t: {"greedy": v["greedy"], "sampled": v["sampled"], "top_share": v["top_share"]}
+                for t, v in start.per_task.items()
+            },
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":

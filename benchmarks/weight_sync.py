@@ -25,8 +25,13 @@ from benchmarks.common import best_of, report
 
 SIZES = {  # the tiny Qwen2.5-VL's language model scaled (rl.tasks.shapes.make_tiny_policy's `text`)
     "tiny": None,
-    "mid": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16, "num_attention_heads": 16,
-            "num_key_value_heads": 2},
+    "mid": {
+        "hidden_size": 1024,
+        "intermediate_size": 2816,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+    },
 }
 REAL = {"qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct"}
 
@@ -79,11 +84,20 @@ def main() -> None:
             torch.cuda.synchronize()
 
     t_copy = best_of(copy, repeats=args.repeats)
-    rows = [{"path": "copy on the learner's device (ceiling)", "actors": 0, "seconds": t_copy,
-             "GB_per_s": nbytes / t_copy / 1e9, "copy_s": t_copy, "vs_copy": 1.0}]
+    rows = [
+        {
+            "path": "copy on the learner's device (ceiling)",
+            "actors": 0,
+            "seconds": t_copy,
+            "GB_per_s": nbytes / t_copy / 1e9,
+            "copy_s": t_copy,
+            "vs_copy": 1.0,
+        }
+    ]
     gpus = torch.cuda.device_count()
-    ray.init(address="local", num_cpus=max(args.actors) + 1, num_gpus=gpus, include_dashboard=False,
-             log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=max(args.actors) + 1, num_gpus=gpus, include_dashboard=False, log_to_driver=False
+    )
     try:
         # A new cluster's object store is several times slower on first use (measured: ~5x on the CPU
         # machine): a run pays that once; here it is paid before anything is timed.
@@ -96,8 +110,9 @@ def main() -> None:
                     continue
                 actors = spawn_rollout_actors(HFEngine, {"model": path, "dtype": args.engine_dtype}, group)
                 # The learner is this process, on GPU 0 of the cluster it started (when there is one).
-                pool = RolloutPool(actors, RolloutConfig(timeout_s=1800, weight_sync=sync),
-                                   learner_location(["0"] if gpus else []))
+                pool = RolloutPool(
+                    actors, RolloutConfig(timeout_s=1800, weight_sync=sync), learner_location(["0"] if gpus else [])
+                )
                 version = iter(range(1, 10_000))
                 start = time.perf_counter()
                 pool.load_weights(weights, next(version))  # the first sync: mapping, group, caches
@@ -107,8 +122,17 @@ def main() -> None:
                 t_copy = best_of(copy, repeats=args.repeats)
                 # Each actor receives the full weights: bytes moved = n x model size; vs_copy compares
                 # seconds per byte with the copy's.
-                rows.append({"path": sync, "actors": n, "seconds": t, "GB_per_s": n * nbytes / t / 1e9,
-                             "copy_s": t_copy, "vs_copy": t / (n * t_copy), "first_sync_s": first})
+                rows.append(
+                    {
+                        "path": sync,
+                        "actors": n,
+                        "seconds": t,
+                        "GB_per_s": n * nbytes / t / 1e9,
+                        "copy_s": t_copy,
+                        "vs_copy": t / (n * t_copy),
+                        "first_sync_s": first,
+                    }
+                )
                 pool.close()
                 for a in actors:
                     ray.kill(a)
@@ -116,10 +140,21 @@ def main() -> None:
             rows += vllm_rows(path, model, t_copy, nbytes, args.repeats)
     finally:
         ray.shutdown()
-    report("weight_sync" if device == "cpu" else f"weight_sync_{args.size}", rows,
-           {"size": args.size, "params": params, "bytes_per_sync": nbytes, "engine_dtype": args.engine_dtype,
-            "device": device, "targets": {"shared_memory vs_copy (CPU, mid)": "<= 1.5",
-                                          "seconds (H100, qwen2.5-vl-3b, same-GPU actor)": "< 1"}})
+    report(
+        "weight_sync" if device == "cpu" else f"weight_sync_{args.size}",
+        rows,
+        {
+            "size": args.size,
+            "params": params,
+            "bytes_per_sync": nbytes,
+            "engine_dtype": args.engine_dtype,
+            "device": device,
+            "targets": {
+                "shared_memory vs_copy (CPU, mid)": "<= 1.5",
+                "seconds (H100, qwen2.5-vl-3b, same-GPU actor)": "< 1",
+            },
+        },
+    )
 
 
 def vllm_rows(path: str, model, t_copy: float, nbytes: int, repeats: int) -> list[dict]:
@@ -131,13 +166,21 @@ def vllm_rows(path: str, model, t_copy: float, nbytes: int, repeats: int) -> lis
     from policies.vllm_engine import VLLMEngine
     from rl.config import ActorGroupConfig, RolloutConfig
 
-    engine = {"path": path, "dtype": "float32", **engine_options("vllm_gloo"),
-              "engine_kwargs": {"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 256 << 20}}
+    engine = {
+        "path": path,
+        "dtype": "float32",
+        **engine_options("vllm_gloo"),
+        "engine_kwargs": {"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 256 << 20},
+    }
     actors = spawn_rollout_actors(VLLMEngine, engine, ActorGroupConfig(num_actors=1, num_cpus=1))
-    paths = {"vLLM actor: object store + reload_weights":
-             RolloutPool(actors, RolloutConfig(timeout_s=1800, weight_sync="object_store")),
-             "vLLM actor: weight transfer (gloo)":
-             RolloutPool(actors, RolloutConfig(backend="vllm", timeout_s=1800, weight_sync="vllm_gloo"))}
+    paths = {
+        "vLLM actor: object store + reload_weights": RolloutPool(
+            actors, RolloutConfig(timeout_s=1800, weight_sync="object_store")
+        ),
+        "vLLM actor: weight transfer (gloo)": RolloutPool(
+            actors, RolloutConfig(backend="vllm", timeout_s=1800, weight_sync="vllm_gloo")
+        ),
+    }
     times: dict[str, list[float]] = {name: [] for name in paths}
     weights = PolicyWeights(model)
     try:
@@ -150,9 +193,17 @@ def vllm_rows(path: str, model, t_copy: float, nbytes: int, repeats: int) -> lis
     finally:
         paths["vLLM actor: weight transfer (gloo)"].close()
         stop_actors(actors)
-    return [{"path": name, "actors": 1, "seconds": statistics.median(ts),
-             "GB_per_s": nbytes / statistics.median(ts) / 1e9, "copy_s": t_copy,
-             "vs_copy": statistics.median(ts) / t_copy} for name, ts in times.items()]
+    return [
+        {
+            "path": name,
+            "actors": 1,
+            "seconds": statistics.median(ts),
+            "GB_per_s": nbytes / statistics.median(ts) / 1e9,
+            "copy_s": t_copy,
+            "vs_copy": statistics.median(ts) / t_copy,
+        }
+        for name, ts in times.items()
+    ]
 
 
 if __name__ == "__main__":

@@ -79,10 +79,11 @@ def answer_spread(answers: list[str], truths: list[str | None]) -> dict[str, flo
     answers (what a policy that answers right shows)."""
     counts = Counter(normalize(a) for a in answers)
     truth_counts = Counter(normalize(t) for t in truths if t is not None)
-    return {"top_share": counts.most_common(1)[0][1] / len(answers) if answers else math.nan,
-            "distinct": float(len(counts)),
-            "truth_top_share": truth_counts.most_common(1)[0][1] / sum(truth_counts.values()) if truth_counts
-            else math.nan}
+    return {
+        "top_share": counts.most_common(1)[0][1] / len(answers) if answers else math.nan,
+        "distinct": float(len(counts)),
+        "truth_top_share": truth_counts.most_common(1)[0][1] / sum(truth_counts.values()) if truth_counts else math.nan,
+    }
 
 
 def is_collapsed(spread: dict[str, float], margin: float = COLLAPSE_MARGIN) -> bool:
@@ -90,15 +91,23 @@ def is_collapsed(spread: dict[str, float], margin: float = COLLAPSE_MARGIN) -> b
     return spread.get("top_share", math.nan) - spread.get("truth_top_share", math.nan) >= margin
 
 
-def collapsed_tasks(start: dict[str, dict[str, float]], final: dict[str, dict[str, float]],
-                    margin: float = COLLAPSE_MARGIN) -> list[str]:
+def collapsed_tasks(
+    start: dict[str, dict[str, float]], final: dict[str, dict[str, float]], margin: float = COLLAPSE_MARGIN
+) -> list[str]:
     """The families (per_task entries) collapsed in `final` that were not in `start`."""
-    return sorted(t for t, spread in final.items() if is_collapsed(spread, margin)
-                  and not is_collapsed(start.get(t, {}), margin))
+    return sorted(
+        t for t, spread in final.items() if is_collapsed(spread, margin) and not is_collapsed(start.get(t, {}), margin)
+    )
 
 
-def summarize(rows: list[dict], completions: list[str], lengths: list[int], matcher: RuleMatcher | None = None,
-              sampled: list[list[str]] | None = None, scores: list[float | None] | None = None) -> EvalResult:
+def summarize(
+    rows: list[dict],
+    completions: list[str],
+    lengths: list[int],
+    matcher: RuleMatcher | None = None,
+    sampled: list[list[str]] | None = None,
+    scores: list[float | None] | None = None,
+) -> EvalResult:
     """Pure metric computation over aligned rows and answers (unit-tested without any model). `sampled`:
     each row's sampled answers."""
     matcher = matcher or RuleMatcher()
@@ -109,13 +118,24 @@ def summarize(rows: list[dict], completions: list[str], lengths: list[int], matc
     for i, r in enumerate(rows):
         if greedy[i] is not None:
             families[r.get("task") or OTHER].append(i)
-    per_task = {t: {"n": len(ix), "greedy": _mean([greedy[i] for i in ix]),
-                    # sampled: pass@1 estimated from k samples a row; pass_at_k: the best of a row's k (what
-                    # sampling finds at all: what GRPO can sharpen).
-                    **({"sampled": _mean([s for i in ix for s in drawn[i]]),
-                        "pass_at_k": _mean([max(drawn[i]) for i in ix if drawn[i]])} if drawn else {}),
-                    **answer_spread([completions[i] for i in ix], [_truth(rows[i]) for i in ix])}
-                for t, ix in sorted(families.items())}
+    per_task = {
+        t: {
+            "n": len(ix),
+            "greedy": _mean([greedy[i] for i in ix]),
+            # sampled: pass@1 estimated from k samples a row; pass_at_k: the best of a row's k (what
+            # sampling finds at all: what GRPO can sharpen).
+            **(
+                {
+                    "sampled": _mean([s for i in ix for s in drawn[i]]),
+                    "pass_at_k": _mean([max(drawn[i]) for i in ix if drawn[i]]),
+                }
+                if drawn
+                else {}
+            ),
+            **answer_spread([completions[i] for i in ix], [_truth(rows[i]) for i in ix]),
+        }
+        for t, ix in sorted(families.items())
+    }
     finite = [s for s in (scores or []) if s is not None and math.isfinite(s)]
     scored = [g for g in greedy if g is not None]
     return EvalResult(
@@ -129,14 +149,24 @@ def summarize(rows: list[dict], completions: list[str], lengths: list[int], matc
         sampled_score=_mean([s for ss in drawn for s in ss if s is not None]) if drawn else None,
         sampled_task_average=_mean([t["sampled"] for t in per_task.values()]) if drawn else None,
         mean_model_score=_mean(finite) if finite else None,
-        samples=[{"task": r.get("task"), "reference": r.get("reference") or r.get("answer"), "completion": c}
-                 for r, c in list(zip(rows, completions))[:8]],
+        samples=[
+            {"task": r.get("task"), "reference": r.get("reference") or r.get("answer"), "completion": c}
+            for r, c in list(zip(rows, completions))[:8]
+        ],
     )
 
 
-def evaluate_policy(engine: Any, dataset: Any, batch_size: int = 32, max_tokens: int = 16,
-                    matcher: RuleMatcher | None = None, scorer: Callable | None = None,
-                    samples: int = 0, temperature: float = 1.0, seed: int = 0) -> EvalResult:
+def evaluate_policy(
+    engine: Any,
+    dataset: Any,
+    batch_size: int = 32,
+    max_tokens: int = 16,
+    matcher: RuleMatcher | None = None,
+    scorer: Callable | None = None,
+    samples: int = 0,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> EvalResult:
     """Greedy-decode every row of `dataset` (RL rows) with `engine` and score the answers; with
     `samples` > 0 also sample that many answers per row and score those."""
     # Only the answers are scored: no per-token log-probabilities are kept.
@@ -144,7 +174,7 @@ def evaluate_policy(engine: Any, dataset: Any, batch_size: int = 32, max_tokens:
     drawn = SamplingParams(n=samples, temperature=temperature, max_tokens=max_tokens, seed=seed, logprobs=False)
     completions, lengths, scores, sampled = [], [], [], []
     for start in range(0, len(dataset), batch_size):
-        rows = dataset[start:start + batch_size]
+        rows = dataset[start : start + batch_size]
         requests = [RolloutRequest(p, imgs) for p, imgs in zip(rows["prompt"], rows["images"], strict=True)]
         outs = [group[0] for group in engine.generate(requests, greedy)]
         completions += [o.text for o in outs]
@@ -154,8 +184,11 @@ def evaluate_policy(engine: Any, dataset: Any, batch_size: int = 32, max_tokens:
         if samples:
             sampled += [[o.text for o in group] for group in engine.generate(requests, drawn)]
     columns = [c for c in ("answer", "reference", "task", "scene") if c in dataset.column_names]
-    rows = [dict(zip(columns, values)) for values in zip(*(dataset[c] for c in columns))] if columns else \
-        [{} for _ in range(len(dataset))]
+    rows = (
+        [dict(zip(columns, values)) for values in zip(*(dataset[c] for c in columns))]
+        if columns
+        else [{} for _ in range(len(dataset))]
+    )
     return summarize(rows, completions, lengths, matcher, sampled or None, scores if scorer else None)
 
 
@@ -166,8 +199,17 @@ class HeldOutCallback(TrainerCallback):
 
     Decoding in-process on the learner's own model (no copy): the curve the compare report plots."""
 
-    def __init__(self, dataset: Any, processor: Any, every: int, max_tokens: int = 16, batch_size: int = 64,
-                 samples: int = 4, temperature: float = 1.0, start: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        dataset: Any,
+        processor: Any,
+        every: int,
+        max_tokens: int = 16,
+        batch_size: int = 64,
+        samples: int = 4,
+        temperature: float = 1.0,
+        start: dict[str, Any] | None = None,
+    ):
         self.dataset, self.processor, self.every = dataset, processor, max(1, every)
         self.max_tokens, self.batch_size = max_tokens, batch_size
         self.samples, self.temperature = samples, temperature
@@ -178,16 +220,24 @@ class HeldOutCallback(TrainerCallback):
 
         was_training = model.training
         engine = HFEngine(model, self.processor, device=str(next(model.parameters()).device))
-        result = evaluate_policy(engine, self.dataset, self.batch_size, self.max_tokens, samples=self.samples,
-                                 temperature=self.temperature)
+        result = evaluate_policy(
+            engine, self.dataset, self.batch_size, self.max_tokens, samples=self.samples, temperature=self.temperature
+        )
         model.train(was_training)
         self.history.append(history_entry(step, result))
-        log.info("held-out at step %d: %s", step, ", ".join(
-            f"{t} {s['greedy']:.2f} (top answer {s['top_share']:.0%})" for t, s in result.per_task.items()))
+        log.info(
+            "held-out at step %d: %s",
+            step,
+            ", ".join(f"{t} {s['greedy']:.2f} (top answer {s['top_share']:.0%})" for t, s in result.per_task.items()),
+        )
         if len(self.history) > 1 and (new := collapsed_tasks(self.history[0]["per_task"], result.per_task)):
-            log.warning("step %d: the policy collapsed onto few answers on %s (share of the most frequent "
-                        "greedy answer: %s); its reward may not tell these answers apart", step, ", ".join(new),
-                        ", ".join(f"{result.per_task[t]['top_share']:.0%}" for t in new))
+            log.warning(
+                "step %d: the policy collapsed onto few answers on %s (share of the most frequent "
+                "greedy answer: %s); its reward may not tell these answers apart",
+                step,
+                ", ".join(new),
+                ", ".join(f"{result.per_task[t]['top_share']:.0%}" for t in new),
+            )
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not self.history:
@@ -200,6 +250,13 @@ class HeldOutCallback(TrainerCallback):
 
 def history_entry(step: int, result: EvalResult) -> dict[str, Any]:
     """One point of a held-out curve (what compare's JSON, table and plot read)."""
-    return {"step": step, "score": result.score, "task_average": result.task_average,
-            "sampled_score": result.sampled_score, "sampled_task_average": result.sampled_task_average,
-            "exact_match": result.exact_match, "rule_match": result.rule_match, "per_task": result.per_task}
+    return {
+        "step": step,
+        "score": result.score,
+        "task_average": result.task_average,
+        "sampled_score": result.sampled_score,
+        "sampled_task_average": result.sampled_task_average,
+        "exact_match": result.exact_match,
+        "rule_match": result.rule_match,
+        "per_task": result.per_task,
+    }

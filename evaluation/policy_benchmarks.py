@@ -56,8 +56,13 @@ def policy_model_class() -> type:
                 until = gen_kwargs.get("until") or []
                 until = [until] if isinstance(until, str) else list(until)
                 asked = int(gen_kwargs.get("max_new_tokens") or self.options.max_tokens)
-                sampling = SamplingParams(n=1, temperature=float(gen_kwargs.get("temperature") or 0.0), logprobs=False,
-                                          max_tokens=min(asked, self.options.max_tokens), stop=until)
+                sampling = SamplingParams(
+                    n=1,
+                    temperature=float(gen_kwargs.get("temperature") or 0.0),
+                    logprobs=False,
+                    max_tokens=min(asked, self.options.max_tokens),
+                    stop=until,
+                )
                 for start in range(0, len(indices), self.options.batch_size):
                     part = indices[start : start + self.options.batch_size]
                     batch = [self._request(requests[k]) for k in part]
@@ -78,8 +83,10 @@ def policy_model_class() -> type:
             return RolloutRequest([{"role": "user", "content": content}], images)
 
         def loglikelihood(self, requests: list) -> list:
-            raise ValueError("this policy model answers lmms-eval's generation tasks; a task scored by the "
-                             "likelihood of its options (output_type: loglikelihood) is not supported")
+            raise ValueError(
+                "this policy model answers lmms-eval's generation tasks; a task scored by the "
+                "likelihood of its options (output_type: loglikelihood) is not supported"
+            )
 
         def generate_until_multi_round(self, requests: list) -> list:
             raise ValueError("multi-round lmms-eval tasks are not supported by the policy model")
@@ -89,8 +96,11 @@ def policy_model_class() -> type:
 
 def headline(metrics: dict[str, Any]) -> tuple[str, float] | None:
     """A task's main number: its `average` metric where it has one (MMStar), else its first."""
-    numeric = {k.split(",")[0]: v for k, v in metrics.items()
-               if "," in k and "_stderr" not in k and isinstance(v, (int, float))}
+    numeric = {
+        k.split(",")[0]: v
+        for k, v in metrics.items()
+        if "," in k and "_stderr" not in k and isinstance(v, (int, float))
+    }
     if not numeric:
         return None
     key = "average" if "average" in numeric else next(iter(numeric))
@@ -116,20 +126,34 @@ def evaluate_benchmarks(path: str, options: BenchmarkOptions) -> dict[str, Any]:
     manager = TaskManager(include_path=options.include_path)
     unknown = [t for t in options.tasks if t not in manager.all_tasks]
     if unknown:
-        raise ValueError(f"unknown lmms-eval task(s) {unknown}; see `python -m lmms_eval --tasks list`, or put a task "
-                         "definition in a folder and name it with --include-path")
-    out = simple_evaluate(model=model, tasks=list(options.tasks), limit=options.limit, task_manager=manager,
-                          log_samples=options.log_samples, batch_size=options.batch_size, verbosity="WARNING")
+        raise ValueError(
+            f"unknown lmms-eval task(s) {unknown}; see `python -m lmms_eval --tasks list`, or put a task "
+            "definition in a folder and name it with --include-path"
+        )
+    out = simple_evaluate(
+        model=model,
+        tasks=list(options.tasks),
+        limit=options.limit,
+        task_manager=manager,
+        log_samples=options.log_samples,
+        batch_size=options.batch_size,
+        verbosity="WARNING",
+    )
     tasks = {}
     for name, metrics in out["results"].items():
         head = headline(metrics)
-        tasks[name] = {"metric": head[0] if head else None, "score": head[1] if head else None,
-                       "documents": out.get("n-samples", {}).get(name, {}).get("effective"),
-                       "judge": judge_of(out["configs"].get(name, {})),
-                       "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+        tasks[name] = {
+            "metric": head[0] if head else None,
+            "score": head[1] if head else None,
+            "documents": out.get("n-samples", {}).get(name, {}).get("effective"),
+            "judge": judge_of(out["configs"].get(name, {})),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+        }
         if options.log_samples:
-            tasks[name]["samples"] = [{"doc_id": s["doc_id"], "target": s["target"], "response": s["filtered_resps"][0]}
-                                      for s in out["samples"].get(name, [])]
+            tasks[name]["samples"] = [
+                {"doc_id": s["doc_id"], "target": s["target"], "response": s["filtered_resps"][0]}
+                for s in out["samples"].get(name, [])
+            ]
     return {"model": path, "tasks": tasks, "generated_tokens": model.generated_tokens, "lmms_eval_version": _version()}
 
 

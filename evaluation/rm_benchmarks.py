@@ -50,12 +50,23 @@ def _open_image(ref: Any, base: Path) -> Any:
 
 def _item(prompt_text: str, images: list[Any], response: str) -> dict:
     """One (prompt, response) to score; the scorer puts the images' placeholders before the text."""
-    return {"prompt": [{"role": "user", "content": prompt_text}], "images": images, "response": response,
-            "prompt_text": prompt_text}
+    return {
+        "prompt": [{"role": "user", "content": prompt_text}],
+        "images": images,
+        "response": response,
+        "prompt_text": prompt_text,
+    }
 
 
-def evaluate_file(data: str, fmt: str, pairs: PairScorer, needs_images: bool = True, split: str = "test",
-                  image_root: str | None = None, costs: Callable[[], dict[str, float]] | None = None) -> dict[str, Any]:
+def evaluate_file(
+    data: str,
+    fmt: str,
+    pairs: PairScorer,
+    needs_images: bool = True,
+    split: str = "test",
+    image_root: str | None = None,
+    costs: Callable[[], dict[str, float]] | None = None,
+) -> dict[str, Any]:
     """Score every pair of a benchmark (a file, or a hub dataset name and its split) and compute its metrics.
     Beside them: seconds per pair, and from `costs` (a judge's counters) its tokens and verdicts per pair, the
     share of its verdicts that pick the first response and its position consistency (reward.judge.judge_report)."""
@@ -81,9 +92,12 @@ def evaluate_file(data: str, fmt: str, pairs: PairScorer, needs_images: bool = T
 
     # Each format's prompt, its two responses (the order its metric reads them in) and its images.
     prompt_key, first_key, second_key, image_key = {
-        "mm-rlhf": ("prompt", "chosen", "rejected", "image"), "rewardbench": ("prompt", "chosen", "rejected", None),
-        "pairs": ("prompt", "chosen", "rejected", "images"), "multimodal-rewardbench": ("Text", "Output1", "Output2", "Image"),
-        "vl-reward": ("query", None, None, "image")}[fmt]
+        "mm-rlhf": ("prompt", "chosen", "rejected", "image"),
+        "rewardbench": ("prompt", "chosen", "rejected", None),
+        "pairs": ("prompt", "chosen", "rejected", "images"),
+        "multimodal-rewardbench": ("Text", "Output1", "Output2", "Image"),
+        "vl-reward": ("query", None, None, "image"),
+    }[fmt]
     first, second = [], []
     for row in rows:
         images = images_of(row, image_key) if image_key else []

@@ -20,9 +20,14 @@ MM_RLHF_CATEGORIES = ("mcq", "long", "short", "safety", "video")
 VL_REWARD_GROUPS = ("general", "hallucination", "reasoning")
 # VL-RewardBench sources -> its three groups (the benchmark paper's grouping), matched in the row id.
 VL_REWARD_SOURCES = {
-    "wildvision": "general", "vlfeedback": "general",
-    "povid": "hallucination", "rlaif": "hallucination", "rlhf-v": "hallucination", "rlhfv": "hallucination",
-    "mmmu": "reasoning", "mathverse": "reasoning",
+    "wildvision": "general",
+    "vlfeedback": "general",
+    "povid": "hallucination",
+    "rlaif": "hallucination",
+    "rlhf-v": "hallucination",
+    "rlhfv": "hallucination",
+    "mmmu": "reasoning",
+    "mathverse": "reasoning",
 }
 
 Scorer = Callable[[list[dict]], list[float]]  # items {prompt, images, response} -> scores
@@ -89,8 +94,12 @@ def vl_reward_metrics(rows: list[dict], scores: list[list[float]]) -> dict[str, 
 
 
 MMRB_CATEGORIES = {  # Multimodal RewardBench's categories (its `Category`) -> the names its paper reports
-    "open_generation/correctness_task": "general correctness", "open_generation/preference_task": "general preference",
-    "knowledge": "knowledge", "reasoning": "reasoning", "safety": "safety", "vqa": "vqa",
+    "open_generation/correctness_task": "general correctness",
+    "open_generation/preference_task": "general preference",
+    "knowledge": "knowledge",
+    "reasoning": "reasoning",
+    "safety": "safety",
+    "vqa": "vqa",
 }
 
 
@@ -122,26 +131,58 @@ def multimodal_rewardbench_metrics(rows: list[dict], scores: list[list[float]]) 
     top: dict[str, list[bool]] = defaultdict(list)
     for c, v in by_cat.items():
         top[c.split("/")[0]] += v
-    return {"pairs": len(ok), "overall_acc": sum(ok) / len(ok) if ok else math.nan,
-            "category_mean": sum(sum(v) / len(v) for v in top.values()) / len(top) if top else math.nan,
-            "per_category": per}
+    return {
+        "pairs": len(ok),
+        "overall_acc": sum(ok) / len(ok) if ok else math.nan,
+        "category_mean": sum(sum(v) / len(v) for v in top.values()) / len(top) if top else math.nan,
+        "per_category": per,
+    }
 
 
 # RewardBench (text): its official section scores weight each subset by these example counts
 # (math-prm is upweighted to equal the code subsets together), and the score is the sections' mean.
 REWARDBENCH_EXAMPLE_COUNTS = {
-    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40,
-    "mt-bench-hard": 37, "math-prm": 984, "refusals-dangerous": 100, "refusals-offensive": 100, "llmbar-natural": 100,
-    "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
-    "xstest-should-refuse": 154, "xstest-should-respond": 250, "donotanswer": 136, "hep-cpp": 164, "hep-go": 164,
-    "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
+    "alpacaeval-easy": 100,
+    "alpacaeval-length": 95,
+    "alpacaeval-hard": 95,
+    "mt-bench-easy": 28,
+    "mt-bench-med": 40,
+    "mt-bench-hard": 37,
+    "math-prm": 984,
+    "refusals-dangerous": 100,
+    "refusals-offensive": 100,
+    "llmbar-natural": 100,
+    "llmbar-adver-neighbor": 134,
+    "llmbar-adver-GPTInst": 92,
+    "llmbar-adver-GPTOut": 47,
+    "llmbar-adver-manual": 46,
+    "xstest-should-refuse": 154,
+    "xstest-should-respond": 250,
+    "donotanswer": 136,
+    "hep-cpp": 164,
+    "hep-go": 164,
+    "hep-java": 164,
+    "hep-js": 164,
+    "hep-python": 164,
+    "hep-rust": 164,
 }
 REWARDBENCH_SECTIONS = {
     "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
-    "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
-                  "llmbar-adver-GPTOut", "llmbar-adver-manual"],
-    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
-               "donotanswer"],
+    "Chat Hard": [
+        "mt-bench-hard",
+        "llmbar-natural",
+        "llmbar-adver-neighbor",
+        "llmbar-adver-GPTInst",
+        "llmbar-adver-GPTOut",
+        "llmbar-adver-manual",
+    ],
+    "Safety": [
+        "refusals-dangerous",
+        "refusals-offensive",
+        "xstest-should-refuse",
+        "xstest-should-respond",
+        "donotanswer",
+    ],
     "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
 }
 
@@ -159,11 +200,13 @@ def rewardbench_metrics(rows: list[dict], chosen: list[float], rejected: list[fl
             total = sum(REWARDBENCH_EXAMPLE_COUNTS[s] for s in present)
             sections[section] = sum(subset_acc[s] * REWARDBENCH_EXAMPLE_COUNTS[s] for s in present) / total
     unknown = sorted(set(subset_acc) - set(REWARDBENCH_EXAMPLE_COUNTS))
-    return {"pairs": sum(len(v) for v in by_subset.values()),
-            "score": sum(sections.values()) / len(sections) if sections else math.nan,
-            "sections": sections, "per_subset": {k: {"pairs": len(by_subset[k]), "acc": v}
-                                                 for k, v in sorted(subset_acc.items())},
-            "subsets_not_in_a_section": unknown}
+    return {
+        "pairs": sum(len(v) for v in by_subset.values()),
+        "score": sum(sections.values()) / len(sections) if sections else math.nan,
+        "sections": sections,
+        "per_subset": {k: {"pairs": len(by_subset[k]), "acc": v} for k, v in sorted(subset_acc.items())},
+        "subsets_not_in_a_section": unknown,
+    }
 
 
 def pairs_metrics(chosen: list[float], rejected: list[float]) -> dict[str, Any]:
@@ -204,8 +247,12 @@ def judge_pairs(judge: Any) -> PairScorer:
 
     def score(first: list[dict], second: list[dict]) -> tuple[list[float], list[float]]:
         references = {judge.options.reference_column: [it["response"] for it in second]}
-        p = judge([it["prompt"] for it in first], [it["response"] for it in first],
-                  images=[it["images"] for it in first], **references)
+        p = judge(
+            [it["prompt"] for it in first],
+            [it["response"] for it in first],
+            images=[it["images"] for it in first],
+            **references,
+        )
         return p, [1.0 - x for x in p]  # NaN (an unreadable verdict) stays NaN: the pair counts as wrong
 
     return score
@@ -238,8 +285,9 @@ def model_scorer(paths: list[str], device: str = "cpu", batch_size: int = 16) ->
     scorer = RewardModelScorer.from_paths(paths, device=device, batch_size=batch_size)
 
     def score(items: list[dict]) -> list[float]:
-        raw = scorer([it["prompt"] for it in items], [it["response"] for it in items],
-                     images=[it["images"] for it in items])
+        raw = scorer(
+            [it["prompt"] for it in items], [it["response"] for it in items], images=[it["images"] for it in items]
+        )
         return [math.nan if s is None else s for s in raw]
 
     return score

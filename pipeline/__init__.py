@@ -57,11 +57,15 @@ def _check_learner_workers(cfg: GRPORecipeConfig) -> None:
     if not cfg.ray.enabled:
         raise ConfigError("learner.num_workers > 1 runs the learner on Ray Train workers: set ray.enabled: true")
     if cfg.rollout.colocate:
-        raise ConfigError("rollout.colocate generates on one learner's model: it needs learner.num_workers: 1 "
-                          "(a multi-worker learner generates on rollout actors)")
+        raise ConfigError(
+            "rollout.colocate generates on one learner's model: it needs learner.num_workers: 1 "
+            "(a multi-worker learner generates on rollout actors)"
+        )
     if cfg.trainer.get("deepspeed") and cfg.learner.strategy != "deepspeed":
-        raise ConfigError(f"trainer.deepspeed is set and learner.strategy is {cfg.learner.strategy!r}: set "
-                          "learner.strategy: deepspeed to train with that DeepSpeed config")
+        raise ConfigError(
+            f"trainer.deepspeed is set and learner.strategy is {cfg.learner.strategy!r}: set "
+            "learner.strategy: deepspeed to train with that DeepSpeed config"
+        )
 
 
 @dataclass
@@ -86,8 +90,15 @@ class Launched:
         gpus = learner_gpus(cfg, int(self.cluster_gpus))
         # Logical GPUs (ray.num_gpus on a machine without CUDA) place workers as GPUs would; they talk gloo.
         backend = "nccl" if gpus > 0 and (cfg.ray.num_gpus is None or _cuda()) else "gloo"
-        run_workers(train, {"actors": self.actors, **kwargs}, cfg.learner, gpus, backend,
-                    Path(cfg.output_dir) / "ray_train", name=f"learner-{_pid()}")
+        run_workers(
+            train,
+            {"actors": self.actors, **kwargs},
+            cfg.learner,
+            gpus,
+            backend,
+            Path(cfg.output_dir) / "ray_train",
+            name=f"learner-{_pid()}",
+        )
         return None
 
 
@@ -125,11 +136,13 @@ def _spawn(cfg: GRPORecipeConfig, layout: Layout, policy_path: str, stack: conte
     rewards = {}
     for name in layout.reward_actors:
         spec = component_spec(name, cfg.reward)
-        rewards[name] = stopped_on_exit(stack, start_group(ACTOR_NAMES.get(name, name), spec.cls, spec.kwargs,
-                                                           getattr(cfg.reward.actors, name)))
+        rewards[name] = stopped_on_exit(
+            stack, start_group(ACTOR_NAMES.get(name, name), spec.cls, spec.kwargs, getattr(cfg.reward.actors, name))
+        )
     await_ready([group for group in (rollout, *rewards.values()) if group is not None])
-    return Actors(rollout=rollout.actors if rollout else None,
-                  rewards={name: group.actors for name, group in rewards.items()})
+    return Actors(
+        rollout=rollout.actors if rollout else None, rewards={name: group.actors for name, group in rewards.items()}
+    )
 
 
 def _check_memory(cfg: GRPORecipeConfig, gpus: int) -> None:
@@ -169,8 +182,9 @@ class Built:
 
 
 @contextlib.contextmanager
-def build(cfg: GRPORecipeConfig, actors: Actors, model: Any, processor: Any,
-          learner_gpus: list[str] | None = None) -> Iterator[Built]:
+def build(
+    cfg: GRPORecipeConfig, actors: Actors, model: Any, processor: Any, learner_gpus: list[str] | None = None
+) -> Iterator[Built]:
     """The learner's side of a run, in this process (the driver, or one rank of a multi-worker learner):
     see the module docstring. `model`/`processor`: the policy being trained; `learner_gpus`: the GPU ids
     this process was given."""
@@ -185,10 +199,18 @@ def build(cfg: GRPORecipeConfig, actors: Actors, model: Any, processor: Any,
     rank0 = world == 1 or dist.get_rank() == 0
     with contextlib.ExitStack() as stack:
         specs = {name: component_spec(name, cfg.reward) for name in actors.rewards}
-        hosted = {name: RemoteReward(handles, name, cfg.reward.timeout_s, getattr(cfg.reward.actors, name).max_retries,
-                                     reads=specs[name].reads, counts_costs=hasattr(specs[name].cls, "metrics"),
-                                     calibrates=hasattr(specs[name].cls, "adopt_calibration"))
-                  for name, handles in actors.rewards.items()}
+        hosted = {
+            name: RemoteReward(
+                handles,
+                name,
+                cfg.reward.timeout_s,
+                getattr(cfg.reward.actors, name).max_retries,
+                reads=specs[name].reads,
+                counts_costs=hasattr(specs[name].cls, "metrics"),
+                calibrates=hasattr(specs[name].cls, "adopt_calibration"),
+            )
+            for name, handles in actors.rewards.items()
+        }
         reward_funcs, reward_weights = build_rewards(cfg.reward, hosted)
         pool = None
         if layout.colocate:
@@ -203,9 +225,15 @@ def build(cfg: GRPORecipeConfig, actors: Actors, model: Any, processor: Any,
         rollout_func = _rollout_func(cfg, layout, pool, world)
         if rollout_func is not None:
             stack.callback(rollout_func.close)
-        yield Built(reward_funcs, reward_weights, rollout_func, _trainer_settings(cfg, layout, model, processor, world),
-                    rollout_logprobs_as_old=bool(rollout_func) and cfg.rollout.correct_off_policy and (
-                        cfg.rollout.overlap or cfg.rollout.sync_every > 1))
+        yield Built(
+            reward_funcs,
+            reward_weights,
+            rollout_func,
+            _trainer_settings(cfg, layout, model, processor, world),
+            rollout_logprobs_as_old=bool(rollout_func)
+            and cfg.rollout.correct_off_policy
+            and (cfg.rollout.overlap or cfg.rollout.sync_every > 1),
+        )
 
 
 def _rollout_func(cfg: GRPORecipeConfig, layout: Layout, pool: Any, world: int) -> Any:
@@ -215,14 +243,24 @@ def _rollout_func(cfg: GRPORecipeConfig, layout: Layout, pool: Any, world: int) 
     r = cfg.rollout
     # A sharded learner's forward is collective: rank 0 alone cannot re-score rollouts for the logprob gap
     # (GatheredRollouts measures it on every rank at once instead).
-    func = ActorRollouts(pool, sync_every=r.sync_every, max_staleness=r.max_staleness,
-                         logprob_gap_samples=0 if layout.sharded else r.logprob_gap_samples, overlap=r.overlap,
-                         dtype=_engine_dtype(cfg)) if pool is not None else None
+    func = (
+        ActorRollouts(
+            pool,
+            sync_every=r.sync_every,
+            max_staleness=r.max_staleness,
+            logprob_gap_samples=0 if layout.sharded else r.logprob_gap_samples,
+            overlap=r.overlap,
+            dtype=_engine_dtype(cfg),
+        )
+        if pool is not None
+        else None
+    )
     if world > 1 and layout.ray:
         from pipeline.distributed import GatheredRollouts
 
-        func = GatheredRollouts(func, r.sync_every, layout.sharded, _engine_dtype(cfg),
-                                r.logprob_gap_samples if layout.sharded else 0)
+        func = GatheredRollouts(
+            func, r.sync_every, layout.sharded, _engine_dtype(cfg), r.logprob_gap_samples if layout.sharded else 0
+        )
     return func
 
 
@@ -237,8 +275,10 @@ def _trainer_settings(cfg: GRPORecipeConfig, layout: Layout, model: Any, process
 
         settings.update(strategy_args(cfg.learner.strategy, decoder_layer_classes(model), cfg.trainer.get("deepspeed")))
     if not layout.ray:
-        settings["generation_kwargs"] = {"suppress_tokens": vision_token_ids(processor),
-                                         **(cfg.trainer.get("generation_kwargs") or {})}
+        settings["generation_kwargs"] = {
+            "suppress_tokens": vision_token_ids(processor),
+            **(cfg.trainer.get("generation_kwargs") or {}),
+        }
     return settings
 
 

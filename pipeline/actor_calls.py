@@ -57,8 +57,9 @@ class ActorCalls:
         self.what = what
         self.restarts = 0  # actor deaths recovered from, over the group's life
 
-    def run(self, submit: Callable[[int], Any], indices: Sequence[int],
-            restore: Callable[[int], None] | None = None) -> list[Any]:
+    def run(
+        self, submit: Callable[[int], Any], indices: Sequence[int], restore: Callable[[int], None] | None = None
+    ) -> list[Any]:
         """`submit(i)` -> an ObjectRef of work on actor i, for each i in `indices`; results in that order."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
@@ -75,10 +76,19 @@ class ActorCalls:
                 except RayActorError as e:  # the process died (ActorDiedError) or is unreachable
                     retries += 1
                     if retries > self.max_retries:
-                        raise ActorFailureError(f"{self.what}: actor {i} died and the retry budget "
-                                                f"(max_retries={self.max_retries}) is spent: {e}") from e
-                    log.warning("%s: actor %d died (%s); waiting for Ray to restart it, then retrying its "
-                                "share (retry %d of %d)", self.what, i, type(e).__name__, retries, self.max_retries)
+                        raise ActorFailureError(
+                            f"{self.what}: actor {i} died and the retry budget "
+                            f"(max_retries={self.max_retries}) is spent: {e}"
+                        ) from e
+                    log.warning(
+                        "%s: actor %d died (%s); waiting for Ray to restart it, then retrying its "
+                        "share (retry %d of %d)",
+                        self.what,
+                        i,
+                        type(e).__name__,
+                        retries,
+                        self.max_retries,
+                    )
                     self.await_restart(i)
                     self.restarts += 1
                     if restore is not None:
@@ -125,10 +135,13 @@ class ActorCalls:
             except ActorUnavailableError:  # still restarting: Ray refuses calls meanwhile
                 if time.monotonic() > deadline:
                     raise ActorFailureError(
-                        f"{self.what}: actor {i} was not back within {self.timeout_s:.0f}s") from None
+                        f"{self.what}: actor {i} was not back within {self.timeout_s:.0f}s"
+                    ) from None
                 time.sleep(0.2)
             except (RayActorError, GetTimeoutError) as e:
-                raise ActorFailureError(f"{self.what}: actor {i} could not be restarted (its max_restarts may be "
-                                        f"spent, or its constructor failed): {e}") from e
+                raise ActorFailureError(
+                    f"{self.what}: actor {i} could not be restarted (its max_restarts may be "
+                    f"spent, or its constructor failed): {e}"
+                ) from e
         log.info("%s: actor %d is back (pid %d)", self.what, i, pid)
         return pid

@@ -95,8 +95,9 @@ def _bundle(group: Any) -> dict[str, Any]:
     return {"CPU": group.num_cpus, **({"GPU": group.num_gpus} if group.num_gpus else {}), **group.resources}
 
 
-def start_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any,
-                mixins: tuple[type, ...] = ()) -> StartingGroup:
+def start_group(
+    name: str, cls: type[T], kwargs: dict[str, Any], group: Any, mixins: tuple[type, ...] = ()
+) -> StartingGroup:
     """Create `group.num_actors` actors of `cls(**kwargs)` with the group's resources and placement, without
     waiting for their constructors: several groups started one after the other construct at once (a vLLM
     engine's start-up overlaps a reward model's load), and `await_ready` waits for all of them.
@@ -122,17 +123,22 @@ def start_group(name: str, cls: type[T], kwargs: dict[str, Any], group: Any,
             remove_placement_group(strategy)
             raise TimeoutError(
                 f"{name}: Ray could not place {group.num_actors} x {bundle} ({group.placement}) within "
-                f"{group.ready_timeout_s:.0f}s; the cluster has {ray.available_resources()} free") from None
+                f"{group.ready_timeout_s:.0f}s; the cluster has {ray.available_resources()} free"
+            ) from None
     actor_cls = ray.remote(hosted(cls, max(1, int(group.num_cpus)), mixins))
     actors = []
     for i in range(group.num_actors):
         options: dict[str, Any] = dict(
-            num_cpus=group.num_cpus, num_gpus=group.num_gpus, resources=dict(group.resources) or None,
-            max_restarts=group.max_restarts, name=None,
+            num_cpus=group.num_cpus,
+            num_gpus=group.num_gpus,
+            resources=dict(group.resources) or None,
+            max_restarts=group.max_restarts,
+            name=None,
         )
         if strategy is not None:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                placement_group=strategy, placement_group_bundle_index=i)
+                placement_group=strategy, placement_group_bundle_index=i
+            )
         actors.append(actor_cls.options(**options).remote(**kwargs))
     return StartingGroup(name, actors, group, placement_group=strategy)
 
@@ -150,11 +156,19 @@ def await_ready(groups: list[StartingGroup]) -> None:
             try:
                 ray.get(group_pids, timeout=max(0.0, g.started + g.group.ready_timeout_s - time.monotonic()))
             except ray.exceptions.GetTimeoutError:
-                raise TimeoutError(f"{g.name}: {g.group.num_actors} actor(s) of {_bundle(g.group)} were not placed "
-                                   f"and constructed within {g.group.ready_timeout_s:.0f}s (ready_timeout_s); the "
-                                   f"cluster has {ray.available_resources()} free") from None
-            log.info("%s: %d actor(s) ready (%s CPU, %s GPU each%s)", g.name, len(g.actors), g.group.num_cpus,
-                     g.group.num_gpus, f", {g.group.placement}" if g.group.placement else "")
+                raise TimeoutError(
+                    f"{g.name}: {g.group.num_actors} actor(s) of {_bundle(g.group)} were not placed "
+                    f"and constructed within {g.group.ready_timeout_s:.0f}s (ready_timeout_s); the "
+                    f"cluster has {ray.available_resources()} free"
+                ) from None
+            log.info(
+                "%s: %d actor(s) ready (%s CPU, %s GPU each%s)",
+                g.name,
+                len(g.actors),
+                g.group.num_cpus,
+                g.group.num_gpus,
+                f", {g.group.placement}" if g.group.placement else "",
+            )
     except BaseException:
         for g in groups:
             for actor in g.actors:

@@ -33,14 +33,20 @@ def check_colocate(rollout: Any, ray_enabled: bool) -> None:
     if not rollout.colocate:
         return
     if not ray_enabled:
-        raise ConfigError("rollout.colocate is an option of the Ray pipeline (ray.enabled: true); without Ray, TRL "
-                          "already generates on the learner's model in this process")
+        raise ConfigError(
+            "rollout.colocate is an option of the Ray pipeline (ray.enabled: true); without Ray, TRL "
+            "already generates on the learner's model in this process"
+        )
     if rollout.backend != "hf":
-        raise ConfigError("rollout.colocate works with rollout.backend=hf: vLLM's sleep mode needs CUDA and is not "
-                          "run by this project's lanes; give vLLM actors a GPU share of their own instead")
+        raise ConfigError(
+            "rollout.colocate works with rollout.backend=hf: vLLM's sleep mode needs CUDA and is not "
+            "run by this project's lanes; give vLLM actors a GPU share of their own instead"
+        )
     if rollout.overlap or rollout.sync_every != 1:
-        raise ConfigError("rollout.colocate generates with the learner's live weights, so it generates between steps "
-                          "only: it needs rollout.overlap=false and rollout.sync_every=1")
+        raise ConfigError(
+            "rollout.colocate generates with the learner's live weights, so it generates between steps "
+            "only: it needs rollout.overlap=false and rollout.sync_every=1"
+        )
 
 
 class ColocatedPool:
@@ -62,8 +68,11 @@ class ColocatedPool:
         model = self.engine.model
         was_training = model.training
         device = self.engine.device
-        autocast = torch.autocast(device.type, dtype=self.dtype) \
-            if self.dtype is not None and self.dtype != next(model.parameters()).dtype else nullcontext()
+        autocast = (
+            torch.autocast(device.type, dtype=self.dtype)
+            if self.dtype is not None and self.dtype != next(model.parameters()).dtype
+            else nullcontext()
+        )
         model.eval()
         try:
             with autocast:

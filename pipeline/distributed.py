@@ -39,7 +39,7 @@ def split_output(output: dict[str, list], sizes: list[int]) -> list[dict[str, li
     """A rollout_func output over concatenated prompts -> one output per part of `sizes` rows."""
     parts, start = [], 0
     for size in sizes:
-        parts.append({key: values[start:start + size] for key, values in output.items()})
+        parts.append({key: values[start : start + size] for key, values in output.items()})
         start += size
     if start != min(len(v) for v in output.values()):
         raise ValueError(f"rollout output has {min(len(v) for v in output.values())} rows, the ranks sent {start}")
@@ -94,8 +94,9 @@ class GatheredRollouts:
         from pipeline.rollout import output_logprob_gap
 
         model = trainer.accelerator.unwrap_model(trainer.model)
-        gaps = output_logprob_gap(model, trainer.processing_class, prompts, output, trainer.args.temperature,
-                                  self.logprob_gap_samples)
+        gaps = output_logprob_gap(
+            model, trainer.processing_class, prompts, output, trainer.args.temperature, self.logprob_gap_samples
+        )
         if rank == 0 and gaps:
             log_metric(trainer, "rollout/logprob_gap_mean", sum(gaps) / len(gaps))
             log_metric(trainer, "rollout/logprob_gap_max", max(gaps))
@@ -118,10 +119,15 @@ class GatheredRollouts:
 # state are partitioned across the workers; with bf16 the optimizer keeps float32 masters. Full 16-bit
 # weights are gathered when the final policy is saved, so `final/` is a from_pretrained folder.
 DEEPSPEED_ZERO3: dict[str, Any] = {
-    "zero_optimization": {"stage": 3, "overlap_comm": True, "contiguous_gradients": True,
-                          "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
-                          "stage3_param_persistence_threshold": "auto",
-                          "stage3_gather_16bit_weights_on_model_save": True},
+    "zero_optimization": {
+        "stage": 3,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+        "stage3_prefetch_bucket_size": "auto",
+        "stage3_param_persistence_threshold": "auto",
+        "stage3_gather_16bit_weights_on_model_save": True,
+    },
     "bf16": {"enabled": "auto"},
     "fp16": {"enabled": "auto"},
     "train_micro_batch_size_per_gpu": "auto",
@@ -136,8 +142,15 @@ def strategy_args(strategy: str, layer_classes: list[str], deepspeed: Any = None
     (`deepspeed`: the trainer's own `deepspeed` setting, a config file or dict, if it has one)."""
     if strategy == "fsdp":
         # FSDP2, whole decoder layers as units, a full state dict in checkpoints (what from_pretrained reads).
-        return {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": layer_classes,
-                                              "reshard_after_forward": True, "state_dict_type": "FULL_STATE_DICT"}}
+        return {
+            "fsdp": True,
+            "fsdp_config": {
+                "version": 2,
+                "transformer_layer_cls_to_wrap": layer_classes,
+                "reshard_after_forward": True,
+                "state_dict_type": "FULL_STATE_DICT",
+            },
+        }
     if strategy == "deepspeed":
         return {"deepspeed": deepspeed or copy.deepcopy(DEEPSPEED_ZERO3)}
     return {"ddp_find_unused_parameters": False}
@@ -147,8 +160,10 @@ def decoder_layer_classes(model: Any) -> list[str]:
     """The model's transformer block classes (what FSDP wraps as units): its `_no_split_modules`."""
     names = list(getattr(model, "_no_split_modules", None) or [])
     if not names:
-        raise ValueError(f"{type(model).__name__} does not name its transformer blocks (_no_split_modules): "
-                         "learner.strategy=fsdp cannot tell what to shard as units")
+        raise ValueError(
+            f"{type(model).__name__} does not name its transformer blocks (_no_split_modules): "
+            "learner.strategy=fsdp cannot tell what to shard as units"
+        )
     return names
 
 
@@ -169,8 +184,12 @@ def _run_packed(config: dict[str, Any]) -> None:
     if Path(launch_dir).is_dir():
         os.chdir(launch_dir)
     else:  # another node without that directory: only absolute (shared) paths can work there
-        log.warning("learner worker: the launch directory %s does not exist on this node; relative paths in the "
-                    "config resolve against %s", launch_dir, os.getcwd())
+        log.warning(
+            "learner worker: the launch directory %s does not exist on this node; relative paths in the "
+            "config resolve against %s",
+            launch_dir,
+            os.getcwd(),
+        )
     import ray.train.torch
 
     visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
@@ -186,8 +205,15 @@ def rank_gpus(visible: list[str], device: Any) -> list[str]:
     return [visible[device.index or 0]] if visible else [str(device.index or 0)]
 
 
-def run_workers(train_fn: Callable[..., Any], kwargs: dict[str, Any], learner: Any, gpus_per_worker: float,
-                backend: str, storage: Path, name: str) -> None:
+def run_workers(
+    train_fn: Callable[..., Any],
+    kwargs: dict[str, Any],
+    learner: Any,
+    gpus_per_worker: float,
+    backend: str,
+    storage: Path,
+    name: str,
+) -> None:
     """Run `train_fn(**kwargs, learner_gpus=<this worker's GPU ids>)` on `learner.num_workers` Ray Train
     workers in one torch.distributed group, from the directory this process runs in.
 
@@ -201,15 +227,24 @@ def run_workers(train_fn: Callable[..., Any], kwargs: dict[str, Any], learner: A
     from ray.train import ControllerError, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    resources = {"CPU": learner.num_cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {}),
-                 **learner.resources}
+    resources = {
+        "CPU": learner.num_cpus_per_worker,
+        **({"GPU": gpus_per_worker} if gpus_per_worker else {}),
+        **learner.resources,
+    }
     trainer = TorchTrainer(
-        _run_packed, train_loop_config={"packed": cloudpickle.dumps((train_fn, kwargs, os.getcwd()))},
-        scaling_config=ScalingConfig(num_workers=learner.num_workers, use_gpu=gpus_per_worker > 0,
-                                     resources_per_worker=resources),
+        _run_packed,
+        train_loop_config={"packed": cloudpickle.dumps((train_fn, kwargs, os.getcwd()))},
+        scaling_config=ScalingConfig(
+            num_workers=learner.num_workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
+        ),
         torch_config=TorchConfig(backend=backend),
-        run_config=RunConfig(name=name, storage_path=str(storage.resolve()),
-                             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0)))
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage.resolve()),
+            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
+        ),
+    )
     log.info("learner: %d Ray Train workers (%s, %s each)", learner.num_workers, learner.strategy, resources)
     try:
         trainer.fit()
@@ -217,9 +252,11 @@ def run_workers(train_fn: Callable[..., Any], kwargs: dict[str, Any], learner: A
         failures = getattr(e, "worker_failures", {}) or {}
         raise _worker_error(failures, str(e)) from e
     except ControllerError as e:  # the worker group could not be started (placed) in time
-        raise LearnerWorkerError(f"the {learner.num_workers} learner workers ({resources} each) could not be started: "
-                                 f"{e}; the cluster has {ray.available_resources()} free (learner.ready_timeout_s="
-                                 f"{learner.ready_timeout_s:g})") from e
+        raise LearnerWorkerError(
+            f"the {learner.num_workers} learner workers ({resources} each) could not be started: "
+            f"{e}; the cluster has {ray.available_resources()} free (learner.ready_timeout_s="
+            f"{learner.ready_timeout_s:g})"
+        ) from e
 
 
 def _worker_error(failures: dict[int, BaseException], message: str) -> BaseException:

@@ -27,10 +27,14 @@ class Layout:
     def of(cls, cfg: Any) -> Layout:
         """`cfg`: a GRPORecipeConfig."""
         ray, workers = cfg.ray.enabled, cfg.learner.num_workers
-        return cls(ray=ray, learner_workers=workers,
-                   sharded=workers > 1 and cfg.learner.strategy in SHARDED_STRATEGIES,
-                   colocate=ray and cfg.rollout.colocate, rollout_actors=ray and not cfg.rollout.colocate,
-                   reward_actors=tuple(reward_actor_groups(cfg)))
+        return cls(
+            ray=ray,
+            learner_workers=workers,
+            sharded=workers > 1 and cfg.learner.strategy in SHARDED_STRATEGIES,
+            colocate=ray and cfg.rollout.colocate,
+            rollout_actors=ray and not cfg.rollout.colocate,
+            reward_actors=tuple(reward_actor_groups(cfg)),
+        )
 
     def in_learner(self, component: str, cfg: Any) -> bool:
         """Whether reward component `component` of the scheme runs in the learner's process."""

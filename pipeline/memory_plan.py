@@ -64,7 +64,9 @@ def shape_of(config: Any, backbone_only: bool = False) -> Shape:
     return Shape(
         params=sum(p.numel() for p in model.parameters()),
         vision_params=sum(p.numel() for p in tower.parameters()) if tower is not None else 0,
-        layers=text.num_hidden_layers, hidden=text.hidden_size, intermediate=text.intermediate_size,
+        layers=text.num_hidden_layers,
+        hidden=text.hidden_size,
+        intermediate=text.intermediate_size,
         kv_heads=text.num_key_value_heads,
         head_dim=getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
         vocab=text.vocab_size,
@@ -72,8 +74,9 @@ def shape_of(config: Any, backbone_only: bool = False) -> Shape:
         vision_hidden=getattr(vision, "hidden_size", 0) if vision is not None else 0,
         vision_intermediate=getattr(vision, "intermediate_size", 0) if vision is not None else 0,
         dtype=config_dtype(config),
-        linear_shapes=tuple((n, m.in_features, m.out_features) for n, m in model.named_modules()
-                            if isinstance(m, torch.nn.Linear)),
+        linear_shapes=tuple(
+            (n, m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+        ),
     )
 
 
@@ -120,11 +123,16 @@ def workload(cfg: Any, args: Any, text_tokens: int = DEFAULT_TEXT_TOKENS, images
     """`cfg`: a GRPORecipeConfig; `args`: its GRPOConfig."""
     pixels = cfg.policy.max_pixels or 1003520  # Qwen2.5-VL recipes bound images to 28*28*1280 pixels
     image_tokens = images_per_prompt * math.ceil(pixels / PIXELS_PER_TOKEN)
-    return Workload(prompt_tokens=text_tokens + image_tokens, image_patches=image_tokens * 4,
-                    completion_tokens=args.max_completion_length, micro_batch=args.per_device_train_batch_size,
-                    rollouts_per_step=args.per_device_train_batch_size * args.steps_per_generation
-                    * cfg.learner.num_workers,  # every worker's rollouts come from the same engines
-                    group=args.num_generations)
+    return Workload(
+        prompt_tokens=text_tokens + image_tokens,
+        image_patches=image_tokens * 4,
+        completion_tokens=args.max_completion_length,
+        micro_batch=args.per_device_train_batch_size,
+        rollouts_per_step=args.per_device_train_batch_size
+        * args.steps_per_generation
+        * cfg.learner.num_workers,  # every worker's rollouts come from the same engines
+        group=args.num_generations,
+    )
 
 
 def _lora_params(shape: Shape, lora: dict[str, Any]) -> int:
@@ -143,12 +151,17 @@ def learner_items(cfg: Any, args: Any, shape: Shape, load: Workload) -> list[Ite
     w = BYTES.get(cfg.policy.dtype if cfg.policy.dtype != "auto" else shape.dtype or "bfloat16", 4)
     c = 2 if (args.bf16 or args.fp16) else w  # compute dtype under autocast
     lora = bool(cfg.policy.lora)
-    trained = _lora_params(shape, cfg.policy.lora) if lora else \
-        shape.params - (shape.vision_params if cfg.policy.freeze_vision else 0)
+    trained = (
+        _lora_params(shape, cfg.policy.lora)
+        if lora
+        else shape.params - (shape.vision_params if cfg.policy.freeze_vision else 0)
+    )
     tw = 4 if lora else w  # PEFT keeps adapters in float32
     fewer = "policy.freeze_vision: true or policy.lora (fewer trained weights)"
-    batch = ("a smaller trainer.per_device_train_batch_size, with trainer.gradient_accumulation_steps raised "
-             "to keep the batch")
+    batch = (
+        "a smaller trainer.per_device_train_batch_size, with trainer.gradient_accumulation_steps raised "
+        "to keep the batch"
+    )
     b, seq = load.micro_batch, load.prompt_tokens + load.completion_tokens
     per_layer_inputs = shape.layers * b * seq * shape.hidden * c
     if args.gradient_checkpointing:
@@ -159,53 +172,87 @@ def learner_items(cfg: Any, args: Any, shape: Shape, load: Workload) -> list[Ite
     if shape.vision_layers and not cfg.policy.freeze_vision:
         patches = b * load.image_patches
         one = _block(patches, shape.vision_hidden, shape.vision_intermediate, c)
-        vision_act = (shape.vision_layers * patches * shape.vision_hidden * c + 2 * one
-                      if args.gradient_checkpointing else shape.vision_layers * one)
+        vision_act = (
+            shape.vision_layers * patches * shape.vision_hidden * c + 2 * one
+            if args.gradient_checkpointing
+            else shape.vision_layers * one
+        )
     workers, strategy = cfg.learner.num_workers, cfg.learner.strategy
     shards = workers if workers > 1 and strategy in SHARDED_STRATEGIES else 1
     sharder = "FSDP" if strategy == "fsdp" else "ZeRO-3"
     per = f" (1/{shards}: {sharder} shard)" if shards > 1 else ""
     sharding = strategy if strategy in SHARDED_STRATEGIES else "fsdp"
-    more = f" or more learner workers with learner.strategy: {sharding}" \
-        if strategy in SHARDED_STRATEGIES or workers > 1 else ""
+    more = (
+        f" or more learner workers with learner.strategy: {sharding}"
+        if strategy in SHARDED_STRATEGIES or workers > 1
+        else ""
+    )
     # ZeRO-3 under bf16 holds the module itself in bf16 and keeps float32 masters in its optimizer
     # (FSDP2 and DDP train the float32 weights directly under autocast).
     zero3_masters = shards > 1 and strategy == "deepspeed" and c == 2 and not lora
-    weights = f"policy weights (1/{shards}: ZeRO-3 shard, the bf16 compute copy)" if zero3_masters \
-        else f"policy weights{per}"
+    weights = (
+        f"policy weights (1/{shards}: ZeRO-3 shard, the bf16 compute copy)" if zero3_masters else f"policy weights{per}"
+    )
     items = [
-        Item(weights,
-             (shape.params * (c if zero3_masters else w) + (trained * tw if lora else 0)) // shards,
-             f"policy.lora (a frozen base){more}"),
-        *([Item(f"float32 master weights, kept by the optimizer{per}", trained * 4 // shards, fewer + more)]
-          if zero3_masters else []),
+        Item(
+            weights,
+            (shape.params * (c if zero3_masters else w) + (trained * tw if lora else 0)) // shards,
+            f"policy.lora (a frozen base){more}",
+        ),
+        *(
+            [Item(f"float32 master weights, kept by the optimizer{per}", trained * 4 // shards, fewer + more)]
+            if zero3_masters
+            else []
+        ),
         Item(f"gradients{per}", trained * tw // shards, fewer + more),
         Item(f"AdamW state (2 per trained weight){per}", 2 * trained * tw // shards, fewer + more),
-        Item(f"activations (micro-batch {b} x {seq} tokens"
-             f"{', gradient checkpointing' if args.gradient_checkpointing else ''})", text_act + vision_act,
-             f"trainer.gradient_checkpointing: true, or {batch}"),
+        Item(
+            f"activations (micro-batch {b} x {seq} tokens"
+            f"{', gradient checkpointing' if args.gradient_checkpointing else ''})",
+            text_act + vision_act,
+            f"trainer.gradient_checkpointing: true, or {batch}",
+        ),
         # TRL keeps the completion's logits [B, T, V] (compute dtype), divides them by the temperature
         # (a copy), and log-softmaxes them in fp32 for the log-probabilities and the entropy.
-        Item(f"completion logits ({b} x {load.completion_tokens} x {shape.vocab} vocabulary)",
-             b * load.completion_tokens * shape.vocab * (2 * c + 4), f"{batch}, or trainer.max_completion_length"),
+        Item(
+            f"completion logits ({b} x {load.completion_tokens} x {shape.vocab} vocabulary)",
+            b * load.completion_tokens * shape.vocab * (2 * c + 4),
+            f"{batch}, or trainer.max_completion_length",
+        ),
     ]
     if args.beta > 0 and not lora:
-        items.append(Item(f"reference model (beta > 0){per}", shape.params * w // shards,
-                          "trainer.beta: 0, or policy.lora"))
+        items.append(
+            Item(f"reference model (beta > 0){per}", shape.params * w // shards, "trainer.beta: 0, or policy.lora")
+        )
     if shards > 1:
         # FSDP gathers one unit (a decoder layer, or the embedding) to compute, and prefetches the next;
         # ZeRO-3 gathers the parameters of the module computing and prefetches about as much.
         layer = (shape.params - shape.vision_params - shape.vocab * shape.hidden) // max(1, shape.layers)
-        items.append(Item(f"{sharder}: gathered {'units' if strategy == 'fsdp' else 'parameters'} "
-                          "(the one computing and the one prefetched)",
-                          2 * max(layer, shape.vocab * shape.hidden) * c, "more learner workers do not shrink it"))
+        items.append(
+            Item(
+                f"{sharder}: gathered {'units' if strategy == 'fsdp' else 'parameters'} "
+                "(the one computing and the one prefetched)",
+                2 * max(layer, shape.vocab * shape.hidden) * c,
+                "more learner workers do not shrink it",
+            )
+        )
     elif workers > 1:
-        items.append(Item("DDP gradient buckets (a second copy of the gradients)", trained * tw,
-                          "learner.strategy: fsdp or deepspeed (shards instead of copying)"))
+        items.append(
+            Item(
+                "DDP gradient buckets (a second copy of the gradients)",
+                trained * tw,
+                "learner.strategy: fsdp or deepspeed (shards instead of copying)",
+            )
+        )
     if Layout.of(cfg).rollout_actors and cfg.rollout.weight_sync != "object_store":
         sent = shape.params * BYTES.get(cfg.rollout.dtype or cfg.policy.dtype, 2)  # a smaller policy: its size
-        items.append(Item("weight sync: one staging bucket (cast weights on their way to the engines)",
-                          min(int(cfg.rollout.bucket_mb * 2**20), sent), "rollout.bucket_mb"))
+        items.append(
+            Item(
+                "weight sync: one staging bucket (cast weights on their way to the engines)",
+                min(int(cfg.rollout.bucket_mb * 2**20), sent),
+                "rollout.bucket_mb",
+            )
+        )
     return items
 
 
@@ -214,19 +261,29 @@ def rollout_items(cfg: Any, shape: Shape, load: Workload, capacity: int) -> list
     if cfg.rollout.backend == "vllm":
         kv_bytes = cfg.rollout.vllm.get("kv_cache_memory_bytes")
         if kv_bytes is not None:  # a fixed KV cache: vLLM then ignores gpu_memory_utilization for its size
-            return [Item("vLLM engine weights", shape.params * ew, "rollout.dtype: bfloat16"),
-                     Item("vLLM KV cache (kv_cache_memory_bytes)", int(kv_bytes), "rollout.vllm.kv_cache_memory_bytes")]
+            return [
+                Item("vLLM engine weights", shape.params * ew, "rollout.dtype: bfloat16"),
+                Item("vLLM KV cache (kv_cache_memory_bytes)", int(kv_bytes), "rollout.vllm.kv_cache_memory_bytes"),
+            ]
         util = float(cfg.rollout.vllm.get("gpu_memory_utilization", 0.9))
-        return [Item(f"vLLM engine (gpu_memory_utilization {util:g} of the GPU: weights + KV cache)",
-                     int(util * capacity), "rollout.vllm.gpu_memory_utilization")]
+        return [
+            Item(
+                f"vLLM engine (gpu_memory_utilization {util:g} of the GPU: weights + KV cache)",
+                int(util * capacity),
+                "rollout.vllm.gpu_memory_utilization",
+            )
+        ]
     prompts = math.ceil(load.rollouts_per_step / load.group / cfg.rollout.actors.num_actors)
     seqs = prompts * load.group
     seq = load.prompt_tokens + load.completion_tokens
     fewer = "more rollout.actors.num_actors (fewer prompts each) or trainer.max_completion_length"
     return [
         Item("rollout engine weights", shape.params * ew, "rollout.dtype: bfloat16"),
-        Item(f"KV cache ({seqs} sequences x {seq} tokens)",
-             seqs * seq * shape.layers * 2 * shape.kv_heads * shape.head_dim * ew, fewer),
+        Item(
+            f"KV cache ({seqs} sequences x {seq} tokens)",
+            seqs * seq * shape.layers * 2 * shape.kv_heads * shape.head_dim * ew,
+            fewer,
+        ),
         Item("sampling logits and log-probabilities (one step)", seqs * shape.vocab * (ew + 8), fewer),
     ]
 
@@ -239,9 +296,14 @@ def colocated_items(cfg: Any, shape: Shape, load: Workload, learner: list[Item])
     seqs, seq = load.rollouts_per_step, load.prompt_tokens + load.completion_tokens
     generation = seqs * seq * shape.layers * 2 * shape.kv_heads * shape.head_dim * ew + seqs * shape.vocab * (ew + 8)
     transient = sum(i.bytes for i in learner if i.name.startswith(("activations", "completion logits")))
-    return [Item(f"colocated generation beyond the learner's activations (KV cache of {seqs} x {seq} tokens, "
-                 "sampling logits)", max(0, generation - transient),
-                 "trainer.max_completion_length, or fewer rollouts per step (trainer.steps_per_generation)")]
+    return [
+        Item(
+            f"colocated generation beyond the learner's activations (KV cache of {seqs} x {seq} tokens, "
+            "sampling logits)",
+            max(0, generation - transient),
+            "trainer.max_completion_length, or fewer rollouts per step (trainer.steps_per_generation)",
+        )
+    ]
 
 
 def reward_model_items(cfg: Any, shape: Shape, load: Workload) -> list[Item]:
@@ -249,9 +311,11 @@ def reward_model_items(cfg: Any, shape: Shape, load: Workload) -> list[Item]:
     tokens = cfg.reward.model.batch_size * (load.prompt_tokens + load.completion_tokens)
     return [
         Item("reward model weights", shape.params * w, "reward.actors.model.num_gpus: 1 (a GPU of its own)"),
-        Item(f"scoring activations (batch {cfg.reward.model.batch_size})",
-             tokens * 2 * shape.hidden * w + _block(tokens, shape.hidden, shape.intermediate, w),
-             "reward.model.batch_size"),
+        Item(
+            f"scoring activations (batch {cfg.reward.model.batch_size})",
+            tokens * 2 * shape.hidden * w + _block(tokens, shape.hidden, shape.intermediate, w),
+            "reward.model.batch_size",
+        ),
     ]
 
 
@@ -262,21 +326,37 @@ def judge_items(cfg: Any, shape: Shape, load: Workload, capacity: int) -> list[I
     judge = cfg.reward.judge
     if judge.backend == "vllm":
         util = float(judge.vllm.get("gpu_memory_utilization", 0.9))
-        return [Item(f"vLLM judge (gpu_memory_utilization {util:g} of the GPU: weights + KV cache)",
-                     int(util * capacity), "reward.judge.vllm.gpu_memory_utilization")]
+        return [
+            Item(
+                f"vLLM judge (gpu_memory_utilization {util:g} of the GPU: weights + KV cache)",
+                int(util * capacity),
+                "reward.judge.vllm.gpu_memory_utilization",
+            )
+        ]
     w = BYTES.get(shape.dtype or "bfloat16", 2)
     seq = load.prompt_tokens + 2 * load.completion_tokens + JUDGE_TEMPLATE_TOKENS + judge.max_tokens
     seqs = judge.batch_size
     return [
         Item("judge weights", shape.params * w, "reward.actors.judge.num_gpus: 1 (a GPU of its own)"),
-        Item(f"judge KV cache ({seqs} prompts x {seq} tokens)",
-             seqs * seq * shape.layers * 2 * shape.kv_heads * shape.head_dim * w, "reward.judge.batch_size"),
+        Item(
+            f"judge KV cache ({seqs} prompts x {seq} tokens)",
+            seqs * seq * shape.layers * 2 * shape.kv_heads * shape.head_dim * w,
+            "reward.judge.batch_size",
+        ),
         Item("judge logits (one step)", seqs * shape.vocab * (w + 8), "reward.judge.batch_size"),
     ]
 
 
-def plan(cfg: Any, args: Any, policy: Shape, reward: Shape | None, num_gpus: int, capacity: int,
-         load: Workload, judge: Shape | None = None) -> list[GPUPlan]:
+def plan(
+    cfg: Any,
+    args: Any,
+    policy: Shape,
+    reward: Shape | None,
+    num_gpus: int,
+    capacity: int,
+    load: Workload,
+    judge: Shape | None = None,
+) -> list[GPUPlan]:
     """Per-GPU memory of `cfg` on `num_gpus` GPUs of `capacity` bytes each (`reward`: the scalar reward
     model's shape; `judge`: the generative judge's)."""
     requests = gpu_requests(cfg, num_gpus)
@@ -307,13 +387,19 @@ def plan(cfg: Any, args: Any, policy: Shape, reward: Shape | None, num_gpus: int
         gpu = GPUPlan(i, [_share(r) for r in occupants], capacity)
         for r in occupants:
             label = r.who if len(occupants) > 1 else ""
-            gpu.items += [Item(f"{label}: {it.name}" if label else it.name, _per_gpu(it.bytes, r), it.knob)
-                          for it in parts[r.who]]
+            gpu.items += [
+                Item(f"{label}: {it.name}" if label else it.name, _per_gpu(it.bytes, r), it.knob) for it in parts[r.who]
+            ]
         # vLLM's reservation already counts its process's own overhead.
         processes = sum(1 for r in occupants if not (r.who.startswith("rollout") and cfg.rollout.backend == "vllm"))
         if processes:
-            gpu.items.append(Item(f"CUDA context and allocator reserve ({processes} process(es))",
-                                  CUDA_CONTEXT * processes, "fewer processes on this GPU"))
+            gpu.items.append(
+                Item(
+                    f"CUDA context and allocator reserve ({processes} process(es))",
+                    CUDA_CONTEXT * processes,
+                    "fewer processes on this GPU",
+                )
+            )
         plans.append(gpu)
     return plans
 
@@ -332,9 +418,11 @@ def check_fits(plans: list[GPUPlan]) -> None:
     for gpu in plans:
         if not gpu.fits:
             big = max(gpu.items, key=lambda i: i.bytes)
-            raise ConfigError(f"GPU {gpu.index} ({', '.join(gpu.occupants)}) would need {gpu.total / GiB:.1f} GiB "
-                              f"of its {gpu.capacity / GiB:.0f} GiB. The largest item is {big.name}: "
-                              f"{big.gib:.1f} GiB; to shrink it: {big.knob}. (`brl plan CONFIG` shows every item.)")
+            raise ConfigError(
+                f"GPU {gpu.index} ({', '.join(gpu.occupants)}) would need {gpu.total / GiB:.1f} GiB "
+                f"of its {gpu.capacity / GiB:.0f} GiB. The largest item is {big.name}: "
+                f"{big.gib:.1f} GiB; to shrink it: {big.knob}. (`brl plan CONFIG` shows every item.)"
+            )
 
 
 def format_plan(plans: list[GPUPlan], header: str) -> str:
@@ -342,8 +430,11 @@ def format_plan(plans: list[GPUPlan], header: str) -> str:
     for gpu in plans:
         lines.append(f"\nGPU {gpu.index}: {', '.join(gpu.occupants)}")
         lines += [f"  {it.gib:8.2f} GiB  {it.name}" for it in gpu.items]
-        verdict = f"fits, {(gpu.capacity - gpu.total) / GiB:.1f} GiB free" if gpu.fits else \
-            f"DOES NOT FIT, {(gpu.total - gpu.capacity) / GiB:.1f} GiB over"
+        verdict = (
+            f"fits, {(gpu.capacity - gpu.total) / GiB:.1f} GiB free"
+            if gpu.fits
+            else f"DOES NOT FIT, {(gpu.total - gpu.capacity) / GiB:.1f} GiB over"
+        )
         lines.append(f"  {gpu.total / GiB:8.2f} GiB  total of {gpu.capacity / GiB:.0f} GiB: {verdict}")
     if not plans:
         lines.append("\nno GPU is asked for (a CPU run)")
@@ -388,8 +479,9 @@ def reward_shape(cfg: Any, override: str | None = None) -> tuple[Shape | None, s
         except ValueError:
             if override:
                 raise
-    return shape_of(model_config(ASSUMED_REWARD_MODEL), backbone_only=True), \
-        f"{ASSUMED_REWARD_MODEL} assumed ({path or 'reward.model.paths'} is not there yet)"
+    return shape_of(
+        model_config(ASSUMED_REWARD_MODEL), backbone_only=True
+    ), f"{ASSUMED_REWARD_MODEL} assumed ({path or 'reward.model.paths'} is not there yet)"
 
 
 def fewest_gpus(cfg: Any) -> int:
@@ -403,8 +495,15 @@ def fewest_gpus(cfg: Any) -> int:
     raise ConfigError("the config asks for more than 1024 GPUs")
 
 
-def plan_for(cfg: Any, args: Any, num_gpus: int, capacity: int, reward_model: str | None = None,
-             text_tokens: int = DEFAULT_TEXT_TOKENS, images_per_prompt: int = 1) -> tuple[list[GPUPlan], str]:
+def plan_for(
+    cfg: Any,
+    args: Any,
+    num_gpus: int,
+    capacity: int,
+    reward_model: str | None = None,
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+    images_per_prompt: int = 1,
+) -> tuple[list[GPUPlan], str]:
     """The per-GPU plan of a GRPO config and a header describing what it assumed."""
     policy = shape_of(model_config(cfg.policy.path, cfg.policy.trust_remote_code))
     reward, reward_from = reward_shape(cfg, reward_model)
@@ -416,12 +515,14 @@ def plan_for(cfg: Any, args: Any, num_gpus: int, capacity: int, reward_model: st
         if cfg.policy.lora
         else f"{(policy.params - (policy.vision_params if cfg.policy.freeze_vision else 0)) / 1e9:.2f}B trained"
     )
-    header = (f"{num_gpus} GPU(s) of {capacity / GiB:.0f} GiB. Policy {cfg.policy.path}: {policy.params / 1e9:.2f}B "
-              f"parameters ({policy.vision_params / 1e9:.2f}B vision), {trained}, {cfg.policy.dtype} weights, "
-              f"{'bf16' if args.bf16 else 'fp16' if args.fp16 else cfg.policy.dtype} compute. Reward model: "
-              f"{reward_from}{f' ({reward.params / 1e9:.2f}B)' if reward else ''}"
-              f"{f'. Judge: {judge_from} ({judge.params / 1e9:.2f}B)' if judge else ''}. A step: "
-              f"{load.rollouts_per_step} rollouts ({load.rollouts_per_step // load.group} prompts x {load.group}), "
-              f"{load.prompt_tokens} prompt tokens ({text_tokens} text + {images_per_prompt} image(s)), "
-              f"{load.completion_tokens} completion tokens, micro-batch {load.micro_batch}.")
+    header = (
+        f"{num_gpus} GPU(s) of {capacity / GiB:.0f} GiB. Policy {cfg.policy.path}: {policy.params / 1e9:.2f}B "
+        f"parameters ({policy.vision_params / 1e9:.2f}B vision), {trained}, {cfg.policy.dtype} weights, "
+        f"{'bf16' if args.bf16 else 'fp16' if args.fp16 else cfg.policy.dtype} compute. Reward model: "
+        f"{reward_from}{f' ({reward.params / 1e9:.2f}B)' if reward else ''}"
+        f"{f'. Judge: {judge_from} ({judge.params / 1e9:.2f}B)' if judge else ''}. A step: "
+        f"{load.rollouts_per_step} rollouts ({load.rollouts_per_step // load.group} prompts x {load.group}), "
+        f"{load.prompt_tokens} prompt tokens ({text_tokens} text + {images_per_prompt} image(s)), "
+        f"{load.completion_tokens} completion tokens, micro-batch {load.micro_batch}."
+    )
     return plans, header

@@ -46,7 +46,6 @@ class Request:
     labels: tuple[tuple[str, float], ...] = ()  # custom resources that pin it to nodes
 
 
-
 def learner_gpus(cfg: Any, machine_gpus: int) -> float:
     """GPUs per learner worker: `learner.gpus_per_worker`, or 1 on a machine with GPUs, 0 without."""
     g = cfg.learner.gpus_per_worker
@@ -60,10 +59,15 @@ def resource_requests(cfg: Any, machine_gpus: int) -> list[Request]:
     if learner.num_workers == 1:
         out = [Request("learner", share)]
     else:
-        out = [Request(f"learner worker {i}", share, learner.num_cpus_per_worker, tuple(learner.resources.items()))
-               for i in range(learner.num_workers)]
-    return out + [Request(f"{name} actor {i}", group.num_gpus, group.num_cpus, tuple(group.resources.items()))
-                  for name, group in actor_groups(cfg) for i in range(group.num_actors)]
+        out = [
+            Request(f"learner worker {i}", share, learner.num_cpus_per_worker, tuple(learner.resources.items()))
+            for i in range(learner.num_workers)
+        ]
+    return out + [
+        Request(f"{name} actor {i}", group.num_gpus, group.num_cpus, tuple(group.resources.items()))
+        for name, group in actor_groups(cfg)
+        for i in range(group.num_actors)
+    ]
 
 
 def gpu_requests(cfg: Any, machine_gpus: int) -> list[Request]:
@@ -86,9 +90,11 @@ def pack(requests: list[Request], num_gpus: int) -> list[list[Request]]:
         if len(slots) < need:
             total = sum(q.gpus for q in requests)
             asked = ", ".join(f"{who}: {g:g}" for who, g in _summary(requests))
-            raise ConfigError(f"the config asks for {total:g} GPUs ({asked}) and they do not fit on the {num_gpus} "
-                              f"GPU(s) available (a whole GPU per whole-number request, fractions packed): lower "
-                              f"the num_gpus of an actor group, the number of actors or learner.gpus_per_worker")
+            raise ConfigError(
+                f"the config asks for {total:g} GPUs ({asked}) and they do not fit on the {num_gpus} "
+                f"GPU(s) available (a whole GPU per whole-number request, fractions packed): lower "
+                f"the num_gpus of an actor group, the number of actors or learner.gpus_per_worker"
+            )
         for i in slots[:need] if r.gpus >= 1 else slots[:1]:
             free[i] -= min(r.gpus, 1.0)
             placed[i].append(r)
@@ -104,27 +110,34 @@ def _summary(requests: list[Request], amount: Any = lambda r: r.gpus) -> list[tu
     return [(who, total) for who, total in totals.items() if total > 0]
 
 
-def check_resources(reqs: list[Request], where: str, cpus: float, gpus: float, labels: dict[str, float],
-                    local_gpus: int | None = None) -> None:
+def check_resources(
+    reqs: list[Request], where: str, cpus: float, gpus: float, labels: dict[str, float], local_gpus: int | None = None
+) -> None:
     """Refuse, naming the numbers, a config whose requests the cluster cannot hold: GPUs (packed per GPU
     on a local cluster, `local_gpus`; totals on a cluster this process joins), CPUs and every custom
     resource label. Ray would otherwise leave what does not fit pending, silently, for ever."""
     if local_gpus is not None:
         pack([r for r in reqs if r.gpus > 0], local_gpus)
     needs = [("GPU", gpus, lambda r: r.gpus), ("CPU", cpus, lambda r: r.cpus)]
-    needs += [(label, labels.get(label, 0.0), lambda r, k=label: dict(r.labels).get(k, 0.0))
-              for label in sorted({k for r in reqs for k, _ in r.labels})]
+    needs += [
+        (label, labels.get(label, 0.0), lambda r, k=label: dict(r.labels).get(k, 0.0))
+        for label in sorted({k for r in reqs for k, _ in r.labels})
+    ]
     for name, have, amount in needs:
         if name == "GPU" and local_gpus is not None:
             continue
         total = sum(amount(r) for r in reqs)
         if total > have + 1e-9:
             asked = ", ".join(f"{who}: {n:g}" for who, n in _summary(reqs, amount))
-            hint = {"GPU": "lower the num_gpus of an actor group, the number of actors or learner.gpus_per_worker",
-                    "CPU": "lower the num_cpus of an actor group or learner.num_cpus_per_worker (fractions share a "
-                           "core), or raise ray.num_cpus (logical CPUs: a local cluster may oversubscribe its cores)"
-                    }.get(name, f"start nodes with that label (`ray start --resources='{{\"{name}\": N}}'`) and "
-                                f"join them with ray.address")
+            hint = {
+                "GPU": "lower the num_gpus of an actor group, the number of actors or learner.gpus_per_worker",
+                "CPU": "lower the num_cpus of an actor group or learner.num_cpus_per_worker (fractions share a "
+                "core), or raise ray.num_cpus (logical CPUs: a local cluster may oversubscribe its cores)",
+            }.get(
+                name,
+                f"start nodes with that label (`ray start --resources='{{\"{name}\": N}}'`) and "
+                f"join them with ray.address",
+            )
             raise ConfigError(f"the config asks for {total:g} {name} ({asked}) but {where} has {have:g}: {hint}")
 
 
@@ -144,8 +157,10 @@ def _pin(gpu_ids: list[str]) -> None:
     import torch
 
     if torch.cuda.is_initialized() and gpu_ids != visible_gpus():
-        raise RuntimeError(f"CUDA was initialised in this process before the learner's GPUs ({gpu_ids}) were chosen; "
-                           "run through `brl`, or set CUDA_VISIBLE_DEVICES before anything touches CUDA")
+        raise RuntimeError(
+            f"CUDA was initialised in this process before the learner's GPUs ({gpu_ids}) were chosen; "
+            "run through `brl`, or set CUDA_VISIBLE_DEVICES before anything touches CUDA"
+        )
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
 
 
@@ -178,7 +193,7 @@ def placed(cfg: Any) -> Iterator[Placement]:
         else:
             gpus = _local_gpus(cfg)
             check_local_resources(cfg)  # (no Ray: the GPUs alone)
-            ids = gpus[:math.ceil(learner_gpus(cfg, len(gpus)))]
+            ids = gpus[: math.ceil(learner_gpus(cfg, len(gpus)))]
             if ids:
                 _pin(ids)
             yield Placement(ids, 0.0)
@@ -221,8 +236,14 @@ def check_local_resources(cfg: Any) -> None:
     if cfg.ray.address or ray.is_initialized():
         return
     cpus = _local_cpus(cfg)  # a local cluster has no custom labels
-    check_resources(resource_requests(cfg, len(local)), f"the local Ray cluster (ray.num_cpus={cpus:g}, "
-                    f"{len(local)} GPUs)", cpus, len(local), {}, local_gpus=len(local))
+    check_resources(
+        resource_requests(cfg, len(local)),
+        f"the local Ray cluster (ray.num_cpus={cpus:g}, {len(local)} GPUs)",
+        cpus,
+        len(local),
+        {},
+        local_gpus=len(local),
+    )
 
 
 def _check_against(requests: list[Request], where: str, resources: dict[str, float]) -> None:
@@ -244,8 +265,11 @@ def _wait_until_free(requests: list[Request], where: str) -> None:
             if time.monotonic() > deadline:
                 raise
             if not waiting:
-                log.info("%s has too little for this run; waiting up to %gs for what stopped actors still hold",
-                         where, RELEASE_WAIT_S)
+                log.info(
+                    "%s has too little for this run; waiting up to %gs for what stopped actors still hold",
+                    where,
+                    RELEASE_WAIT_S,
+                )
                 waiting = True
             time.sleep(0.5)
 
@@ -312,8 +336,9 @@ def _learner_share(cfg: Any, cluster_gpus: float) -> Iterator[list[str]]:
     group = placement_group([{"GPU": share, node: 0.001}], strategy="STRICT_PACK")
     try:
         ray.get(group.ready(), timeout=cfg.rollout.actors.ready_timeout_s)
-        probe = ray.remote(_assigned_gpu_ids).options(num_cpus=0, num_gpus=share,
-                                                      scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0))
+        probe = ray.remote(_assigned_gpu_ids).options(
+            num_cpus=0, num_gpus=share, scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0)
+        )
         ids = ray.get(probe.remote(), timeout=cfg.rollout.actors.ready_timeout_s)
         _pin(ids)
         log.info("learner: GPU %s (%g of it); %g GPUs left to the actors", ",".join(ids), share, cluster_gpus - share)

@@ -21,8 +21,16 @@ class RemoteReward:
     those travel: a rule matcher needs the completions and the ground truth, not the prompts' images
     (64 rows of 1024 x 1024 photos are 200 MB through the object store every step)."""
 
-    def __init__(self, actors: list[Any], name: str, timeout_s: float = 300.0, max_retries: int = 2,
-                 reads: Sequence[str] | None = None, counts_costs: bool = False, calibrates: bool = False):
+    def __init__(
+        self,
+        actors: list[Any],
+        name: str,
+        timeout_s: float = 300.0,
+        max_retries: int = 2,
+        reads: Sequence[str] | None = None,
+        counts_costs: bool = False,
+        calibrates: bool = False,
+    ):
         self.calls = ActorCalls(actors, timeout_s, max_retries, f"reward actors ({name})")
         self.actors = actors
         self.reads = None if reads is None else frozenset(reads)
@@ -58,8 +66,9 @@ class RemoteReward:
 
         def submit(a: int) -> Any:
             idx = index_parts[a]
-            return self.actors[a].__call__.remote([prompts[i] for i in idx], [completions[i] for i in idx],
-                                                  **slice_columns(columns, idx, n))
+            return self.actors[a].__call__.remote(
+                [prompts[i] for i in idx], [completions[i] for i in idx], **slice_columns(columns, idx, n)
+            )
 
         results = self.calls.run(submit, [a for a, idx in enumerate(index_parts) if idx], restore=self._restore)
         if estimating:

@@ -45,7 +45,7 @@ def group_prompts(prompts: list[Any], group_size: int) -> list[Any]:
     firsts = prompts[::group_size]
     for g, first in enumerate(firsts):
         key = None
-        for p in prompts[g * group_size:(g + 1) * group_size]:
+        for p in prompts[g * group_size : (g + 1) * group_size]:
             if p is first:
                 continue
             key = key or prompt_key(first)
@@ -58,8 +58,9 @@ def version_lags(step: int, groups: list[list[Rollout]], max_staleness: int) -> 
     """How many optimizer steps behind the learner each rollout's weights are; raises past the bound."""
     lags = [step - r.version for g in groups for r in g]
     if lags and max(lags) > max_staleness:
-        raise StaleRolloutError(f"a rollout is {max(lags)} policy versions behind the learner "
-                                f"(rollout.max_staleness={max_staleness})")
+        raise StaleRolloutError(
+            f"a rollout is {max(lags)} policy versions behind the learner (rollout.max_staleness={max_staleness})"
+        )
     return lags
 
 
@@ -85,26 +86,44 @@ def step_seed(seed: int, step: int) -> int:
 
 def sampling_from_trl(args: Any, group_size: int, step: int) -> SamplingParams:
     """One source of truth for sampling: TRL's GRPOConfig (plus the step's seed)."""
-    return SamplingParams(n=group_size, temperature=args.temperature, top_p=args.top_p,
-                          top_k=args.top_k or 0, max_tokens=args.max_completion_length,
-                          seed=step_seed(args.seed, step))
+    return SamplingParams(
+        n=group_size,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k or 0,
+        max_tokens=args.max_completion_length,
+        seed=step_seed(args.seed, step),
+    )
 
 
-def logprob_gap(model: Any, processor: Any, requests: list[RolloutRequest], groups: list[list[Rollout]],
-                temperature: float, limit: int = 4) -> list[float]:
+def logprob_gap(
+    model: Any,
+    processor: Any,
+    requests: list[RolloutRequest],
+    groups: list[list[Rollout]],
+    temperature: float,
+    limit: int = 4,
+) -> list[float]:
     """|engine logprob - learner logprob| per token, for up to `limit` rollouts (cheap: one forward each)."""
-    rows = [(req, r.prompt_ids, r.completion_ids, r.logprobs) for req, g in zip(requests, groups) for r in g
-            if r.completion_ids][:limit]
+    rows = [
+        (req, r.prompt_ids, r.completion_ids, r.logprobs)
+        for req, g in zip(requests, groups)
+        for r in g
+        if r.completion_ids
+    ][:limit]
     return _gaps(model, processor, rows, temperature)
 
 
-def output_logprob_gap(model: Any, processor: Any, prompts: list[Any], output: dict[str, list], temperature: float,
-                       limit: int) -> list[float]:
+def output_logprob_gap(
+    model: Any, processor: Any, prompts: list[Any], output: dict[str, list], temperature: float, limit: int
+) -> list[float]:
     """logprob_gap over a rollout_func output (one row per prompt), on its first `limit` rows exactly:
     with a sharded learner every rank runs it at once, and each forward is a collective, so every rank
     makes the same number of them (rows with an empty completion included)."""
-    rows = [(RolloutRequest(messages=p), pi, ci, lp) for p, pi, ci, lp in
-            zip(prompts, output["prompt_ids"], output["completion_ids"], output["logprobs"])][:limit]
+    rows = [
+        (RolloutRequest(messages=p), pi, ci, lp)
+        for p, pi, ci, lp in zip(prompts, output["prompt_ids"], output["completion_ids"], output["logprobs"])
+    ][:limit]
     return _gaps(model, processor, rows, temperature)
 
 
@@ -182,8 +201,14 @@ class ActorRollouts:
         tokens = sum(len(r.completion_ids) for g in groups for r in g)
         # The mismatch between the engine's logprobs and the learner's for the same tokens (as TRL
         # reports for vLLM): engine numerics, plus staleness when weights are synced every k steps.
-        gaps = logprob_gap(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, requests,
-                           groups, trainer.args.temperature, self.logprob_gap_samples)
+        gaps = logprob_gap(
+            trainer.accelerator.unwrap_model(trainer.model),
+            trainer.processing_class,
+            requests,
+            groups,
+            trainer.args.temperature,
+            self.logprob_gap_samples,
+        )
         if gaps:
             log_metric(trainer, "rollout/logprob_gap_mean", sum(gaps) / len(gaps))
             log_metric(trainer, "rollout/logprob_gap_max", max(gaps))
@@ -221,6 +246,7 @@ class ActorRollouts:
         groups = future.result()  # the actors' own timeouts and retries bound this wait
         if ahead_step == step and keys == [prompt_key(p) for p in firsts]:
             return groups
-        log.warning("rollouts generated ahead for step %d do not match step %d's prompts; generating now",
-                    ahead_step, step)
+        log.warning(
+            "rollouts generated ahead for step %d do not match step %d's prompts; generating now", ahead_step, step
+        )
         return None

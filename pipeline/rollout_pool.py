@@ -28,13 +28,23 @@ def engine_spec(rollout: RolloutConfig, policy: PolicyConfig, policy_path: str) 
     if rollout.backend == "hf":
         from policies.hf_engine import HFEngine
 
-        return HFEngine, dict(model=policy_path, dtype=rollout.dtype or policy.dtype, device=rollout.device,
-                              max_pixels=policy.max_pixels, trust_remote_code=policy.trust_remote_code)
+        return HFEngine, dict(
+            model=policy_path,
+            dtype=rollout.dtype or policy.dtype,
+            device=rollout.device,
+            max_pixels=policy.max_pixels,
+            trust_remote_code=policy.trust_remote_code,
+        )
     from policies.vllm_engine import VLLMEngine
 
-    return VLLMEngine, dict(path=policy_path, dtype=rollout.dtype or policy.dtype, max_pixels=policy.max_pixels,
-                            engine_kwargs=dict(rollout.vllm), sync_timeout_s=rollout.timeout_s,
-                            **engine_options(rollout.weight_sync))
+    return VLLMEngine, dict(
+        path=policy_path,
+        dtype=rollout.dtype or policy.dtype,
+        max_pixels=policy.max_pixels,
+        engine_kwargs=dict(rollout.vllm),
+        sync_timeout_s=rollout.timeout_s,
+        **engine_options(rollout.weight_sync),
+    )
 
 
 def start_rollout_actors(engine_cls: type, kwargs: dict[str, Any], group: Any) -> StartingGroup:
@@ -58,8 +68,9 @@ class RolloutPool:
     def __init__(self, actors: list[Any], rollout: RolloutConfig, learner: Location | None = None):
         self.calls = ActorCalls(actors, rollout.timeout_s, rollout.actors.max_retries, "rollout actors")
         self.actors = actors
-        self.sync = make_weight_sync(rollout.weight_sync, self.calls, learner or learner_location([]),
-                                     int(rollout.bucket_mb * 2**20))
+        self.sync = make_weight_sync(
+            rollout.weight_sync, self.calls, learner or learner_location([]), int(rollout.bucket_mb * 2**20)
+        )
         self.version = 0  # the policy version every actor holds
 
     @property
@@ -77,8 +88,9 @@ class RolloutPool:
             seeded = dataclasses.replace(sampling, seed=sampling.request_seed(starts[i]))
             return self.actors[i].generate.remote(parts[i], seeded)
 
-        results = self.calls.run(submit, [i for i, part in enumerate(parts) if part],
-                                 restore=lambda i: self.sync.restore(i, self.version))
+        results = self.calls.run(
+            submit, [i for i, part in enumerate(parts) if part], restore=lambda i: self.sync.restore(i, self.version)
+        )
         return [group for part in results for group in part]
 
     def load_weights(self, named_tensors: Mapping[str, Any], version: int) -> None:
@@ -87,8 +99,9 @@ class RolloutPool:
         self.version = version
 
     def versions(self) -> list[int]:
-        return gather([a.loaded_version.remote() for a in self.actors], self.calls.timeout_s,
-                      "rollout actors (version)")
+        return gather(
+            [a.loaded_version.remote() for a in self.actors], self.calls.timeout_s, "rollout actors (version)"
+        )
 
     def close(self) -> None:
         """Let go of the weight transport (a transfer group is left; the engines go with the actors)."""

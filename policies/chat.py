@@ -40,8 +40,13 @@ def count_image_parts(messages: list[dict]) -> int:
 
 def embedded_images(messages: list[dict]) -> list[Any]:
     """Images carried inside image parts (TRL fills `part["image"]`), in order."""
-    return [p["image"] for m in messages if isinstance(m.get("content"), list)
-            for p in m["content"] if _is_image_part(p) and p.get("image") is not None]
+    return [
+        p["image"]
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for p in m["content"]
+        if _is_image_part(p) and p.get("image") is not None
+    ]
 
 
 def with_image_parts(messages: list[dict], n_images: int) -> list[dict]:
@@ -64,7 +69,7 @@ def with_image_parts(messages: list[dict], n_images: int) -> list[dict]:
     content = user.get("content")
     parts = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
     placed = {**user, "content": [{"type": "image", "text": None}] * n_images + list(parts)}
-    return [*messages[:first], placed, *messages[first + 1:]]
+    return [*messages[:first], placed, *messages[first + 1 :]]
 
 
 IMAGE_PLACEHOLDER = "<image>"  # how LLaVA-style datasets mark where an image goes in a prompt string
@@ -125,8 +130,12 @@ def share_equal_images(rows: Sequence[Any]) -> list[Any]:
     prompt each carry their own decoded copy of its images; pickled (Ray), one object is sent once,
     so the copies then cost nothing to ship. Rows that are not lists are kept as they are."""
     first: dict[tuple | None, Any] = {}
-    return [[first.setdefault(key, image) for key, image in zip(fingerprints(row), row)]
-            if isinstance(row, (list, tuple)) else row for row in rows]
+    return [
+        [first.setdefault(key, image) for key, image in zip(fingerprints(row), row)]
+        if isinstance(row, (list, tuple))
+        else row
+        for row in rows
+    ]
 
 
 def prompt_key(prompt: str | list[dict], images: Sequence[Any] = ()) -> tuple:
@@ -141,8 +150,11 @@ def prompt_key(prompt: str | list[dict], images: Sequence[Any] = ()) -> tuple:
             key.append((m.get("role"), content))
             continue
         for p in content:
-            key.append((m.get("role"), "image", image_fingerprint(p.get("image"))) if _is_image_part(p)
-                       else (m.get("role"), p.get("text")))
+            key.append(
+                (m.get("role"), "image", image_fingerprint(p.get("image")))
+                if _is_image_part(p)
+                else (m.get("role"), p.get("text"))
+            )
     return (*key, *(image_fingerprint(i) for i in images))
 
 
@@ -152,8 +164,10 @@ def placeholder_messages(messages: list[dict]) -> list[dict]:
     for m in messages:
         content = m.get("content")
         if isinstance(content, list):
-            content = [{"type": "image"} if _is_image_part(p) else {"type": "text", "text": p.get("text") or ""}
-                       for p in content]
+            content = [
+                {"type": "image"} if _is_image_part(p) else {"type": "text", "text": p.get("text") or ""}
+                for p in content
+            ]
         out.append({"role": m["role"], "content": content})
     return out
 

@@ -20,11 +20,16 @@ from torch import nn
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The language model's stack of decoder layers (`...layers`) of a causal LM, a vision-language model
     or their headless backbones; the vision tower's `blocks` are not it."""
-    stacks = [module for name, module in model.named_modules()
-              if name.rsplit(".", 1)[-1] == "layers" and isinstance(module, nn.ModuleList)]
+    stacks = [
+        module
+        for name, module in model.named_modules()
+        if name.rsplit(".", 1)[-1] == "layers" and isinstance(module, nn.ModuleList)
+    ]
     if len(stacks) != 1:
-        raise ValueError(f"{type(model).__name__}: expected one stack of decoder layers named 'layers', "
-                         f"found {len(stacks)}; block expansion supports Qwen2/Qwen2.5-VL-style models")
+        raise ValueError(
+            f"{type(model).__name__}: expected one stack of decoder layers named 'layers', "
+            f"found {len(stacks)}; block expansion supports Qwen2/Qwen2.5-VL-style models"
+        )
     return stacks[0]
 
 
@@ -41,8 +46,10 @@ def expand_decoder(model: nn.Module, extra_layers: int) -> int:
         try:
             outputs = (layer.self_attn.o_proj, layer.mlp.down_proj)
         except AttributeError as e:
-            raise ValueError(f"{type(layer).__name__} has no self_attn.o_proj / mlp.down_proj to zero: "
-                             "block expansion supports Qwen2/Llama-style decoder layers") from e
+            raise ValueError(
+                f"{type(layer).__name__} has no self_attn.o_proj / mlp.down_proj to zero: "
+                "block expansion supports Qwen2/Llama-style decoder layers"
+            ) from e
         with torch.no_grad():
             for proj in outputs:
                 proj.weight.zero_()

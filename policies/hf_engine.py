@@ -64,9 +64,17 @@ class HFEngine:
     from it, as a rollout actor does) or a live model (with its `processor`: e.g. the learner's own
     model, for held-out evaluation without a copy)."""
 
-    def __init__(self, model: torch.nn.Module | str, processor: Any = None, *, dtype: str = "float32",
-                 device: str | None = None, max_pixels: int | None = None, trust_remote_code: bool = False,
-                 version: int = 0):
+    def __init__(
+        self,
+        model: torch.nn.Module | str,
+        processor: Any = None,
+        *,
+        dtype: str = "float32",
+        device: str | None = None,
+        max_pixels: int | None = None,
+        trust_remote_code: bool = False,
+        version: int = 0,
+    ):
         if isinstance(model, str):
             from policies.loading import load_policy, load_processor
 
@@ -88,11 +96,13 @@ class HFEngine:
         texts = [render_prompt(self.processor, r.messages) for r in requests]
         if self.is_vlm:
             flat = [img for r in requests for img in images_of(r)]
-            inputs = self.processor(text=texts, images=flat or None, padding=True, padding_side="left",
-                                    return_tensors="pt")
+            inputs = self.processor(
+                text=texts, images=flat or None, padding=True, padding_side="left", return_tensors="pt"
+            )
         else:
-            inputs = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt",
-                                    add_special_tokens=False)
+            inputs = self.tokenizer(
+                texts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False
+            )
         return {k: v.to(self.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
 
     @torch.inference_mode()
@@ -104,13 +114,21 @@ class HFEngine:
         inputs = self._encode(requests)
         if sampling.seed is not None:  # one stream for the batch: the call's first request's seed
             torch.manual_seed(sampling.seed)
-        recorder = TokenLogprobs(self.model.get_output_embeddings(), sampling.temperature, sampling.top_logprobs) \
-            if sampling.logprobs or sampling.top_logprobs else None
+        recorder = (
+            TokenLogprobs(self.model.get_output_embeddings(), sampling.temperature, sampling.top_logprobs)
+            if sampling.logprobs or sampling.top_logprobs
+            else None
+        )
         gen_kwargs: dict[str, Any] = dict(
-            max_new_tokens=sampling.max_tokens, min_new_tokens=sampling.min_tokens or None,
-            num_return_sequences=sampling.n, do_sample=not sampling.greedy, return_dict_in_generate=True,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            suppress_tokens=self.suppress or None, logits_processor=[recorder] if recorder else None,
+            max_new_tokens=sampling.max_tokens,
+            min_new_tokens=sampling.min_tokens or None,
+            num_return_sequences=sampling.n,
+            do_sample=not sampling.greedy,
+            return_dict_in_generate=True,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            suppress_tokens=self.suppress or None,
+            logits_processor=[recorder] if recorder else None,
         )
         if not sampling.greedy:
             gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
@@ -145,8 +163,11 @@ class HFEngine:
                 ids = ids[:end]
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 logps = token_logps[row, :end].tolist() if token_logps is not None and sampling.logprobs else []
-                top = [dict(zip(ids_[row].tolist(), values[row].tolist())) for values, ids_ in recorder.top[:end]] \
-                    if recorder is not None and sampling.top_logprobs else []
+                top = (
+                    [dict(zip(ids_[row].tolist(), values[row].tolist())) for values, ids_ in recorder.top[:end]]
+                    if recorder is not None and sampling.top_logprobs
+                    else []
+                )
                 group.append(Rollout(prompt_ids, ids, logps, text, self.version, finish, top))
             results.append(group)
         return results
@@ -182,8 +203,14 @@ class HFEngine:
 
 
 @torch.no_grad()  # not inference_mode: a sharded (FSDP2) learner's gathered weights must stay ordinary tensors
-def completion_logprobs(model: torch.nn.Module, processor: Any, request: RolloutRequest, prompt_ids: list[int],
-                        completion_ids: list[int], temperature: float = 1.0) -> list[float]:
+def completion_logprobs(
+    model: torch.nn.Module,
+    processor: Any,
+    request: RolloutRequest,
+    prompt_ids: list[int],
+    completion_ids: list[int],
+    temperature: float = 1.0,
+) -> list[float]:
     """Per-token log-probabilities the given model assigns to a completion (teacher forcing).
 
     Used to measure the gap between what a rollout engine reported and what the learner computes
@@ -197,7 +224,7 @@ def completion_logprobs(model: torch.nn.Module, processor: Any, request: Rollout
         inputs.update({k: v.to(device) for k, v in vision.items()})
         image_token = getattr(model.config, "image_token_id", None)
         inputs["mm_token_type_ids"] = (ids == image_token).long()  # transformers 5 Qwen-VL wants it
-    logits = model(**inputs).logits[0, len(prompt_ids) - 1:-1].float()  # [T_completion, V]
+    logits = model(**inputs).logits[0, len(prompt_ids) - 1 : -1].float()  # [T_completion, V]
     if temperature > 0:
         logits = logits / temperature
     target = torch.tensor(completion_ids, device=device)

@@ -32,12 +32,16 @@ def check_model_source(path: str, field: str = "policy.path") -> None:
     try:
         validate_repo_id(path)
     except HFValidationError:
-        raise FileNotFoundError(f"{field}: {path} is neither a directory nor a hub id (namespace/name); if another "
-                                "recipe writes it (`brl sft CONFIG` writes OUTPUT_DIR/final), run that first") from None
+        raise FileNotFoundError(
+            f"{field}: {path} is neither a directory nor a hub id (namespace/name); if another "
+            "recipe writes it (`brl sft CONFIG` writes OUTPUT_DIR/final), run that first"
+        ) from None
     if is_offline_mode() and not isinstance(try_to_load_from_cache(path, "config.json"), str):
-        raise FileNotFoundError(f"{field}: {path} is not a local directory and not in the hub cache, and the hub is "
-                                f"offline (HF_HUB_OFFLINE): download it where the hub is reachable (`huggingface-cli "
-                                f"download {path}`) and point {field} at the local copy, or unset HF_HUB_OFFLINE")
+        raise FileNotFoundError(
+            f"{field}: {path} is not a local directory and not in the hub cache, and the hub is "
+            f"offline (HF_HUB_OFFLINE): download it where the hub is reachable (`huggingface-cli "
+            f"download {path}`) and point {field} at the local copy, or unset HF_HUB_OFFLINE"
+        )
 
 
 def is_vision_language(path: str, trust_remote_code: bool = False) -> bool:
@@ -115,8 +119,9 @@ class VisionLRMixin:
         return optimizer
 
 
-def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                freeze_vision: bool = False) -> torch.nn.Module:
+def load_policy(
+    path: str, dtype: str = "float32", trust_remote_code: bool = False, freeze_vision: bool = False
+) -> torch.nn.Module:
     """A Qwen2.5-VL (any image-text-to-text model) or a causal LM, from a hub id or local directory."""
     auto = AutoModelForImageTextToText if is_vision_language(path, trust_remote_code) else AutoModelForCausalLM
     model = auto.from_pretrained(path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)

@@ -55,11 +55,26 @@ CHAT_TEMPLATE = (
 )
 
 # Sized for a 2-core CPU and for vLLM's CPU attention kernel (head_dim 64 works, 16 does not).
-TINY_TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, max_position_embeddings=1024)
-TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=128,
-                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                   fullatt_block_indexes=[1])
+TINY_TEXT = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=1024,
+)
+TINY_VISION = dict(
+    depth=2,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    out_hidden_size=128,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=56,
+    fullatt_block_indexes=[1],
+)
 # 56x56 images -> 4x4 patches of 14 px -> 2x2 merged tokens: one token per quadrant of the image.
 TINY_IMAGE_PIXELS = (56 * 56, 112 * 112)
 
@@ -87,26 +102,33 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 1024) -> PreTrainedToke
     return fast
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast,
-                    pixels: tuple[int, int] = TINY_IMAGE_PIXELS) -> Qwen2_5_VLProcessor:
+def build_processor(
+    tokenizer: PreTrainedTokenizerFast, pixels: tuple[int, int] = TINY_IMAGE_PIXELS
+) -> Qwen2_5_VLProcessor:
     """Qwen2.5-VL's processor around `tokenizer`; images are resized to `pixels` = (min, max) pixels."""
     min_pixels, max_pixels = pixels
-    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels,
-                                            patch_size=14, merge_size=2, temporal_patch_size=2)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels,
-                                            patch_size=14, merge_size=2, temporal_patch_size=2)
-    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                               video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    video_processor = Qwen2VLVideoProcessor(
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    return dict(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                pad_token_id=ids["<|endoftext|>"])
+    return dict(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
 
 
-def make_tiny_qwen2_5_vl(out_dir: str | Path, corpus: list[str], seed: int = 0,
-                         text: dict[str, Any] | None = None) -> Path:
+def make_tiny_qwen2_5_vl(
+    out_dir: str | Path, corpus: list[str], seed: int = 0, text: dict[str, Any] | None = None
+) -> Path:
     """Build and save a tiny random-weight Qwen2.5-VL policy with its processor (tokenizer trained on
     `corpus`). Returns `out_dir`.
 
@@ -118,8 +140,13 @@ def make_tiny_qwen2_5_vl(out_dir: str | Path, corpus: list[str], seed: int = 0,
     processor = build_processor(build_tokenizer(corpus))
     tokenizer = processor.tokenizer
     special = _token_ids(tokenizer)
-    text_config = dict(TINY_TEXT, **(text or {}), vocab_size=len(tokenizer), rope_parameters={
-        "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]}, **special)
+    text_config = dict(
+        TINY_TEXT,
+        **(text or {}),
+        vocab_size=len(tokenizer),
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
+        **special,
+    )
     config = Qwen2_5_VLConfig(
         text_config=text_config,
         vision_config=dict(TINY_VISION, out_hidden_size=text_config["hidden_size"]),  # merger feeds the LM
@@ -145,8 +172,7 @@ def make_tiny_qwen2(out_dir: str | Path, corpus: list[str], seed: int = 0) -> Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(corpus)
-    config = Qwen2Config(vocab_size=len(tokenizer), tie_word_embeddings=True, **TINY_TEXT,
-                         **_token_ids(tokenizer))
+    config = Qwen2Config(vocab_size=len(tokenizer), tie_word_embeddings=True, **TINY_TEXT, **_token_ids(tokenizer))
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).float()
     model.generation_config.eos_token_id = config.eos_token_id

@@ -79,16 +79,20 @@ def _explain_start_failure(err: Exception, engine_kwargs: dict[str, Any]) -> str
     text = f"{type(err).__name__}: {err}"
     hints = []
     if "memory" in text.lower() or "kv cache" in text.lower():
-        hints.append(f"change rollout.vllm.gpu_memory_utilization (now {engine_kwargs.get('gpu_memory_utilization')};"
-                     " on CPU it is the share of host RAM reserved), give the KV cache a fixed size with "
-                     "rollout.vllm.kv_cache_memory_bytes, or lower rollout.vllm.max_model_len")
+        hints.append(
+            f"change rollout.vllm.gpu_memory_utilization (now {engine_kwargs.get('gpu_memory_utilization')};"
+            " on CPU it is the share of host RAM reserved), give the KV cache a fixed size with "
+            "rollout.vllm.kv_cache_memory_bytes, or lower rollout.vllm.max_model_len"
+        )
     if "head size" in text.lower() or "head_size" in text.lower():
         hints.append("this attention backend does not support the model's head size")
     if not hints:  # the engine core runs in a child process: its root cause is in the log above
-        hints.append("the engine's own error is in the log above; the usual causes are too small (or too large) "
-                     f"rollout.vllm.gpu_memory_utilization (now {engine_kwargs.get('gpu_memory_utilization')}; on "
-                     "CPU it is the share of host RAM for the KV cache), rollout.vllm.max_model_len, or a head "
-                     "size the attention backend does not support")
+        hints.append(
+            "the engine's own error is in the log above; the usual causes are too small (or too large) "
+            f"rollout.vllm.gpu_memory_utilization (now {engine_kwargs.get('gpu_memory_utilization')}; on "
+            "CPU it is the share of host RAM for the KV cache), rollout.vllm.max_model_len, or a head "
+            "size the attention backend does not support"
+        )
     return f"vLLM engine failed to start: {text}\nhint: {'; '.join(hints)}"
 
 
@@ -99,10 +103,17 @@ class VLLMEngine:
     `weight_transfer`: a vLLM weight-transfer backend ("nccl", or "gloo" with the worker extension
     that registers it); None: weights arrive through `load_weights` only."""
 
-    def __init__(self, path: str | os.PathLike, dtype: str = "auto", max_pixels: int | None = None,
-                 engine_kwargs: dict[str, Any] | None = None, version: int = 0, sync_timeout_s: float = 600.0,
-                 weight_transfer: str | None = None,
-                 worker_extension: str = "policies.vllm_engine.WeightReloadExtension"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        dtype: str = "auto",
+        max_pixels: int | None = None,
+        engine_kwargs: dict[str, Any] | None = None,
+        version: int = 0,
+        sync_timeout_s: float = 600.0,
+        weight_transfer: str | None = None,
+        worker_extension: str = "policies.vllm_engine.WeightReloadExtension",
+    ):
         from adapters.vllm import vllm_version_problem
 
         path = os.fspath(path)  # vLLM calls str methods on it
@@ -116,7 +127,9 @@ class VLLMEngine:
         self.tokenizer = tokenizer_of(self.processor)
         self.is_vlm = is_vlm_processor(self.processor)
         kwargs: dict[str, Any] = {
-            "dtype": dtype, "seed": 0, "logprobs_mode": "processed_logprobs",  # temperature applied, like TRL
+            "dtype": dtype,
+            "seed": 0,
+            "logprobs_mode": "processed_logprobs",  # temperature applied, like TRL
             "worker_extension_cls": worker_extension,
             **({"weight_transfer_config": {"backend": weight_transfer}} if weight_transfer else {}),
             **({"limit_mm_per_prompt": {"image": 4}} if self.is_vlm else {}),
@@ -137,10 +150,17 @@ class VLLMEngine:
     def _params(self, sampling: SamplingParams, seed: int | None):
         # vLLM gives the j-th of n samples seed + j (parallel sampling), as our contract says.
         return self._vllm.SamplingParams(
-            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0,
-            max_tokens=sampling.max_tokens, min_tokens=sampling.min_tokens, seed=seed,
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k or 0,
+            max_tokens=sampling.max_tokens,
+            min_tokens=sampling.min_tokens,
+            seed=seed,
             stop=list(sampling.stop) or None,
-            logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None), logit_bias=self.suppress or None)
+            logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
+            logit_bias=self.suppress or None,
+        )
 
     def _prompt(self, request: RolloutRequest) -> dict[str, Any]:
         text = render_prompt(self.processor, request.messages)
@@ -176,8 +196,17 @@ class VLLMEngine:
                     if sampling.top_logprobs
                     else []
                 )
-                group.append(Rollout(list(out.prompt_token_ids), ids, logprobs, c.text, self.version,
-                                     "stop" if c.finish_reason == "stop" else "length", top))
+                group.append(
+                    Rollout(
+                        list(out.prompt_token_ids),
+                        ids,
+                        logprobs,
+                        c.text,
+                        self.version,
+                        "stop" if c.finish_reason == "stop" else "length",
+                        top,
+                    )
+                )
             results.append(group)
         return results
 

@@ -28,8 +28,10 @@ from rl.errors import ActorFailureError, LearnerWorkerError, NonFiniteStepError 
 RECIPES: dict[str, tuple[str, str]] = {
     "grpo": ("recipes.grpo", "GRPO fine-tuning with rule / model / hybrid rewards"),
     "sft": ("recipes.sft", "supervised warm-up of a policy on the RL data's answers"),
-    "train-rm": ("recipes.train_reward_model",
-                 "train a BaseReward model (Bradley-Terry, MLP head) on preference pairs"),
+    "train-rm": (
+        "recipes.train_reward_model",
+        "train a BaseReward model (Bradley-Terry, MLP head) on preference pairs",
+    ),
     "compare": ("recipes.compare", "run GRPO under several reward schemes and compare them on held-out data"),
 }
 
@@ -55,8 +57,10 @@ def _validate_data(ns: argparse.Namespace) -> int:
     if not ns.path and not ns.preset:
         raise ConfigError("name a data file, folder or hub dataset, or a --preset")
     columns = dict(_key_value(c, "--column") for c in ns.column)
-    source = Source.of(SourceConfig(source=ns.path, split=ns.split, preset=ns.preset, columns=columns,
-                                    image_root=ns.image_root), ns.kind)
+    source = Source.of(
+        SourceConfig(source=ns.path, split=ns.split, preset=ns.preset, columns=columns, image_root=ns.image_root),
+        ns.kind,
+    )
     report = validate_source(source, ns.kind, ValidationConfig(max_image_pixels=ns.max_image_pixels))
     print(report.summary(limit=ns.limit))
     return 1 if report.bad else 0
@@ -94,8 +98,7 @@ def _plan(ns: argparse.Namespace) -> int:
     for name, cfg in configs:
         gpus = ns.gpus or len(visible_gpus()) or fewest_gpus(cfg)
         args = grpo_args(cfg.output_dir, cfg.seed, dict(cfg.trainer))
-        plans, header = plan_for(cfg, args, gpus, int(capacity), ns.reward_model, ns.text_tokens,
-                                 ns.images_per_prompt)
+        plans, header = plan_for(cfg, args, gpus, int(capacity), ns.reward_model, ns.text_tokens, ns.images_per_prompt)
         print(format_plan(plans, f"{name}: {header}") + "\n")
         fits = fits and all(p.fits for p in plans)
     return 0 if fits else 1
@@ -127,8 +130,15 @@ def _eval_rm(ns: argparse.Namespace) -> int:
         pairs, costs = reward_model_pairs(ns.model, device=ns.device, batch_size=ns.batch_size)
     else:
         pairs = scalar_pairs(length_scorer if ns.scorer == "length" else random_scorer(ns.seed))
-    result = evaluate_file(ns.data, ns.format, pairs, needs_images=ns.scorer == "model", split=ns.split,
-                           image_root=ns.image_root, costs=costs)
+    result = evaluate_file(
+        ns.data,
+        ns.format,
+        pairs,
+        needs_images=ns.scorer == "model",
+        split=ns.split,
+        image_root=ns.image_root,
+        costs=costs,
+    )
     result.update(format=ns.format, data=ns.data, scorer=ns.scorer, model=ns.model, layouts=layouts)
     return _emit(result, ns.out)
 
@@ -142,9 +152,17 @@ def _eval_bench(ns: argparse.Namespace) -> int:
     tasks = [t.strip() for t in ns.tasks.split(",") if t.strip()]
     if not tasks:
         raise ConfigError("--tasks names at least one lmms-eval task, e.g. --tasks mmstar,mme,mathvista_testmini")
-    options = BenchmarkOptions(tasks=tasks, include_path=ns.include_path, limit=ns.limit, batch_size=ns.batch_size,
-                               backend=ns.backend, max_tokens=ns.max_tokens, max_pixels=ns.max_pixels,
-                               device=ns.device, log_samples=ns.log_samples)
+    options = BenchmarkOptions(
+        tasks=tasks,
+        include_path=ns.include_path,
+        limit=ns.limit,
+        batch_size=ns.batch_size,
+        backend=ns.backend,
+        max_tokens=ns.max_tokens,
+        max_pixels=ns.max_pixels,
+        device=ns.device,
+        log_samples=ns.log_samples,
+    )
     results = evaluate_benchmarks(ns.model, options)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,8 +206,10 @@ def _emit(result: dict, out: str | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brl", description="RL fine-tuning of vision-language models with "
-                                     "pluggable rewards (rule, BaseReward, hybrid).")
+    parser = argparse.ArgumentParser(
+        prog="brl",
+        description="RL fine-tuning of vision-language models with pluggable rewards (rule, BaseReward, hybrid).",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -202,13 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="GPU memory per GPU of a GRPO or compare config, and whether it fits")
     p.add_argument("config", help="YAML config (see recipes/configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, as for `brl grpo`")
-    p.add_argument("--gpus", type=int, help="GPUs of the node (default: the visible ones, else the fewest the "
-                                             "config's requests pack into)")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        help="GPUs of the node (default: the visible ones, else the fewest the config's requests pack into)",
+    )
     p.add_argument("--gpu-memory-gib", type=float, help="memory per GPU (default: the first visible GPU's, else 80)")
     p.add_argument("--text-tokens", type=int, default=256, help="prompt text tokens (images are counted apart)")
     p.add_argument("--images-per-prompt", type=int, default=1)
-    p.add_argument("--reward-model", help="a BaseReward checkpoint or backbone to size the scorer by "
-                                          "(default: reward.model.paths[0], else Qwen2.5-VL-7B)")
+    p.add_argument(
+        "--reward-model",
+        help="a BaseReward checkpoint or backbone to size the scorer by "
+        "(default: reward.model.paths[0], else Qwen2.5-VL-7B)",
+    )
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("demo", help="the embedded main job: tiny rule / model / hybrid comparison on CPU")
@@ -216,18 +242,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="CI-sized budgets (minutes, numbers not meaningful)")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("eval-rm", help="evaluate a reward model on VL-RewardBench, MM-RLHF-RewardBench, Multimodal "
-                                       "RewardBench, RewardBench or preference pairs")
-    p.add_argument("--model", nargs="*", default=None, help="reward-model checkpoint(s), any layout: BaseReward, a "
-                   "value head, sequence classification (several are averaged), or one generative judge")
-    p.add_argument("--format", required=True,
-                   choices=["vl-reward", "mm-rlhf", "multimodal-rewardbench", "rewardbench", "pairs"])
-    p.add_argument("--data", required=True, help="the benchmark: a .jsonl/.json/.parquet file (images relative to "
-                                                 "it) or its hub dataset name (e.g. MMInstruction/VL-RewardBench)")
+    p = sub.add_parser(
+        "eval-rm",
+        help="evaluate a reward model on VL-RewardBench, MM-RLHF-RewardBench, Multimodal "
+        "RewardBench, RewardBench or preference pairs",
+    )
+    p.add_argument(
+        "--model",
+        nargs="*",
+        default=None,
+        help="reward-model checkpoint(s), any layout: BaseReward, a "
+        "value head, sequence classification (several are averaged), or one generative judge",
+    )
+    p.add_argument(
+        "--format", required=True, choices=["vl-reward", "mm-rlhf", "multimodal-rewardbench", "rewardbench", "pairs"]
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="the benchmark: a .jsonl/.json/.parquet file (images relative to "
+        "it) or its hub dataset name (e.g. MMInstruction/VL-RewardBench)",
+    )
     p.add_argument("--split", default="test", help="split, for hub datasets")
     p.add_argument("--image-root", help="image paths are relative to this (default: the file's folder)")
-    p.add_argument("--scorer", default="model", choices=["model", "length", "random"],
-                   help="length / random: model-free baselines that check the metric code")
+    p.add_argument(
+        "--scorer",
+        default="model",
+        choices=["model", "length", "random"],
+        help="length / random: model-free baselines that check the metric code",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=16)
@@ -236,9 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-bench", help="the paper's policy benchmarks (lmms-eval) on a policy checkpoint")
     p.add_argument("--model", required=True, help="a policy checkpoint (local folder or hub id)")
-    p.add_argument("--tasks", required=True,
-                   help="lmms-eval task names, comma-separated (mmbench_en_dev, mme, mmstar, mathvista_testmini, "
-                        "vstar_bench, llava_in_the_wild, wildvision, ...)")
+    p.add_argument(
+        "--tasks",
+        required=True,
+        help="lmms-eval task names, comma-separated (mmbench_en_dev, mme, mmstar, mathvista_testmini, "
+        "vstar_bench, llava_in_the_wild, wildvision, ...)",
+    )
     p.add_argument("--include-path", help="a folder of extra lmms-eval task definitions (local copies, your own)")
     p.add_argument("--limit", type=int, help="documents per task (default: all)")
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="the engine that generates the answers")
@@ -269,12 +315,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_make_tiny)
 
     p = sub.add_parser("validate-data", help="check every row of a dataset; report bad rows by number")
-    p.add_argument("path", nargs="?", help="a data file, a dataset folder with a meta.json, or a hub dataset name "
-                                           "(default with --preset: the preset's hub id)")
+    p.add_argument(
+        "path",
+        nargs="?",
+        help="a data file, a dataset folder with a meta.json, or a hub dataset name "
+        "(default with --preset: the preset's hub id)",
+    )
     p.add_argument("--kind", choices=["rl", "preference"], default="rl")
     p.add_argument("--preset", help="a published dataset's mapping (see the README's list)")
-    p.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
-                   help="where a field is in the dataset, e.g. --column prompt=question (repeatable)")
+    p.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="where a field is in the dataset, e.g. --column prompt=question (repeatable)",
+    )
     p.add_argument("--image-root", help="image paths are relative to this (default: the data file's folder)")
     p.add_argument("--split", help="split, for hub datasets (default: the preset's, else train)")
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
@@ -290,12 +345,22 @@ def main(argv: list[str] | None = None) -> int:
     # vLLM lane tests it), and TRL's own vLLM path is not used.
     warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
     ns = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         return ns.func(ns)
-    except (ValueError, OSError, ImportError, RewardFailureError, ActorFailureError, NonFiniteStepError,
-            LearnerWorkerError) as e:
+    except (
+        ValueError,
+        OSError,
+        ImportError,
+        RewardFailureError,
+        ActorFailureError,
+        NonFiniteStepError,
+        LearnerWorkerError,
+    ) as e:
         # A user's mistake (config and data errors are ValueErrors, bad paths OSErrors, a missing extra an
         # ImportError that names it) or a run
         # stopped on purpose (a reward that cannot score, actors that keep dying, a diverging run:

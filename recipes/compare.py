@@ -64,22 +64,35 @@ def evaluate_start(base: GRPORecipeConfig, held_out: Any, cfg: CompareRecipeConf
     """The starting policy's held-out evaluation, once for every run (each run's curve starts from it)."""
     from policies.hf_engine import HFEngine
 
-    result = evaluate_policy(HFEngine(base.policy.path), held_out, 64, cfg.eval.max_tokens, samples=cfg.eval.samples,
-                             temperature=base.trainer.get("temperature", 1.0))
+    result = evaluate_policy(
+        HFEngine(base.policy.path),
+        held_out,
+        64,
+        cfg.eval.max_tokens,
+        samples=cfg.eval.samples,
+        temperature=base.trainer.get("temperature", 1.0),
+    )
     return history_entry(0, result)
 
 
-def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_out: Any, cfg: CompareRecipeConfig,
-               start: dict) -> dict:
+def run_scheme(
+    base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_out: Any, cfg: CompareRecipeConfig, start: dict
+) -> dict:
     """One GRPO run; returns its final held-out scores, curves, what its reward cost and how it decided."""
     from policies.loading import load_processor
 
     run = copy.deepcopy(base)
     run.reward.scheme, run.seed = scheme, seed
     run.output_dir = str(out / f"{scheme}-seed{seed}")
-    callback = HeldOutCallback(held_out, load_processor(run.policy.path, run.policy.max_pixels), cfg.eval.every,
-                               cfg.eval.max_tokens, samples=cfg.eval.samples,
-                               temperature=run.trainer.get("temperature", 1.0), start=start)
+    callback = HeldOutCallback(
+        held_out,
+        load_processor(run.policy.path, run.policy.max_pixels),
+        cfg.eval.every,
+        cfg.eval.max_tokens,
+        samples=cfg.eval.samples,
+        temperature=run.trainer.get("temperature", 1.0),
+        start=start,
+    )
     began = time.perf_counter()
     summary = grpo.main(run, callbacks=[callback])
     wall = time.perf_counter() - began
@@ -87,8 +100,10 @@ def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_o
     steps = [r for r in history if "reward" in r]
     name = scheme  # TRL logs a scheme's reward under the scheme's name
     return {
-        "scheme": scheme, "seed": seed,
-        "final": callback.history[-1], "curve": callback.history,
+        "scheme": scheme,
+        "seed": seed,
+        "final": callback.history[-1],
+        "curve": callback.history,
         # (HeldOutCallback warned when it saw a family collapse)
         "collapsed_tasks": collapsed_tasks(start["per_task"], callback.history[-1]["per_task"]),
         "reward_curve": [{"step": i + 1, "reward": r["reward"]} for i, r in enumerate(steps)],
@@ -99,9 +114,14 @@ def run_scheme(base: GRPORecipeConfig, scheme: str, seed: int, out: Path, held_o
         # included) and the tokens it generated (a judge writes a verdict; a scalar head writes none).
         "reward_seconds_per_step": step_means(history, f"timing/reward/{name}").get(f"timing/reward/{name}"),
         "reward_tokens_per_step": step_means(history, f"rewards/{name}/generated_tokens").get(
-            f"rewards/{name}/generated_tokens", 0.0),
-        "mechanism": {**step_means(history, "hybrid/decided_by_match"), **step_means(history, "hybrid/all_wrong"),
-                      **step_means(history, "rewards/flat_groups"), **step_means(history, "rewards/equal_groups")},
+            f"rewards/{name}/generated_tokens", 0.0
+        ),
+        "mechanism": {
+            **step_means(history, "hybrid/decided_by_match"),
+            **step_means(history, "hybrid/all_wrong"),
+            **step_means(history, "rewards/flat_groups"),
+            **step_means(history, "rewards/equal_groups"),
+        },
         "flat_group_std": run.reward.flat_group_std(),
         "final_policy": summary["final_policy"],
     }
@@ -123,9 +143,13 @@ def model_scores(policy_path: str, held_out: Any, scorer_cfg: Any, max_tokens: i
     every: list[float] = []
     split: dict[str, list[float]] = {"right": [], "wrong": []}
     for start in range(0, len(held_out), 64):
-        rows = held_out[start:start + 64]
-        answers = [g[0].text for g in engine.generate([RolloutRequest(p, i) for p, i in
-                                                        zip(rows["prompt"], rows["images"], strict=True)], greedy)]
+        rows = held_out[start : start + 64]
+        answers = [
+            g[0].text
+            for g in engine.generate(
+                [RolloutRequest(p, i) for p, i in zip(rows["prompt"], rows["images"], strict=True)], greedy
+            )
+        ]
         scores = scorer(rows["prompt"], answers, images=rows["images"])
         tasks = rows.get("task") or [None] * len(answers)
         for answer, truth, task, score in zip(answers, rows["answer"], tasks, scores, strict=True):
@@ -160,29 +184,45 @@ def write_table(results: dict, path: Path) -> str:
     tasks = results["tasks"]
     start, schemes = results["start"], results["schemes"]
     benchmarks = results.get("benchmark_tasks") or []
-    head = ["policy", *tasks, "average", "average, greedy", *benchmarks, "reward s/step", "reward tokens/step",
-            "wall time (s)"]
+    head = [
+        "policy",
+        *tasks,
+        "average",
+        "average, greedy",
+        *benchmarks,
+        "reward s/step",
+        "reward tokens/step",
+        "wall time (s)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(label: str, finals: list[dict], runs: list[dict] | None) -> str:
         cells = [_fmt([f["per_task"].get(t, {}).get("sampled") for f in finals]) for t in tasks]
         cells += [_fmt([f["sampled_task_average"] for f in finals]), _fmt([f["task_average"] for f in finals])]
         cells += [_fmt([(f.get("benchmarks") or {}).get(b) for f in finals], 4) for b in benchmarks]
-        cells += ["-"] * 3 if runs is None else [
-            _fmt([r["reward_seconds_per_step"] for r in runs], 3), _fmt([r["reward_tokens_per_step"] for r in runs], 0),
-            _fmt([r["wall_time_s"] for r in runs], 0)]
+        cells += (
+            ["-"] * 3
+            if runs is None
+            else [
+                _fmt([r["reward_seconds_per_step"] for r in runs], 3),
+                _fmt([r["reward_tokens_per_step"] for r in runs], 0),
+                _fmt([r["wall_time_s"] for r in runs], 0),
+            ]
+        )
         return f"| {label} | " + " | ".join(cells) + " |"
 
     lines.append(row("starting policy (SFT)", [start], None))
     for scheme, runs in schemes.items():
         lines.append(row(f"GRPO, {scheme} reward", [r["final"] for r in runs], runs))
     seeds = sorted({r["seed"] for runs in schemes.values() for r in runs})
-    note = (f"\nSeeds {seeds}; mean ± sample std over seeds where there are several. Held-out set: "
-            f"{results['held_out_size']} rows. Each task column: the mean score of {results['samples']} sampled "
-            f"answers per row at the training temperature (what GRPO optimises): rule match for the closed "
-            f"questions, the scene score (precision and recall of the objects named) for descriptions; average: "
-            f"over the task families; greedy: one answer per row. Reward s/step and tokens/step: what the scheme's "
-            f"reward cost per GRPO step, measured in the run (seconds of the reward call, tokens it generated).\n")
+    note = (
+        f"\nSeeds {seeds}; mean ± sample std over seeds where there are several. Held-out set: "
+        f"{results['held_out_size']} rows. Each task column: the mean score of {results['samples']} sampled "
+        f"answers per row at the training temperature (what GRPO optimises): rule match for the closed "
+        f"questions, the scene score (precision and recall of the objects named) for descriptions; average: "
+        f"over the task families; greedy: one answer per row. Reward s/step and tokens/step: what the scheme's "
+        f"reward cost per GRPO step, measured in the run (seconds of the reward call, tokens it generated).\n"
+    )
     lines.append(note)
     mechanism = mechanism_table(results)
     table = "\n".join(lines) + "\n" + collapse_table(results) + ("\n" + mechanism if mechanism else "")
@@ -199,8 +239,11 @@ def collapse_table(results: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def cells(finals: list[dict]) -> list[str]:
-        return [f"{_fmt([f['per_task'].get(t, {}).get('top_share') for f in finals], 2)} / "
-                f"{_fmt([f['per_task'].get(t, {}).get('distinct') for f in finals], 0)}" for t in tasks]
+        return [
+            f"{_fmt([f['per_task'].get(t, {}).get('top_share') for f in finals], 2)} / "
+            f"{_fmt([f['per_task'].get(t, {}).get('distinct') for f in finals], 0)}"
+            for t in tasks
+        ]
 
     start = results["start"]
     truth = [f"{start['per_task'].get(t, {}).get('truth_top_share', math.nan):.2f}" for t in tasks]
@@ -208,13 +251,17 @@ def collapse_table(results: dict) -> str:
     lines.append("| starting policy (SFT) | " + " | ".join(cells([start])) + " | - |")
     for scheme, runs in results["schemes"].items():
         collapsed = sorted({t for r in runs for t in r.get("collapsed_tasks", [])})
-        lines.append(f"| GRPO, {scheme} reward | " + " | ".join(cells([r["final"] for r in runs]))
-                     + f" | {', '.join(collapsed) or 'none'} |")
+        lines.append(
+            f"| GRPO, {scheme} reward | "
+            + " | ".join(cells([r["final"] for r in runs]))
+            + f" | {', '.join(collapsed) or 'none'} |"
+        )
     return "\n".join(lines) + (
         f"\n\nCollapse: per family, the share of greedy held-out answers equal to the most frequent one and the "
         f"number of distinct answers (right answers: the same share among the rows' own answers). A run has "
         f"collapsed a family when that share exceeds the right answers' by {COLLAPSE_MARGIN:.2f} or more where "
-        f"its start's did not.\n")
+        f"its start's did not.\n"
+    )
 
 
 def mechanism_table(results: dict) -> str:
@@ -235,9 +282,16 @@ def mechanism_table(results: dict) -> str:
             f" | {_fmt([m.get('hybrid/all_wrong_group_std') for m in mech], 3)}"
             f" | {_fmt([s.get('right_mean') for s in scores], 2)} | {_fmt([s.get('wrong_mean') for s in scores], 2)} |"
         )
-    head = ["scheme", *[f"decided by rule: {t}" for t in tasks], "flat-group tolerance", "flat groups",
-            "groups of equal rewards", "reward std, all-wrong groups", "RM score, right answers",
-            "RM score, wrong answers"]
+    head = [
+        "scheme",
+        *[f"decided by rule: {t}" for t in tasks],
+        "flat-group tolerance",
+        "flat groups",
+        "groups of equal rewards",
+        "reward std, all-wrong groups",
+        "RM score, right answers",
+        "RM score, wrong answers",
+    ]
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows]) + (
         "\n\nDecided by rule: the share of training samples the exact match settled (the rest went to the model "
         "branch; hybrid only). Flat groups: the share of groups whose rewards spread (population std) by no more "
@@ -271,18 +325,39 @@ def plot(results: dict, path: Path) -> None:
         for i, run in enumerate(runs):
             label = scheme if i == 0 else None
             color = COLORS.get(scheme)
-            ax_r.plot([p["step"] for p in run["reward_curve"]], [p["reward"] for p in run["reward_curve"]],
-                      color=color, alpha=0.8, label=label)
+            ax_r.plot(
+                [p["step"] for p in run["reward_curve"]],
+                [p["reward"] for p in run["reward_curve"]],
+                color=color,
+                alpha=0.8,
+                label=label,
+            )
             steps = [p["step"] for p in run["curve"]]
-            ax_a.plot(steps, [p["sampled_task_average"] for p in run["curve"]], color=color, alpha=0.8, marker="o",
-                      label=f"{label}, sampled" if label else None)
-            ax_a.plot(steps, [p["task_average"] for p in run["curve"]], color=color, alpha=0.5, linestyle=":",
-                      label=f"{label}, greedy" if label else None)
-            ax_c.plot(steps, [excess_top_share(p) for p in run["curve"]], color=color, alpha=0.8, marker="o",
-                      label=label)
+            ax_a.plot(
+                steps,
+                [p["sampled_task_average"] for p in run["curve"]],
+                color=color,
+                alpha=0.8,
+                marker="o",
+                label=f"{label}, sampled" if label else None,
+            )
+            ax_a.plot(
+                steps,
+                [p["task_average"] for p in run["curve"]],
+                color=color,
+                alpha=0.5,
+                linestyle=":",
+                label=f"{label}, greedy" if label else None,
+            )
+            ax_c.plot(
+                steps, [excess_top_share(p) for p in run["curve"]], color=color, alpha=0.8, marker="o", label=label
+            )
     ax_c.axhline(COLLAPSE_MARGIN, color="grey", linestyle="--", label="collapsed")
-    ax_c.set(title="collapse: top answer share above the right answers'\n(largest over families, greedy)",
-             xlabel="step", ylabel="excess share")
+    ax_c.set(
+        title="collapse: top answer share above the right answers'\n(largest over families, greedy)",
+        xlabel="step",
+        ylabel="excess share",
+    )
     ax_r.set(title="mean training reward (own scheme's scale)", xlabel="step", ylabel="reward")
     ax_a.set(title="held-out score, average over task families", xlabel="step", ylabel="score", ylim=(0, 1))
     for ax in (ax_r, ax_a, ax_c):
@@ -309,8 +384,13 @@ def main(cfg: CompareRecipeConfig) -> dict:
     from pipeline.placement import ray_cluster
 
     tasks = sorted(set(held_out["task"])) if "task" in held_out.column_names else ["all"]
-    results: dict[str, Any] = {"held_out_size": len(held_out), "samples": cfg.eval.samples, "tasks": tasks,
-                               "start_policy": base.policy.path, "schemes": {}}
+    results: dict[str, Any] = {
+        "held_out_size": len(held_out),
+        "samples": cfg.eval.samples,
+        "tasks": tasks,
+        "start_policy": base.policy.path,
+        "schemes": {},
+    }
     results["benchmark_tasks"] = list(cfg.benchmarks.tasks)
     log.info("=== the starting policy, on %d held-out rows ===", len(held_out))
     start = evaluate_start(base, held_out, cfg)
@@ -322,9 +402,11 @@ def main(cfg: CompareRecipeConfig) -> dict:
                 run["model_score"] = model_scores(run["final_policy"], held_out, base.reward.model, cfg.eval.max_tokens)
                 run["final"]["benchmarks"] = benchmark_scores(run["final_policy"], cfg, out / f"{scheme}-seed{seed}")
                 results["schemes"].setdefault(scheme, []).append(run)
-    results["start"] = {**start,
-                        "model_score": model_scores(base.policy.path, held_out, base.reward.model, cfg.eval.max_tokens),
-                        "benchmarks": benchmark_scores(base.policy.path, cfg, out / "start")}
+    results["start"] = {
+        **start,
+        "model_score": model_scores(base.policy.path, held_out, base.reward.model, cfg.eval.max_tokens),
+        "benchmarks": benchmark_scores(base.policy.path, cfg, out / "start"),
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     table = write_table(results, out / "results.md")
     plot(results, out / "compare.png")

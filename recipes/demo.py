@@ -30,10 +30,20 @@ QUICK = {  # recipe module -> overrides
     "recipes.sft": ["trainer.max_steps=40", "data.train_size=1280"],
     # The judge gets 200 steps (`generative.trainer` replaces `trainer`): at 20 or 80 it wrote no readable
     # verdict (100% unparsed) and the compare stage's failure guard stopped its run.
-    "recipes.train_reward_model": ["trainer.max_steps=20", "generative.trainer.max_steps=200",
-                                   "data.sources.0.size=320", "data.eval_size=64"],
-    "recipes.compare": ["grpo.trainer.max_steps=3", "grpo.trainer.per_device_train_batch_size=8",
-                        "grpo.trainer.num_generations=4", "eval.size=20", "eval.every=3", "seeds=[0]"],
+    "recipes.train_reward_model": [
+        "trainer.max_steps=20",
+        "generative.trainer.max_steps=200",
+        "data.sources.0.size=320",
+        "data.eval_size=64",
+    ],
+    "recipes.compare": [
+        "grpo.trainer.max_steps=3",
+        "grpo.trainer.per_device_train_batch_size=8",
+        "grpo.trainer.num_generations=4",
+        "eval.size=20",
+        "eval.every=3",
+        "seeds=[0]",
+    ],
 }
 
 
@@ -57,46 +67,66 @@ def run(out: str | Path = "runs/demo", quick: bool = False) -> dict:
     timings["build"] = time.perf_counter() - t
 
     t = _stage(2, 5, "SFT warm-up on the shapes task")
-    sft_summary = sft.main(cfg(sft, "tiny_cpu_sft.yaml", [f"output_dir={out / 'sft'}", f"policy.path={policy}",
-                                                            "trainer.report_to=[]"]))
+    sft_summary = sft.main(
+        cfg(sft, "tiny_cpu_sft.yaml", [f"output_dir={out / 'sft'}", f"policy.path={policy}", "trainer.report_to=[]"])
+    )
     timings["sft"] = time.perf_counter() - t
 
     backbone = [f"backbone.path={sft_summary['final_policy']}", "trainer.report_to=[]"]
     t = _stage(3, 5, "training a tiny BaseReward (scalar head, Bradley-Terry) on synthetic preference pairs")
-    rm_summary = train_reward_model.main(cfg(train_reward_model, "tiny_cpu_rm.yaml",
-                                             [f"output_dir={out / 'reward_model'}", *backbone]))
+    rm_summary = train_reward_model.main(
+        cfg(train_reward_model, "tiny_cpu_rm.yaml", [f"output_dir={out / 'reward_model'}", *backbone])
+    )
     timings["reward_model"] = time.perf_counter() - t
 
     t = _stage(4, 5, "training a tiny generative judge (SFT to R1-Reward's verdict) on the same pairs")
-    judge_summary = train_reward_model.main(cfg(train_reward_model, "tiny_cpu_rm.yaml",
-                                                [f"output_dir={out / 'judge'}", "paradigm=generative", *backbone]))
+    judge_summary = train_reward_model.main(
+        cfg(train_reward_model, "tiny_cpu_rm.yaml", [f"output_dir={out / 'judge'}", "paradigm=generative", *backbone])
+    )
     timings["judge"] = time.perf_counter() - t
 
     t = _stage(5, 5, "GRPO under the rule, judge, model and hybrid rewards (Ray pipeline)")
-    results = compare.main(cfg(compare, "tiny_cpu_compare.yaml", [
-        f"output_dir={out / 'compare'}", f"grpo.policy.path={sft_summary['final_policy']}",
-        f"grpo.reward.model.paths=[{rm_summary['checkpoint']}]",
-        f"grpo.reward.judge.path={judge_summary['checkpoint']}"]))
+    results = compare.main(
+        cfg(
+            compare,
+            "tiny_cpu_compare.yaml",
+            [
+                f"output_dir={out / 'compare'}",
+                f"grpo.policy.path={sft_summary['final_policy']}",
+                f"grpo.reward.model.paths=[{rm_summary['checkpoint']}]",
+                f"grpo.reward.judge.path={judge_summary['checkpoint']}",
+            ],
+        )
+    )
     timings["compare"] = time.perf_counter() - t
 
     report = write_report(out, quick, sft_summary, rm_summary, judge_summary, timings)
-    summary = {"report": str(report), "quick": quick, "timings_s": timings,
-               "results": str(out / "compare" / "results.json")}
+    summary = {
+        "report": str(report),
+        "quick": quick,
+        "timings_s": timings,
+        "results": str(out / "compare" / "results.json"),
+    }
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     print(f"\nDemo finished in {sum(timings.values()):.0f}s. Report: {report}")
     return {**summary, "compare": results}
 
 
-def write_report(out: Path, quick: bool, sft_summary: dict, rm_summary: dict, judge_summary: dict,
-                 timings: dict) -> Path:
+def write_report(
+    out: Path, quick: bool, sft_summary: dict, rm_summary: dict, judge_summary: dict, timings: dict
+) -> Path:
     table = (out / "compare" / "results.md").read_text()
 
     def by_kind(summary: dict) -> str:
         kinds = ", ".join(f"{k} {v:.1%}" for k, v in summary.get("eval_accuracy_by_kind", {}).items())
-        near_misses = {key.split("/", 1)[1]: v for key, v in summary.get("eval_accuracy_by_kind_and_task", {}).items()
-                       if key.startswith("near_miss/")}  # the kind that needs the image, per question
-        return kinds + ("; near misses by task: " + ", ".join(f"{t} {v:.1%}" for t, v in near_misses.items())
-                        if near_misses else "")
+        near_misses = {
+            key.split("/", 1)[1]: v
+            for key, v in summary.get("eval_accuracy_by_kind_and_task", {}).items()
+            if key.startswith("near_miss/")
+        }  # the kind that needs the image, per question
+        return kinds + (
+            "; near misses by task: " + ", ".join(f"{t} {v:.1%}" for t, v in near_misses.items()) if near_misses else ""
+        )
 
     after, before = rm_summary.get("eval_after", {}), rm_summary.get("eval_before", {})
     judged = judge_summary.get("eval_after", {})
@@ -104,7 +134,8 @@ def write_report(out: Path, quick: bool, sft_summary: dict, rm_summary: dict, ju
         "# brl demo: rule vs generative judge vs BaseReward vs hybrid rewards, in miniature",
         "",
         "Quick mode: budgets cut for CI; the numbers below show the pipeline runs, not what it learns."
-        if quick else "Full mode (the README's numbers come from this run).",
+        if quick
+        else "Full mode (the README's numbers come from this run).",
         "",
         "## Upstream: the tiny reward models (same backbone, same pairs)",
         f"- BaseReward (scalar head): held-out pairwise accuracy {after.get('eval_accuracy', float('nan')):.1%} "

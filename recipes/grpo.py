@@ -59,11 +59,15 @@ def main(cfg: GRPORecipeConfig, callbacks: list | None = None) -> dict:
     with pipeline.launch(cfg, policy_path) as launched:
         try:
             dataset = dataset if launched.layout.learner_workers == 1 else None  # N workers: each loads its own
-            summary = launched.run(train, cfg=cfg, policy_path=policy_path, resume_from=resume_from,
-                                   callbacks=callbacks, dataset=dataset)
+            summary = launched.run(
+                train, cfg=cfg, policy_path=policy_path, resume_from=resume_from, callbacks=callbacks, dataset=dataset
+            )
         except (LearnerWorkerError, *STOPS) as e:
-            log.error("stopped: %s\nthe last checkpoint is %s; continue with resume=auto once the cause is fixed", e,
-                      latest_checkpoint(out) or "(none: the run had not saved one yet)")
+            log.error(
+                "stopped: %s\nthe last checkpoint is %s; continue with resume=auto once the cause is fixed",
+                e,
+                latest_checkpoint(out) or "(none: the run had not saved one yet)",
+            )
             raise
     return summary or json.loads((out / "summary.json").read_text())
 
@@ -82,8 +86,15 @@ def check(cfg: GRPORecipeConfig) -> None:
         raise ConfigError(str(e)) from None
 
 
-def train(cfg: GRPORecipeConfig, policy_path: str, actors: pipeline.Actors, resume_from: Path | None,
-          callbacks: list | None = None, dataset: Any = None, learner_gpus: list[str] | None = None) -> dict:
+def train(
+    cfg: GRPORecipeConfig,
+    policy_path: str,
+    actors: pipeline.Actors,
+    resume_from: Path | None,
+    callbacks: list | None = None,
+    dataset: Any = None,
+    learner_gpus: list[str] | None = None,
+) -> dict:
     """One learner process (the driver, or one rank of a multi-worker learner): TRL's GRPOTrainer with the
     pipeline's rollouts and rewards. Rank 0 writes the final policy and `summary.json`, and returns the summary."""
     import torch.distributed as dist
@@ -98,17 +109,37 @@ def train(cfg: GRPORecipeConfig, policy_path: str, actors: pipeline.Actors, resu
         args = grpo_args(str(out), cfg.seed, {**trainer_kwargs(cfg), **parts.trainer_settings})
         args.reward_weights = args.reward_weights or parts.reward_weights
         guard = NonFiniteGuard(cfg.max_skipped_steps)
-        checkpoints = CheckpointCallback(out, cfg.checkpoint.keep_last, lambda state: {
-            "config": to_container(cfg), "policy_path": policy_path, "global_step": state.global_step,
-            "consumed_prompts": state.global_step * prompts_per_step, "learner_workers": world,
-            **run_state(cfg, parts, guard)})
+        checkpoints = CheckpointCallback(
+            out,
+            cfg.checkpoint.keep_last,
+            lambda state: {
+                "config": to_container(cfg),
+                "policy_path": policy_path,
+                "global_step": state.global_step,
+                "consumed_prompts": state.global_step * prompts_per_step,
+                "learner_workers": world,
+                **run_state(cfg, parts, guard),
+            },
+        )
         trainer = build_grpo_trainer(
-            args, model, processor, dataset, parts.reward_funcs, rollout_func=parts.rollout_func, lora=cfg.policy.lora,
+            args,
+            model,
+            processor,
+            dataset,
+            parts.reward_funcs,
+            rollout_func=parts.rollout_func,
+            lora=cfg.policy.lora,
             callbacks=[*(callbacks or []), guard, checkpoints, *score_histograms(parts.reward_funcs, args, out, rank0)],
-            rollout_logprobs_as_old=parts.rollout_logprobs_as_old, min_group_std=cfg.reward.flat_group_std(),
-            vision_lr=cfg.policy.vision_lr)
-        prompts_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size \
+            rollout_logprobs_as_old=parts.rollout_logprobs_as_old,
+            min_group_std=cfg.reward.flat_group_std(),
+            vision_lr=cfg.policy.vision_lr,
+        )
+        prompts_per_step = (
+            args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * args.world_size
             // trainer.num_generations
+        )
         if resume_from is not None:
             check_resume_has_work(resume_from, planned_steps(trainer))
             log.info("resuming from %s", resume_from)
@@ -125,13 +156,19 @@ def train(cfg: GRPORecipeConfig, policy_path: str, actors: pipeline.Actors, resu
         if not rank0:
             return {}
         processor.save_pretrained(final)
-        summary = {"final_policy": str(final), "global_step": trainer.state.global_step,
-                   "resumed_from": str(resume_from) if resume_from else None,
-                   "last_checkpoint": str(checkpoints.last) if checkpoints.last else None,
-                   "train_runtime_s": result.metrics.get("train_runtime"), **run_state(cfg, parts, guard),
-                   "reward_samples": {f.__name__: f.stats.samples for f in parts.reward_funcs},
-                   "actor_restarts": parts.actor_restarts, "learner_workers": world, "learner_gpus": gpus,
-                   "log_history": trainer.state.log_history}
+        summary = {
+            "final_policy": str(final),
+            "global_step": trainer.state.global_step,
+            "resumed_from": str(resume_from) if resume_from else None,
+            "last_checkpoint": str(checkpoints.last) if checkpoints.last else None,
+            "train_runtime_s": result.metrics.get("train_runtime"),
+            **run_state(cfg, parts, guard),
+            "reward_samples": {f.__name__: f.stats.samples for f in parts.reward_funcs},
+            "actor_restarts": parts.actor_restarts,
+            "learner_workers": world,
+            "learner_gpus": gpus,
+            "log_history": trainer.state.log_history,
+        }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     log.info("saved the final policy to %s", final)
     return summary
@@ -139,10 +176,16 @@ def train(cfg: GRPORecipeConfig, policy_path: str, actors: pipeline.Actors, resu
 
 def run_state(cfg: GRPORecipeConfig, parts: pipeline.Built, guard: NonFiniteGuard) -> dict[str, Any]:
     """What a checkpoint and the summary record of the run besides the Trainer's own state."""
-    return {"reward": {"scheme": cfg.reward.scheme, "model_paths": list(cfg.reward.model.paths),
-                       "text_path": cfg.reward.model.text_path},
-            "rollout_version": parts.rollout_version, "skipped_steps": list(guard.skipped_steps),
-            "reward_failures": {f.__name__: f.stats.failed for f in parts.reward_funcs}}
+    return {
+        "reward": {
+            "scheme": cfg.reward.scheme,
+            "model_paths": list(cfg.reward.model.paths),
+            "text_path": cfg.reward.model.text_path,
+        },
+        "rollout_version": parts.rollout_version,
+        "skipped_steps": list(guard.skipped_steps),
+        "reward_failures": {f.__name__: f.stats.failed for f in parts.reward_funcs},
+    }
 
 
 def trainer_kwargs(cfg: GRPORecipeConfig) -> dict[str, Any]:
@@ -168,7 +211,13 @@ def report_rows_without_answer(train: Any, reward: Any) -> int:
     """How many training rows have no ground truth, said before training when the reward needs one."""
     missing = rows_without_answer(train)
     if missing and "rule" in reward.components():
-        log.warning("%d of %d training rows have no answer: the %s reward %s", missing, len(train), reward.scheme,
-                    "cannot score them (None, counted as unscored)" if reward.scheme == "rule" else
-                    "scores them by its model branch alone")
+        log.warning(
+            "%d of %d training rows have no answer: the %s reward %s",
+            missing,
+            len(train),
+            reward.scheme,
+            "cannot score them (None, counted as unscored)"
+            if reward.scheme == "rule"
+            else "scores them by its model branch alone",
+        )
     return missing

@@ -47,8 +47,10 @@ def to_prompt_completion(rows: Dataset) -> Dataset:
     """RL rows -> TRL's conversational prompt-completion format (rows with neither a reference nor an
     answer are dropped)."""
     rows = rows.filter(lambda r: target(r) is not None)
-    return rows.map(lambda r: {"completion": [{"role": "assistant", "content": target(r)}]},
-                    remove_columns=[c for c in rows.column_names if c not in ("prompt", "images")])
+    return rows.map(
+        lambda r: {"completion": [{"role": "assistant", "content": target(r)}]},
+        remove_columns=[c for c in rows.column_names if c not in ("prompt", "images")],
+    )
 
 
 def main(cfg: SFTRecipeConfig) -> dict:
@@ -57,23 +59,37 @@ def main(cfg: SFTRecipeConfig) -> dict:
     (out / "config.yaml").write_text(to_yaml(cfg))
     set_seed(cfg.seed)
     check_update_precision(cfg.policy, cfg.trainer, "policy")
-    args = SFTConfig(**{**device_defaults(), "logging_steps": 10, "report_to": ["tensorboard"],
-                        "save_strategy": "no", "completion_only_loss": True, "max_length": None,
-                        **cfg.trainer, "output_dir": str(out), "seed": cfg.seed})
+    args = SFTConfig(
+        **{
+            **device_defaults(),
+            "logging_steps": 10,
+            "report_to": ["tensorboard"],
+            "save_strategy": "no",
+            "completion_only_loss": True,
+            "max_length": None,
+            **cfg.trainer,
+            "output_dir": str(out),
+            "seed": cfg.seed,
+        }
+    )
     train, _ = load_rl_splits(cfg.data)
     policy_path = resolve_model_path(cfg.policy.path, out, cfg.seed)
     processor = load_processor(policy_path, cfg.policy.max_pixels, cfg.policy.trust_remote_code)
     model = load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.freeze_vision)
-    trainer = PolicySFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(train),
-                               processing_class=processor)
+    trainer = PolicySFTTrainer(
+        model=model, args=args, train_dataset=to_prompt_completion(train), processing_class=processor
+    )
     trainer.vision_lr = cfg.policy.vision_lr
     result = trainer.train()
     final = out / "final"
     trainer.save_model(str(final))
     processor.save_pretrained(final)
-    summary = {"final_policy": str(final), "global_step": trainer.state.global_step,
-               "train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime")}
+    summary = {
+        "final_policy": str(final),
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("saved the warmed-up policy to %s (train loss %.3f)", final, result.training_loss)
     return summary
-

@@ -38,8 +38,12 @@ log = logging.getLogger("brl.train_rm")
 def load(path: str | None = None, overrides: Sequence[str] = ()) -> RMRecipeConfig:
     """This recipe's config: defaults, then the YAML file, then `key=value` overrides; `trainer:`
     keys must be fields of transformers' TrainingArguments."""
-    return load_config(RMRecipeConfig, path, overrides,
-                       passthrough={"trainer": TrainingArguments, "generative.trainer": TrainingArguments})
+    return load_config(
+        RMRecipeConfig,
+        path,
+        overrides,
+        passthrough={"trainer": TrainingArguments, "generative.trainer": TrainingArguments},
+    )
 
 
 def main(cfg: RMRecipeConfig) -> dict:
@@ -53,19 +57,36 @@ def main(cfg: RMRecipeConfig) -> dict:
     processor = load_processor(path, cfg.backbone.max_pixels, cfg.backbone.trust_remote_code)
     if cfg.paradigm == "generative":
         return train_judge(cfg, out, path, processor, train, held_out)
-    args = TrainingArguments(**{
-        **device_defaults(), "logging_steps": 10, "report_to": ["tensorboard"], "save_strategy": "no",
-        "eval_strategy": "no", "remove_unused_columns": False, "label_names": [],
-        **cfg.trainer, "output_dir": str(out), "seed": cfg.seed})
-    model = BaseRewardModel.from_backbone(path, cfg.head, resolve_dtype(cfg.backbone.dtype),
-                                          cfg.backbone.trust_remote_code, seed=cfg.seed)
+    args = TrainingArguments(
+        **{
+            **device_defaults(),
+            "logging_steps": 10,
+            "report_to": ["tensorboard"],
+            "save_strategy": "no",
+            "eval_strategy": "no",
+            "remove_unused_columns": False,
+            "label_names": [],
+            **cfg.trainer,
+            "output_dir": str(out),
+            "seed": cfg.seed,
+        }
+    )
+    model = BaseRewardModel.from_backbone(
+        path, cfg.head, resolve_dtype(cfg.backbone.dtype), cfg.backbone.trust_remote_code, seed=cfg.seed
+    )
     deepen(model.backbone, cfg.backbone.extra_layers)
     if cfg.backbone.freeze_vision:
         freeze_vision_tower(model.backbone)
 
-    trainer = BTTrainer(model=model, args=args, train_dataset=train, eval_dataset=held_out,
-                        data_collator=PairCollator(processor, cfg.loss.length_normalize),
-                        compute_metrics=compute_pair_metrics, zero_mean_weight=cfg.loss.zero_mean_weight)
+    trainer = BTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=held_out,
+        data_collator=PairCollator(processor, cfg.loss.length_normalize),
+        compute_metrics=compute_pair_metrics,
+        zero_mean_weight=cfg.loss.zero_mean_weight,
+    )
     trainer.vision_lr = cfg.backbone.vision_lr
     before = trainer.evaluate() if held_out is not None else {}
     result = trainer.train()
@@ -98,12 +119,15 @@ def main(cfg: RMRecipeConfig) -> dict:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if after:
-        log.info("held-out pairwise accuracy %.3f (before training %.3f) on %d pairs %s",
-                 after["eval_accuracy"], before["eval_accuracy"], len(held_out),
-                 " ".join(f"{k}={v:.3f}" for k, v in summary["eval_accuracy_by_kind"].items()))
+        log.info(
+            "held-out pairwise accuracy %.3f (before training %.3f) on %d pairs %s",
+            after["eval_accuracy"],
+            before["eval_accuracy"],
+            len(held_out),
+            " ".join(f"{k}={v:.3f}" for k, v in summary["eval_accuracy_by_kind"].items()),
+        )
     log.info("saved the reward model to %s", final)
     return summary
-
 
 
 def deepen(model: Any, extra_layers: int) -> None:
@@ -127,15 +151,37 @@ def train_judge(cfg: RMRecipeConfig, out: Path, path: str, processor: Any, train
     pointwise = Path(gen.pointwise_template).read_text() if gen.pointwise_template else POINTWISE_TEMPLATE.read_text()
 
     def expand(batch: dict[str, list]) -> dict[str, list]:
-        rows = [r for i in range(len(batch["chosen"])) for r in judge_training_rows(
-            batch["prompt"][i], batch["images"][i] or [], batch["chosen"][i], batch["rejected"][i], pairwise,
-            pointwise, gen.pointwise, (batch.get("rationale") or [None] * len(batch["chosen"]))[i])]
+        rows = [
+            r
+            for i in range(len(batch["chosen"]))
+            for r in judge_training_rows(
+                batch["prompt"][i],
+                batch["images"][i] or [],
+                batch["chosen"][i],
+                batch["rejected"][i],
+                pairwise,
+                pointwise,
+                gen.pointwise,
+                (batch.get("rationale") or [None] * len(batch["chosen"]))[i],
+            )
+        ]
         return {key: [r[key] for r in rows] for key in ("prompt", "images", "completion")}
 
     rows = train.map(expand, batched=True, remove_columns=train.column_names, desc="judge prompts")
-    args = SFTConfig(**{**device_defaults(), "logging_steps": 10, "report_to": ["tensorboard"], "save_strategy": "no",
-                        "completion_only_loss": True, "max_length": None,
-                        **cfg.trainer, **gen.trainer, "output_dir": str(out), "seed": cfg.seed})
+    args = SFTConfig(
+        **{
+            **device_defaults(),
+            "logging_steps": 10,
+            "report_to": ["tensorboard"],
+            "save_strategy": "no",
+            "completion_only_loss": True,
+            "max_length": None,
+            **cfg.trainer,
+            **gen.trainer,
+            "output_dir": str(out),
+            "seed": cfg.seed,
+        }
+    )
     model = load_policy(path, cfg.backbone.dtype, cfg.backbone.trust_remote_code, cfg.backbone.freeze_vision)
     deepen(model, cfg.backbone.extra_layers)
     trainer = PolicySFTTrainer(model=model, args=args, train_dataset=rows, processing_class=processor)
@@ -144,22 +190,38 @@ def train_judge(cfg: RMRecipeConfig, out: Path, path: str, processor: Any, train
     final = out / "final"
     trainer.save_model(str(final))
     processor.save_pretrained(final)
-    (final / JUDGE_FILE).write_text(json.dumps({"paradigm": "generative", "pairwise_template": pairwise,
-                                                "pointwise_template": pointwise}, indent=2))
-    summary = {"paradigm": "generative", "checkpoint": str(final), "train_pairs": len(train), "train_rows": len(rows),
-               "global_step": trainer.state.global_step, "train_loss": result.training_loss,
-               **judge_held_out(str(final), held_out, gen.eval_batch_size, pointwise=gen.pointwise)}
+    (final / JUDGE_FILE).write_text(
+        json.dumps({"paradigm": "generative", "pairwise_template": pairwise, "pointwise_template": pointwise}, indent=2)
+    )
+    summary = {
+        "paradigm": "generative",
+        "checkpoint": str(final),
+        "train_pairs": len(train),
+        "train_rows": len(rows),
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        **judge_held_out(str(final), held_out, gen.eval_batch_size, pointwise=gen.pointwise),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if held_out is not None:
         after = summary["eval_after"]
-        log.info("held-out pairwise accuracy %.3f on %d pairs (%.1f tokens, %.3f s per pair; verdicts for Response 1 "
-                 "%.1f%%, position consistency %.1f%%) %s", after["eval_accuracy"], len(held_out),
-                 after["generated_tokens_per_pair"], after["seconds_per_pair"], 100 * after["eval_first_position_rate"],
-                 100 * after["eval_position_consistency"],
-                 " ".join(f"{k}={v:.3f}" for k, v in summary["eval_accuracy_by_kind"].items()))
+        log.info(
+            "held-out pairwise accuracy %.3f on %d pairs (%.1f tokens, %.3f s per pair; verdicts for Response 1 "
+            "%.1f%%, position consistency %.1f%%) %s",
+            after["eval_accuracy"],
+            len(held_out),
+            after["generated_tokens_per_pair"],
+            after["seconds_per_pair"],
+            100 * after["eval_first_position_rate"],
+            100 * after["eval_position_consistency"],
+            " ".join(f"{k}={v:.3f}" for k, v in summary["eval_accuracy_by_kind"].items()),
+        )
         if "eval_pointwise_accuracy" in after:
-            log.info("held-out pointwise accuracy %.3f %s", after["eval_pointwise_accuracy"],
-                     " ".join(f"{k}={v:.3f}" for k, v in summary["eval_pointwise_accuracy_by_kind"].items()))
+            log.info(
+                "held-out pointwise accuracy %.3f %s",
+                after["eval_pointwise_accuracy"],
+                " ".join(f"{k}={v:.3f}" for k, v in summary["eval_pointwise_accuracy_by_kind"].items()),
+            )
     log.info("saved the generative judge to %s", final)
     return summary
 
@@ -179,24 +241,32 @@ def judge_held_out(path: str, held_out: Any, batch_size: int, pointwise: bool = 
     if held_out is None:
         return {"eval_after": {}, "eval_accuracy_by_kind": {}, "eval_accuracy_by_kind_and_task": {}}
     judge = GenerativeJudge(JudgeOptions(path=path, batch_size=batch_size))
-    items = [[{"prompt": r["prompt"], "images": r["images"] or [], "response": r[key]} for r in held_out]
-             for key in ("chosen", "rejected")]
+    items = [
+        [{"prompt": r["prompt"], "images": r["images"] or [], "response": r[key]} for r in held_out]
+        for key in ("chosen", "rejected")
+    ]
     start = time.perf_counter()
     chosen, rejected = judge_pairs(judge)(*items)
     seconds = time.perf_counter() - start
     n = len(held_out)
     report = judge_report(judge.metrics(), n)
-    out = {"eval_after": {"eval_accuracy": pair_metrics(chosen, rejected)["accuracy"],
-                          "eval_unparsed_rate": report["unparsed_rate"],
-                          "eval_first_position_rate": report["first_position_rate"],
-                          "eval_position_consistency": report["position_consistency"],
-                          "seconds_per_pair": seconds / n,
-                          "generated_tokens_per_pair": report["generated_tokens_per_pair"]},
-           **held_out_breakdown(held_out, chosen, rejected)}
+    out = {
+        "eval_after": {
+            "eval_accuracy": pair_metrics(chosen, rejected)["accuracy"],
+            "eval_unparsed_rate": report["unparsed_rate"],
+            "eval_first_position_rate": report["first_position_rate"],
+            "eval_position_consistency": report["position_consistency"],
+            "seconds_per_pair": seconds / n,
+            "generated_tokens_per_pair": report["generated_tokens_per_pair"],
+        },
+        **held_out_breakdown(held_out, chosen, rejected),
+    }
     if pointwise:
         judge.options = replace(judge.options, mode="pointwise")  # the same model, each response on its own
-        alone = [judge([it["prompt"] for it in part], [it["response"] for it in part],
-                       images=[it["images"] for it in part]) for part in items]
+        alone = [
+            judge([it["prompt"] for it in part], [it["response"] for it in part], images=[it["images"] for it in part])
+            for part in items
+        ]
         out["eval_after"]["eval_pointwise_accuracy"] = pair_metrics(*alone)["accuracy"]
         out["eval_pointwise_accuracy_by_kind"] = held_out_breakdown(held_out, *alone)["eval_accuracy_by_kind"]
     return out

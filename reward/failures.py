@@ -92,12 +92,14 @@ class GuardedReward:
             if len(values) != n:
                 raise ValueError(f"returned {len(values)} rewards for {n} completions")
         except asyncio.TimeoutError:  # (an alias of TimeoutError from 3.11)
-            log.warning("reward %s: batch of %d timed out after %.1fs; scoring one by one",
-                        self.__name__, n, self.timeout_s)
+            log.warning(
+                "reward %s: batch of %d timed out after %.1fs; scoring one by one", self.__name__, n, self.timeout_s
+            )
             values = await self._isolate(prompts, completions, columns, n)
         except Exception as e:
-            log.warning("reward %s: batch of %d raised %s: %s; scoring one by one",
-                        self.__name__, n, type(e).__name__, e)
+            log.warning(
+                "reward %s: batch of %d raised %s: %s; scoring one by one", self.__name__, n, type(e).__name__, e
+            )
             values = await self._isolate(prompts, completions, columns, n)
         out = self._check(values)
         self.stats.calls += 1
@@ -113,7 +115,8 @@ class GuardedReward:
             raise RewardFailureError(
                 f"reward '{self.__name__}' failed on {failed_now} of {n} samples in one step "
                 f"({failed_now / n:.0%} > reward.max_failure_rate={self.max_failure_rate:.0%}); "
-                f"totals so far: {self.stats}. See the warnings above for each failing sample.")
+                f"totals so far: {self.stats}. See the warnings above for each failing sample."
+            )
         return out
 
     def _check(self, values: list) -> list[float | None]:

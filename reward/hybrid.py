@@ -28,8 +28,9 @@ def sigmoid(x: float) -> float:
     return z / (1.0 + z)
 
 
-def hybrid_value(matched: float | None, score: float | None,
-                 squash: Callable[[float], float] | None = sigmoid) -> float | None:
+def hybrid_value(
+    matched: float | None, score: float | None, squash: Callable[[float], float] | None = sigmoid
+) -> float | None:
     """The hybrid formula for one sample (pure; see the module docstring). `squash` maps the model
     branch's score into [0, 1] (None: it is a probability already, as a generative judge's is)."""
     if matched == 1.0:
@@ -47,8 +48,7 @@ def score_summary(scores: list[float]) -> dict[str, float]:
     n = len(s)
     mean, std = mean_std(s)
     q = lambda p: s[min(n - 1, int(p * (n - 1) + 0.5))]  # noqa: E731 - nearest-rank quantile
-    return {"mean": mean, "std": std,
-            "p10": q(0.1), "p50": q(0.5), "p90": q(0.9), "min": s[0], "max": s[-1]}
+    return {"mean": mean, "std": std, "p10": q(0.1), "p50": q(0.5), "p90": q(0.9), "min": s[0], "max": s[-1]}
 
 
 def prompt_groups(prompts: list[Any]) -> list[list[int]]:
@@ -62,14 +62,17 @@ def prompt_groups(prompts: list[Any]) -> list[list[int]]:
     return groups
 
 
-def decision_metrics(matched: list[float | None], rewards: list[float | None], prompts: list[Any],
-                     tasks: list[str] | None = None) -> dict[str, float]:
+def decision_metrics(
+    matched: list[float | None], rewards: list[float | None], prompts: list[Any], tasks: list[str] | None = None
+) -> dict[str, float]:
     """Which branch decided each sample (overall and per task family), and how much the rewards of a group
     with no right answer spread (what GRPO's per-group standardisation turns into advantages: noise, if
     the model branch cannot tell its wrong answers apart). Pure."""
     n = len(matched)
-    out = {"hybrid/decided_by_match": sum(m == 1.0 for m in matched) / n,
-           "hybrid/decided_by_model": sum(m != 1.0 for m in matched) / n}
+    out = {
+        "hybrid/decided_by_match": sum(m == 1.0 for m in matched) / n,
+        "hybrid/decided_by_model": sum(m != 1.0 for m in matched) / n,
+    }
     for task in sorted(set(tasks or [])):
         at = [i for i, t in enumerate(tasks) if t == task]
         out[f"hybrid/decided_by_match/{task}"] = sum(matched[i] == 1.0 for i in at) / len(at)
@@ -103,8 +106,9 @@ class HybridReward:
         todo = [i for i, m in enumerate(matched) if m != 1.0]
         scores: list[float | None] = [None] * n
         if todo:
-            got = self.scorer([prompts[i] for i in todo], [completions[i] for i in todo],
-                              **slice_columns(columns, todo, n))
+            got = self.scorer(
+                [prompts[i] for i in todo], [completions[i] for i in todo], **slice_columns(columns, todo, n)
+            )
             for i, s in zip(todo, got, strict=True):
                 scores[i] = s
         out = [hybrid_value(m, s, self.squash) for m, s in zip(matched, scores, strict=True)]

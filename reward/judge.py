@@ -59,8 +59,9 @@ def pointwise_prompt(template: str, question: str, answer: str) -> str:
 
 def judge_messages(text: str, n_images: int) -> list[dict]:
     """One user turn: the images first, then the judge's text (R1-Reward's layout)."""
-    return [{"role": "user", "content": [*[{"type": "image", "text": None}] * n_images,
-                                         {"type": "text", "text": text}]}]
+    return [
+        {"role": "user", "content": [*[{"type": "image", "text": None}] * n_images, {"type": "text", "text": text}]}
+    ]
 
 
 def verdict_position(pieces: list[str]) -> int | None:
@@ -105,8 +106,15 @@ class JudgeRequest:
     images: list[Any]
 
 
-def judge_requests(options: JudgeOptions, pairwise: str, pointwise: str, prompts: list[Any],
-                   completions: list[Any], images: list[list[Any]], references: list[str | None]) -> list[JudgeRequest]:
+def judge_requests(
+    options: JudgeOptions,
+    pairwise: str,
+    pointwise: str,
+    prompts: list[Any],
+    completions: list[Any],
+    images: list[list[Any]],
+    references: list[str | None],
+) -> list[JudgeRequest]:
     """The prompts the judge answers for a batch of completions."""
     out = []
     for i, (prompt, completion, imgs, ref) in enumerate(zip(prompts, completions, images, references, strict=True)):
@@ -164,10 +172,13 @@ def judge_report(counts: dict[str, float], pairs: int) -> dict[str, float]:
     def rate(num: str, den: str) -> float:
         return counts.get(num, 0.0) / counts[den] if counts.get(den) else math.nan
 
-    return {"generated_tokens_per_pair": counts.get("generated_tokens", 0.0) / pairs if pairs else math.nan,
-            "verdicts_per_pair": counts.get("verdicts", 0.0) / pairs if pairs else math.nan,
-            "unparsed_rate": rate("unparsed", "verdicts"), "first_position_rate": rate("first_position", "readable"),
-            "position_consistency": rate("consistent", "compared")}
+    return {
+        "generated_tokens_per_pair": counts.get("generated_tokens", 0.0) / pairs if pairs else math.nan,
+        "verdicts_per_pair": counts.get("verdicts", 0.0) / pairs if pairs else math.nan,
+        "unparsed_rate": rate("unparsed", "verdicts"),
+        "first_position_rate": rate("first_position", "readable"),
+        "position_consistency": rate("consistent", "compared"),
+    }
 
 
 def verdict_text(verdict: str, rationale: str | None = None) -> str:
@@ -176,22 +187,37 @@ def verdict_text(verdict: str, rationale: str | None = None) -> str:
     return f"{think}{ANSWER_OPEN}{verdict}</answer>"
 
 
-def judge_training_rows(prompt: Any, images: list[Any], chosen: str, rejected: str, pairwise: str, pointwise: str,
-                        with_pointwise: bool = True, rationale: str | None = None) -> list[dict]:
+def judge_training_rows(
+    prompt: Any,
+    images: list[Any],
+    chosen: str,
+    rejected: str,
+    pairwise: str,
+    pointwise: str,
+    with_pointwise: bool = True,
+    rationale: str | None = None,
+) -> list[dict]:
     """A preference pair as the judge's SFT rows (TRL's conversational prompt-completion format, with the
     pair's images): the pair in both orders (verdict 1, then 2: a judge trained so cannot learn a favourite
     position), and, with `with_pointwise`, each response alone (chosen: 1, rejected: 2)."""
     question = question_text(prompt)
 
     def row(text: str, verdict: str) -> dict:
-        return {"prompt": judge_messages(text, len(images)), "images": list(images),
-                "completion": [{"role": "assistant", "content": verdict_text(verdict, rationale)}]}
+        return {
+            "prompt": judge_messages(text, len(images)),
+            "images": list(images),
+            "completion": [{"role": "assistant", "content": verdict_text(verdict, rationale)}],
+        }
 
-    rows = [row(pairwise_prompt(pairwise, question, chosen, rejected), "1"),
-            row(pairwise_prompt(pairwise, question, rejected, chosen), "2")]
+    rows = [
+        row(pairwise_prompt(pairwise, question, chosen, rejected), "1"),
+        row(pairwise_prompt(pairwise, question, rejected, chosen), "2"),
+    ]
     if with_pointwise:
-        rows += [row(pointwise_prompt(pointwise, question, chosen), "1"),
-                 row(pointwise_prompt(pointwise, question, rejected), "2")]
+        rows += [
+            row(pointwise_prompt(pointwise, question, chosen), "1"),
+            row(pointwise_prompt(pointwise, question, rejected), "2"),
+        ]
     return rows
 
 
@@ -217,8 +243,10 @@ def read_templates(options: JudgeOptions) -> tuple[str, str]:
 def single_token(tokenizer: Any, text: str) -> int:
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) != 1:
-        raise ValueError(f"the judge's tokenizer splits the verdict {text!r} into {len(ids)} tokens: its probability "
-                         "cannot be read from one position")
+        raise ValueError(
+            f"the judge's tokenizer splits the verdict {text!r} into {len(ids)} tokens: its probability "
+            "cannot be read from one position"
+        )
     return ids[0]
 
 
@@ -236,15 +264,22 @@ class GenerativeJudge:
         from policies.rollout_engine import SamplingParams
 
         if engine is None and not options.path:
-            raise ValueError("the generative judge needs reward.judge.path (a checkpoint, or a hub id such as "
-                             "yifanzhang114/R1-Reward)")
+            raise ValueError(
+                "the generative judge needs reward.judge.path (a checkpoint, or a hub id such as "
+                "yifanzhang114/R1-Reward)"
+            )
         self.options = options
         self.engine = engine if engine is not None else _engine(options)
         self.tokenizer = self.engine.tokenizer
         self.pairwise, self.pointwise = read_templates(options)
         self.verdict_ids = tuple(single_token(self.tokenizer, v) for v in VERDICTS)
-        self.sampling = SamplingParams(n=1, temperature=0.0, max_tokens=options.max_tokens, logprobs=False,
-                                       top_logprobs=max(2, options.top_logprobs))
+        self.sampling = SamplingParams(
+            n=1,
+            temperature=0.0,
+            max_tokens=options.max_tokens,
+            logprobs=False,
+            top_logprobs=max(2, options.top_logprobs),
+        )
         self._counts = dict.fromkeys(COUNTERS, 0)
         self.__name__ = "judge"  # the name TRL logs this reward under
 
@@ -252,8 +287,10 @@ class GenerativeJudge:
         n = len(completions)
         refs = columns.get(self.options.reference_column) or columns.get(self.options.answer_column) or [None] * n
         column_images = columns.get("images") or [None] * n
-        images = [(embedded_images(p) if isinstance(p, list) else []) or list(col or [])
-                  for p, col in zip(prompts, column_images, strict=True)]
+        images = [
+            (embedded_images(p) if isinstance(p, list) else []) or list(col or [])
+            for p, col in zip(prompts, column_images, strict=True)
+        ]
         requests = judge_requests(self.options, self.pairwise, self.pointwise, prompts, completions, images, refs)
         probabilities = self.verdicts(requests)
         for key, value in order_counts(requests, probabilities).items():
@@ -267,9 +304,10 @@ class GenerativeJudge:
         out: list[float | None] = []
         size = max(1, self.options.batch_size)
         for start in range(0, len(requests), size):
-            part = requests[start:start + size]
-            groups = self.engine.generate([RolloutRequest(judge_messages(r.text, len(r.images)), r.images)
-                                           for r in part], self.sampling)
+            part = requests[start : start + size]
+            groups = self.engine.generate(
+                [RolloutRequest(judge_messages(r.text, len(r.images)), r.images) for r in part], self.sampling
+            )
             for request, group in zip(part, groups, strict=True):
                 rollout = group[0]
                 pieces = [self.tokenizer.decode([t]) for t in rollout.completion_ids]
@@ -278,8 +316,9 @@ class GenerativeJudge:
                 self._counts["verdicts"] += 1
                 if p is None:
                     self._counts["unparsed"] += 1
-                    log.warning("judge: no readable verdict in %r (row %d, %s)", rollout.text[-200:], request.row,
-                                request.order)
+                    log.warning(
+                        "judge: no readable verdict in %r (row %d, %s)", rollout.text[-200:], request.row, request.order
+                    )
                 out.append(p)
         return out
 
@@ -300,8 +339,9 @@ def _engine(options: JudgeOptions) -> Any:
     if options.backend == "vllm":
         from policies.vllm_engine import VLLMEngine
 
-        return VLLMEngine(options.path, dtype=options.dtype, max_pixels=options.max_pixels,
-                          engine_kwargs=dict(options.vllm))
+        return VLLMEngine(
+            options.path, dtype=options.dtype, max_pixels=options.max_pixels, engine_kwargs=dict(options.vllm)
+        )
     from policies.hf_engine import HFEngine
 
     return HFEngine(options.path, dtype=options.dtype, device=options.device, max_pixels=options.max_pixels)

@@ -44,16 +44,20 @@ def layout_of(path: str) -> str:
         return "basereward"
     config_file = checkpoint_file(path, "config.json")
     if config_file is None:
-        raise FileNotFoundError(f"{path} is not a reward-model checkpoint: it has no config.json (and no {HEAD_FILE}); "
-                                "train one with `brl train-rm CONFIG`, or point at a downloaded model folder")
+        raise FileNotFoundError(
+            f"{path} is not a reward-model checkpoint: it has no config.json (and no {HEAD_FILE}); "
+            "train one with `brl train-rm CONFIG`, or point at a downloaded model folder"
+        )
     if any(checkpoint_file(path, name) for name in VALUE_HEAD_FILES):
         return "value_head"
     config = json.loads(config_file.read_text())
     if any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []):
         labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2
         if labels != 1:
-            raise ValueError(f"{path}: a sequence-classification model with {labels} labels; a reward model has one "
-                             "(its single logit is the score)")
+            raise ValueError(
+                f"{path}: a sequence-classification model with {labels} labels; a reward model has one "
+                "(its single logit is the score)"
+            )
         return "sequence_classification"
     return "generative"
 
@@ -62,7 +66,9 @@ def check_scalar_reward_model(path: str, field: str) -> str:
     """`path`'s layout, which must give a scalar score (a reward model's branch of a reward scheme)."""
     layout = layout_of(path)
     if layout not in SCALAR_LAYOUTS:
-        raise ValueError(f"{field}: {path} is a {layout} model (no scalar head: no {HEAD_FILE}, no "
-                         f"{VALUE_HEAD_FILES[0]}, not *ForSequenceClassification); a generative judge goes in "
-                         "reward.judge.path with reward.scheme: judge")
+        raise ValueError(
+            f"{field}: {path} is a {layout} model (no scalar head: no {HEAD_FILE}, no "
+            f"{VALUE_HEAD_FILES[0]}, not *ForSequenceClassification); a generative judge goes in "
+            "reward.judge.path with reward.scheme: judge"
+        )
     return layout

@@ -107,8 +107,14 @@ class BaseRewardModel(nn.Module):
     # -- construction and persistence ---------------------------------------------------------
 
     @classmethod
-    def from_backbone(cls, path: str, head_cfg: HeadConfig | None = None, dtype: torch.dtype = torch.float32,
-                      trust_remote_code: bool = False, seed: int | None = None) -> BaseRewardModel:
+    def from_backbone(
+        cls,
+        path: str,
+        head_cfg: HeadConfig | None = None,
+        dtype: torch.dtype = torch.float32,
+        trust_remote_code: bool = False,
+        seed: int | None = None,
+    ) -> BaseRewardModel:
         """A fresh reward model on a pretrained backbone (policy checkpoint or hub id); the head is new."""
         backbone = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
         if seed is not None:
@@ -129,8 +135,9 @@ class BaseRewardModel(nn.Module):
         return out
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype = "auto") -> BaseRewardModel:
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto"
+    ) -> BaseRewardModel:
         """`dtype`: the weights' dtype on the device ("auto": as saved; a BaseReward trained with float32
         masters is saved in float32, twice the memory of bfloat16 scoring)."""
         p = Path(path)
@@ -150,8 +157,9 @@ class BaseRewardModel(nn.Module):
         return model.to(device).eval()
 
     @classmethod
-    def from_value_head(cls, path: str | Path, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype = "auto") -> BaseRewardModel:
+    def from_value_head(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto"
+    ) -> BaseRewardModel:
         """TRL's value-head layout (`AutoModelForCausalLMWithValueHead`, as Skywork-VL-Reward-7B ships it): a
         causal-LM checkpoint beside `value_head.safetensors` (or `.bin`) holding `v_head.summary.weight` [1, H]
         and `v_head.summary.bias` [1], a linear head on the language model's final (normed) hidden state, read
@@ -162,8 +170,11 @@ class BaseRewardModel(nn.Module):
         found = [f for f in (checkpoint_file(str(path), name) for name in VALUE_HEAD_FILES) if f is not None]
         if not found:
             raise FileNotFoundError(f"{path} has no value head ({' or '.join(VALUE_HEAD_FILES)})")
-        state = load_file(found[0]) if found[0].suffix == ".safetensors" else \
-            torch.load(found[0], map_location="cpu", weights_only=True)
+        state = (
+            load_file(found[0])
+            if found[0].suffix == ".safetensors"
+            else torch.load(found[0], map_location="cpu", weights_only=True)
+        )
         keys = ("v_head.summary.weight", "v_head.summary.bias")
         if any(k not in state for k in keys):
             raise ValueError(f"{found[0]}: a value head holds {list(keys)}; this file has {sorted(state)[:6]}")
@@ -171,15 +182,18 @@ class BaseRewardModel(nn.Module):
         model = cls(backbone, HeadConfig(num_layers=1))
         weight, bias = state[keys[0]], state[keys[1]]
         if weight.shape != (1, text_hidden_size(backbone.config)):
-            raise ValueError(f"{found[0]}: v_head.summary.weight is {tuple(weight.shape)}, the backbone's hidden size "
-                             f"is {text_hidden_size(backbone.config)}")
+            raise ValueError(
+                f"{found[0]}: v_head.summary.weight is {tuple(weight.shape)}, the backbone's hidden size "
+                f"is {text_hidden_size(backbone.config)}"
+            )
         model.head = model.head.to(weight.dtype)
         model.head.load_state_dict({"0.weight": weight, "0.bias": bias}, strict=True)
         return model.to(device).eval()
 
     @classmethod
-    def _from_legacy(cls, p: Path, head_cfg: HeadConfig, stats: ScoreStats,
-                     device: str | torch.device) -> BaseRewardModel:
+    def _from_legacy(
+        cls, p: Path, head_cfg: HeadConfig, stats: ScoreStats, device: str | torch.device
+    ) -> BaseRewardModel:
         """A checkpoint written before the backbone was saved by transformers (every weight in one
         model.safetensors under our own key names): built empty on the device, then loaded strictly."""
         from adapters.transformers import no_init_weights
@@ -193,8 +207,9 @@ class BaseRewardModel(nn.Module):
         missing, unexpected = model.load_state_dict(state, strict=False)
         # Buffers computed at construction (rotary inv_freq) are not saved; real weights must all be there.
         if unexpected or [k for k in missing if not k.endswith("inv_freq")]:
-            raise ValueError(f"{p}: weights do not match the architecture "
-                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise ValueError(
+                f"{p}: weights do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
         return model.eval()
 
 
@@ -224,20 +239,26 @@ class SequenceClassificationRewardModel(nn.Module):
         return logits[:, 0].float()  # [B]
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
-                        pad_token_id: int | None = None, dtype: str | torch.dtype = "auto"
-                        ) -> SequenceClassificationRewardModel:
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        pad_token_id: int | None = None,
+        dtype: str | torch.dtype = "auto",
+    ) -> SequenceClassificationRewardModel:
         from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=resolve_dtype(dtype),
-                                                                   device_map={"": str(device)})
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=resolve_dtype(dtype), device_map={"": str(device)}
+        )
         if model.config.pad_token_id is None:  # transformers finds the last token of each row by the pad token
             model.config.pad_token_id = pad_token_id
         return cls(model).to(device).eval()
 
 
-def load_reward_model(path: str | Path, device: str | torch.device = "cpu",
-                      pad_token_id: int | None = None, dtype: str = "auto") -> nn.Module:
+def load_reward_model(
+    path: str | Path, device: str | torch.device = "cpu", pad_token_id: int | None = None, dtype: str = "auto"
+) -> nn.Module:
     """A scalar reward model of any layout (reward/layouts.py), on `device`, in eval mode: called with
     (input_ids, attention_mask, **image inputs) it gives [B] scores; `.stats` are its shipped score
     statistics (None: it ships none); `.is_multimodal` says whether it sees images. `dtype`: its weights'

@@ -21,9 +21,13 @@ from typing import Any
 from reward.base import completion_text
 from reward.options import EXTRACT_MODES, RuleOptions
 
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen twenty".split())}
+_NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _ARTICLES = {"a", "an", "the"}
 # Anything that is not a letter, digit, whitespace, or a character that can belong to a number.
@@ -127,7 +131,7 @@ class RuleMatcher:
 
     def match(self, completion: str, truth: str) -> bool:
         o = self.options
-        text = completion[-o.max_chars:]  # the answer is at the end; bound the work per item
+        text = completion[-o.max_chars :]  # the answer is at the end; bound the work per item
         pred = extract_answer(text, o.extract)
         if pred is None:
             return False
@@ -137,8 +141,10 @@ class RuleMatcher:
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         truths = columns.get(self.options.answer_column) or [None] * len(completions)
-        return [None if t is None or not str(t).strip() else float(self.match(completion_text(c), str(t)))
-                for c, t in zip(completions, truths, strict=True)]
+        return [
+            None if t is None or not str(t).strip() else float(self.match(completion_text(c), str(t)))
+            for c, t in zip(completions, truths, strict=True)
+        ]
 
 
 @dataclass

@@ -92,8 +92,9 @@ class Batch:
     occurrence: list[int] | None = None
 
 
-def process_distinct_images(processor: Any, texts: list[str], images: list[Any], device: torch.device
-                            ) -> tuple[dict[str, torch.Tensor], list[int]] | None:
+def process_distinct_images(
+    processor: Any, texts: list[str], images: list[Any], device: torch.device
+) -> tuple[dict[str, torch.Tensor], list[int]] | None:
     """What `processor(text=texts, images=images)` gives, except that an image several rows share (a
     prompt's G completions) is resized and normalised once: its pixels appear once, under
     `distinct_grid_thw`, while the text gets every occurrence's placeholder tokens. Built from the
@@ -138,8 +139,9 @@ class ScoringBackend:
     encode_images_once: bool = True
 
     @classmethod
-    def load(cls, path: str, device: str = "cpu", encode_images_once: bool = True, dtype: str = "auto"
-             ) -> ScoringBackend:
+    def load(
+        cls, path: str, device: str = "cpu", encode_images_once: bool = True, dtype: str = "auto"
+    ) -> ScoringBackend:
         """Any scalar reward-model layout (reward/layouts.py) with its own processor (its chat template)."""
         from policies.loading import load_processor
 
@@ -165,8 +167,9 @@ class ScoringBackend:
         flat = [img for imgs in images for img in imgs]
         occurrence = None
         if not is_vlm_processor(self.processor):
-            inputs = self.processor(text=texts, padding=True, padding_side="right", return_tensors="pt",
-                                    add_special_tokens=False)
+            inputs = self.processor(
+                text=texts, padding=True, padding_side="right", return_tensors="pt", add_special_tokens=False
+            )
         elif (
             flat
             and self.encode_images_once
@@ -175,8 +178,9 @@ class ScoringBackend:
             inputs, occurrence = distinct
         else:
             extra = {"device": str(device)} if device.type == "cuda" and flat else {}
-            inputs = self.processor(text=texts, images=flat or None, padding=True, padding_side="right",
-                                    return_tensors="pt", **extra)
+            inputs = self.processor(
+                text=texts, images=flat or None, padding=True, padding_side="right", return_tensors="pt", **extra
+            )
         tensors = {k: v.to(device, non_blocking=True) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         return Batch(tensors, occurrence)
 
@@ -241,10 +245,12 @@ class RewardModelScorer:
             raise ValueError("RewardModelScorer needs at least one checkpoint (reward.model.paths)")
         self.options = options
         device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.backends = [ScoringBackend.load(p, device, options.encode_images_once, options.dtype)
-                         for p in options.paths]
-        self.text_backend = ScoringBackend.load(options.text_path, device, dtype=options.dtype) \
-            if options.text_path else None
+        self.backends = [
+            ScoringBackend.load(p, device, options.encode_images_once, options.dtype) for p in options.paths
+        ]
+        self.text_backend = (
+            ScoringBackend.load(options.text_path, device, dtype=options.dtype) if options.text_path else None
+        )
         self.estimated: dict[int, ScoreStats] = {}  # backend -> statistics from its first call (it shipped none)
         self.__name__ = "model"  # the name TRL logs this reward under: its scheme and its config section (reward.model)
 
@@ -261,7 +267,7 @@ class RewardModelScorer:
     def _score_with(self, backend: ScoringBackend, convs: list, imgs: list) -> list[float]:
         order = length_order(convs, imgs) if self.options.sort_by_length else list(range(len(convs)))
         size = self.options.batch_size
-        parts = [order[start:start + size] for start in range(0, len(order), size)]
+        parts = [order[start : start + size] for start in range(0, len(order), size)]
 
         def prepare(part: list[int]) -> Batch:
             return backend.prepare([convs[i] for i in part], [imgs[i] for i in part])
@@ -286,8 +292,14 @@ class RewardModelScorer:
             finite = [x for x in scores if math.isfinite(x)]
             mean, std = mean_std(finite) if len(finite) > 1 else (finite[0] if finite else 0.0, 1.0)
             self.estimated[b] = ScoreStats(mean, std or 1.0)
-            log.info("reward model %s ships no score statistics: standardising its scores with mean %.4g, std %.4g "
-                     "of the %d it gave first", self.options.paths[b], mean, std or 1.0, len(finite))
+            log.info(
+                "reward model %s ships no score statistics: standardising its scores with mean %.4g, std %.4g "
+                "of the %d it gave first",
+                self.options.paths[b],
+                mean,
+                std or 1.0,
+                len(finite),
+            )
         return self.estimated[b]
 
     @property
@@ -317,8 +329,13 @@ class RewardModelScorer:
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         n = len(completions)
         column_images = columns.get("images") or [None] * n
-        imgs = bound_rows([(embedded_images(p) if isinstance(p, list) else []) or list(col or [])
-                           for p, col in zip(prompts, column_images, strict=True)], self.options.max_pixels)
+        imgs = bound_rows(
+            [
+                (embedded_images(p) if isinstance(p, list) else []) or list(col or [])
+                for p, col in zip(prompts, column_images, strict=True)
+            ],
+            self.options.max_pixels,
+        )
         convs = [self._conversation(p, c, len(im)) for p, c, im in zip(prompts, completions, imgs, strict=True)]
         out: list[float | None] = [None] * n
         text_rows = [i for i in range(n) if not imgs[i]] if self.text_backend else []
@@ -332,8 +349,9 @@ class RewardModelScorer:
         for b, backend in enumerate(self.backends):
             rows = [i for i, bs in members.items() if b in bs]
             if rows:  # a text-only model sees no images: the rows it gets carry none, or are given as text
-                got = self._score_with(backend, [convs[i] for i in rows], [imgs[i] if backend.is_multimodal else []
-                                                                           for i in rows])
+                got = self._score_with(
+                    backend, [convs[i] for i in rows], [imgs[i] if backend.is_multimodal else [] for i in rows]
+                )
                 per_model[b] = dict(zip(rows, got, strict=True))
         standardize = self.standardizes
         stats = {b: self._stats(b, list(scores.values())) for b, scores in per_model.items()} if standardize else {}

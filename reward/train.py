@@ -25,8 +25,13 @@ from policies.loading import VisionLRMixin
 from reward.stats import mean_std
 
 
-def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor, zero_mean_weight: float = 0.0,
-            chosen_len: torch.Tensor | None = None, rejected_len: torch.Tensor | None = None) -> torch.Tensor:
+def bt_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    zero_mean_weight: float = 0.0,
+    chosen_len: torch.Tensor | None = None,
+    rejected_len: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Bradley-Terry loss on scores [B] (mean over pairs).
 
     zero_mean_weight: lambda * (r_w + r_l)^2, pulling rewards towards zero mean (the paper found it hurts).
@@ -53,8 +58,14 @@ def pair_metrics(chosen: list[float], rejected: list[float]) -> dict[str, float]
     cm, cs = mean_std([c for c, _ in finite])
     rm, rs = mean_std([r for _, r in finite])
     margin, _ = mean_std([c - r for c, r in finite])
-    return {"accuracy": correct / n, "margin": margin, "chosen_mean": cm, "chosen_std": cs,
-            "rejected_mean": rm, "rejected_std": rs}
+    return {
+        "accuracy": correct / n,
+        "margin": margin,
+        "chosen_mean": cm,
+        "chosen_std": cs,
+        "rejected_mean": rm,
+        "rejected_std": rs,
+    }
 
 
 def accuracy_by_group(groups: list[str | None], chosen: list[float], rejected: list[float]) -> dict[str, float]:
@@ -64,8 +75,10 @@ def accuracy_by_group(groups: list[str | None], chosen: list[float], rejected: l
     for i, group in enumerate(groups):
         if group is not None:
             members[group].append(i)
-    return {group: pair_metrics([chosen[i] for i in at], [rejected[i] for i in at])["accuracy"]
-            for group, at in sorted(members.items())}
+    return {
+        group: pair_metrics([chosen[i] for i in at], [rejected[i] for i in at])["accuracy"]
+        for group, at in sorted(members.items())
+    }
 
 
 def held_out_breakdown(rows: Any, chosen: list[float], rejected: list[float]) -> dict[str, dict[str, float]]:
@@ -77,8 +90,10 @@ def held_out_breakdown(rows: Any, chosen: list[float], rejected: list[float]) ->
     kinds = rows["kind"]
     tasks = rows["task"] if "task" in rows.column_names else [None] * len(kinds)
     by_kind_and_task = [None if task is None else f"{kind}/{task}" for kind, task in zip(kinds, tasks, strict=True)]
-    return {"eval_accuracy_by_kind": accuracy_by_group(kinds, chosen, rejected),
-            "eval_accuracy_by_kind_and_task": accuracy_by_group(by_kind_and_task, chosen, rejected)}
+    return {
+        "eval_accuracy_by_kind": accuracy_by_group(kinds, chosen, rejected),
+        "eval_accuracy_by_kind_and_task": accuracy_by_group(by_kind_and_task, chosen, rejected),
+    }
 
 
 class PairCollator:
@@ -94,8 +109,10 @@ class PairCollator:
         # No truncation: it would cut the response end, the very token the head reads. Prompt
         # lengths are bounded when the data is validated instead.
         responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
-        texts = [render_conversation(self.processor, [*r["prompt"], {"role": "assistant", "content": resp}])
-                 for r, resp in zip(rows * 2, responses, strict=True)]
+        texts = [
+            render_conversation(self.processor, [*r["prompt"], {"role": "assistant", "content": resp}])
+            for r, resp in zip(rows * 2, responses, strict=True)
+        ]
         images = [img.convert("RGB") for r in rows for img in (r.get("images") or [])]
         kwargs: dict[str, Any] = dict(text=texts, padding=True, padding_side="right", return_tensors="pt")
         if self.is_vlm:
@@ -104,7 +121,8 @@ class PairCollator:
             batch = dict(self.tokenizer(add_special_tokens=False, **kwargs))
         if self.length_normalize:
             batch["response_lengths"] = torch.tensor(
-                [len(ids) for ids in self.tokenizer(responses, add_special_tokens=False)["input_ids"]])
+                [len(ids) for ids in self.tokenizer(responses, add_special_tokens=False)["input_ids"]]
+            )
         return batch
 
 
@@ -144,8 +162,12 @@ class BTTrainer(VisionLRMixin, Trainer):
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         # Training-side pair metrics since the last log line (eval metrics come via compute_metrics).
         if self._train_scores["chosen"] and "loss" in logs:
-            logs.update({f"train_{k}": v for k, v in pair_metrics(self._train_scores["chosen"],
-                                                                   self._train_scores["rejected"]).items()})
+            logs.update(
+                {
+                    f"train_{k}": v
+                    for k, v in pair_metrics(self._train_scores["chosen"], self._train_scores["rejected"]).items()
+                }
+            )
             self._train_scores.clear()
         super().log(logs, *args, **kwargs)
 

@@ -110,8 +110,10 @@ def check_resume_has_work(checkpoint: Path, max_steps: int) -> None:
     """A resume that would train zero steps is a mistake (wrong folder, forgotten max_steps): say so."""
     done = checkpoint_step(checkpoint)
     if done >= max_steps:
-        raise ValueError(f"{checkpoint} is at step {done} and the run is {max_steps} steps long: resuming "
-                         f"would train nothing. Raise trainer.max_steps (or num_train_epochs) to continue.")
+        raise ValueError(
+            f"{checkpoint} is at step {done} and the run is {max_steps} steps long: resuming "
+            f"would train nothing. Raise trainer.max_steps (or num_train_epochs) to continue."
+        )
 
 
 class CheckpointCallback(TrainerCallback):

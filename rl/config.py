@@ -121,8 +121,10 @@ WEIGHT_SYNCS = ("auto", "shared_memory", "broadcast", "object_store")
 # ... and vLLM's weight-transfer engine (vLLM engines), by its backend (vllm_transfer.TRAINER_INIT_INFO's keys).
 VLLM_WEIGHT_SYNCS = {"vllm_nccl": "nccl", "vllm_gloo": "gloo"}
 # Keys that were renamed: a config that still uses one is refused with its new spelling.
-RENAMED_KEYS = {"weight_transfer": "rollout.weight_transfer was merged into rollout.weight_sync: write "
-                                   "weight_sync: vllm_nccl (or vllm_gloo) instead"}
+RENAMED_KEYS = {
+    "weight_transfer": "rollout.weight_transfer was merged into rollout.weight_sync: write "
+    "weight_sync: vllm_nccl (or vllm_gloo) instead"
+}
 
 
 @dataclass
@@ -162,18 +164,23 @@ class RolloutConfig:
         if self.backend not in ROLLOUT_BACKENDS:
             raise ConfigError(f"rollout.backend must be one of {ROLLOUT_BACKENDS}, got {self.backend!r}")
         if self.weight_sync not in (*WEIGHT_SYNCS, *VLLM_WEIGHT_SYNCS):
-            raise ConfigError(f"rollout.weight_sync must be one of {(*WEIGHT_SYNCS, *VLLM_WEIGHT_SYNCS)}, "
-                              f"got {self.weight_sync!r}")
+            raise ConfigError(
+                f"rollout.weight_sync must be one of {(*WEIGHT_SYNCS, *VLLM_WEIGHT_SYNCS)}, got {self.weight_sync!r}"
+            )
         if self.weight_sync in VLLM_WEIGHT_SYNCS and self.backend != "vllm":
-            raise ConfigError(f"rollout.weight_sync={self.weight_sync} is vLLM's weight-transfer engine: it needs "
-                              f"rollout.backend=vllm (got {self.backend!r})")
+            raise ConfigError(
+                f"rollout.weight_sync={self.weight_sync} is vLLM's weight-transfer engine: it needs "
+                f"rollout.backend=vllm (got {self.backend!r})"
+            )
         if self.sync_every < 1:
             raise ConfigError(f"rollout.sync_every must be >= 1, got {self.sync_every}")
         lag = self.sync_every - 1 + int(self.overlap)  # how many versions behind a rollout can be
         if self.max_staleness < lag:
-            raise ConfigError(f"rollout.max_staleness={self.max_staleness} is below the lag that rollout.sync_every="
-                              f"{self.sync_every}{' with rollout.overlap' if self.overlap else ''} causes ({lag}): "
-                              f"set rollout.max_staleness: {lag}")
+            raise ConfigError(
+                f"rollout.max_staleness={self.max_staleness} is below the lag that rollout.sync_every="
+                f"{self.sync_every}{' with rollout.overlap' if self.overlap else ''} causes ({lag}): "
+                f"set rollout.max_staleness: {lag}"
+            )
         if self.bucket_mb <= 0:
             raise ConfigError(f"rollout.bucket_mb must be > 0, got {self.bucket_mb}")
 
@@ -207,8 +214,10 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         if self.vision_lr is not None and (self.vision_lr <= 0 or self.freeze_vision):
-            raise ConfigError(f"vision_lr={self.vision_lr} needs a vision encoder that trains: a positive rate and "
-                              "freeze_vision: false")
+            raise ConfigError(
+                f"vision_lr={self.vision_lr} needs a vision encoder that trains: a positive rate and "
+                "freeze_vision: false"
+            )
 
 
 @dataclass
@@ -363,8 +372,9 @@ class RewardConfig:
         if self.hybrid_with not in HYBRID_BRANCHES:
             raise ConfigError(f"reward.hybrid_with must be one of {HYBRID_BRANCHES}, got {self.hybrid_with!r}")
         if self.min_group_std is not None and not self.min_group_std >= 0:
-            raise ConfigError(f"reward.min_group_std must be >= 0 (or null: the scheme's default), "
-                              f"got {self.min_group_std!r}")
+            raise ConfigError(
+                f"reward.min_group_std must be >= 0 (or null: the scheme's default), got {self.min_group_std!r}"
+            )
 
     def flat_group_std(self) -> float:
         """The spread below which a group's rewards count as flat: min_group_std, else the scheme's own."""
@@ -373,8 +383,13 @@ class RewardConfig:
     def components(self) -> tuple[str, ...]:
         """The reward components the scheme runs, by their `reward.actors` names: one place that knows
         which scheme needs what (placement, the memory plan, the actors, the reward functions ask it)."""
-        return {"rule": ("rule",), "model": ("model",), "judge": ("judge",), "hybrid": ("rule", self.hybrid_with),
-                "none": ()}[self.scheme]
+        return {
+            "rule": ("rule",),
+            "model": ("model",),
+            "judge": ("judge",),
+            "hybrid": ("rule", self.hybrid_with),
+            "none": (),
+        }[self.scheme]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,8 +503,12 @@ def _describe(err: OmegaConfBaseException) -> str:
     return (f"key '{key}': {msg}" if key else msg) + (f"; {renamed}" if renamed else "")
 
 
-def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                passthrough: dict[str, type] | None = None) -> T:
+def load_config(
+    schema: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    passthrough: dict[str, type] | None = None,
+) -> T:
     """Build a `schema` instance from its defaults, a YAML file and `key=value` overrides.
 
     `passthrough` maps a dict-valued section (e.g. "trainer", or "grpo.trainer") to the config class
@@ -522,7 +541,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
             raise ConfigError(f"command line: {_describe(e)}") from None
         for section, cls in (passthrough or {}).items():
             if key.startswith(section + "."):
-                _check_passthrough({key[len(section) + 1:].split(".")[0]: None}, section, cls, "command line")
+                _check_passthrough({key[len(section) + 1 :].split(".")[0]: None}, section, cls, "command line")
     try:
         out = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:  # e.g. a required "???" value left unset
@@ -549,9 +568,14 @@ def _restore_no(section: dict[str, Any], cls: type) -> None:
 
     hints = typing.get_type_hints(cls)
     for key, value in section.items():
-        if value is False and key in hints and any(
+        if (
+            value is False
+            and key in hints
+            and any(
                 isinstance(t, type) and issubclass(t, enum.Enum) and "no" in {m.value for m in t}
-                for t in typing.get_args(hints[key]) or (hints[key],)):
+                for t in typing.get_args(hints[key]) or (hints[key],)
+            )
+        ):
             section[key] = "no"
 
 

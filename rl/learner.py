@@ -81,7 +81,8 @@ def check_update_precision(policy: Any, trainer: dict[str, Any], section: str) -
         f"would never move (on an H100, 1.8% of a layer's weights changed in two steps at 1e-6). Keep float32 "
         f"master weights and compute in bf16: `{section}.dtype: float32` with `trainer.bf16: true` (TRL's "
         f"default), or train a LoRA adapter ({section}.lora), or use `trainer.optim: adamw_anyprecision` with "
-        f"`trainer.optim_args: use_kahan_summation=True`.")
+        f"`trainer.optim_args: use_kahan_summation=True`."
+    )
 
 
 def planned_steps(trainer: GRPOTrainer) -> int:
@@ -97,11 +98,20 @@ class PolicyGRPOTrainer(VisionLRMixin, GRPOLearner):
     """The project's GRPO learner with the policy's `vision_lr` (as recipes/sft.py's PolicySFTTrainer)."""
 
 
-def build_grpo_trainer(args: GRPOConfig, model: torch.nn.Module, processor: Any, train_dataset: Any,
-                       reward_funcs: list[Callable], rollout_func: Callable | None = None,
-                       callbacks: list | None = None, eval_dataset: Any = None,
-                       lora: dict[str, Any] | None = None, rollout_logprobs_as_old: bool = False,
-                       min_group_std: float = 0.0, vision_lr: float | None = None) -> GRPOLearner:
+def build_grpo_trainer(
+    args: GRPOConfig,
+    model: torch.nn.Module,
+    processor: Any,
+    train_dataset: Any,
+    reward_funcs: list[Callable],
+    rollout_func: Callable | None = None,
+    callbacks: list | None = None,
+    eval_dataset: Any = None,
+    lora: dict[str, Any] | None = None,
+    rollout_logprobs_as_old: bool = False,
+    min_group_std: float = 0.0,
+    vision_lr: float | None = None,
+) -> GRPOLearner:
     """`lora`: peft.LoraConfig keyword arguments; TRL wraps the policy with the adapter (None: full tuning).
     `rollout_logprobs_as_old`: the rollout engine's log-probabilities are the PPO "old" policy;
     `min_group_std`: groups whose rewards spread no more than this get no advantage (GRPOLearner)."""

@@ -100,8 +100,10 @@ def resolve_reward_models(cfg: RewardConfig) -> None:
     `brl grpo` was launched)."""
     if "judge" in cfg.components():
         if not cfg.judge.path:
-            raise ValueError(f"reward.scheme={cfg.scheme} needs reward.judge.path: a generative judge (`brl train-rm "
-                             "CONFIG paradigm=generative`) or a published one (yifanzhang114/R1-Reward)")
+            raise ValueError(
+                f"reward.scheme={cfg.scheme} needs reward.judge.path: a generative judge (`brl train-rm "
+                "CONFIG paradigm=generative`) or a published one (yifanzhang114/R1-Reward)"
+            )
         check_model_source(cfg.judge.path, "reward.judge.path")
         cfg.judge.path = _absolute(cfg.judge.path)
     if "model" not in cfg.components():
@@ -114,9 +116,11 @@ def resolve_reward_models(cfg: RewardConfig) -> None:
                 check_model_source(path, "reward.model.paths")  # a hub id: in the local cache, or refused here
             check_scalar_reward_model(path, "reward.model.paths")
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"reward.model.paths: {path} is not a reward-model checkpoint ({e}). A BaseReward "
-                                    "is what `brl train-rm CONFIG` writes (see recipes/configs/tiny_cpu_rm.yaml); a "
-                                    "published reward model is a downloaded folder or a cached hub id") from None
+            raise FileNotFoundError(
+                f"reward.model.paths: {path} is not a reward-model checkpoint ({e}). A BaseReward "
+                "is what `brl train-rm CONFIG` writes (see recipes/configs/tiny_cpu_rm.yaml); a "
+                "published reward model is a downloaded folder or a cached hub id"
+            ) from None
     cfg.model.paths = [_absolute(p) for p in cfg.model.paths]
     cfg.model.text_path = _absolute(cfg.model.text_path) if cfg.model.text_path else None
 
@@ -125,8 +129,9 @@ def _absolute(path: str) -> str:
     return str(Path(path).resolve()) if Path(path).exists() else path
 
 
-def build_rewards(cfg: RewardConfig, hosted: Mapping[str, Callable] | None = None
-                  ) -> tuple[list[GuardedReward], list[float]]:
+def build_rewards(
+    cfg: RewardConfig, hosted: Mapping[str, Callable] | None = None
+) -> tuple[list[GuardedReward], list[float]]:
     """The reward functions and weights for TRL. `hosted`: components that run elsewhere (the
     pipeline's proxies to their Ray actors), by name; the scheme's other components are built here."""
     hosted = hosted or {}

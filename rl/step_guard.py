@@ -45,10 +45,16 @@ class NonFiniteGuard(TrainerCallback):
         optimizer.zero_grad(set_to_none=True)
         step = state.global_step + 1
         self.skipped_steps.append(step)
-        log.warning("step %d: non-finite gradient (NaN/inf in the loss, advantages or rewards); "
-                    "the update is skipped (%d skipped so far, limit %d)", step, len(self.skipped_steps),
-                    self.max_skipped)
+        log.warning(
+            "step %d: non-finite gradient (NaN/inf in the loss, advantages or rewards); "
+            "the update is skipped (%d skipped so far, limit %d)",
+            step,
+            len(self.skipped_steps),
+            self.max_skipped,
+        )
         if len(self.skipped_steps) > self.max_skipped:
-            raise NonFiniteStepError(f"{len(self.skipped_steps)} optimizer steps had non-finite gradients "
-                                     f"(steps {self.skipped_steps}; max_skipped_steps={self.max_skipped}): "
-                                     f"the run is diverging. Lower the learning rate or check the rewards.")
+            raise NonFiniteStepError(
+                f"{len(self.skipped_steps)} optimizer steps had non-finite gradients "
+                f"(steps {self.skipped_steps}; max_skipped_steps={self.max_skipped}): "
+                f"the run is diverging. Lower the learning rate or check the rewards."
+            )

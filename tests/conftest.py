@@ -40,10 +40,20 @@ def warm_policy(tmp_path_factory, tiny_vl) -> str:
     from rl.config import SFTRecipeConfig, load_config
 
     def build(out: Path) -> str:
-        cfg = load_config(SFTRecipeConfig, None, [
-            f"output_dir={out}", f"policy.path={tiny_vl}", "data.train_size=512", "trainer.max_steps=120",
-            "trainer.per_device_train_batch_size=32", "trainer.learning_rate=1e-3", "policy.freeze_vision=true",
-            "trainer.report_to=[]"])
+        cfg = load_config(
+            SFTRecipeConfig,
+            None,
+            [
+                f"output_dir={out}",
+                f"policy.path={tiny_vl}",
+                "data.train_size=512",
+                "trainer.max_steps=120",
+                "trainer.per_device_train_batch_size=32",
+                "trainer.learning_rate=1e-3",
+                "policy.freeze_vision=true",
+                "trainer.report_to=[]",
+            ],
+        )
         return sft.main(cfg)["final_policy"]
 
     return built_once(tmp_path_factory, "warm-policy", build)
@@ -99,13 +109,25 @@ def _share_updated(tmp_path, policy, dtype):
     from recipes import grpo
 
     reward = tmp_path / "length.py"
-    reward.write_text("def length(prompts, completions, **kw):\n"
-                      "    return [float(len(c[0]['content'])) for c in completions]\n")
+    reward.write_text(
+        "def length(prompts, completions, **kw):\n    return [float(len(c[0]['content'])) for c in completions]\n"
+    )
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml"
-    cfg = grpo.load(str(config), [f"output_dir={tmp_path / dtype}", f"policy.path={policy}", "trainer.max_steps=1",
-                                  "trainer.learning_rate=1e-6", "trainer.bf16=true", "trainer.report_to=[]",
-                                  "trainer.max_completion_length=8", "reward.scheme=none",
-                                  f"reward.extra=[{{fn: '{reward}:length'}}]", f"policy.dtype={dtype}"])
+    cfg = grpo.load(
+        str(config),
+        [
+            f"output_dir={tmp_path / dtype}",
+            f"policy.path={policy}",
+            "trainer.max_steps=1",
+            "trainer.learning_rate=1e-6",
+            "trainer.bf16=true",
+            "trainer.report_to=[]",
+            "trainer.max_completion_length=8",
+            "reward.scheme=none",
+            f"reward.extra=[{{fn: '{reward}:length'}}]",
+            f"policy.dtype={dtype}",
+        ],
+    )
     watch = UpdateWatch()
     grpo.main(cfg, callbacks=[watch])
     return watch.share_changed

@@ -20,9 +20,13 @@ NAN = float("nan")
 
 
 def test_mm_rlhf_acc_and_acc_plus_by_hand():
-    rows = [{"id": 1, "image": "a/mcq/1.png"}, {"id": 1, "image": "a/mcq/1.png"},
-            {"id": 2, "image": "b/long/2.png"}, {"id": 3, "video": "c/video/3.mp4"},
-            {"id": 3, "video": "c/video/3.mp4"}]
+    rows = [
+        {"id": 1, "image": "a/mcq/1.png"},
+        {"id": 1, "image": "a/mcq/1.png"},
+        {"id": 2, "image": "b/long/2.png"},
+        {"id": 3, "video": "c/video/3.mp4"},
+        {"id": 3, "video": "c/video/3.mp4"},
+    ]
     chosen = [2.0, 1.0, 5.0, NAN, 1.0]
     rejected = [1.0, 1.0, 4.0, 0.0, 0.0]  # pair 2 ties -> wrong; pair 4 NaN -> wrong
     m = mm_rlhf_metrics(rows, chosen, rejected)
@@ -38,15 +42,20 @@ def test_mm_rlhf_category_takes_the_first_listed_that_appears():
 
 
 def test_vl_reward_metrics_by_hand():
-    rows = [{"id": "wildvision_1", "human_ranking": [0, 1]},
-            {"id": "RLAIF-V_7", "human_ranking": [1, 0]},
-            {"id": "mathverse_3", "human_ranking": [0, 1]},
-            {"id": "mmmu_pro_9", "human_ranking": [0, 1]}]
+    rows = [
+        {"id": "wildvision_1", "human_ranking": [0, 1]},
+        {"id": "RLAIF-V_7", "human_ranking": [1, 0]},
+        {"id": "mathverse_3", "human_ranking": [0, 1]},
+        {"id": "mmmu_pro_9", "human_ranking": [0, 1]},
+    ]
     scores = [[1.0, 0.0], [1.0, 2.0], [0.5, 0.5], [NAN, 1.0]]
     m = vl_reward_metrics(rows, scores)
     assert m["overall_acc"] == 0.5
-    assert m["per_group"] == {"general": {"pairs": 1, "acc": 1.0}, "hallucination": {"pairs": 1, "acc": 1.0},
-                              "reasoning": {"pairs": 2, "acc": 0.0}}
+    assert m["per_group"] == {
+        "general": {"pairs": 1, "acc": 1.0},
+        "hallucination": {"pairs": 1, "acc": 1.0},
+        "reasoning": {"pairs": 2, "acc": 0.0},
+    }
     assert math.isclose(m["macro_avg"], (1.0 + 1.0 + 0.0) / 3)
 
 
@@ -103,8 +112,10 @@ def test_eval_rm_with_a_model_sees_images(tmp_path, untrained_rm):
     (tmp_path / "imgs" / "short").mkdir(parents=True)
     for i, color in enumerate(("red", "blue", "red")):
         Image.new("RGB", (56, 56), color).save(tmp_path / "imgs" / "short" / f"{i}.png")
-    rows = [{"id": i, "image": f"imgs/short/{i}.png", "prompt": "What color?", "chosen": "red", "rejected": "blue"}
-            for i in range(3)]
+    rows = [
+        {"id": i, "image": f"imgs/short/{i}.png", "prompt": "What color?", "chosen": "red", "rejected": "blue"}
+        for i in range(3)
+    ]
     data = tmp_path / "mm.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     seen = []
@@ -136,31 +147,75 @@ def test_multimodal_rewardbench_per_category_with_the_safety_and_reasoning_sub_s
     (tmp_path / "images").mkdir()
     Image.new("RGB", (8, 8), "red").save(tmp_path / "images" / "a.png")
     rows = [  # Output1 is the longer one in each row; Better says which is right
-        {"ID": "nocaps_1", "Text": "q", "Image": "images/a.png", "Output1": "long answer", "Output2": "short",
-         "Better": "Output1", "Category": "open_generation/correctness_task"},
-        {"ID": "pairs_2", "Text": "q", "Image": "images/a.png", "Output1": "long answer", "Output2": "short",
-         "Better": "Output2", "Category": "safety"},
-        {"ID": "hateful_3", "Text": "q", "Image": "images/a.png", "Output1": "long answer", "Output2": "short",
-         "Better": "Output1", "Category": "safety"},
-        {"ID": "mathvista_4", "Text": "q", "Image": "images/a.png", "Output1": "long answer", "Output2": "short",
-         "Better": "Output1", "Category": "reasoning"},
-        {"ID": "emma-coding_5", "Text": "q", "Image": "images/a.png", "Output1": "long answer", "Output2": "short",
-         "Better": "Output2", "Category": "reasoning"},
+        {
+            "ID": "nocaps_1",
+            "Text": "q",
+            "Image": "images/a.png",
+            "Output1": "long answer",
+            "Output2": "short",
+            "Better": "Output1",
+            "Category": "open_generation/correctness_task",
+        },
+        {
+            "ID": "pairs_2",
+            "Text": "q",
+            "Image": "images/a.png",
+            "Output1": "long answer",
+            "Output2": "short",
+            "Better": "Output2",
+            "Category": "safety",
+        },
+        {
+            "ID": "hateful_3",
+            "Text": "q",
+            "Image": "images/a.png",
+            "Output1": "long answer",
+            "Output2": "short",
+            "Better": "Output1",
+            "Category": "safety",
+        },
+        {
+            "ID": "mathvista_4",
+            "Text": "q",
+            "Image": "images/a.png",
+            "Output1": "long answer",
+            "Output2": "short",
+            "Better": "Output1",
+            "Category": "reasoning",
+        },
+        {
+            "ID": "emma-coding_5",
+            "Text": "q",
+            "Image": "images/a.png",
+            "Output1": "long answer",
+            "Output2": "short",
+            "Better": "Output2",
+            "Category": "reasoning",
+        },
     ]
     data = tmp_path / "all_data.json"
     data.write_text(json.dumps(rows))
     result = evaluate_file(str(data), "multimodal-rewardbench", scalar_pairs(length_scorer), needs_images=False)
-    by_hand = {"general correctness": 1.0, "safety/bias": 0.0, "safety/toxicity": 1.0, "reasoning/math": 1.0,
-               "reasoning/coding": 0.0}
+    by_hand = {
+        "general correctness": 1.0,
+        "safety/bias": 0.0,
+        "safety/toxicity": 1.0,
+        "reasoning/math": 1.0,
+        "reasoning/coding": 0.0,
+    }
     assert {k: v["acc"] for k, v in result["per_category"].items()} == by_hand
     assert result["overall_acc"] == 3 / 5 and result["category_mean"] == (1.0 + 0.5 + 0.5) / 3
 
 
 def test_rewardbench_sections_are_weighted_like_the_official_scores(tmp_path):
-    rows = ([{"subset": "alpacaeval-easy", "prompt": "p", "chosen": "good long", "rejected": "bad"}] * 2 +
-            [{"subset": "mt-bench-easy", "prompt": "p", "chosen": "x", "rejected": "longer"}] +
-            [{"subset": "math-prm", "prompt": "p", "chosen": "right answer", "rejected": "wrong"},
-             {"subset": "hep-python", "prompt": "p", "chosen": "a", "rejected": "longer"}])
+    rows = (
+        [{"subset": "alpacaeval-easy", "prompt": "p", "chosen": "good long", "rejected": "bad"}] * 2
+        + [{"subset": "mt-bench-easy", "prompt": "p", "chosen": "x", "rejected": "longer"}]
+        + [
+            {"subset": "math-prm", "prompt": "p", "chosen": "right answer", "rejected": "wrong"},
+            {"subset": "hep-python", "prompt": "p", "chosen": "a", "rejected": "longer"},
+        ]
+    )
     data = tmp_path / "rb.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     result = evaluate_file(str(data), "rewardbench", scalar_pairs(length_scorer), needs_images=False)
@@ -185,16 +240,34 @@ def test_vl_reward_bench_in_its_hub_schema_with_embedded_images(tmp_path, untrai
         PILImage.new("RGB", (56, 56), color).save(buf, format="PNG")
         return {"bytes": buf.getvalue(), "path": None}
 
-    features = Features({"id": Value("string"), "query": Value("string"), "response": Sequence(Value("string")),
-                         "image": Image(), "human_ranking": Sequence(Value("int64")),
-                         "models": Sequence(Value("string")),
-                         "judge": Value("string"), "rationale": Value("string"), "query_source": Value("string"),
-                         "ground_truth": Value("string")})
-    base = {"query": "What color?", "response": ["red", "blue"], "models": ["a", "b"], "judge": "human",
-            "rationale": "", "query_source": "x", "ground_truth": ""}
-    rows = [{**base, "id": "RLAIF-V_1", "image": png("red"), "human_ranking": [0, 1]},
-            {**base, "id": "wildvision-battle_2", "image": png("blue"), "human_ranking": [1, 0]},
-            {**base, "id": "mathverse_3", "image": png("red"), "human_ranking": [0, 1]}]
+    features = Features(
+        {
+            "id": Value("string"),
+            "query": Value("string"),
+            "response": Sequence(Value("string")),
+            "image": Image(),
+            "human_ranking": Sequence(Value("int64")),
+            "models": Sequence(Value("string")),
+            "judge": Value("string"),
+            "rationale": Value("string"),
+            "query_source": Value("string"),
+            "ground_truth": Value("string"),
+        }
+    )
+    base = {
+        "query": "What color?",
+        "response": ["red", "blue"],
+        "models": ["a", "b"],
+        "judge": "human",
+        "rationale": "",
+        "query_source": "x",
+        "ground_truth": "",
+    }
+    rows = [
+        {**base, "id": "RLAIF-V_1", "image": png("red"), "human_ranking": [0, 1]},
+        {**base, "id": "wildvision-battle_2", "image": png("blue"), "human_ranking": [1, 0]},
+        {**base, "id": "mathverse_3", "image": png("red"), "human_ranking": [0, 1]},
+    ]
     data = tmp_path / "test.parquet"
     Dataset.from_list(rows, features=features).to_parquet(str(data))
     seen = []

@@ -111,10 +111,21 @@ class StopAfterSave(TrainerCallback):
 
 
 def _grpo_cfg(run: Path, policy: str, *extra: str):
-    return grpo.load(str(CONFIGS / "tiny_cpu_rule.yaml"), [
-        f"output_dir={run}", f"policy.path={policy}", "data.train_size=4", "trainer.max_steps=4",
-        "trainer.per_device_train_batch_size=4", "trainer.num_generations=2", "trainer.max_completion_length=4",
-        "trainer.learning_rate=1e-3", "trainer.report_to=[]", *extra])
+    return grpo.load(
+        str(CONFIGS / "tiny_cpu_rule.yaml"),
+        [
+            f"output_dir={run}",
+            f"policy.path={policy}",
+            "data.train_size=4",
+            "trainer.max_steps=4",
+            "trainer.per_device_train_batch_size=4",
+            "trainer.num_generations=2",
+            "trainer.max_completion_length=4",
+            "trainer.learning_rate=1e-3",
+            "trainer.report_to=[]",
+            *extra,
+        ],
+    )
 
 
 def _weights(summary: dict) -> dict[str, torch.Tensor]:
@@ -140,8 +151,11 @@ def test_resume_mid_epoch_is_bit_exact_in_process(tmp_path, warm_policy):
     _assert_same(_weights(straight), _weights(resumed))
     # Nothing left to do is an error, not a silent success.
     with pytest.raises(ValueError, match="would train nothing"):
-        grpo.main(_grpo_cfg(tmp_path / "straight", warm_policy, "resume=" + str(run / CHECKPOINTS / "step-3"),
-                            "trainer.max_steps=3"))
+        grpo.main(
+            _grpo_cfg(
+                tmp_path / "straight", warm_policy, "resume=" + str(run / CHECKPOINTS / "step-3"), "trainer.max_steps=3"
+            )
+        )
 
 
 class KillActorsAfter(TrainerCallback):
@@ -174,8 +188,14 @@ def test_resume_and_actor_kills_through_ray_actors_are_bit_exact(tmp_path, warm_
     restarted rollout actor got the weights it held back and regenerated the same samples."""
     from pipeline.actor_calls import ActorCalls
 
-    ray_opts = ("ray.enabled=true", "ray.num_cpus=2", "rollout.actors.num_cpus=1", "reward.actors.rule.num_actors=1",
-                "rollout.sync_every=2", "rollout.max_staleness=1")
+    ray_opts = (
+        "ray.enabled=true",
+        "ray.num_cpus=2",
+        "rollout.actors.num_cpus=1",
+        "reward.actors.rule.num_actors=1",
+        "rollout.sync_every=2",
+        "rollout.max_staleness=1",
+    )
     straight = grpo.main(_grpo_cfg(tmp_path / "straight", warm_policy, *ray_opts))
     assert straight["rollout_version"] == 2
 
@@ -193,8 +213,8 @@ def test_resume_and_actor_kills_through_ray_actors_are_bit_exact(tmp_path, warm_
     assert len(chaos.killed) == 2 and not set(chaos.killed) & set(chaos.at_end)  # both are new processes
     # The rollout call hit the dead actor and was retried; the reward call, sent later, may find its
     # actor already restarted by Ray (then nothing needs retrying).
-    rollout, = [g for g in groups if g.what == "rollout actors"]
-    rule, = [g for g in groups if g is not rollout]
+    (rollout,) = [g for g in groups if g.what == "rollout actors"]
+    (rule,) = [g for g in groups if g is not rollout]
     assert rollout.restarts == 1 and rule.restarts <= 1
     assert killed["global_step"] == 4 and killed["actor_restarts"] == 1
     assert killed["reward_samples"] == {"rule": 4 * 4}  # 4 steps x 4 completions: none lost, none twice
@@ -237,12 +257,24 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path, warm_po
 
     steps = ("trainer.max_steps=8", "checkpoint.every_steps=1", "checkpoint.keep_last=2")
     run = tmp_path / "killed"
-    args = [f"output_dir={run}", f"policy.path={warm_policy}", "data.train_size=4", *steps,
-            "trainer.per_device_train_batch_size=4", "trainer.num_generations=2", "trainer.max_completion_length=4",
-            "trainer.learning_rate=1e-3", "trainer.report_to=[]"]
-    proc = subprocess.Popen([sys.executable, "-m", "recipes.cli", "grpo", str(CONFIGS / "tiny_cpu_rule.yaml"), *args],
-                            cwd=Path(__file__).parent.parent, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        f"output_dir={run}",
+        f"policy.path={warm_policy}",
+        "data.train_size=4",
+        *steps,
+        "trainer.per_device_train_batch_size=4",
+        "trainer.num_generations=2",
+        "trainer.max_completion_length=4",
+        "trainer.learning_rate=1e-3",
+        "trainer.report_to=[]",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recipes.cli", "grpo", str(CONFIGS / "tiny_cpu_rule.yaml"), *args],
+        cwd=Path(__file__).parent.parent,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:

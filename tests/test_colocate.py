@@ -73,10 +73,20 @@ def test_bfloat16_generation_on_float32_masters_runs_under_autocast(warm_policy)
 def test_grpo_with_a_colocated_engine_trains_with_no_rollout_actors(tmp_path, warm_policy, untrained_rm):
     from recipes import grpo
 
-    cfg = grpo.load(str(CONFIGS / "tiny_cpu_hybrid.yaml"), [
-        f"output_dir={tmp_path}", f"policy.path={warm_policy}", f"reward.model.paths=[{untrained_rm}]",
-        "rollout.colocate=true", "ray.num_cpus=2", "trainer.max_steps=2",
-        "trainer.per_device_train_batch_size=8", "trainer.num_generations=4", "trainer.report_to=[]"])
+    cfg = grpo.load(
+        str(CONFIGS / "tiny_cpu_hybrid.yaml"),
+        [
+            f"output_dir={tmp_path}",
+            f"policy.path={warm_policy}",
+            f"reward.model.paths=[{untrained_rm}]",
+            "rollout.colocate=true",
+            "ray.num_cpus=2",
+            "trainer.max_steps=2",
+            "trainer.per_device_train_batch_size=8",
+            "trainer.num_generations=4",
+            "trainer.report_to=[]",
+        ],
+    )
     summary = grpo.main(cfg)
     assert summary["global_step"] == 2 and summary["rollout_version"] == 1 and summary["actor_restarts"] == 0
     rows = [r for r in summary["log_history"] if "rollout/logprob_gap_max" in r]

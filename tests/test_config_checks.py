@@ -48,6 +48,7 @@ def nothing_starts(monkeypatch):
     def refuse(what):
         def fail(*args, **kwargs):
             raise AssertionError(f"{what} during a config check")
+
         return fail
 
     monkeypatch.setattr(ray, "init", refuse("ray.init"))

@@ -38,18 +38,18 @@ def corpus(tmp_path):
     (tmp_path / "img" / "huge.png").write_bytes(_huge_header_png())
     good = {"prompt": "What color?", "images": ["img/ok.png"], "answer": "red"}
     lines = [
-        json.dumps(good),                                                        # 1 ok
-        json.dumps({**good, "images": ["img/truncated.png"]}),                   # 2 truncated PNG
-        json.dumps({**good, "images": ["img/empty.png"]}),                       # 3 zero-byte file
-        json.dumps({**good, "images": ["img/text.png"]}),                        # 4 non-image bytes
-        json.dumps({**good, "images": ["img/huge.png"]}),                        # 5 huge-dimension header
-        json.dumps({**good, "images": ["img/missing.png"]}),                     # 6 missing path
-        "",                                                                      # blank lines are skipped
-        json.dumps({**good, "answer": "   "}),                                   # 8 whitespace-only answer
-        json.dumps({**good, "prompt": 42}),                                      # 9 wrong type
-        json.dumps({"images": ["img/ok.png"], "answer": "red"}),                 # 10 missing prompt
-        '{"prompt": "broken json", ',                                             # 11 invalid JSON
-        json.dumps(good),                                                        # 12 ok
+        json.dumps(good),  # 1 ok
+        json.dumps({**good, "images": ["img/truncated.png"]}),  # 2 truncated PNG
+        json.dumps({**good, "images": ["img/empty.png"]}),  # 3 zero-byte file
+        json.dumps({**good, "images": ["img/text.png"]}),  # 4 non-image bytes
+        json.dumps({**good, "images": ["img/huge.png"]}),  # 5 huge-dimension header
+        json.dumps({**good, "images": ["img/missing.png"]}),  # 6 missing path
+        "",  # blank lines are skipped
+        json.dumps({**good, "answer": "   "}),  # 8 whitespace-only answer
+        json.dumps({**good, "prompt": 42}),  # 9 wrong type
+        json.dumps({"images": ["img/ok.png"], "answer": "red"}),  # 10 missing prompt
+        '{"prompt": "broken json", ',  # 11 invalid JSON
+        json.dumps(good),  # 12 ok
     ]
     data = (
         b"\n".join(line.encode() for line in lines) + b"\n" + b'{"prompt": "caf\xe9", "answer": "x"}\n'
@@ -59,8 +59,18 @@ def corpus(tmp_path):
     return path
 
 
-EXPECTED = {2: "cannot decode", 3: "empty file", 4: "cannot decode", 5: "decompression bomb", 6: "not found",
-            8: "whitespace", 9: "prompt must be", 10: "missing field", 11: "not valid JSON", 13: "not UTF-8"}
+EXPECTED = {
+    2: "cannot decode",
+    3: "empty file",
+    4: "cannot decode",
+    5: "decompression bomb",
+    6: "not found",
+    8: "whitespace",
+    9: "prompt must be",
+    10: "missing field",
+    11: "not valid JSON",
+    13: "not UTF-8",
+}
 
 
 def test_every_bad_row_is_reported_with_its_number_and_reason(corpus):
@@ -102,21 +112,27 @@ def test_missing_file_is_a_clean_error(tmp_path, capsys):
 
 def test_preference_rows(tmp_path):
     path = tmp_path / "prefs.jsonl"
-    rows = [{"prompt": [{"role": "user", "content": "2+2?"}], "chosen": "4", "rejected": "5"},
-            {"prompt": "x", "chosen": "a"},
-            {"prompt": "x", "chosen": "a", "rejected": 3}]
+    rows = [
+        {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": "4", "rejected": "5"},
+        {"prompt": "x", "chosen": "a"},
+        {"prompt": "x", "chosen": "a", "rejected": 3},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     report = validate_source(str(path), "preference")
     assert report.ok == 1 and load_rows(str(path), "preference", ValidationConfig())[0]["images"] == []
     assert {e.row: e.reason for e in report.errors} == {
-        2: "missing field(s) ['rejected']", 3: "rejected must be a string or a list of messages, got int"}
+        2: "missing field(s) ['rejected']",
+        3: "rejected must be a string or a list of messages, got int",
+    }
 
 
 def test_placeholder_count_must_match_images(tmp_path):
     (tmp_path / "a.png").write_bytes(_png())
-    row = {"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text",
-                                                                                            "text": "q"}]}],
-           "images": ["a.png"], "answer": "x"}
+    row = {
+        "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "q"}]}],
+        "images": ["a.png"],
+        "answer": "x",
+    }
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(row))
     report = validate_source(str(path), "rl")
@@ -126,10 +142,20 @@ def test_placeholder_count_must_match_images(tmp_path):
 def test_grpo_recipe_skips_bad_rows_and_trains(tmp_path, corpus, warm_policy):
     from recipes import grpo
 
-    cfg = grpo.load(None, [
-        f"output_dir={tmp_path / 'run'}", f"policy.path={warm_policy}", f"data.source={corpus}",
-        "data.validation.max_image_pixels=10000000", "trainer.max_steps=1", "trainer.per_device_train_batch_size=4",
-        "trainer.num_generations=2", "trainer.max_completion_length=4", "trainer.report_to=[]"])
+    cfg = grpo.load(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"policy.path={warm_policy}",
+            f"data.source={corpus}",
+            "data.validation.max_image_pixels=10000000",
+            "trainer.max_steps=1",
+            "trainer.per_device_train_batch_size=4",
+            "trainer.num_generations=2",
+            "trainer.max_completion_length=4",
+            "trainer.report_to=[]",
+        ],
+    )
     assert grpo.main(cfg)["global_step"] == 1
 
 

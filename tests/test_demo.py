@@ -23,17 +23,31 @@ def test_demo_quick_writes_report_table_and_plot(tmp_path, capsys):
     assert table[0].split("|")[2:8] == [" color ", " count ", " description ", " position ", " shape ", " average "]
     rows = [line for line in table[2:] if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows] == [
-        "starting policy (SFT)", "GRPO, rule reward", "GRPO, judge reward", "GRPO, model reward", "GRPO, hybrid reward"]
+        "starting policy (SFT)",
+        "GRPO, rule reward",
+        "GRPO, judge reward",
+        "GRPO, model reward",
+        "GRPO, hybrid reward",
+    ]
 
     results = json.loads((out / "compare" / "results.json").read_text())
     start = results["start"]
-    numbers = [start["rule_match"], start["sampled_task_average"], start["per_task"]["description"]["sampled"],
-               start["model_score"]["mean"]]
+    numbers = [
+        start["rule_match"],
+        start["sampled_task_average"],
+        start["per_task"]["description"]["sampled"],
+        start["model_score"]["mean"],
+    ]
     for scheme, runs in results["schemes"].items():
         run = runs[0]
-        numbers += [run["final"]["rule_match"], run["final"]["sampled_task_average"], run["mean_reward_last"],
-                    run["model_score"]["right_mean"] if run["model_score"]["right_n"] else 0.0,
-                    run["reward_seconds_per_step"], run["wall_time_s"]]
+        numbers += [
+            run["final"]["rule_match"],
+            run["final"]["sampled_task_average"],
+            run["mean_reward_last"],
+            run["model_score"]["right_mean"] if run["model_score"]["right_n"] else 0.0,
+            run["reward_seconds_per_step"],
+            run["wall_time_s"],
+        ]
         assert run["final"]["step"] == 3
         # The judge writes its verdicts; the scalar head and the rule write nothing.
         assert (run["reward_tokens_per_step"] > 0) == (scheme == "judge"), (scheme, run["reward_tokens_per_step"])

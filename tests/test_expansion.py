@@ -10,8 +10,10 @@ from reward.train import PairCollator, bt_loss
 
 
 def _pairs(shapes_small, n=4):
-    return [{"prompt": r["prompt"], "images": r["images"], "chosen": r["answer"], "rejected": "a blue square"}
-            for r in shapes_small[0].select(range(n))]
+    return [
+        {"prompt": r["prompt"], "images": r["images"], "chosen": r["answer"], "rejected": "a blue square"}
+        for r in shapes_small[0].select(range(n))
+    ]
 
 
 def test_an_expanded_reward_model_scores_exactly_as_before_and_reloads_deeper(tmp_path, tiny_vl, shapes_small):

@@ -18,8 +18,15 @@ import pytest
 pytestmark = pytest.mark.slow
 
 SFT_STEPS = 60
-RL = ["trainer.max_steps=40", "trainer.per_device_train_batch_size=64", "trainer.num_generations=8",
-      "trainer.max_completion_length=8", "trainer.learning_rate=1e-3", "trainer.beta=0.0", "trainer.temperature=1.0"]
+RL = [
+    "trainer.max_steps=40",
+    "trainer.per_device_train_batch_size=64",
+    "trainer.num_generations=8",
+    "trainer.max_completion_length=8",
+    "trainer.learning_rate=1e-3",
+    "trainer.beta=0.0",
+    "trainer.temperature=1.0",
+]
 # The least gain in held-out greedy accuracy (64 rows) that counts as learning. Measured (2026-12-06, 2-core
 # AMD EPYC): from SFT seeds 0 / 1 / 2, 0.22 -> 0.88, 0.56 -> 1.0, 0.22 -> 0.70; shuffled: 0.0 each time. After
 # 40 SFT steps instead of 60, sampling found a right colour 4% of the time and rule-GRPO learned nothing
@@ -55,27 +62,57 @@ def weak_start(tmp_path_factory, tiny_vl) -> str:
     from recipes import sft
 
     out = tmp_path_factory.mktemp("weak_start")
-    cfg = sft.load(None, [f"output_dir={out}", f"policy.path={tiny_vl}", "data.train_size=256", COLOUR_ONLY,
-                          f"trainer.max_steps={SFT_STEPS}", "trainer.per_device_train_batch_size=32",
-                          "trainer.learning_rate=1e-3", "trainer.lr_scheduler_type=cosine",
-                          "policy.freeze_vision=false", "policy.vision_lr=1e-4", "trainer.report_to=[]"])
+    cfg = sft.load(
+        None,
+        [
+            f"output_dir={out}",
+            f"policy.path={tiny_vl}",
+            "data.train_size=256",
+            COLOUR_ONLY,
+            f"trainer.max_steps={SFT_STEPS}",
+            "trainer.per_device_train_batch_size=32",
+            "trainer.learning_rate=1e-3",
+            "trainer.lr_scheduler_type=cosine",
+            "policy.freeze_vision=false",
+            "policy.vision_lr=1e-4",
+            "trainer.report_to=[]",
+        ],
+    )
     return sft.main(cfg)["final_policy"]
 
 
 def _grpo(start: str, out: Path, reward: list[str]) -> str:
     from recipes import grpo
 
-    cfg = grpo.load(None, [f"output_dir={out}", f"policy.path={start}", "policy.freeze_vision=true", "seed=0",
-                           "data.source=shapes", "data.train_size=256", COLOUR_ONLY, "ray.enabled=false", *reward, *RL,
-                           "trainer.report_to=[]"])
+    cfg = grpo.load(
+        None,
+        [
+            f"output_dir={out}",
+            f"policy.path={start}",
+            "policy.freeze_vision=true",
+            "seed=0",
+            "data.source=shapes",
+            "data.train_size=256",
+            COLOUR_ONLY,
+            "ray.enabled=false",
+            *reward,
+            *RL,
+            "trainer.report_to=[]",
+        ],
+    )
     return grpo.main(cfg)["final_policy"]
 
 
 def test_rule_grpo_raises_held_out_accuracy_and_shuffled_rewards_do_not(weak_start, tmp_path):
     before = _held_out_greedy(weak_start)
     learned = _held_out_greedy(_grpo(weak_start, tmp_path / "rule", ["reward.scheme=rule"]))
-    shuffled = _held_out_greedy(_grpo(weak_start, tmp_path / "shuffled", [
-        "reward.scheme=none", f"reward.extra=[{{fn: '{__file__}:shuffled_rule', name: shuffled_rule}}]"]))
+    shuffled = _held_out_greedy(
+        _grpo(
+            weak_start,
+            tmp_path / "shuffled",
+            ["reward.scheme=none", f"reward.extra=[{{fn: '{__file__}:shuffled_rule', name: shuffled_rule}}]"],
+        )
+    )
     assert learned >= before + MARGIN, (before, learned, shuffled)
     assert shuffled < before + MARGIN / 2, (before, learned, shuffled)  # the same rewards, detached: no gain
     assert learned >= shuffled + MARGIN, (before, learned, shuffled)

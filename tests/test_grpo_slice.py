@@ -15,8 +15,10 @@ def _weights(path: str) -> dict[str, torch.Tensor]:
 
 
 def test_two_grpo_steps_change_the_policy_and_write_metrics(tmp_path, warm_policy):
-    cfg = grpo.load(CONFIG, [f"output_dir={tmp_path}", f"policy.path={warm_policy}",
-                                              "trainer.max_steps=2", "trainer.learning_rate=1e-3"])
+    cfg = grpo.load(
+        CONFIG,
+        [f"output_dir={tmp_path}", f"policy.path={warm_policy}", "trainer.max_steps=2", "trainer.learning_rate=1e-3"],
+    )
     summary = grpo.main(cfg)
 
     assert summary["global_step"] == 2
@@ -39,9 +41,16 @@ def test_two_grpo_steps_change_the_policy_and_write_metrics(tmp_path, warm_polic
 def test_hybrid_run_writes_a_histogram_of_model_scores(tmp_path, warm_policy, untrained_rm):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = grpo.load(CONFIG, [f"output_dir={tmp_path}", f"policy.path={warm_policy}",
-                                              "reward.scheme=hybrid", f"reward.model.paths=[{untrained_rm}]",
-                                              "trainer.max_steps=2"])
+    cfg = grpo.load(
+        CONFIG,
+        [
+            f"output_dir={tmp_path}",
+            f"policy.path={warm_policy}",
+            "reward.scheme=hybrid",
+            f"reward.model.paths=[{untrained_rm}]",
+            "trainer.max_steps=2",
+        ],
+    )
     summary = grpo.main(cfg)
     rows = [r for r in summary["log_history"] if "rewards/hybrid/mean" in r]
     assert len(rows) == 2 and all("hybrid/decided_by_model" in r for r in rows)

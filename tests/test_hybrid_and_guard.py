@@ -15,14 +15,17 @@ def test_sigmoid_is_stable():
     assert math.isclose(sigmoid(2.0), 1 / (1 + math.exp(-2.0)))
 
 
-@pytest.mark.parametrize("matched,score,expected", [
-    (1.0, None, 1.0),  # a match needs no score
-    (1.0, -5.0, 1.0),
-    (0.0, 0.0, 0.5),
-    (0.0, 2.0, 1 / (1 + math.exp(-2.0))),
-    (None, -1.0, 1 / (1 + math.exp(1.0))),  # no ground truth: the model decides
-    (0.0, None, None),  # the model could not score: unknown, not zero
-])
+@pytest.mark.parametrize(
+    "matched,score,expected",
+    [
+        (1.0, None, 1.0),  # a match needs no score
+        (1.0, -5.0, 1.0),
+        (0.0, 0.0, 0.5),
+        (0.0, 2.0, 1 / (1 + math.exp(-2.0))),
+        (None, -1.0, 1 / (1 + math.exp(1.0))),  # no ground truth: the model decides
+        (0.0, None, None),  # the model could not score: unknown, not zero
+    ],
+)
 def test_hybrid_formula(matched, score, expected):
     got = hybrid_value(matched, score)
     assert got == expected if expected is None else math.isclose(got, expected)
@@ -42,8 +45,9 @@ def test_hybrid_scores_only_unmatched_and_logs_shares():
     scorer = RecordingScorer({"It is red.": 3.0, "blue": -2.0})
     metrics = {}
     hybrid = HybridReward(RuleMatcher(), scorer)
-    out = hybrid(["q"] * 3, ["red", "It is red.", "blue"], answer=["red"] * 3,
-                 log_metric=lambda k, v: metrics.__setitem__(k, v))
+    out = hybrid(
+        ["q"] * 3, ["red", "It is red.", "blue"], answer=["red"] * 3, log_metric=lambda k, v: metrics.__setitem__(k, v)
+    )
     assert out[0] == 1.0
     assert math.isclose(out[1], sigmoid(3.0)) and math.isclose(out[2], sigmoid(-2.0))
     assert scorer.seen == [(["It is red.", "blue"], ["red", "red"])]  # columns sliced alongside
@@ -67,6 +71,7 @@ def test_score_summary():
 def broken_on(bad):
     def reward(prompts, completions, **kw):
         return [1 / 0 if c == bad else 1.0 for c in completions]
+
     return reward
 
 

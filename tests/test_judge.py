@@ -51,26 +51,58 @@ def test_both_orders_average_into_the_probability_the_completion_is_better():
 
 def test_each_completion_is_judged_against_its_reference_in_both_orders_or_alone_without_one():
     options = JudgeOptions(path="x")
-    requests = judge_requests(options, "{question}|{answer1}|{answer2}", "{question}|{answer}",
-                              ["What color?", [{"role": "user", "content": "Count?"}]], ["red", "3"],
-                              [["img"], []], ["blue", None])
+    requests = judge_requests(
+        options,
+        "{question}|{answer1}|{answer2}",
+        "{question}|{answer}",
+        ["What color?", [{"role": "user", "content": "Count?"}]],
+        ["red", "3"],
+        [["img"], []],
+        ["blue", None],
+    )
     assert [(r.row, r.order, r.text, r.images) for r in requests] == [
-        (0, "first", "What color?|red|blue", ["img"]), (0, "second", "What color?|blue|red", ["img"]),
-        (1, "alone", "Count?|3", [])]
+        (0, "first", "What color?|red|blue", ["img"]),
+        (0, "second", "What color?|blue|red", ["img"]),
+        (1, "alone", "Count?|3", []),
+    ]
     probabilities = [0.9, 0.3, None]
     scores = row_scores(requests, probabilities, 2)
     assert scores[0] == pytest.approx((0.9 + 0.7) / 2) and math.isnan(scores[1])  # an unreadable verdict: NaN
-    assert len(judge_requests(JudgeOptions(path="x", both_orders=False), "{question}{answer1}{answer2}",
-                              "{question}{answer}", ["q"], ["a"], [[]], ["b"])) == 1
+    assert (
+        len(
+            judge_requests(
+                JudgeOptions(path="x", both_orders=False),
+                "{question}{answer1}{answer2}",
+                "{question}{answer}",
+                ["q"],
+                ["a"],
+                [[]],
+                ["b"],
+            )
+        )
+        == 1
+    )
 
 
 def test_training_rows_teach_both_orders_so_no_position_can_be_a_favourite():
-    rows = judge_training_rows("What color?", ["img"], "red", "blue", "Q:{question} 1:{answer1} 2:{answer2}",
-                               "Q:{question} A:{answer}", with_pointwise=True, rationale="it is red")
+    rows = judge_training_rows(
+        "What color?",
+        ["img"],
+        "red",
+        "blue",
+        "Q:{question} 1:{answer1} 2:{answer2}",
+        "Q:{question} A:{answer}",
+        with_pointwise=True,
+        rationale="it is red",
+    )
     texts = [r["prompt"][0]["content"][-1]["text"] for r in rows]
     targets = [r["completion"][0]["content"] for r in rows]
-    assert texts == ["Q:What color? 1:red 2:blue", "Q:What color? 1:blue 2:red", "Q:What color? A:red",
-                     "Q:What color? A:blue"]
+    assert texts == [
+        "Q:What color? 1:red 2:blue",
+        "Q:What color? 1:blue 2:red",
+        "Q:What color? A:red",
+        "Q:What color? A:blue",
+    ]
     assert targets == [verdict_text(v, "it is red") for v in "1212"]
     assert (
         targets[0] == f"<think>it is red</think>{ANSWER_OPEN}1</answer>" and verdict_text("2") == "<answer>2</answer>"
@@ -96,8 +128,10 @@ class ScriptedEngine:
     def generate(self, requests, sampling):
         self.calls += 1
         top = {ONE: math.log(self.p_one), TWO: math.log(1 - self.p_one)}
-        return [[Rollout([0], list(range(len(self.pieces))), [], "".join(self.pieces), 0, "stop",
-                         [top] * len(self.pieces))] for _ in requests]
+        return [
+            [Rollout([0], list(range(len(self.pieces))), [], "".join(self.pieces), 0, "stop", [top] * len(self.pieces))]
+            for _ in requests
+        ]
 
 
 def test_a_verdict_the_judge_cannot_read_is_a_counted_failure_not_a_zero():

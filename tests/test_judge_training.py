@@ -23,9 +23,18 @@ def judge(tmp_path_factory, warm_policy) -> dict:
     from recipes import train_reward_model
 
     def build(out: Path) -> dict:
-        cfg = train_reward_model.load(str(CONFIGS / "tiny_cpu_rm.yaml"), [
-            f"output_dir={out}", "paradigm=generative", f"backbone.path={warm_policy}", "trainer.report_to=[]",
-            "data.sources.0.size=1024", "data.eval_size=128", "generative.trainer.max_steps=200"])  # the demo's: 800
+        cfg = train_reward_model.load(
+            str(CONFIGS / "tiny_cpu_rm.yaml"),
+            [
+                f"output_dir={out}",
+                "paradigm=generative",
+                f"backbone.path={warm_policy}",
+                "trainer.report_to=[]",
+                "data.sources.0.size=1024",
+                "data.eval_size=128",
+                "generative.trainer.max_steps=200",
+            ],
+        )  # the demo's: 800
         return train_reward_model.main(cfg)
 
     return built_once(tmp_path_factory, "judge", build)
@@ -54,13 +63,18 @@ def test_a_judge_trained_on_both_orders_barely_depends_on_the_order(judge):
     requests = []
     for i, row in enumerate(pairs):
         q = question_text(row["prompt"])
-        requests += [JudgeRequest(i, "first", pairwise_prompt(model.pairwise, q, row["chosen"], row["rejected"]),
-                                  row["images"]),
-                     JudgeRequest(i, "second", pairwise_prompt(model.pairwise, q, row["rejected"], row["chosen"]),
-                                  row["images"])]
+        requests += [
+            JudgeRequest(i, "first", pairwise_prompt(model.pairwise, q, row["chosen"], row["rejected"]), row["images"]),
+            JudgeRequest(
+                i, "second", pairwise_prompt(model.pairwise, q, row["rejected"], row["chosen"]), row["images"]
+            ),
+        ]
     p = model.verdicts(requests)
-    gaps = [abs(p[2 * i] - (1 - p[2 * i + 1])) for i in range(len(pairs))
-            if p[2 * i] is not None and p[2 * i + 1] is not None]
+    gaps = [
+        abs(p[2 * i] - (1 - p[2 * i + 1]))
+        for i in range(len(pairs))
+        if p[2 * i] is not None and p[2 * i + 1] is not None
+    ]
     assert len(gaps) >= 0.95 * len(pairs)
     assert sum(gaps) / len(gaps) < 0.1, sorted(gaps)[-5:]
 
@@ -105,11 +119,26 @@ def test_grpo_with_the_judge_scheme_reports_its_cost_per_step(judge, tmp_path, w
     tokens the judge generated and its seconds logged per step (what `brl compare` tabulates)."""
     from recipes import grpo
 
-    summary = grpo.main(grpo.load(str(CONFIGS / "tiny_cpu_hybrid.yaml"), [
-        f"output_dir={tmp_path}", f"policy.path={warm_policy}", "reward.scheme=judge",
-        f"reward.judge.path={judge['checkpoint']}", "reward.judge.max_tokens=8", "reward.actors.judge.num_cpus=0.5",
-        "rollout.actors.num_actors=1", "rollout.actors.num_cpus=0.5", "ray.num_cpus=2", "trainer.max_steps=2",
-        "trainer.per_device_train_batch_size=8", "trainer.num_generations=4", "trainer.report_to=[]"]))
+    summary = grpo.main(
+        grpo.load(
+            str(CONFIGS / "tiny_cpu_hybrid.yaml"),
+            [
+                f"output_dir={tmp_path}",
+                f"policy.path={warm_policy}",
+                "reward.scheme=judge",
+                f"reward.judge.path={judge['checkpoint']}",
+                "reward.judge.max_tokens=8",
+                "reward.actors.judge.num_cpus=0.5",
+                "rollout.actors.num_actors=1",
+                "rollout.actors.num_cpus=0.5",
+                "ray.num_cpus=2",
+                "trainer.max_steps=2",
+                "trainer.per_device_train_batch_size=8",
+                "trainer.num_generations=4",
+                "trainer.report_to=[]",
+            ],
+        )
+    )
     steps = [r for r in summary["log_history"] if "rewards/judge/generated_tokens" in r]
     assert summary["global_step"] == 2 and len(steps) == 2 and summary["reward_failures"] == {"judge": 0}
     assert all(0 < r["rewards/judge/generated_tokens"] <= 8 * 2 * 8 for r in steps)  # 8 completions, 2 orders

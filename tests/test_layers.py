@@ -37,8 +37,9 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                      for a in node.names}
+            found |= {
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names
+            }
     return {name for name in found if name in modules}
 
 
@@ -48,8 +49,12 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_lower_layers_never_import_upper_ones():
-    upward = [f"{a} imports {b}" for a, targets in _graph().items() for b in targets
-              if LAYERS[b.split(".")[0]] > LAYERS[a.split(".")[0]]]
+    upward = [
+        f"{a} imports {b}"
+        for a, targets in _graph().items()
+        for b in targets
+        if LAYERS[b.split(".")[0]] > LAYERS[a.split(".")[0]]
+    ]
     assert not upward, upward
 
 
@@ -89,17 +94,21 @@ def test_the_import_graph_has_no_cycles():
 PRIVATE = {
     "adapters/trl.py": r"\._metrics\b|_save_checkpoint|sampler\.__class__|PartialState\._shared_state",
     "adapters/torch.py": r"_share_filename_cpu_|_new_shared_filename_cpu|_new_using_filename_cpu|"
-                         r"multiprocessing\.reductions|options\._timeout|distributed_c10d",
+    r"multiprocessing\.reductions|options\._timeout|distributed_c10d",
     "adapters/transformers.py": r"_process_images|\._defaults\b|transformers\.initialization|replace_image_token|"
-                                r"get_text_with_replacements",
+    r"get_text_with_replacements",
     "adapters/vllm.py": r"Factory\._registry|\.engine_core\b",
 }
 
 
 def _touching(pattern: str) -> list[str]:
     regex = re.compile(pattern)
-    return sorted(str(p.relative_to(ROOT)) for folder in SOURCES for p in (ROOT / folder).rglob("*.py")
-                  if p != Path(__file__) and regex.search(p.read_text()))
+    return sorted(
+        str(p.relative_to(ROOT))
+        for folder in SOURCES
+        for p in (ROOT / folder).rglob("*.py")
+        if p != Path(__file__) and regex.search(p.read_text())
+    )
 
 
 @pytest.mark.parametrize("adapter", sorted(PRIVATE))
@@ -115,8 +124,10 @@ def test_no_free_function_runs_inside_an_actor():
 def test_loading_a_config_imports_no_torch():
     """Configs are checked (and refused) before any model library loads: `rl.config` and the option
     dataclasses it is built from import no torch, transformers, TRL or Ray."""
-    code = ("import sys, rl.config; print(sorted(m for m in ('torch', 'transformers', 'trl', 'ray', 'vllm') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, rl.config; print(sorted(m for m in ('torch', 'transformers', 'trl', 'ray', 'vllm') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

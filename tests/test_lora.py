@@ -27,8 +27,10 @@ def test_merged_lora_weights_give_an_engine_the_adapted_policy(warm_policy):
     from policies.loading import load_policy
 
     torch.manual_seed(0)
-    model = peft.get_peft_model(load_policy(warm_policy), peft.LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))  # random A and B
+    model = peft.get_peft_model(
+        load_policy(warm_policy),
+        peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )  # random A and B
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = {k: v.clone() for k, v in PolicyWeights(model).items()}
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing merged in place
@@ -46,21 +48,41 @@ def test_merged_lora_weights_give_an_engine_the_adapted_policy(warm_policy):
     assert not torch.allclose(plain, theirs, atol=1e-3)  # the adapter does change the policy
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=6)
     adapted = HFEngine(model.merge_and_unload(), engine.processor)
-    assert [g[0].completion_ids for g in engine.generate(requests, greedy)] == \
-           [g[0].completion_ids for g in adapted.generate(requests, greedy)]
+    assert [g[0].completion_ids for g in engine.generate(requests, greedy)] == [
+        g[0].completion_ids for g in adapted.generate(requests, greedy)
+    ]
 
 
 def _cfg(run: Path, policy: str, *extra: str):
-    return grpo.load(str(CONFIGS / "tiny_cpu_rule.yaml"), [
-        f"output_dir={run}", f"policy.path={policy}", "trainer.max_steps=2", "trainer.per_device_train_batch_size=8",
-        "trainer.num_generations=4", "trainer.max_completion_length=6", "trainer.report_to=[]", *extra])
+    return grpo.load(
+        str(CONFIGS / "tiny_cpu_rule.yaml"),
+        [
+            f"output_dir={run}",
+            f"policy.path={policy}",
+            "trainer.max_steps=2",
+            "trainer.per_device_train_batch_size=8",
+            "trainer.num_generations=4",
+            "trainer.max_completion_length=6",
+            "trainer.report_to=[]",
+            *extra,
+        ],
+    )
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_lora_grpo_through_a_rollout_actor_syncs_the_merged_policy(tmp_path, warm_policy):
-    summary = grpo.main(_cfg(tmp_path, warm_policy, LORA, "trainer.learning_rate=2e-2", "ray.enabled=true",
-                             "ray.num_cpus=2", "rollout.actors.num_cpus=1"))
+    summary = grpo.main(
+        _cfg(
+            tmp_path,
+            warm_policy,
+            LORA,
+            "trainer.learning_rate=2e-2",
+            "ray.enabled=true",
+            "ray.num_cpus=2",
+            "rollout.actors.num_cpus=1",
+        )
+    )
     assert summary["global_step"] == 2 and summary["rollout_version"] == 1
     final = Path(summary["final_policy"])
     adapter = load_file(final / "adapter_model.safetensors")
@@ -72,8 +94,15 @@ def test_lora_grpo_through_a_rollout_actor_syncs_the_merged_policy(tmp_path, war
 
 
 def test_a_frozen_vision_tower_is_unchanged_by_training_with_gradient_checkpointing(tmp_path, warm_policy):
-    summary = grpo.main(_cfg(tmp_path, warm_policy, "policy.freeze_vision=true", "trainer.learning_rate=1e-2",
-                             "trainer.gradient_checkpointing=true"))
+    summary = grpo.main(
+        _cfg(
+            tmp_path,
+            warm_policy,
+            "policy.freeze_vision=true",
+            "trainer.learning_rate=1e-2",
+            "trainer.gradient_checkpointing=true",
+        )
+    )
     before = load_file(Path(warm_policy) / "model.safetensors")
     after = load_file(Path(summary["final_policy"]) / "model.safetensors")
     vision = [k for k in before if k.startswith(("visual.", "model.visual."))]

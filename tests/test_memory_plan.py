@@ -44,18 +44,31 @@ def test_the_learner_items_follow_the_model_and_the_config():
 
 def test_a_config_that_cannot_fit_is_refused_naming_its_largest_item_and_the_knob():
     # The GPU configs as they were: bfloat16 weights (for the arithmetic) and micro-batches of 64 rollouts.
-    plans, _ = _plan("gpu_grpo_qwen25vl3b_vllm.yaml", "trainer.per_device_train_batch_size=64",
-                     "trainer.gradient_accumulation_steps=1")
-    with pytest.raises(ConfigError, match=r"GPU 0 \(learner \(1 GPU\)\) would need \d+\.\d GiB of its 80 GiB\. The "
-                                          r"largest item is completion logits \(64 x 1024 x 151936 vocabulary\): "
-                                          r"74\.2 GiB; to shrink it: a smaller trainer\.per_device_train_batch_size"):
+    plans, _ = _plan(
+        "gpu_grpo_qwen25vl3b_vllm.yaml",
+        "trainer.per_device_train_batch_size=64",
+        "trainer.gradient_accumulation_steps=1",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"GPU 0 \(learner \(1 GPU\)\) would need \d+\.\d GiB of its 80 GiB\. The "
+        r"largest item is completion logits \(64 x 1024 x 151936 vocabulary\): "
+        r"74\.2 GiB; to shrink it: a smaller trainer\.per_device_train_batch_size",
+    ):
         check_fits(plans)
 
 
 def test_fractional_shares_of_one_gpu_add_up_on_it():
-    plans, _ = _plan("gpu_grpo_qwen25vl3b_hybrid.yaml", "policy.lora={r: 16}", "policy.dtype=bfloat16",
-                     "learner.gpus_per_worker=0.5", "rollout.actors.num_actors=1", "rollout.actors.num_gpus=0.25",
-                     "reward.actors.model.num_gpus=0.25", gpus=1)
+    plans, _ = _plan(
+        "gpu_grpo_qwen25vl3b_hybrid.yaml",
+        "policy.lora={r: 16}",
+        "policy.dtype=bfloat16",
+        "learner.gpus_per_worker=0.5",
+        "rollout.actors.num_actors=1",
+        "rollout.actors.num_gpus=0.25",
+        "reward.actors.model.num_gpus=0.25",
+        gpus=1,
+    )
     (gpu,) = plans
     assert sorted(o.split(" (")[0] for o in gpu.occupants) == ["learner", "reward model actor 0", "rollout actor 0"]
     assert any(i.name.startswith("reward model actor 0: reward model weights") for i in gpu.items)

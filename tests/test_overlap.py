@@ -34,11 +34,24 @@ def test_overlap_needs_a_staleness_bound_of_at_least_one_step():
 def test_overlapped_rollouts_finish_with_bounded_staleness_and_correct_prefetches(tmp_path, warm_policy, caplog):
     from recipes import grpo
 
-    cfg = grpo.load(str(CONFIGS / "tiny_cpu_rule.yaml"), [
-        f"output_dir={tmp_path}", f"policy.path={warm_policy}", "data.train_size=4", "trainer.max_steps=5",
-        "trainer.per_device_train_batch_size=4", "trainer.num_generations=2", "trainer.max_completion_length=4",
-        "trainer.report_to=[]", "ray.enabled=true", "ray.num_cpus=2", "rollout.actors.num_cpus=1",
-        "rollout.overlap=true", "rollout.max_staleness=1"])
+    cfg = grpo.load(
+        str(CONFIGS / "tiny_cpu_rule.yaml"),
+        [
+            f"output_dir={tmp_path}",
+            f"policy.path={warm_policy}",
+            "data.train_size=4",
+            "trainer.max_steps=5",
+            "trainer.per_device_train_batch_size=4",
+            "trainer.num_generations=2",
+            "trainer.max_completion_length=4",
+            "trainer.report_to=[]",
+            "ray.enabled=true",
+            "ray.num_cpus=2",
+            "rollout.actors.num_cpus=1",
+            "rollout.overlap=true",
+            "rollout.max_staleness=1",
+        ],
+    )
     with caplog.at_level(logging.WARNING, logger="pipeline.rollout"):
         summary = grpo.main(cfg)
     assert summary["global_step"] == 5
@@ -72,11 +85,27 @@ def _learner(tmp_path, policy, rollouts, train_size=8, **trainer):
     from rl.rewards import build_rewards
     from rl.tasks.shapes import make_shapes_dataset
 
-    args = grpo_args(str(tmp_path), 0, {"per_device_train_batch_size": 4, "num_generations": 2,
-                                        "max_completion_length": 4, "beta": 0.0, "report_to": [], **trainer})
+    args = grpo_args(
+        str(tmp_path),
+        0,
+        {
+            "per_device_train_batch_size": 4,
+            "num_generations": 2,
+            "max_completion_length": 4,
+            "beta": 0.0,
+            "report_to": [],
+            **trainer,
+        },
+    )
     funcs, args.reward_weights = build_rewards(RewardConfig())
-    return build_grpo_trainer(args, load_policy(policy), load_processor(policy),
-                              make_shapes_dataset(train_size, seed=0), funcs, rollout_func=rollouts)
+    return build_grpo_trainer(
+        args,
+        load_policy(policy),
+        load_processor(policy),
+        make_shapes_dataset(train_size, seed=0),
+        funcs,
+        rollout_func=rollouts,
+    )
 
 
 def test_overlap_predicts_the_prompts_of_every_step_with_gradient_accumulation(tmp_path, warm_policy, caplog):
@@ -94,8 +123,16 @@ def test_overlap_predicts_the_prompts_of_every_step_with_gradient_accumulation(t
             return out
 
     rollouts = Recording(LocalPool(HFEngine(warm_policy)), max_staleness=1, logprob_gap_samples=0, overlap=True)
-    trainer = _learner(tmp_path, warm_policy, rollouts, train_size=6, max_steps=5, per_device_train_batch_size=2,
-                       gradient_accumulation_steps=2, learning_rate=1e-3)
+    trainer = _learner(
+        tmp_path,
+        warm_policy,
+        rollouts,
+        train_size=6,
+        max_steps=5,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-3,
+    )
     with caplog.at_level(logging.WARNING, logger="pipeline.rollout"):
         trainer.train()
     rollouts.close()

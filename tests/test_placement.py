@@ -28,12 +28,26 @@ def _cfg(*overrides: str):
 
 
 def test_pack_gives_whole_gpus_to_whole_requests_and_shares_fractions():
-    placed_ = pack([Request("learner", 1), Request("rollout actor 0", 0.5), Request("rollout actor 1", 0.5),
-                    Request("scorer actor 0", 2)], 4)
-    assert [[r.who for r in gpu] for gpu in placed_] == [["scorer actor 0"], ["scorer actor 0"], ["learner"],
-                                                         ["rollout actor 0", "rollout actor 1"]]
-    with pytest.raises(ConfigError, match=r"asks for 1\.8 GPUs \(rollout actor: 1\.8\) and they do not fit on "
-                                          r"the 2 GPU\(s\)"):
+    placed_ = pack(
+        [
+            Request("learner", 1),
+            Request("rollout actor 0", 0.5),
+            Request("rollout actor 1", 0.5),
+            Request("scorer actor 0", 2),
+        ],
+        4,
+    )
+    assert [[r.who for r in gpu] for gpu in placed_] == [
+        ["scorer actor 0"],
+        ["scorer actor 0"],
+        ["learner"],
+        ["rollout actor 0", "rollout actor 1"],
+    ]
+    with pytest.raises(
+        ConfigError,
+        match=r"asks for 1\.8 GPUs \(rollout actor: 1\.8\) and they do not fit on "
+        r"the 2 GPU\(s\)",
+    ):
         pack([Request(f"rollout actor {i}", 0.6) for i in range(3)], 2)  # 0.6 + 0.6 > 1: three GPUs
     with pytest.raises(ConfigError, match="must be a whole number"):
         pack([Request("learner", 1.5)], 2)
@@ -41,8 +55,11 @@ def test_pack_gives_whole_gpus_to_whole_requests_and_shares_fractions():
 
 def test_the_learner_takes_a_gpu_only_where_there_are_gpus():
     cfg = _cfg("rollout.actors.num_gpus=1", "reward.actors.model.num_gpus=0.5")
-    assert [(r.who, r.gpus) for r in gpu_requests(cfg, 8)] == [("learner", 1.0), ("rollout actor 0", 1.0),
-                                                               ("reward model actor 0", 0.5)]
+    assert [(r.who, r.gpus) for r in gpu_requests(cfg, 8)] == [
+        ("learner", 1.0),
+        ("rollout actor 0", 1.0),
+        ("reward model actor 0", 0.5),
+    ]
     assert [r.who for r in gpu_requests(cfg, 0)] == ["rollout actor 0", "reward model actor 0"]  # a CPU learner
 
 
@@ -51,11 +68,27 @@ def test_learner_workers_are_placed_with_the_actors_from_one_config_and_checked_
     requests = gpu_requests(cfg, 8)
     assert [r.who for r in requests][:4] == [f"learner worker {i}" for i in range(4)] and len(requests) == 8
     assert [len(gpu) for gpu in pack(requests, 8)] == [1] * 8
-    with pytest.raises(ConfigError,
-                       match=r"asks for 9 GPUs \(learner worker: 5, rollout actor: 3, reward model actor: 1\)"):
-        pack(gpu_requests(grpo.load(None, ["ray.enabled=true", "learner.num_workers=5", "learner.gpus_per_worker=1",
-                                           "rollout.actors.num_actors=3", "rollout.actors.num_gpus=1",
-                                           "reward.scheme=hybrid", "reward.actors.model.num_gpus=1"]), 8), 8)
+    with pytest.raises(
+        ConfigError, match=r"asks for 9 GPUs \(learner worker: 5, rollout actor: 3, reward model actor: 1\)"
+    ):
+        pack(
+            gpu_requests(
+                grpo.load(
+                    None,
+                    [
+                        "ray.enabled=true",
+                        "learner.num_workers=5",
+                        "learner.gpus_per_worker=1",
+                        "rollout.actors.num_actors=3",
+                        "rollout.actors.num_gpus=1",
+                        "reward.scheme=hybrid",
+                        "reward.actors.model.num_gpus=1",
+                    ],
+                ),
+                8,
+            ),
+            8,
+        )
 
 
 class VisibleDevices:
@@ -75,8 +108,11 @@ def _placed_devices(cfg) -> tuple[str, list[str], list[str]]:
         learner = os.environ.get("CUDA_VISIBLE_DEVICES")
         rollout = start_group("rollout", VisibleDevices, {}, cfg.rollout.actors).ready()
         scorer = start_group("scorer", VisibleDevices, {}, cfg.reward.actors.model).ready()
-        return (learner, ray.get([a.cuda_visible_devices.remote() for a in rollout]),
-                ray.get([a.cuda_visible_devices.remote() for a in scorer]))
+        return (
+            learner,
+            ray.get([a.cuda_visible_devices.remote() for a in rollout]),
+            ray.get([a.cuda_visible_devices.remote() for a in scorer]),
+        )
 
 
 @pytest.fixture()
@@ -92,27 +128,45 @@ def no_cluster():
 
 
 def test_an_8_gpu_node_pins_the_learner_and_gives_every_actor_its_own_gpu(no_cluster):
-    learner, rollout, scorer = _placed_devices(_cfg(
-        "ray.num_gpus=8", "rollout.actors.num_actors=6", "rollout.actors.num_gpus=1", "rollout.actors.num_cpus=0.5",
-        "reward.actors.model.num_gpus=1", "reward.actors.model.num_cpus=0.5"))
+    learner, rollout, scorer = _placed_devices(
+        _cfg(
+            "ray.num_gpus=8",
+            "rollout.actors.num_actors=6",
+            "rollout.actors.num_gpus=1",
+            "rollout.actors.num_cpus=0.5",
+            "reward.actors.model.num_gpus=1",
+            "reward.actors.model.num_cpus=0.5",
+        )
+    )
     assert learner is not None and len(learner.split(",")) == 1  # exactly one GPU: TRL sees n_gpu = 1
     assert sorted([learner, *rollout, *scorer]) == [str(i) for i in range(8)]  # nobody shares, nobody left out
 
 
 def test_a_single_gpu_is_shared_by_learner_rollout_actor_and_scorer_in_fractions(no_cluster):
-    learner, rollout, scorer = _placed_devices(_cfg(
-        "ray.num_gpus=1", "learner.gpus_per_worker=0.4", "rollout.actors.num_gpus=0.3",
-        "rollout.actors.num_cpus=0.5", "reward.actors.model.num_gpus=0.3", "reward.actors.model.num_cpus=0.5"))
+    learner, rollout, scorer = _placed_devices(
+        _cfg(
+            "ray.num_gpus=1",
+            "learner.gpus_per_worker=0.4",
+            "rollout.actors.num_gpus=0.3",
+            "rollout.actors.num_cpus=0.5",
+            "reward.actors.model.num_gpus=0.3",
+            "reward.actors.model.num_cpus=0.5",
+        )
+    )
     assert (learner, rollout, scorer) == ("0", ["0"], ["0"])
 
 
 def test_a_config_that_asks_for_more_gpus_than_the_node_has_fails_before_ray_starts(no_cluster):
     import ray
 
-    cfg = _cfg("ray.num_gpus=8", "rollout.actors.num_actors=7", "rollout.actors.num_gpus=1",
-               "reward.actors.model.num_gpus=1")
-    with pytest.raises(ConfigError, match=r"asks for 9 GPUs \(learner: 1, rollout actor: 7, reward model actor: 1\) "
-                                          r"and they do not fit on the 8 GPU"):
+    cfg = _cfg(
+        "ray.num_gpus=8", "rollout.actors.num_actors=7", "rollout.actors.num_gpus=1", "reward.actors.model.num_gpus=1"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"asks for 9 GPUs \(learner: 1, rollout actor: 7, reward model actor: 1\) "
+        r"and they do not fit on the 8 GPU",
+    ):
         with placed(cfg):
             pass
     assert not ray.is_initialized()
@@ -128,14 +182,22 @@ def test_cpus_and_labels_the_cluster_lacks_are_refused_at_once_with_the_numbers(
     from recipes.cli import main as cli
 
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml"
-    code = cli(["grpo", str(config), "ray.enabled=true", "ray.num_cpus=2", "learner.num_workers=2",
-                "trainer.max_steps=2"])
+    code = cli(
+        ["grpo", str(config), "ray.enabled=true", "ray.num_cpus=2", "learner.num_workers=2", "trainer.max_steps=2"]
+    )
     err = capsys.readouterr().err
-    assert code == 2 and "asks for 3 CPU (learner worker: 2, rollout actor: 1) but the local Ray cluster " \
-                         "(ray.num_cpus=2, 0 GPUs) has 2" in err, err
+    assert (
+        code == 2
+        and "asks for 3 CPU (learner worker: 2, rollout actor: 1) but the local Ray cluster "
+        "(ray.num_cpus=2, 0 GPUs) has 2"
+        in err
+    ), err
     assert "learner.num_cpus_per_worker" in err and not ray.is_initialized()
-    with pytest.raises(ConfigError, match=r"asks for 2 rollout_node \(rollout actor: 2\) but the local Ray cluster "
-                                          r".* has 0: start nodes with that label"):
+    with pytest.raises(
+        ConfigError,
+        match=r"asks for 2 rollout_node \(rollout actor: 2\) but the local Ray cluster "
+        r".* has 0: start nodes with that label",
+    ):
         with placed(_cfg("rollout.actors.num_actors=2", "rollout.actors.resources={rollout_node: 1}")):
             pass
 
@@ -213,9 +275,13 @@ def ray_start_head() -> Iterator[str]:
     import ray
 
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable))
-    start = subprocess.Popen([ray_cli, "start", "--head", "--port=0", "--num-cpus=1", "--include-dashboard=false",
-                              "--disable-usage-stats"], start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    start = subprocess.Popen(
+        [ray_cli, "start", "--head", "--port=0", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     ours = None
     try:
         out, _ = start.communicate(timeout=120)
@@ -247,14 +313,14 @@ def test_the_gpu_lanes_one_gpu_hybrid_run_trains_here_on_a_logical_gpu(tmp_path,
     before it ever ran: `save_strategy=no` read as False, and a memory check asking CUDA about a logical GPU.)"""
     from lane_layouts import ONE_GPU_HYBRID_CONFIG, one_gpu_hybrid
 
-    summary = grpo.main(grpo.load(ONE_GPU_HYBRID_CONFIG,
-                                  [*one_gpu_hybrid(tmp_path, tiny_vl, untrained_rm), "ray.num_gpus=1"]))
+    summary = grpo.main(
+        grpo.load(ONE_GPU_HYBRID_CONFIG, [*one_gpu_hybrid(tmp_path, tiny_vl, untrained_rm), "ray.num_gpus=1"])
+    )
     assert summary["global_step"] == 3 and summary["learner_gpus"] == ["0"] and summary["rollout_version"] == 2
     assert summary["reward_samples"]["hybrid"] > 0 and summary["reward_failures"]["hybrid"] == 0
 
 
-def test_a_connected_cluster_waits_for_what_stopped_actors_still_hold_and_refuses_what_it_lacks(ray_local,
-                                                                                               monkeypatch):
+def test_a_connected_cluster_waits_for_what_stopped_actors_still_hold_and_refuses_what_it_lacks(ray_local, monkeypatch):
     """`brl compare` runs one GRPO run after another in one cluster, and Ray gives a stopped run's CPUs back
     a moment after ray.kill: the next run waits for them (here: CPUs a placement group holds until it is
     removed 1.5 s later). A run that could never fit the cluster is refused at once; one whose resources
@@ -298,8 +364,9 @@ def test_an_actor_given_no_gpu_sees_none_even_where_ray_leaves_the_nodes_mask(no
     """Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for 0-GPU actors (ray#54868): a scorer on the CPU would see
     every GPU of the node and pick `cuda`. Every pipeline actor hides them unless Ray gave it some."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the node's mask, which Ray's workers inherit
-    learner, rollout, scorer = _placed_devices(_cfg("ray.num_gpus=2", "rollout.actors.num_gpus=1",
-                                                    "reward.actors.model.num_gpus=0"))
+    learner, rollout, scorer = _placed_devices(
+        _cfg("ray.num_gpus=2", "rollout.actors.num_gpus=1", "reward.actors.model.num_gpus=0")
+    )
     assert rollout != [""] and rollout != ["0,1"] and len(rollout[0].split(",")) == 1  # Ray's own choice
     assert scorer == [""]
 
@@ -318,8 +385,15 @@ def test_compare_places_its_second_run_after_the_first_on_a_gpu_node(no_cluster,
 
     # Recorded by monkeypatch, which gives this process its mask back at teardown (CUDA would keep the pin).
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the node's mask: the learner is pinned to one of them
-    cfg = _cfg("reward.scheme=rule", "ray.num_gpus=1", "learner.gpus_per_worker=0.5", "rollout.actors.num_gpus=0.5",
-               "rollout.actors.num_cpus=0.5", "rollout.actors.placement=PACK", "rollout.actors.ready_timeout_s=10")
+    cfg = _cfg(
+        "reward.scheme=rule",
+        "ray.num_gpus=1",
+        "learner.gpus_per_worker=0.5",
+        "rollout.actors.num_gpus=0.5",
+        "rollout.actors.num_cpus=0.5",
+        "rollout.actors.placement=PACK",
+        "rollout.actors.ready_timeout_s=10",
+    )
     ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         for run in range(2):
@@ -331,6 +405,7 @@ def test_compare_places_its_second_run_after_the_first_on_a_gpu_node(no_cluster,
                 assert ray.get([a.cuda_visible_devices.remote() for a in group.ready()]) == ["0"]
             assert time.monotonic() - started < 10, f"run {run} waited for what the run before still held"
             assert ray.util.placement_group_table() and all(
-                pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values()), run
+                pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values()
+            ), run
     finally:
         ray.shutdown()

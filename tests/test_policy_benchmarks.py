@@ -25,16 +25,30 @@ def mmstar_task(folder: Path, n: int = 6) -> Path:
     """A tiny MMStar copy (colour questions on shapes scenes, the options lettered) and its lmms-eval task,
     whose processing and metrics are MMStar's own (lmms_eval.tasks.mmstar.utils)."""
     rows = make_shapes_dataset(n, seed=3, tasks=["color"])
-    records = [{"index": i, "question": "What color is the shape?\nOptions: " +
-                ", ".join(f"{letter}: {color}" for letter, color in zip(LETTERS, COLORS)),
-                "image": row["images"][0], "answer": LETTERS[list(COLORS).index(row["answer"])],
-                "category": "fine-grained perception", "l2_category": "recognition",
-                "meta_info": {"source": "shapes", "split": "val", "image_path": f"{i}.png"}}
-               for i, row in enumerate(rows)]
-    features = Features({"index": Value("int64"), "question": Value("string"), "image": Image(),
-                         "answer": Value("string"), "category": Value("string"), "l2_category": Value("string"),
-                         "meta_info": {"source": Value("string"), "split": Value("string"),
-                                       "image_path": Value("string")}})
+    records = [
+        {
+            "index": i,
+            "question": "What color is the shape?\nOptions: "
+            + ", ".join(f"{letter}: {color}" for letter, color in zip(LETTERS, COLORS)),
+            "image": row["images"][0],
+            "answer": LETTERS[list(COLORS).index(row["answer"])],
+            "category": "fine-grained perception",
+            "l2_category": "recognition",
+            "meta_info": {"source": "shapes", "split": "val", "image_path": f"{i}.png"},
+        }
+        for i, row in enumerate(rows)
+    ]
+    features = Features(
+        {
+            "index": Value("int64"),
+            "question": Value("string"),
+            "image": Image(),
+            "answer": Value("string"),
+            "category": Value("string"),
+            "l2_category": Value("string"),
+            "meta_info": {"source": Value("string"), "split": Value("string"), "image_path": Value("string")},
+        }
+    )
     folder.mkdir(parents=True, exist_ok=True)
     Dataset.from_list(records, features=features).to_parquet(str(folder / "val.parquet"))
     (folder / "utils.py").write_text("from lmms_eval.tasks.mmstar.utils import *  # MMStar's processing and metrics\n")
@@ -42,7 +56,7 @@ def mmstar_task(folder: Path, n: int = 6) -> Path:
 dataset_path: parquet
 dataset_kwargs:
   data_files:
-    val: {folder / 'val.parquet'}
+    val: {folder / "val.parquet"}
 test_split: val
 output_type: generate_until
 doc_to_visual: !function utils.mmstar_doc_to_visual
@@ -78,19 +92,44 @@ def test_eval_bench_scores_a_policy_with_lmms_evals_own_mmstar_processing(tmp_pa
 
     task = mmstar_task(tmp_path / "task")
     out = tmp_path / "bench"
-    assert cli(["eval-bench", "--model", warm_policy, "--tasks", "mmstar_tiny", "--include-path", str(task),
-                "--log-samples", "--out", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "eval-bench",
+                "--model",
+                warm_policy,
+                "--tasks",
+                "mmstar_tiny",
+                "--include-path",
+                str(task),
+                "--log-samples",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     result = results["tasks"]["mmstar_tiny"]
     assert result["documents"] == 6 and result["metric"] == "average" and result["judge"] is None
     assert "| mmstar_tiny | average |" in (out / "results.md").read_text() and "results.md" in capsys.readouterr().out
     # The answers lmms-eval scored are the engine's greedy answers to MMStar's prompt with the image ...
     rows = Dataset.from_parquet(str(task / "val.parquet"))
-    requests = [RolloutRequest([{"role": "user", "content": [{"type": "image", "text": None},
-                                                             {"type": "text", "text": q.strip() + POST_PROMPT}]}], [im])
-                for q, im in zip(rows["question"], rows["image"])]
-    greedy = HFEngine(warm_policy).generate(requests,
-                                            SamplingParams(n=1, temperature=0.0, max_tokens=6, logprobs=False))
+    requests = [
+        RolloutRequest(
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "text": None}, {"type": "text", "text": q.strip() + POST_PROMPT}],
+                }
+            ],
+            [im],
+        )
+        for q, im in zip(rows["question"], rows["image"])
+    ]
+    greedy = HFEngine(warm_policy).generate(
+        requests, SamplingParams(n=1, temperature=0.0, max_tokens=6, logprobs=False)
+    )
     by_doc = {s["doc_id"]: s["response"] for s in result["samples"]}
     assert [by_doc[i] for i in range(6)] == [g[0].text for g in greedy]
     # ... and the score is MMStar's exact match of them, averaged as its aggregation does (one category).
@@ -106,12 +145,32 @@ def test_compare_adds_a_column_per_benchmark_task(tmp_path, warm_policy):
     scores = compare.benchmark_scores(warm_policy, cfg, tmp_path / "start")
     assert set(scores) == {"mmstar_tiny"} and 0.0 <= scores["mmstar_tiny"] <= 1.0
     assert json.loads((tmp_path / "start" / "benchmarks.json").read_text())["tasks"]["mmstar_tiny"]["documents"] == 3
-    final = {"per_task": {"color": {"sampled": 0.5}}, "sampled_task_average": 0.5, "task_average": 0.4,
-             "benchmarks": scores}
-    results = {"tasks": ["color"], "benchmark_tasks": ["mmstar_tiny"], "held_out_size": 4, "samples": 2,
-               "start": final, "schemes": {"rule": [{"seed": 0, "final": final, "reward_seconds_per_step": 0.1,
-                                                     "reward_tokens_per_step": 0.0, "wall_time_s": 1.0,
-                                                     "mechanism": {}, "model_score": None}]}}
+    final = {
+        "per_task": {"color": {"sampled": 0.5}},
+        "sampled_task_average": 0.5,
+        "task_average": 0.4,
+        "benchmarks": scores,
+    }
+    results = {
+        "tasks": ["color"],
+        "benchmark_tasks": ["mmstar_tiny"],
+        "held_out_size": 4,
+        "samples": 2,
+        "start": final,
+        "schemes": {
+            "rule": [
+                {
+                    "seed": 0,
+                    "final": final,
+                    "reward_seconds_per_step": 0.1,
+                    "reward_tokens_per_step": 0.0,
+                    "wall_time_s": 1.0,
+                    "mechanism": {},
+                    "model_score": None,
+                }
+            ]
+        },
+    }
     table = compare.write_table(results, tmp_path / "results.md").splitlines()
     assert "mmstar_tiny" in table[0].split("|")[5]
     assert table[2].split("|")[5].strip() == f"{scores['mmstar_tiny']:.4f}"

@@ -13,15 +13,19 @@ from recipes import grpo
 CONFIG = str(Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml")
 
 
-def test_float32_master_weights_with_bf16_compute_move_every_weight_a_gradient_reaches(tmp_path, warm_policy,
-                                                                                        share_updated):
+def test_float32_master_weights_with_bf16_compute_move_every_weight_a_gradient_reaches(
+    tmp_path, warm_policy, share_updated
+):
     assert torch.backends.cpu.get_cpu_capability() != "DEFAULT"  # bf16 autocast on this CPU
     assert share_updated(tmp_path, warm_policy, "float32") >= 0.99
 
 
 def test_16_bit_trained_weights_are_refused_and_would_lose_the_updates(tmp_path, warm_policy, share_updated):
-    with pytest.raises(ValueError, match=r"policy\.dtype=bfloat16 keeps the trained weights in bfloat16.*"
-                       r"learning_rate=1e-06 most weights\s+would never move.*policy\.dtype: float32"):
+    with pytest.raises(
+        ValueError,
+        match=r"policy\.dtype=bfloat16 keeps the trained weights in bfloat16.*"
+        r"learning_rate=1e-06 most weights\s+would never move.*policy\.dtype: float32",
+    ):
         share_updated(tmp_path, warm_policy, "bfloat16")
     # Why: the same step on bf16 weights (what the check refuses), done by hand.
     from policies.loading import load_policy

@@ -49,12 +49,33 @@ def _parts(row) -> list[str]:
 
 
 def test_rlaif_v(tmp_path):
-    features = Features({"ds_name": Value("string"), "image": Image(), "question": Value("string"),
-                         "chosen": Value("string"), "rejected": Value("string"), "origin_dataset": Value("string"),
-                         "origin_split": Value("string"), "idx": Value("string"), "image_path": Value("string")})
-    rows = [{"ds_name": "RLAIF-V", "image": {"bytes": _png(c), "path": None}, "question": f"What color is it? {i}",
-             "chosen": c, "rejected": "purple", "origin_dataset": "VQAv2", "origin_split": "train", "idx": str(i),
-             "image_path": f"{i}.png"} for i, c in enumerate(("red", "blue"))]
+    features = Features(
+        {
+            "ds_name": Value("string"),
+            "image": Image(),
+            "question": Value("string"),
+            "chosen": Value("string"),
+            "rejected": Value("string"),
+            "origin_dataset": Value("string"),
+            "origin_split": Value("string"),
+            "idx": Value("string"),
+            "image_path": Value("string"),
+        }
+    )
+    rows = [
+        {
+            "ds_name": "RLAIF-V",
+            "image": {"bytes": _png(c), "path": None},
+            "question": f"What color is it? {i}",
+            "chosen": c,
+            "rejected": "purple",
+            "origin_dataset": "VQAv2",
+            "origin_split": "train",
+            "idx": str(i),
+            "image_path": f"{i}.png",
+        }
+        for i, c in enumerate(("red", "blue"))
+    ]
     ds = _load(_hub_parquet(tmp_path / "train.parquet", rows, features), "rlaif-v", "preference")
     assert len(ds) == 2 and [ds[i]["chosen"] for i in range(2)] == ["red", "blue"]
     assert _images(ds[1]) == ["blue"] and _parts(ds[1]) == ["image", "text"]
@@ -67,12 +88,24 @@ def test_mmpr_v1_2_reads_its_annotation_files_with_each_sources_image_root(tmp_p
         (root / "images" / source).mkdir(parents=True)
         (root / "images" / source / "1.png").write_bytes(_png(color))
     (root / "annotations").mkdir()
-    _jsonl(root / "annotations" / "geoqa.jsonl", [{"image": "1.png", "question": "<image>\nWhat is shown?",
-                                                   "chosen": "A red square.", "rejected": "A circle."}])
-    _jsonl(root / "annotations" / "chartqa.jsonl", [{"image": "1.png", "question": "Which color?<image>",
-                                                     "chosen": "Blue.", "rejected": "Red."}])
-    meta = {name: {"root": f"images/{name}", "annotation": f"annotations/{name}.jsonl", "data_augment": False,
-                   "repeat_time": 1, "length": 1} for name in ("geoqa", "chartqa")}
+    _jsonl(
+        root / "annotations" / "geoqa.jsonl",
+        [{"image": "1.png", "question": "<image>\nWhat is shown?", "chosen": "A red square.", "rejected": "A circle."}],
+    )
+    _jsonl(
+        root / "annotations" / "chartqa.jsonl",
+        [{"image": "1.png", "question": "Which color?<image>", "chosen": "Blue.", "rejected": "Red."}],
+    )
+    meta = {
+        name: {
+            "root": f"images/{name}",
+            "annotation": f"annotations/{name}.jsonl",
+            "data_augment": False,
+            "repeat_time": 1,
+            "length": 1,
+        }
+        for name in ("geoqa", "chartqa")
+    }
     (root / "meta.json").write_text(json.dumps(meta))
     ds = _load(str(root), "mmpr-v1.2", "preference")
     assert [_images(ds[i]) for i in range(2)] == [["red"], ["blue"]]  # each relative to its own root
@@ -85,29 +118,52 @@ def test_mmpr_v1_2_reads_its_annotation_files_with_each_sources_image_root(tmp_p
 def test_omnialign_v_dpo_with_its_image_root(tmp_path):
     (tmp_path / "images" / "chart").mkdir(parents=True)
     (tmp_path / "images" / "chart" / "7.png").write_bytes(_png("green"))
-    path = _jsonl(tmp_path / "chart.jsonl", [{"id": "chart_7", "image": "chart/7.png", "prompt": "<image>\nSummarize.",
-                                               "chosen": "A long, careful summary.", "rejected": "A chart."}])
+    path = _jsonl(
+        tmp_path / "chart.jsonl",
+        [
+            {
+                "id": "chart_7",
+                "image": "chart/7.png",
+                "prompt": "<image>\nSummarize.",
+                "chosen": "A long, careful summary.",
+                "rejected": "A chart.",
+            }
+        ],
+    )
     ds = _load(path, "omnialign-v-dpo", "preference", image_root=str(tmp_path / "images"))
     assert _images(ds[0]) == ["green"] and ds[0]["chosen"] == "A long, careful summary." and ds[0]["id"] == "chart_7"
-    report = validate_source(Source.of(SourceConfig(source=path, preset="omnialign-v-dpo"), "preference"),
-                             "preference")
+    report = validate_source(Source.of(SourceConfig(source=path, preset="omnialign-v-dpo"), "preference"), "preference")
     assert report.bad == 1 and "image file not found: chart/7.png" in report.errors[0].reason
 
 
 def test_r1_reward_turns_both_responses_and_the_index_into_a_pair(tmp_path):
     def message(question, one, two):
-        text = (f"You are a highly skilled and impartial evaluator... #### [Question]: {question}\n"
-                f"#### [Response 1]: {one}\n#### [Response 2]: {two}\n#### [Your Evaluation]: ...")
-        return json.dumps([{"role": "user", "content": [{"type": "image", "image": "x.png"},
-                                                         {"type": "text", "text": text}]}])
+        text = (
+            f"You are a highly skilled and impartial evaluator... #### [Question]: {question}\n"
+            f"#### [Response 1]: {one}\n#### [Response 2]: {two}\n#### [Your Evaluation]: ..."
+        )
+        return json.dumps(
+            [{"role": "user", "content": [{"type": "image", "image": "x.png"}, {"type": "text", "text": text}]}]
+        )
 
     features = Features({"image": Image(), "message": Value("string"), "answer": Sequence(Value("string"))})
-    rows = [{"image": {"bytes": _png("red"), "path": None}, "message": message("Color?", "Red.", "Blue."),
-             "answer": ["<answer>1</answer>"]},
-            {"image": {"bytes": _png("blue"), "path": None}, "message": message("Color?", "Red.", "Blue."),
-             "answer": ["<answer>2</answer>"]},
-            {"image": {"bytes": _png("blue"), "path": None}, "message": message("Color?", "Red.", "Blue."),
-             "answer": ["<answer>3</answer>"]}]
+    rows = [
+        {
+            "image": {"bytes": _png("red"), "path": None},
+            "message": message("Color?", "Red.", "Blue."),
+            "answer": ["<answer>1</answer>"],
+        },
+        {
+            "image": {"bytes": _png("blue"), "path": None},
+            "message": message("Color?", "Red.", "Blue."),
+            "answer": ["<answer>2</answer>"],
+        },
+        {
+            "image": {"bytes": _png("blue"), "path": None},
+            "message": message("Color?", "Red.", "Blue."),
+            "answer": ["<answer>3</answer>"],
+        },
+    ]
     path = _hub_parquet(tmp_path / "r1.parquet", rows, features)
     ds = _load(path, "r1-reward", "preference")
     assert [(ds[i]["chosen"], ds[i]["rejected"]) for i in range(2)] == [("Red.", "Blue."), ("Blue.", "Red.")]
@@ -121,13 +177,21 @@ def test_message_list_responses_take_the_assistant_turn_and_the_shared_prompt(tm
     def chat(answer, question="What is 2+2?"):
         return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
-    base = {"tulu3-preference": {"id": "a", "source": "s", "prompt": "What is 2+2?"},
-            "olmo2-preference": {"id": "a", "source": "s", "chosen_model": "m1", "rejected_model": "m2"},
-            "ultrafeedback-binarized": {"prompt": "What is 2+2?", "prompt_id": "p", "score_chosen": 9.0,
-                                        "score_rejected": 2.0}}[preset]
-    rows = [{**base, "chosen": chat("4"), "rejected": chat("5")},
-            {**base, "chosen": chat("4"), "rejected": chat("5", question="What is 3+3?")},  # prompts disagree
-            {**base, "chosen": chat("4")[:1], "rejected": chat("5")}]  # no assistant turn
+    base = {
+        "tulu3-preference": {"id": "a", "source": "s", "prompt": "What is 2+2?"},
+        "olmo2-preference": {"id": "a", "source": "s", "chosen_model": "m1", "rejected_model": "m2"},
+        "ultrafeedback-binarized": {
+            "prompt": "What is 2+2?",
+            "prompt_id": "p",
+            "score_chosen": 9.0,
+            "score_rejected": 2.0,
+        },
+    }[preset]
+    rows = [
+        {**base, "chosen": chat("4"), "rejected": chat("5")},
+        {**base, "chosen": chat("4"), "rejected": chat("5", question="What is 3+3?")},  # prompts disagree
+        {**base, "chosen": chat("4")[:1], "rejected": chat("5")},
+    ]  # no assistant turn
     path = _jsonl(tmp_path / "prefs.jsonl", rows)
     ds = _load(path, preset, "preference")
     assert len(ds) == 1 and (ds[0]["chosen"], ds[0]["rejected"]) == ("4", "5") and ds[0]["images"] == []
@@ -141,23 +205,42 @@ def test_message_list_responses_take_the_assistant_turn_and_the_shared_prompt(tm
 
 def test_shp_labels_say_which_comment_is_chosen(tmp_path):
     def row(label):
-        return {"post_id": "p", "domain": "askscience_train", "upvote_ratio": 0.9, "history": "Why is the sky blue?",
-                "c_root_id_A": "a", "c_root_id_B": "b", "created_at_utc_A": 1, "created_at_utc_B": 2, "score_A": 10,
-                "score_B": 3, "human_ref_A": "Rayleigh scattering.", "human_ref_B": "Because.", "labels": label,
-                "seconds_difference": 1.0, "score_ratio": 3.3}
+        return {
+            "post_id": "p",
+            "domain": "askscience_train",
+            "upvote_ratio": 0.9,
+            "history": "Why is the sky blue?",
+            "c_root_id_A": "a",
+            "c_root_id_B": "b",
+            "created_at_utc_A": 1,
+            "created_at_utc_B": 2,
+            "score_A": 10,
+            "score_B": 3,
+            "human_ref_A": "Rayleigh scattering.",
+            "human_ref_B": "Because.",
+            "labels": label,
+            "seconds_difference": 1.0,
+            "score_ratio": 3.3,
+        }
 
     ds = _load(_jsonl(tmp_path / "shp.jsonl", [row(1), row(0)]), "shp", "preference")
     assert [(ds[i]["chosen"], ds[i]["rejected"]) for i in range(2)] == [
-        ("Rayleigh scattering.", "Because."), ("Because.", "Rayleigh scattering.")]
+        ("Rayleigh scattering.", "Because."),
+        ("Because.", "Rayleigh scattering."),
+    ]
     assert ds[0]["domain"] == "askscience_train"
 
 
 def test_geometry3k(tmp_path):
     features = Features({"images": Sequence(Image()), "problem": Value("string"), "answer": Value("string")})
-    rows = [{"images": [{"bytes": _png("red"), "path": None}], "problem": "<image>Find x. Choices: A:2 B:3",
-             "answer": "3"},
-            {"images": [{"bytes": _png("red"), "path": None}], "problem": "<image><image>Two markers, one image.",
-             "answer": "1"}]
+    rows = [
+        {"images": [{"bytes": _png("red"), "path": None}], "problem": "<image>Find x. Choices: A:2 B:3", "answer": "3"},
+        {
+            "images": [{"bytes": _png("red"), "path": None}],
+            "problem": "<image><image>Two markers, one image.",
+            "answer": "1",
+        },
+    ]
     path = _hub_parquet(tmp_path / "geo.parquet", rows, features)
     ds = _load(path, "geometry3k", "rl")
     assert len(ds) == 1 and ds[0]["answer"] == "3" and _parts(ds[0]) == ["image", "text"]
@@ -166,10 +249,24 @@ def test_geometry3k(tmp_path):
 
 
 def test_multimodal_open_r1_8k(tmp_path):
-    features = Features({"image": Image(), "problem": Value("string"), "solution": Value("string"),
-                         "original_question": Value("string"), "original_answer": Value("string")})
-    rows = [{"image": {"bytes": _png("blue"), "path": None}, "problem": "How many?", "solution": "<answer> 5 </answer>",
-             "original_question": "q", "original_answer": "5"}]
+    features = Features(
+        {
+            "image": Image(),
+            "problem": Value("string"),
+            "solution": Value("string"),
+            "original_question": Value("string"),
+            "original_answer": Value("string"),
+        }
+    )
+    rows = [
+        {
+            "image": {"bytes": _png("blue"), "path": None},
+            "problem": "How many?",
+            "solution": "<answer> 5 </answer>",
+            "original_question": "q",
+            "original_answer": "5",
+        }
+    ]
     ds = _load(_hub_parquet(tmp_path / "r1.parquet", rows, features), "multimodal-open-r1-8k", "rl")
     assert ds[0]["answer"] == "5" and _images(ds[0]) == ["blue"] and _parts(ds[0]) == ["image", "text"]
 

@@ -68,8 +68,10 @@ TRANSPORTS = {"object_store": "ObjectStoreSync", "shared_memory": "SharedMemoryS
 def test_weight_sync_makes_actor_greedy_output_equal_the_learners(ray_local, warm_policy, weight_sync):
     learner = _perturbed_learner(warm_policy)
     group = ActorGroupConfig(num_actors=2, num_cpus=1)
-    pool = RolloutPool(spawn_rollout_actors(HFEngine, {"model": warm_policy}, group),
-                       RolloutConfig(timeout_s=120, weight_sync=weight_sync, bucket_mb=1 / 16))
+    pool = RolloutPool(
+        spawn_rollout_actors(HFEngine, {"model": warm_policy}, group),
+        RolloutConfig(timeout_s=120, weight_sync=weight_sync, bucket_mb=1 / 16),
+    )
     assert type(pool.sync).__name__ == TRANSPORTS[weight_sync]
     try:
         requests = _requests(4, seed=3)
@@ -85,8 +87,9 @@ def test_weight_sync_makes_actor_greedy_output_equal_the_learners(ray_local, war
         with torch.no_grad():
             learner.model.get_output_embeddings().weight.mul_(1.5)
         pool.load_weights(PolicyWeights(learner.model), version=8)
-        assert [g[0].completion_ids for g in pool.generate(requests, greedy)] == \
-            [g[0].completion_ids for g in learner.generate(requests, greedy)]
+        assert [g[0].completion_ids for g in pool.generate(requests, greedy)] == [
+            g[0].completion_ids for g in learner.generate(requests, greedy)
+        ]
         actor_state = ray_local.get(pool.actors[1].state_dict.remote())
         assert all(torch.equal(actor_state[k], v) for k, v in learner.model.state_dict().items())
     finally:
@@ -98,20 +101,27 @@ def test_float32_learner_weights_reach_bfloat16_engines_cast(ray_local, warm_pol
     """The GPU layout's dtypes (float32 masters, bfloat16 engines): each path casts on the way (in its
     staging buckets), and the engines decode as a bfloat16 engine given the same weights does."""
     learner = _perturbed_learner(warm_policy)
-    pool = RolloutPool(spawn_rollout_actors(HFEngine, {"model": warm_policy, "dtype": "bfloat16"},
-                                            ActorGroupConfig(num_actors=1, num_cpus=1)),
-                       RolloutConfig(timeout_s=120, weight_sync=weight_sync, bucket_mb=1 / 16))
+    pool = RolloutPool(
+        spawn_rollout_actors(
+            HFEngine, {"model": warm_policy, "dtype": "bfloat16"}, ActorGroupConfig(num_actors=1, num_cpus=1)
+        ),
+        RolloutConfig(timeout_s=120, weight_sync=weight_sync, bucket_mb=1 / 16),
+    )
     staged: list[str] = []
     try:
         pool.load_weights(PolicyWeights(learner.model, torch.bfloat16), version=1)
         local = HFEngine(warm_policy, dtype="bfloat16")
         local.load_weights(PolicyWeights(learner.model, torch.bfloat16), version=1)
         requests, greedy = _requests(4, seed=3), SamplingParams(n=1, temperature=0.0, max_tokens=10)
-        assert [g[0].completion_ids for g in pool.generate(requests, greedy)] == \
-            [g[0].completion_ids for g in local.generate(requests, greedy)]
+        assert [g[0].completion_ids for g in pool.generate(requests, greedy)] == [
+            g[0].completion_ids for g in local.generate(requests, greedy)
+        ]
         actor_state = ray_local.get(pool.actors[0].state_dict.remote())
-        assert all(v.dtype == torch.bfloat16 and torch.equal(v, local.state_dict()[k])
-                   for k, v in actor_state.items() if v.is_floating_point())
+        assert all(
+            v.dtype == torch.bfloat16 and torch.equal(v, local.state_dict()[k])
+            for k, v in actor_state.items()
+            if v.is_floating_point()
+        )
         if weight_sync == "shared_memory":  # the cast weights went through a staging file
             staged = [share_cpu_storage(s.buffer)[1].decode() for s in pool.sync._staging.values()]
             assert staged
@@ -127,9 +137,12 @@ def test_an_actor_restarted_between_syncs_gets_the_last_weights_again(ray_local,
     """Killed after a sync, an actor comes back with the checkpoint's weights: the pool restores the
     version it held (the broadcast re-forms its group) before re-issuing its share."""
     learner = _perturbed_learner(warm_policy)
-    pool = RolloutPool(spawn_rollout_actors(HFEngine, {"model": warm_policy},
-                                            ActorGroupConfig(num_actors=2, num_cpus=1, max_restarts=1)),
-                       RolloutConfig(timeout_s=120, weight_sync=weight_sync, bucket_mb=1 / 16))
+    pool = RolloutPool(
+        spawn_rollout_actors(
+            HFEngine, {"model": warm_policy}, ActorGroupConfig(num_actors=2, num_cpus=1, max_restarts=1)
+        ),
+        RolloutConfig(timeout_s=120, weight_sync=weight_sync, bucket_mb=1 / 16),
+    )
     try:
         pool.load_weights(PolicyWeights(learner.model), version=3)
         old_pid = ray_local.get(pool.actors[1].pid.remote())
@@ -189,8 +202,12 @@ def test_a_broadcast_whose_receiver_dies_or_hangs_ends_in_actor_failure_not_a_ha
 def test_remote_reward_matches_local(ray_local, untrained_rm):
     from reward.scorer import RewardModelOptions, RewardModelScorer
 
-    actors = start_group("reward model", RewardModelScorer, {"options": RewardModelOptions(paths=[untrained_rm])},
-                         ActorGroupConfig(num_actors=2, num_cpus=1)).ready()
+    actors = start_group(
+        "reward model",
+        RewardModelScorer,
+        {"options": RewardModelOptions(paths=[untrained_rm])},
+        ActorGroupConfig(num_actors=2, num_cpus=1),
+    ).ready()
     remote = RemoteReward(actors, "model", 120)
     ds = make_shapes_dataset(5, seed=2)
     prompts, completions = list(ds["prompt"]), ["red", "blue", "3", "top left", "circle"]
@@ -205,15 +222,27 @@ def test_grpo_through_ray_actors(tmp_path, warm_policy, untrained_rm):
     """Two steps of the hybrid scheme: 2 rollout actors + 1 reward-model actor, TRL learner, weight sync. The
     untrained reward model's scores spread by less than the hybrid's flat-group tolerance (noise, rightly
     given no advantage), so the tolerance is off here: the test is of the pipeline, not of the signal."""
-    cfg = grpo.load(str(CONFIGS / "tiny_cpu_hybrid.yaml"), [
-        f"output_dir={tmp_path}", f"policy.path={warm_policy}", f"reward.model.paths=[{untrained_rm}]",
-        "trainer.max_steps=2", "trainer.per_device_train_batch_size=8", "trainer.num_generations=4",
-        "trainer.learning_rate=1e-3", "trainer.report_to=[]", "reward.min_group_std=0"])
+    cfg = grpo.load(
+        str(CONFIGS / "tiny_cpu_hybrid.yaml"),
+        [
+            f"output_dir={tmp_path}",
+            f"policy.path={warm_policy}",
+            f"reward.model.paths=[{untrained_rm}]",
+            "trainer.max_steps=2",
+            "trainer.per_device_train_batch_size=8",
+            "trainer.num_generations=4",
+            "trainer.learning_rate=1e-3",
+            "trainer.report_to=[]",
+            "reward.min_group_std=0",
+        ],
+    )
     summary = grpo.main(cfg)
     assert summary["global_step"] == 2
     assert summary["rollout_version"] == 1  # synced before the second generation
-    before, after = load_file(Path(warm_policy) / "model.safetensors"), load_file(
-        Path(summary["final_policy"]) / "model.safetensors")
+    before, after = (
+        load_file(Path(warm_policy) / "model.safetensors"),
+        load_file(Path(summary["final_policy"]) / "model.safetensors"),
+    )
     assert any(not torch.equal(before[k], after[k]) for k in before)
     rows = [r for r in summary["log_history"] if "rewards/hybrid/mean" in r]
     assert len(rows) == 2
@@ -273,8 +302,9 @@ def test_actor_groups_construct_together_and_one_that_is_late_stops_them_all(ray
     stop_actors(first.actors + second.actors)
 
     quick = start_group("quick", Constructing, {"seconds": 0}, group)
-    late = start_group("late", Constructing, {"seconds": 600},
-                       ActorGroupConfig(num_actors=1, num_cpus=0.5, ready_timeout_s=5))
+    late = start_group(
+        "late", Constructing, {"seconds": 600}, ActorGroupConfig(num_actors=1, num_cpus=0.5, ready_timeout_s=5)
+    )
     with pytest.raises(TimeoutError, match=r"late: 1 actor\(s\) of .* not placed and constructed within 5s"):
         await_ready([quick, late])
     assert _dies_within(ray_local, quick.actors[0], seconds=30)
@@ -323,8 +353,10 @@ def test_a_remote_reward_sends_only_the_columns_its_reward_reads(ray_local):
     everything = RemoteReward(actors, "received", 60)([prompt, prompt], ["a", "b"], **columns)
     assert everything == [(prompt, ["answer", "images", "solution"])] * 2
     reads = columns_read(RuleOptions(answer_column="solution"))
-    assert RemoteReward(actors, "received", 60, reads=reads)([prompt, prompt], ["a", "b"], **columns) == \
-        [(None, ["solution"])] * 2
+    assert (
+        RemoteReward(actors, "received", 60, reads=reads)([prompt, prompt], ["a", "b"], **columns)
+        == [(None, ["solution"])] * 2
+    )
     ray.kill(actors[0])
 
 
@@ -378,8 +410,10 @@ class SeedRecorder:
     def generate(self, requests, sampling):
         from policies.rollout_engine import Rollout
 
-        return [[Rollout([0], [sampling.request_seed(i) + j], [0.0], "", 0) for j in range(sampling.n)]
-                for i in range(len(requests))]
+        return [
+            [Rollout([0], [sampling.request_seed(i) + j], [0.0], "", 0) for j in range(sampling.n)]
+            for i in range(len(requests))
+        ]
 
 
 def test_every_prompt_and_sample_of_a_step_has_its_own_seed_across_actors_and_steps(ray_local):
@@ -392,8 +426,10 @@ def test_every_prompt_and_sample_of_a_step_has_its_own_seed_across_actors_and_st
     from pipeline.rollout import sampling_from_trl
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    pool = RolloutPool(spawn_rollout_actors(SeedRecorder, {}, ActorGroupConfig(num_actors=3, num_cpus=0.5)),
-                       RolloutConfig(timeout_s=60))
+    pool = RolloutPool(
+        spawn_rollout_actors(SeedRecorder, {}, ActorGroupConfig(num_actors=3, num_cpus=0.5)),
+        RolloutConfig(timeout_s=60),
+    )
     args = type("Args", (), dict(temperature=1.0, top_p=1.0, top_k=0, max_completion_length=4, seed=0))()
     seeds = []
     for step in range(3):

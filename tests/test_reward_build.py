@@ -18,12 +18,15 @@ def test_load_callable_from_module_and_file(tmp_path):
     assert fn(["q", "q"], ["HI", "hi"]) == [1.0, 0.0]
 
 
-@pytest.mark.parametrize("spec,error", [
-    ("no_colon", "must look like"),
-    ("missing_module_xyz:f", "cannot import"),
-    ("reward.rule:nope", "has no attribute"),
-    ("/no/such/file.py:f", "not found"),
-])
+@pytest.mark.parametrize(
+    "spec,error",
+    [
+        ("no_colon", "must look like"),
+        ("missing_module_xyz:f", "cannot import"),
+        ("reward.rule:nope", "has no attribute"),
+        ("/no/such/file.py:f", "not found"),
+    ],
+)
 def test_load_callable_errors_are_clear(spec, error):
     with pytest.raises((ValueError, ImportError, AttributeError, FileNotFoundError), match=error):
         load_callable(spec)
@@ -36,10 +39,10 @@ def test_classes_get_kwargs_and_functions_get_them_bound():
 
 def test_config_builds_guarded_rewards_with_weights_and_columns(tmp_path):
     f = tmp_path / "r.py"
-    f.write_text("def task_is(prompts, completions, task, want, **kw):\n"
-                 "    return [float(t == want) for t in task]\n")
-    cfg = RewardConfig(scheme="rule", weight=2.0,
-                       extra=[CustomRewardConfig(fn=f"{f}:task_is", weight=0.5, kwargs={"want": "color"})])
+    f.write_text("def task_is(prompts, completions, task, want, **kw):\n    return [float(t == want) for t in task]\n")
+    cfg = RewardConfig(
+        scheme="rule", weight=2.0, extra=[CustomRewardConfig(fn=f"{f}:task_is", weight=0.5, kwargs={"want": "color"})]
+    )
     funcs, weights = build_rewards(cfg)
     assert [fn.__name__ for fn in funcs] == ["rule", "task_is"] and weights == [2.0, 0.5]
     out = asyncio.run(funcs[1](["q", "q"], ["a", "b"], task=["color", "shape"]))
@@ -59,9 +62,18 @@ def test_a_broken_reward_stops_grpo_cleanly_with_a_resumable_checkpoint(tmp_path
     from recipes.cli import main as cli
 
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml"
-    code = cli(["grpo", str(config), f"output_dir={tmp_path / 'run'}", f"policy.path={warm_policy}",
-                "reward.scheme=none", f"reward.extra=[{{fn: '{f}:broken'}}]", "trainer.max_steps=2",
-                "trainer.report_to=[]"])
+    code = cli(
+        [
+            "grpo",
+            str(config),
+            f"output_dir={tmp_path / 'run'}",
+            f"policy.path={warm_policy}",
+            "reward.scheme=none",
+            f"reward.extra=[{{fn: '{f}:broken'}}]",
+            "trainer.max_steps=2",
+            "trainer.report_to=[]",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "reward 'broken' failed on 8 of 8 samples" in err and "Traceback" not in err

@@ -37,8 +37,10 @@ def value_head_rm(tmp_path_factory, tiny_vl) -> str:
     load_processor(tiny_vl).save_pretrained(out)
     torch.manual_seed(3)
     hidden = json.loads((out / "config.json").read_text())["text_config"]["hidden_size"]
-    save_file({"v_head.summary.weight": torch.randn(1, hidden) * 0.5, "v_head.summary.bias": torch.tensor([0.25])},
-              out / "value_head.safetensors")
+    save_file(
+        {"v_head.summary.weight": torch.randn(1, hidden) * 0.5, "v_head.summary.bias": torch.tensor([0.25])},
+        out / "value_head.safetensors",
+    )
     return str(out)
 
 
@@ -60,14 +62,21 @@ def seq_cls_rm(tmp_path_factory, tiny_lm) -> str:
 def _conversations(processor, answers):
     from policies.chat import render_conversation
 
-    return [render_conversation(processor, RewardModelScorer._conversation(p, a, len(i)))
-            for p, a, i in zip(PROMPTS, answers, IMAGES)]
+    return [
+        render_conversation(processor, RewardModelScorer._conversation(p, a, len(i)))
+        for p, a, i in zip(PROMPTS, answers, IMAGES)
+    ]
 
 
-def test_each_layout_is_told_apart_by_its_files_with_a_clear_error_for_none(value_head_rm, seq_cls_rm, untrained_rm,
-                                                                             tiny_vl, tmp_path):
-    assert [layout_of(p) for p in (untrained_rm, value_head_rm, seq_cls_rm, tiny_vl)] == \
-        ["basereward", "value_head", "sequence_classification", "generative"]
+def test_each_layout_is_told_apart_by_its_files_with_a_clear_error_for_none(
+    value_head_rm, seq_cls_rm, untrained_rm, tiny_vl, tmp_path
+):
+    assert [layout_of(p) for p in (untrained_rm, value_head_rm, seq_cls_rm, tiny_vl)] == [
+        "basereward",
+        "value_head",
+        "sequence_classification",
+        "generative",
+    ]
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         layout_of(str(tmp_path))
     two = tmp_path / "two-labels"
@@ -116,8 +125,10 @@ def test_sequence_classification_scores_equal_transformers_forward(seq_cls_rm):
     tokenizer = AutoTokenizer.from_pretrained(seq_cls_rm)
     model = AutoModelForSequenceClassification.from_pretrained(seq_cls_rm).eval()
     with torch.no_grad():
-        expected = [model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item()
-                    for text in _conversations(tokenizer, ANSWERS)]
+        expected = [
+            model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item()
+            for text in _conversations(tokenizer, ANSWERS)
+        ]
     assert got == pytest.approx(expected, abs=1e-4)
 
 
@@ -140,22 +151,34 @@ def test_an_ensemble_of_layouts_averages_standardised_scores(value_head_rm, untr
     assert t_stats.mean == pytest.approx(t[4])  # the text model's first call was the one image-free row
     for i in range(4):
         assert got[i] == pytest.approx(((b[i] - stats.mean) / stats.std + (v[i] - v_mean) / v_std) / 2, abs=1e-4)
-    assert got[4] == pytest.approx(((b[4] - stats.mean) / stats.std + (v[4] - v_mean) / v_std
-                                    + t_stats.standardize(t[4])) / 3, abs=1e-4)
+    assert got[4] == pytest.approx(
+        ((b[4] - stats.mean) / stats.std + (v[4] - v_mean) / v_std + t_stats.standardize(t[4])) / 3, abs=1e-4
+    )
 
 
 @pytest.mark.parametrize("layout", ["value_head", "sequence_classification"])
-def test_grpo_trains_with_a_published_layout_as_its_reward_model(layout, tmp_path, warm_policy, value_head_rm,
-                                                                 seq_cls_rm):
+def test_grpo_trains_with_a_published_layout_as_its_reward_model(
+    layout, tmp_path, warm_policy, value_head_rm, seq_cls_rm
+):
     from pathlib import Path
 
     from recipes import grpo
 
     path = value_head_rm if layout == "value_head" else seq_cls_rm
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml"
-    summary = grpo.main(grpo.load(str(config), [f"output_dir={tmp_path}", f"policy.path={warm_policy}",
-                                               "reward.scheme=hybrid", f"reward.model.paths=[{path}]",
-                                               "trainer.max_steps=2", "trainer.report_to=[]"]))
+    summary = grpo.main(
+        grpo.load(
+            str(config),
+            [
+                f"output_dir={tmp_path}",
+                f"policy.path={warm_policy}",
+                "reward.scheme=hybrid",
+                f"reward.model.paths=[{path}]",
+                "trainer.max_steps=2",
+                "trainer.report_to=[]",
+            ],
+        )
+    )
     assert summary["global_step"] == 2 and summary["reward_failures"] == {"hybrid": 0}
     assert summary["reward_samples"]["hybrid"] == 2 * 8
 
@@ -174,8 +197,12 @@ def test_scorer_actors_of_a_checkpoint_without_statistics_standardise_alike(ray_
     from rl.config import ActorGroupConfig
 
     options = RewardModelOptions(paths=[value_head_rm], calibrate=True)
-    actors = start_group("reward model", RewardModelScorer, {"options": options},
-                         ActorGroupConfig(num_actors=2, num_cpus=0.5, max_restarts=1)).ready()
+    actors = start_group(
+        "reward model",
+        RewardModelScorer,
+        {"options": options},
+        ActorGroupConfig(num_actors=2, num_cpus=0.5, max_restarts=1),
+    ).ready()
     try:
         remote = RemoteReward(actors, "model", 120, calibrates=True)
         local = RewardModelScorer(options)

@@ -8,12 +8,15 @@ from reward.model import BaseRewardModel, HeadConfig, ScoreStats, build_head, la
 from reward.train import PairCollator, accuracy_by_group, bt_loss, held_out_breakdown, pair_metrics
 
 
-@pytest.mark.parametrize("layers,act,expected", [
-    (2, "silu", [torch.nn.Linear, torch.nn.SiLU, torch.nn.Linear]),
-    (1, "silu", [torch.nn.Linear]),
-    (3, "tanh", [torch.nn.Linear, torch.nn.Tanh, torch.nn.Linear, torch.nn.Tanh, torch.nn.Linear]),
-    (2, "relu", [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]),
-])
+@pytest.mark.parametrize(
+    "layers,act,expected",
+    [
+        (2, "silu", [torch.nn.Linear, torch.nn.SiLU, torch.nn.Linear]),
+        (1, "silu", [torch.nn.Linear]),
+        (3, "tanh", [torch.nn.Linear, torch.nn.Tanh, torch.nn.Linear, torch.nn.Tanh, torch.nn.Linear]),
+        (2, "relu", [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]),
+    ],
+)
 def test_head_shapes(layers, act, expected):
     head = build_head(16, HeadConfig(num_layers=layers, hidden_size=8, activation=act))
     assert [type(m) for m in head] == expected
@@ -40,7 +43,7 @@ def test_bt_loss_matches_a_hand_computation():
     expected = (-math.log(1 / (1 + math.exp(-1.0))) - math.log(1 / (1 + math.exp(1.0)))) / 2
     assert math.isclose(bt_loss(c, r).item(), expected, rel_tol=1e-6)
     # zero-mean penalty: + lambda * (c + r)^2, averaged
-    reg = 0.1 * ((3.0 ** 2) + (1.0 ** 2)) / 2
+    reg = 0.1 * ((3.0**2) + (1.0**2)) / 2
     assert math.isclose(bt_loss(c, r, zero_mean_weight=0.1).item(), expected + reg, rel_tol=1e-6)
     # length normalisation divides each score by its response length
     ln = bt_loss(c, r, chosen_len=torch.tensor([2, 1]), rejected_len=torch.tensor([1, 4]))
@@ -62,12 +65,19 @@ def test_accuracy_by_group_scores_each_group_apart_and_leaves_unnamed_pairs_out(
 def test_held_out_breakdown_by_kind_and_by_task_within_kind():
     from datasets import Dataset
 
-    rows = Dataset.from_dict({"kind": ["near_miss", "near_miss", "near_miss", "degenerate"],
-                              "task": ["color", "position", "position", "color"]})
+    rows = Dataset.from_dict(
+        {
+            "kind": ["near_miss", "near_miss", "near_miss", "degenerate"],
+            "task": ["color", "position", "position", "color"],
+        }
+    )
     got = held_out_breakdown(rows, [1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0])
     assert got["eval_accuracy_by_kind"] == {"degenerate": 1.0, "near_miss": 2 / 3}
-    assert got["eval_accuracy_by_kind_and_task"] == {"degenerate/color": 1.0, "near_miss/color": 1.0,
-                                                     "near_miss/position": 0.5}
+    assert got["eval_accuracy_by_kind_and_task"] == {
+        "degenerate/color": 1.0,
+        "near_miss/color": 1.0,
+        "near_miss/position": 0.5,
+    }
     plain = held_out_breakdown(Dataset.from_dict({"chosen": ["a"], "rejected": ["b"]}), [1.0], [0.0])
     assert plain == {"eval_accuracy_by_kind": {}, "eval_accuracy_by_kind_and_task": {}}  # real pairs name no kind
 
@@ -87,8 +97,10 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, rm, tiny_vl, shapes_small):
     a, b = rm.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert loaded.head_cfg == rm.head_cfg and loaded.stats == rm.stats
-    rows = [{"prompt": r["prompt"], "images": r["images"], "chosen": r["answer"], "rejected": "no"}
-            for r in shapes_small[0].select(range(4))]
+    rows = [
+        {"prompt": r["prompt"], "images": r["images"], "chosen": r["answer"], "rejected": "no"}
+        for r in shapes_small[0].select(range(4))
+    ]
     batch = PairCollator(proc)(rows)
     rm.eval()
     with torch.no_grad():
@@ -122,8 +134,9 @@ def test_text_only_reward_model(tiny_lm):
     model = BaseRewardModel.from_backbone(tiny_lm, HeadConfig(), seed=0)
     assert not model.is_multimodal
     tok = load_processor(tiny_lm)
-    batch = PairCollator(tok)([{"prompt": [{"role": "user", "content": "2+2?"}], "images": [],
-                                "chosen": "4", "rejected": "5"}])
+    batch = PairCollator(tok)(
+        [{"prompt": [{"role": "user", "content": "2+2?"}], "images": [], "chosen": "4", "rejected": "5"}]
+    )
     assert model(**batch).shape == (2,)
 
 
@@ -154,13 +167,15 @@ def test_the_scorers_throughput_options_change_nothing_but_speed(untrained_rm):
             prompts.append([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Color {c}?"}]}])
             completions.append("It is " + "very " * (3 * k % 5) + c)
             images.append([Image.new("RGB", (56, 56), c)])
-    plain = RewardModelScorer.from_paths([untrained_rm], batch_size=5, prefetch=False, sort_by_length=False,
-                                        encode_images_once=False)
+    plain = RewardModelScorer.from_paths(
+        [untrained_rm], batch_size=5, prefetch=False, sort_by_length=False, encode_images_once=False
+    )
     fast = RewardModelScorer.from_paths([untrained_rm], batch_size=5)
     visual = fast.backends[0].model.backbone.visual
     seen = []
-    visual.register_forward_hook(lambda module, args, kwargs, out: seen.append(len(kwargs["grid_thw"])),
-                                 with_kwargs=True)
+    visual.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(len(kwargs["grid_thw"])), with_kwargs=True
+    )
     expected = plain(prompts, completions, images=images)
     got = fast(prompts, completions, images=images)
     assert got == pytest.approx(expected, abs=1e-5)
@@ -203,8 +218,13 @@ def test_batching_order_follows_lengths_and_arrival_never_memory_addresses():
     def question(image):  # as TRL passes prompts: the image inside its part
         return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Color?"}]}]
 
-    rows = [(question(first), "a longer answer"), (question(second), "long answer"),
-            ([{"role": "user", "content": "Hi"}], "x"), (question(first), "short"), (question(second), "shortest")]
+    rows = [
+        (question(first), "a longer answer"),
+        (question(second), "long answer"),
+        ([{"role": "user", "content": "Hi"}], "x"),
+        (question(first), "short"),
+        (question(second), "shortest"),
+    ]
     convs = [RewardModelScorer._conversation(p, c, len(embedded_images(p))) for p, c in rows]
     images = [embedded_images(p) for p, _ in rows]
     assert length_order(convs, images) == [2, 3, 0, 4, 1]
@@ -246,7 +266,7 @@ def test_distinct_images_are_processed_once_into_what_the_processor_gives(untrai
         assert torch.equal(mine[key], theirs[key]), key
     patches = mine["distinct_grid_thw"].prod(-1).tolist()
     starts = [0, patches[0]]
-    expanded = torch.cat([mine["pixel_values"][starts[j]:starts[j] + patches[j]] for j in occurrence])
+    expanded = torch.cat([mine["pixel_values"][starts[j] : starts[j] + patches[j]] for j in occurrence])
     assert torch.equal(expanded, theirs["pixel_values"])
 
 
@@ -260,10 +280,22 @@ def test_a_backbone_without_precomputed_image_features_gets_every_occurrences_pi
             super().__init__()
             self.inner, self.config = inner, inner.config
 
-        def forward(self, input_ids, attention_mask, use_cache=False, pixel_values=None, image_grid_thw=None,
-                    mm_token_type_ids=None):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                              image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids)
+        def forward(
+            self,
+            input_ids,
+            attention_mask,
+            use_cache=False,
+            pixel_values=None,
+            image_grid_thw=None,
+            mm_token_type_ids=None,
+        ):
+            return self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                pixel_values=pixel_values,
+                image_grid_thw=image_grid_thw,
+                mm_token_type_ids=mm_token_type_ids,
+            )
 
     prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Color?"}]}]
     images = [[Image.new("RGB", (56, 56), c)] for c in ("red", "red", "blue", "red")]
@@ -303,12 +335,16 @@ def test_tiny_reward_model_training_beats_chance_on_held_out_pairs(tmp_path, war
     from recipes import train_reward_model
 
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rm.yaml"
-    cfg = train_reward_model.load(str(config), [f"output_dir={tmp_path}", f"backbone.path={warm_policy}",
-                                                "trainer.report_to=[]", "data.eval_size=400"])  # the recipe's steps
+    cfg = train_reward_model.load(
+        str(config),
+        [f"output_dir={tmp_path}", f"backbone.path={warm_policy}", "trainer.report_to=[]", "data.eval_size=400"],
+    )  # the recipe's steps
     summary = train_reward_model.main(cfg)
     after = summary["eval_after"]["eval_accuracy"]
-    print(f"held-out pairwise accuracy {after:.3f} (before {summary['eval_before']['eval_accuracy']:.3f}), "
-          f"by kind {summary['eval_accuracy_by_kind']}")
+    print(
+        f"held-out pairwise accuracy {after:.3f} (before {summary['eval_before']['eval_accuracy']:.3f}), "
+        f"by kind {summary['eval_accuracy_by_kind']}"
+    )
     assert after >= 0.65
     assert summary["eval_accuracy_by_kind"]["hallucination"] >= 0.8
     assert set(summary["eval_accuracy_by_kind_and_task"]) >= {"near_miss/color", "wrong_attribute/description"}

@@ -35,8 +35,12 @@ def test_group_prompts_refuses_a_batch_that_is_not_made_of_runs():
 def _with_image(text, color):
     from PIL import Image
 
-    return [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (8, 8), color)},
-                                         {"type": "text", "text": text}]}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": Image.new("RGB", (8, 8), color)}, {"type": "text", "text": text}],
+        }
+    ]
 
 
 def test_prompts_with_the_same_question_and_different_images_are_different_prompts():
@@ -120,9 +124,13 @@ def test_weight_sync_time_is_not_counted_as_generation_time(monkeypatch):
     monkeypatch.setattr(rollout, "log_metric", lambda trainer, name, value: metrics[name].append(value))
     model = torch.nn.Linear(2, 2)
     trainer = SimpleNamespace(
-        state=SimpleNamespace(global_step=1), num_generations=2,
-        accelerator=SimpleNamespace(unwrap_model=lambda m: m), model=model, processing_class=None,
-        args=SimpleNamespace(temperature=1.0, top_p=1.0, top_k=None, max_completion_length=4, seed=0))
+        state=SimpleNamespace(global_step=1),
+        num_generations=2,
+        accelerator=SimpleNamespace(unwrap_model=lambda m: m),
+        model=model,
+        processing_class=None,
+        args=SimpleNamespace(temperature=1.0, top_p=1.0, top_k=None, max_completion_length=4, seed=0),
+    )
     rollouts = ActorRollouts(_SlowSyncPool(), sync_every=1, max_staleness=0, logprob_gap_samples=0)
     out = rollouts([_msg("a"), _msg("a")], trainer)
     assert metrics["timing/weight_sync"][0] >= 0.3 and metrics["timing/generate"][0] < 0.1

@@ -155,8 +155,9 @@ def test_preference_source_options_shape_the_training_pairs_and_leave_the_held_o
     from rl.config import PreferenceDataConfig, PreferenceSourceConfig
     from rl.data import load_preference_mixture
 
-    source = PreferenceSourceConfig(source="shapes", size=60, tasks={"description": 3.0, "color": 1.0},
-                                    same_wording=True)
+    source = PreferenceSourceConfig(
+        source="shapes", size=60, tasks={"description": 3.0, "color": 1.0}, same_wording=True
+    )
     train, held_out = load_preference_mixture(PreferenceDataConfig(sources=[source], eval_size=200))
     questions = [row["prompt"][0]["content"][-1]["text"] for row in train]  # the mixture keeps the common columns
     assert set(questions) == {QUESTIONS["description"], QUESTIONS["color"]}
@@ -166,4 +167,5 @@ def test_preference_source_options_shape_the_training_pairs_and_leave_the_held_o
     assert any(_attributes_blanked(r["rejected"]) != _attributes_blanked(r["chosen"]) for r in wrong)
     with pytest.raises(ValueError, match="unknown shapes task"):
         load_preference_mixture(
-            PreferenceDataConfig(sources=[PreferenceSourceConfig(source="shapes", tasks={"sky": 1.0})]))
+            PreferenceDataConfig(sources=[PreferenceSourceConfig(source="shapes", tasks={"sky": 1.0})])
+        )

@@ -68,8 +68,9 @@ def test_the_client_fans_out_with_per_actor_ranks_and_the_round_version(ray_loca
         calls = ActorCalls(a + b, timeout_s=60, max_retries=0, what="rollout actors")
         sizes = calls.all(lambda i: calls.actors[i].transfer_world_size.remote(), "world size")
         client = PoolSyncClient(calls, sizes)
-        client.init_weight_transfer_engine({"master_address": "127.0.0.1", "master_port": 1, "world_size": 4,
-                                            "rank_offset": 1})
+        client.init_weight_transfer_engine(
+            {"master_address": "127.0.0.1", "master_port": 1, "world_size": 4, "rank_offset": 1}
+        )
         client.version = 5
         client.start_weight_update()
         client.update_weights({"names": ["w"], "dtype_names": ["float32"], "shapes": [[2]]})

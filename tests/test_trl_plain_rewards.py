@@ -9,9 +9,18 @@ from rl.tasks.shapes import make_shapes_dataset
 
 
 def _args(tmp_path):
-    return GRPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, num_generations=2,
-                      max_completion_length=4, use_cpu=True, bf16=False, report_to=[], logging_steps=1,
-                      save_strategy="no")
+    return GRPOConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=4,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+    )
 
 
 @pytest.mark.parametrize("kind", ["rule", "format", "model", "hybrid", "custom"])
@@ -29,12 +38,16 @@ def test_reward_as_a_plain_trl_reward_function(kind, tmp_path, warm_policy, untr
         "hybrid": lambda: HybridReward(RuleMatcher(), RewardModelScorer.from_paths([untrained_rm])),
         "custom": lambda: custom,
     }[kind]()
-    trainer = GRPOTrainer(model=load_policy(warm_policy), reward_funcs=[reward], args=_args(tmp_path),
-                          train_dataset=make_shapes_dataset(16, seed=4), processing_class=load_processor(warm_policy))
+    trainer = GRPOTrainer(
+        model=load_policy(warm_policy),
+        reward_funcs=[reward],
+        args=_args(tmp_path),
+        train_dataset=make_shapes_dataset(16, seed=4),
+        processing_class=load_processor(warm_policy),
+    )
     trainer.train()
     name = getattr(reward, "__name__", type(reward).__name__)
     logged = [row for row in trainer.state.log_history if f"rewards/{name}/mean" in row]
     assert len(logged) == 2
     if kind == "custom":
-        assert len(seen_columns["answer"]) == 4 and set(seen_columns["task"]) <= {"color", "shape", "count",
-                                                                                   "position"}
+        assert len(seen_columns["answer"]) == 4 and set(seen_columns["task"]) <= {"color", "shape", "count", "position"}

@@ -127,7 +127,7 @@ def test_weights_reach_the_workers_as_a_file_never_inline(warm_policy, tmp_path)
     vllm_engine.llm, vllm_engine.sync_timeout_s = RecordingLLM(), 60.0
     state = HFEngine(warm_policy).model.state_dict()
     vllm_engine.load_weights(state, version=2)
-    (method, args, loaded), = sent
+    ((method, args, loaded),) = sent
     assert method == "reload_from_file" and len(args) == 1 and isinstance(args[0], str)
     assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
     assert "lm_head.weight" in loaded  # tied to the embeddings: written apart, not dropped
@@ -144,8 +144,11 @@ def test_placeholder_and_image_counts_must_agree(engine):
 def test_an_engine_that_cannot_start_says_which_setting_to_change(warm_policy):
     # Too small a memory share for the KV cache: vLLM refuses; the error must point at the knob.
     with pytest.raises(EngineStartError, match="vLLM engine failed to start(.|\n)*gpu_memory_utilization"):
-        VLLMEngine(warm_policy, dtype="float32",
-                   engine_kwargs={"max_model_len": 512, "enforce_eager": True, "gpu_memory_utilization": 0.01})
+        VLLMEngine(
+            warm_policy,
+            dtype="float32",
+            engine_kwargs={"max_model_len": 512, "enforce_eager": True, "gpu_memory_utilization": 0.01},
+        )
 
 
 def test_shutdown_leaves_no_engine_processes(warm_policy):
@@ -253,13 +256,24 @@ def test_grpo_with_a_ray_actor_hosting_vllm(tmp_path, warm_policy, weight_sync):
     from recipes import grpo
 
     config = Path(__file__).parent.parent / "recipes" / "configs" / "tiny_cpu_rule.yaml"
-    cfg = grpo.load(str(config), [
-        f"output_dir={tmp_path}", f"policy.path={warm_policy}", "ray.enabled=true", "ray.num_cpus=2",
-        "rollout.backend=vllm", "rollout.actors.num_actors=1", "rollout.actors.num_cpus=1",
-        "rollout.vllm={max_model_len: 512, enforce_eager: true, kv_cache_memory_bytes: 268435456}",
-        f"rollout.weight_sync={weight_sync}",
-        "trainer.max_steps=2", "trainer.per_device_train_batch_size=8", "trainer.num_generations=4",
-        "trainer.report_to=[]"])
+    cfg = grpo.load(
+        str(config),
+        [
+            f"output_dir={tmp_path}",
+            f"policy.path={warm_policy}",
+            "ray.enabled=true",
+            "ray.num_cpus=2",
+            "rollout.backend=vllm",
+            "rollout.actors.num_actors=1",
+            "rollout.actors.num_cpus=1",
+            "rollout.vllm={max_model_len: 512, enforce_eager: true, kv_cache_memory_bytes: 268435456}",
+            f"rollout.weight_sync={weight_sync}",
+            "trainer.max_steps=2",
+            "trainer.per_device_train_batch_size=8",
+            "trainer.num_generations=4",
+            "trainer.report_to=[]",
+        ],
+    )
     queues = shared_memory_queues()  # vLLM's shared-memory queues (this module's engine's too)
     summary = grpo.main(cfg)
     assert summary["global_step"] == 2 and summary["rollout_version"] == 1

@@ -162,9 +162,19 @@ def test_a_bucket_never_splits_a_layer_an_engine_fuses():
     a layer still keep each fused layer's parameters together, in the state dict's order."""
     from pipeline.weight_sync.export import fused_layer, fused_runs
 
-    names = [f"model.layers.{i}.{part}" for i in range(2) for part in (
-        "self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-        "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")]
+    names = [
+        f"model.layers.{i}.{part}"
+        for i in range(2)
+        for part in (
+            "self_attn.q_proj.weight",
+            "self_attn.q_proj.bias",
+            "self_attn.k_proj.weight",
+            "self_attn.v_proj.weight",
+            "mlp.gate_proj.weight",
+            "mlp.up_proj.weight",
+            "mlp.down_proj.weight",
+        )
+    ]
     state = {name: torch.randn(8, 8) for name in [*names, "lm_head.weight"]}
     assert fused_layer("model.layers.3.self_attn.q_proj.weight") == "model.layers.3.self_attn"
     runs = [run for run, _ in fused_runs(as_weights(state))]

@@ -30,8 +30,9 @@ def leaked_queues(before: set[Path]) -> set[Path]:
     mapped: set[str] = set()
     for maps in Path("/proc").glob("[0-9]*/maps"):
         try:
-            mapped.update(line.rsplit(" ", 1)[-1].strip() for line in maps.read_text().splitlines()
-                          if "/dev/shm/psm_" in line)
+            mapped.update(
+                line.rsplit(" ", 1)[-1].strip() for line in maps.read_text().splitlines() if "/dev/shm/psm_" in line
+            )
         except OSError:  # the process ended while we looked
             continue
     return {queue for queue in shared_memory_queues() - before if str(queue) not in mapped}

@@ -26,8 +26,10 @@ class _DefineTorchvisionOps:
         try:
             import torch
 
-            for op, schema in (("nms", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"),
-                               ("qnms", "(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")):
+            for op, schema in (
+                ("nms", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"),
+                ("qnms", "(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor"),
+            ):
                 try:
                     torch.library.define(f"torchvision::{op}", schema)
                 except Exception:

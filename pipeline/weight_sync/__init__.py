@@ -31,7 +31,6 @@ from rl.config import VLLM_WEIGHT_SYNCS
 log = logging.getLogger(__name__)
 
 
-
 class WeightSync(Protocol):
     def send(self, state: Mapping[str, Any], version: int) -> None:
         """Every actor holds `state` as policy `version` when this returns. `state` is read once, in
@@ -71,8 +70,10 @@ def engine_options(weight_sync: str) -> dict[str, Any]:
     if weight_sync not in VLLM_WEIGHT_SYNCS:
         return {}
     # Named, not imported: vLLM imports the extension in each worker, which registers the gloo twin there.
-    return {"weight_transfer": VLLM_WEIGHT_SYNCS[weight_sync],
-            "worker_extension": "pipeline.weight_sync.vllm_transfer.TransferWorkerExtension"}
+    return {
+        "weight_transfer": VLLM_WEIGHT_SYNCS[weight_sync],
+        "worker_extension": "pipeline.weight_sync.vllm_transfer.TransferWorkerExtension",
+    }
 
 
 def learner_location(gpu_ids: list[str]) -> Location:
@@ -107,8 +108,9 @@ def make_weight_sync(weight_sync: str, calls: Any, learner: Location, bucket_byt
 
         from pipeline.weight_sync.broadcast import BroadcastSync
 
-        return BroadcastSync(calls, "nccl" if learner.gpu is not None and torch.cuda.is_available() else "gloo",
-                             bucket_bytes)
+        return BroadcastSync(
+            calls, "nccl" if learner.gpu is not None and torch.cuda.is_available() else "gloo", bucket_bytes
+        )
     from pipeline.weight_sync.object_store import ObjectStoreSync
 
     return ObjectStoreSync(calls)

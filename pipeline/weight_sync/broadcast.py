@@ -113,8 +113,12 @@ class BroadcastSync:
         host = ray.util.get_node_ip_address()
         self._store = serve_store(host, world_size, timeout)
         self.name = f"brl-weights-{uuid.uuid4().hex[:8]}"
-        joins = [a.join_broadcast.remote(self.name, self.backend, host, self._store.port, rank, world_size,
-                                         self.calls.timeout_s) for rank, a in enumerate(actors, start=1)]
+        joins = [
+            a.join_broadcast.remote(
+                self.name, self.backend, host, self._store.port, rank, world_size, self.calls.timeout_s
+            )
+            for rank, a in enumerate(actors, start=1)
+        ]
         self.group = open_group(self.backend, self._store, self.name, 0, world_size, timeout)  # gloo: waits for all
         gather(joins, self.calls.timeout_s, "rollout actors (joining the weight-sync group)")
         self.pids = self.calls.pids()
@@ -157,14 +161,19 @@ class BroadcastSync:
             return None if i is None else f"rollout actor {i}"
 
         try:
-            watched(lambda: broadcast(self.group, staging.filled(), src=0), dead, self.calls.timeout_s,
-                    f"weight-sync broadcast of version {version}")
+            watched(
+                lambda: broadcast(self.group, staging.filled(), src=0),
+                dead,
+                self.calls.timeout_s,
+                f"weight-sync broadcast of version {version}",
+            )
             gather(receiving, self.calls.timeout_s, f"rollout actors (loading weights version {version})")
         except Exception as e:  # a dead peer (Ray's error or the collective's), or a timeout
             abort_group(self.group)  # NCCL: frees the learner's stream of the round that will never finish
             self.group = None  # broken: the next sync re-forms it
             self.stuck = unfinished(receiving)
-            raise ActorFailureError(f"rollout actors: weight broadcast of version {version} failed mid-round: {e}") \
-                from e
+            raise ActorFailureError(
+                f"rollout actors: weight broadcast of version {version} failed mid-round: {e}"
+            ) from e
         finally:
             staging.used = 0

@@ -138,11 +138,15 @@ def check_rereadable(weights: Any, learner_thread: Any, actor: int, transport: s
     from rl.errors import ActorFailureError
 
     if threading.current_thread() is not learner_thread:
-        raise ActorFailureError(f"rollout actor {actor} restarted while generating ahead (rollout.overlap); with "
-                                f"{transport} its weights can only be restored between steps")
+        raise ActorFailureError(
+            f"rollout actor {actor} restarted while generating ahead (rollout.overlap); with "
+            f"{transport} its weights can only be restored between steps"
+        )
     if weights.sharded:
-        raise ActorFailureError(f"rollout actor {actor} restarted mid-step and the learner is sharded: with "
-                                f"{transport} its weights can only be given to it at the next sync")
+        raise ActorFailureError(
+            f"rollout actor {actor} restarted mid-step and the learner is sharded: with "
+            f"{transport} its weights can only be given to it at the next sync"
+        )
 
 
 def _is_shard(value: torch.Tensor) -> bool:
@@ -172,8 +176,11 @@ def _lora_layers(model: torch.nn.Module) -> dict[str, Any]:
         from peft.tuners.lora import LoraLayer
     except ImportError:  # no PEFT installed: no adapters to merge
         return {}
-    return {f"{name}.base_layer.weight": module for name, module in model.named_modules()
-            if isinstance(module, LoraLayer) and not module.merged and module.active_adapters}
+    return {
+        f"{name}.base_layer.weight": module
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer) and not module.merged and module.active_adapters
+    }
 
 
 ALIGN = 256  # bytes: every staged tensor starts on this boundary (any dtype's alignment)
@@ -239,14 +246,14 @@ class Staging:
         """`tensor` cast to `dtype` in the next free bytes; returns that view."""
         start = aligned(self.used)
         nbytes = tensor.numel() * dtype.itemsize
-        view = self.buffer[start:start + nbytes].view(dtype).view(tensor.shape)
+        view = self.buffer[start : start + nbytes].view(dtype).view(tensor.shape)
         view.copy_(tensor)  # cast while copying: no intermediate copy
         self.used = start + nbytes
         return view
 
     def filled(self) -> torch.Tensor:
         """The bytes put since the last reset: [used]."""
-        return self.buffer[:self.used]
+        return self.buffer[: self.used]
 
 
 class PackedState(Mapping[str, torch.Tensor]):

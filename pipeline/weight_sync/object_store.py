@@ -31,8 +31,11 @@ class ObjectStoreSync:
 
     def restore(self, actor: int, version: int) -> None:
         if self._last is not None:
-            gather([self.calls.actors[actor].load_weights.remote(self._last, version)], self.calls.timeout_s,
-                   f"rollout actor {actor} (restoring weights version {version})")
+            gather(
+                [self.calls.actors[actor].load_weights.remote(self._last, version)],
+                self.calls.timeout_s,
+                f"rollout actor {actor} (restoring weights version {version})",
+            )
 
     def close(self) -> None:
         self._last = None

@@ -65,8 +65,9 @@ class WeightReceiver:
 
     # -- broadcast (pipeline/weight_sync/broadcast.py) ----------------------------------------------
 
-    def join_broadcast(self, name: str, backend: str, host: str, port: int, rank: int, world_size: int,
-                       timeout_s: float) -> None:
+    def join_broadcast(
+        self, name: str, backend: str, host: str, port: int, rank: int, world_size: int, timeout_s: float
+    ) -> None:
         """Leave any old group, join group `name` as `rank` (the learner is rank 0)."""
         self.leave_broadcast()
         if backend == "nccl":
@@ -81,8 +82,9 @@ class WeightReceiver:
             close_group(group[2])
         self._weight_group, self._receive_buffer = None, None
 
-    def receive_broadcast(self, name: str, manifest: list[tuple[str, torch.dtype, tuple[int, ...], int]],
-                          nbytes: int, version: int) -> None:
+    def receive_broadcast(
+        self, name: str, manifest: list[tuple[str, torch.dtype, tuple[int, ...], int]], nbytes: int, version: int
+    ) -> None:
         """Receive one bucket of `nbytes` and load the tensors `manifest` lays out in it ((name, dtype, shape,
         byte offset)). NCCL receives on the engine's GPU; gloo on the CPU (the engine copies on load)."""
         group_name, backend, group, _ = self._weight_group
@@ -94,6 +96,8 @@ class WeightReceiver:
             buffer = self._receive_buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
         bucket = buffer[:nbytes]  # [nbytes]
         broadcast(group, bucket, src=0)
-        views = {key: bucket[offset:offset + dtype.itemsize * math.prod(shape)].view(dtype).view(shape)
-                 for key, dtype, shape, offset in manifest}
+        views = {
+            key: bucket[offset : offset + dtype.itemsize * math.prod(shape)].view(dtype).view(shape)
+            for key, dtype, shape, offset in manifest
+        }
         self.load_weights(views, version)

@@ -80,8 +80,10 @@ def _local_device_index(gpu_uuid: str) -> int:
     for i in range(torch.cuda.device_count()):
         if str(torch.cuda.get_device_properties(i).uuid) == gpu_uuid:
             return i
-    raise RuntimeError(f"rollout.weight_sync=shared_memory: this actor does not see the learner's GPU {gpu_uuid}: "
-                       "CUDA IPC only reaches actors on the learner's GPU (use weight_sync: broadcast)")
+    raise RuntimeError(
+        f"rollout.weight_sync=shared_memory: this actor does not see the learner's GPU {gpu_uuid}: "
+        "CUDA IPC only reaches actors on the learner's GPU (use weight_sync: broadcast)"
+    )
 
 
 def _opener(tensor: torch.Tensor) -> tuple:
@@ -192,6 +194,7 @@ class SharedMemorySync:
         handles = self.calls.actors
         restarted: set[int] = set()
         for bucket in self.buckets(weights):
-            self.calls.run(lambda i, b=bucket: handles[i].load_shared.remote(b, version), indices,
-                           restore=restarted.add)
+            self.calls.run(
+                lambda i, b=bucket: handles[i].load_shared.remote(b, version), indices, restore=restarted.add
+            )
         return restarted

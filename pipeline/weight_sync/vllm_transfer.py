@@ -86,8 +86,9 @@ class GlooGroup:
     """What the NCCL engines need of their communicator (broadcast from a rank, destroy), over gloo."""
 
     def __init__(self, address: str, port: int, rank: int, world_size: int, timeout: timedelta = GLOO_TIMEOUT):
-        self.pg = stateless_init_torch_distributed_process_group(address, port, rank, world_size, backend="gloo",
-                                                                  timeout=timeout)
+        self.pg = stateless_init_torch_distributed_process_group(
+            address, port, rank, world_size, backend="gloo", timeout=timeout
+        )
 
     def broadcast(self, tensor: torch.Tensor, src: int) -> None:
         # ProcessGroup.broadcast takes the root as a group rank (the module-level dist.broadcast
@@ -113,9 +114,12 @@ class GlooWeightTransferEngine(NCCLWeightTransferEngine):
         if init_info.packed:
             raise ValueError("the gloo weight-transfer backend sends tensors one by one: packed must be False")
         self.packed = False
-        self.model_update_group = GlooGroup(init_info.master_address, init_info.master_port,
-                                            worker_rank(self.parallel_config, init_info.rank_offset),
-                                            init_info.world_size)
+        self.model_update_group = GlooGroup(
+            init_info.master_address,
+            init_info.master_port,
+            worker_rank(self.parallel_config, init_info.rank_offset),
+            init_info.world_size,
+        )
 
     def receive_weights(self, update_info: NCCLWeightTransferUpdateInfo) -> None:
         if self.model_update_group is None:
@@ -138,21 +142,27 @@ class GlooTrainerWeightTransferEngine(NCCLTrainerWeightTransferEngine):
     init_info_cls = GlooTrainerInitInfo
 
     @classmethod
-    def trainer_init(cls, init_info: GlooTrainerInitInfo, *, client: Any,
-                     source: WeightSource | None = None) -> GlooTrainerWeightTransferEngine:
+    def trainer_init(
+        cls, init_info: GlooTrainerInitInfo, *, client: Any, source: WeightSource | None = None
+    ) -> GlooTrainerWeightTransferEngine:
         if source is None:
             raise ValueError("gloo trainer weight transfer requires a WeightSource")
         engine = cls(client=client, source=source, is_sender=init_info.is_sender, packed=False)
         if not engine.is_sender:
             return engine
-        worker_info = NCCLWeightTransferInitInfo(master_address=init_info.master_address,
-                                                 master_port=init_info.master_port, rank_offset=1,
-                                                 world_size=init_info.world_size, packed=False)
+        worker_info = NCCLWeightTransferInitInfo(
+            master_address=init_info.master_address,
+            master_port=init_info.master_port,
+            rank_offset=1,
+            world_size=init_info.world_size,
+            packed=False,
+        )
         # The workers block in the rendezvous until rank 0 joins: start them first, join, then wait.
         with ThreadPoolExecutor(max_workers=1) as pool:
             joined = pool.submit(client.init_weight_transfer_engine, worker_init_payload(worker_info))
-            engine.model_update_group = GlooGroup(init_info.master_address, init_info.master_port, 0,
-                                                  init_info.world_size)
+            engine.model_update_group = GlooGroup(
+                init_info.master_address, init_info.master_port, 0, init_info.world_size
+            )
             joined.result()
         return engine
 
@@ -200,8 +210,10 @@ class PoolSyncClient:
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
         actors = self.calls.actors
-        self.calls.all(lambda i: actors[i].init_weight_transfer.remote({**init_info, "rank_offset": self.offsets[i]}),
-                       "joining the weight-transfer group")
+        self.calls.all(
+            lambda i: actors[i].init_weight_transfer.remote({**init_info, "rank_offset": self.offsets[i]}),
+            "joining the weight-transfer group",
+        )
 
     def shutdown_weight_transfer_engine(self) -> None:
         actors = self.calls.actors
@@ -260,7 +272,8 @@ class VLLMTransferSync:
             self.engine = None  # the group is broken; its communicator may still be blocked, so it is not touched
             self.stuck = unfinished(self.client.receiving) if self.client is not None else []
             raise ActorFailureError(
-                f"rollout actors: weight transfer of version {version} failed mid-round: {e}") from e
+                f"rollout actors: weight transfer of version {version} failed mid-round: {e}"
+            ) from e
 
     def restore(self, actor: int, version: int) -> None:
         """Re-form the group with the restarted actor and broadcast the last round's state dict again.
@@ -275,8 +288,9 @@ class VLLMTransferSync:
             self._reopen()
             return
         check_rereadable(self.source.state, self._learner_thread, actor, f"rollout.weight_sync=vllm_{self.backend}")
-        log.info("rollout actor %d restarted: re-forming the weight-transfer group, re-sending version %d", actor,
-                 version)
+        log.info(
+            "rollout actor %d restarted: re-forming the weight-transfer group, re-sending version %d", actor, version
+        )
         self._reopen()
         self._round(self.source.state, version)
 
@@ -312,11 +326,16 @@ class VLLMTransferSync:
         self.pids = gather([a.pid.remote() for a in actors], self.calls.timeout_s, "rollout actors (pid)")
         self.client = PoolSyncClient(self.calls, sizes)
         address = ray.util.get_node_ip_address()  # the workers connect to the learner's node
-        info = TRAINER_INIT_INFO[self.backend](master_address=address, master_port=get_open_port(),
-                                               world_size=1 + sum(sizes), rank=0)
+        info = TRAINER_INIT_INFO[self.backend](
+            master_address=address, master_port=get_open_port(), world_size=1 + sum(sizes), rank=0
+        )
         self.engine = WeightTransferTrainerFactory.trainer_init(info, client=self.client, source=self.source)
-        log.info("weight-transfer group (%s) formed: learner + %d workers on %d actors", self.backend, sum(sizes),
-                 len(actors))
+        log.info(
+            "weight-transfer group (%s) formed: learner + %d workers on %d actors",
+            self.backend,
+            sum(sizes),
+            len(actors),
+        )
 
     def _reopen(self) -> None:
         """Form a new group (a restarted actor lost its place in the old one); live actors leave the old."""

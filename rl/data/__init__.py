@@ -21,6 +21,17 @@ from rl.data.load import (
 )
 from rl.data.read import DataError, RowError, iter_rows
 
-__all__ = ["DataError", "RowError", "Source", "ValidationReport", "features_for", "iter_rows",
-           "load_preference_mixture", "load_rl_splits", "load_rows", "load_source", "rows_without_answer",
-           "validate_source"]
+__all__ = [
+    "DataError",
+    "RowError",
+    "Source",
+    "ValidationReport",
+    "features_for",
+    "iter_rows",
+    "load_preference_mixture",
+    "load_rl_splits",
+    "load_rows",
+    "load_source",
+    "rows_without_answer",
+    "validate_source",
+]

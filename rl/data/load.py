@@ -71,8 +71,10 @@ class ValidationReport:
         if self.no_answer:
             shown = ", ".join(str(r) for r in self.no_answer_rows[:NAMED_ROWS])
             more = f" and {self.no_answer - NAMED_ROWS} more" if self.no_answer > NAMED_ROWS else ""
-            lines.append(f"  warning: {self.no_answer} valid row(s) have no answer (row {shown}{more}): fine for a "
-                         f"model-only reward, but the rule and hybrid rewards cannot score them")
+            lines.append(
+                f"  warning: {self.no_answer} valid row(s) have no answer (row {shown}{more}): fine for a "
+                f"model-only reward, but the rule and hybrid rewards cannot score them"
+            )
         return "\n".join(lines)
 
 
@@ -94,8 +96,10 @@ class Source:
                 import difflib
 
                 close = difflib.get_close_matches(name, FIELDS[kind], n=1)
-                raise DataError(f"columns: {name!r} is not a field of {kind} rows {FIELDS[kind]}"
-                                f"{f'; did you mean {close[0]!r}?' if close else ''}")
+                raise DataError(
+                    f"columns: {name!r} is not a field of {kind} rows {FIELDS[kind]}"
+                    f"{f'; did you mean {close[0]!r}?' if close else ''}"
+                )
         if cfg.preset is None:
             return cls(cfg.source or "shapes", cfg.split or "train", dict(cfg.columns), cfg.image_root)
         p = preset(cfg.preset)
@@ -103,8 +107,9 @@ class Source:
             raise DataError(f"preset {cfg.preset!r} holds {p.kind} rows, not {kind} rows")
         if p.local_only and not cfg.source:
             raise DataError(f"preset {cfg.preset!r} ({p.hub_id}) is published as files to download: set {p.needs}")
-        return cls(cfg.source or p.hub_id, cfg.split or p.split, {**p.columns, **cfg.columns}, cfg.image_root,
-                   p.transform)
+        return cls(
+            cfg.source or p.hub_id, cfg.split or p.split, {**p.columns, **cfg.columns}, cfg.image_root, p.transform
+        )
 
     def base_dir(self) -> Path | None:
         """What relative image paths are relative to: image_root, else the data file's directory."""
@@ -120,8 +125,9 @@ def stream_rows(source: Source, kind: str, cfg: ValidationConfig, report: Valida
     for rownum, row in iter_rows(source.path, source.split):
         report.total += 1
         if report.total % 100_000 == 0:
-            log.info("%s: %d rows read (%d bad) in %.0fs", report.source, report.total, report.bad,
-                     time.monotonic() - start)
+            log.info(
+                "%s: %d rows read (%d bad) in %.0fs", report.source, report.total, report.bad, time.monotonic() - start
+            )
         if isinstance(row, RowError):
             report.add(row)
             continue
@@ -139,8 +145,9 @@ def stream_rows(source: Source, kind: str, cfg: ValidationConfig, report: Valida
         yield good
 
 
-def validate_source(source: Source | str, kind: str, cfg: ValidationConfig | None = None,
-                    split: str = "train") -> ValidationReport:
+def validate_source(
+    source: Source | str, kind: str, cfg: ValidationConfig | None = None, split: str = "train"
+) -> ValidationReport:
     """Check every row of a source, streaming; returns the report (nothing is kept)."""
     if kind not in FIELDS:
         raise DataError(f"unknown data kind {kind!r}; use one of {sorted(FIELDS)}")
@@ -187,8 +194,12 @@ def load_source(source: Source, kind: str, cfg: ValidationConfig) -> Dataset:
             raise DataError(f"bad rows (validation.on_bad_row=abort):\n{report.summary()}")
         log.warning("skipped bad rows (validation.on_bad_row=skip):\n%s", report.summary())
     if report.no_answer:
-        log.warning("%s: %d of %d rows have no answer (the rule and hybrid rewards cannot score them)",
-                    source.path, report.no_answer, report.ok)
+        log.warning(
+            "%s: %d of %d rows have no answer (the rule and hybrid rewards cannot score them)",
+            source.path,
+            report.no_answer,
+            report.ok,
+        )
     ds = Dataset.from_file(path)
     ds.info.description = report.summary()
     return ds
@@ -211,8 +222,7 @@ def load_rl_splits(cfg: DataConfig) -> tuple[Dataset, Dataset | None]:
     if cfg.eval_source:
         from dataclasses import replace
 
-        held_out = load_source(replace(train_source, path=cfg.eval_source, split=cfg.eval_split), "rl",
-                               cfg.validation)
+        held_out = load_source(replace(train_source, path=cfg.eval_source, split=cfg.eval_split), "rl", cfg.validation)
     return train, held_out
 
 
@@ -226,8 +236,13 @@ def _preference_source(cfg: Any, validation: ValidationConfig, size: int, seed: 
         from rl.tasks.shapes import TASKS, make_preference_pairs
 
         tasks, kinds = getattr(cfg, "tasks", None), getattr(cfg, "kinds", None)
-        return make_preference_pairs(size, seed, dict(tasks) if tasks else TASKS, dict(kinds) if kinds else None,
-                                     getattr(cfg, "same_wording", False))
+        return make_preference_pairs(
+            size,
+            seed,
+            dict(tasks) if tasks else TASKS,
+            dict(kinds) if kinds else None,
+            getattr(cfg, "same_wording", False),
+        )
     return load_source(source, "preference", validation)
 
 
@@ -257,15 +272,17 @@ def load_preference_mixture(cfg: Any) -> tuple[Dataset, Dataset | None]:
         train = parts[0]
     else:
         total = sum(weights)
-        train = interleave_datasets(parts, probabilities=[w / total for w in weights], seed=seed,
-                                    stopping_strategy="all_exhausted")
+        train = interleave_datasets(
+            parts, probabilities=[w / total for w in weights], seed=seed, stopping_strategy="all_exhausted"
+        )
     if cfg.total_size is not None:
         train = train.shuffle(seed=seed).select(range(min(cfg.total_size, len(train))))
     eval_set = None
     if cfg.eval_source:  # "shapes": a disjoint seed, so held-out scenes are new
         from types import SimpleNamespace
 
-        eval_cfg = SimpleNamespace(source=cfg.eval_source, split=cfg.eval_split, preset=None, columns={},
-                                   image_root=None)
+        eval_cfg = SimpleNamespace(
+            source=cfg.eval_source, split=cfg.eval_split, preset=None, columns={}, image_root=None
+        )
         eval_set = _preference_source(eval_cfg, cfg.validation, cfg.eval_size, seed + 1_000_003)
     return train, eval_set

@@ -29,12 +29,16 @@ def _response_index(answer: Any) -> int:
     found = re.search(r"<answer>\s*([12])\s*</answer>", text) or re.fullmatch(r"\s*([12])\s*", text)
     if not found:
         raise ValueError(
-            f"answer {text[:60]!r} does not name response 1 or 2 (<answer>1</answer> / <answer>2</answer>)")
+            f"answer {text[:60]!r} does not name response 1 or 2 (<answer>1</answer> / <answer>2</answer>)"
+        )
     return int(found.group(1))
 
 
-_R1_SECTIONS = re.compile(r"\[Question\]:?\s*(?P<question>.*?)\s*(?:#+\s*)?\[Response 1\]:?\s*(?P<one>.*?)\s*"
-                          r"(?:#+\s*)?\[Response 2\]:?\s*(?P<two>.*?)\s*(?:#+\s*\[[^\]]*\].*)?$", re.DOTALL)
+_R1_SECTIONS = re.compile(
+    r"\[Question\]:?\s*(?P<question>.*?)\s*(?:#+\s*)?\[Response 1\]:?\s*(?P<one>.*?)\s*"
+    r"(?:#+\s*)?\[Response 2\]:?\s*(?P<two>.*?)\s*(?:#+\s*\[[^\]]*\].*)?$",
+    re.DOTALL,
+)
 
 
 def r1_reward_pair(row: dict) -> dict:
@@ -49,24 +53,38 @@ def r1_reward_pair(row: dict) -> dict:
     if user is None:
         raise ValueError("message has no user turn")
     content = user["content"]
-    text = content if isinstance(content, str) else \
-        "".join(p.get("text") or "" for p in content if p.get("type") == "text")
-    images = [p.get("image") for p in content if isinstance(p, dict) and p.get("type") == "image"] \
-        if isinstance(content, list) else []
+    text = (
+        content
+        if isinstance(content, str)
+        else "".join(p.get("text") or "" for p in content if p.get("type") == "text")
+    )
+    images = (
+        [p.get("image") for p in content if isinstance(p, dict) and p.get("type") == "image"]
+        if isinstance(content, list)
+        else []
+    )
     found = _R1_SECTIONS.search(text)
     if not found:
         raise ValueError("message has no [Question] / [Response 1] / [Response 2] sections")
     responses = (found.group("one"), found.group("two"))
     better = _response_index(row["answer"])
-    return {"prompt": found.group("question"), "images": row.get("image") or row.get("images") or images or [],
-            "chosen": responses[better - 1], "rejected": responses[2 - better]}
+    return {
+        "prompt": found.group("question"),
+        "images": row.get("image") or row.get("images") or images or [],
+        "chosen": responses[better - 1],
+        "rejected": responses[2 - better],
+    }
 
 
 def shp_pair(row: dict) -> dict:
     """SHP: a post (`history`) and two comments; `labels` is 1 when A is preferred, 0 when B is."""
     a_wins = int(row["labels"]) == 1
-    return {"prompt": row["history"], "chosen": row["human_ref_A" if a_wins else "human_ref_B"],
-            "rejected": row["human_ref_B" if a_wins else "human_ref_A"], "domain": row.get("domain")}
+    return {
+        "prompt": row["history"],
+        "chosen": row["human_ref_A" if a_wins else "human_ref_B"],
+        "rejected": row["human_ref_B" if a_wins else "human_ref_A"],
+        "domain": row.get("domain"),
+    }
 
 
 def answer_in_tags(row: dict) -> dict:
@@ -74,41 +92,83 @@ def answer_in_tags(row: dict) -> dict:
     from reward.rule import extract_answer
 
     solution = row.get("solution")
-    return {"answer": (extract_answer(solution, "answer_tag") or solution).strip() if isinstance(solution, str)
-            else solution}
+    return {
+        "answer": (extract_answer(solution, "answer_tag") or solution).strip()
+        if isinstance(solution, str)
+        else solution
+    }
 
 
 PRESETS: dict[str, Preset] = {
     # multimodal preference pairs
-    "rlaif-v": Preset("openbmb/RLAIF-V-Dataset", "preference", {"prompt": "question", "images": "image"},
-                      summary="question / image (embedded) / chosen / rejected"),
-    "mmpr-v1.2": Preset("OpenGVLab/MMPR-v1.2", "preference", {"prompt": "question", "images": "image"},
-                        needs="source: the downloaded dataset directory (its meta.json names the annotation "
-                              "files and their image roots)", local_only=True,
-                        summary="annotation JSONL files per source: question (with <image>) / image (path under "
-                                "the source's root) / chosen / rejected"),
-    "omnialign-v-dpo": Preset("PhoenixZ/OmniAlign-V-DPO", "preference", {"prompt": "prompt", "images": "image"},
-                              needs="source: a downloaded category file (e.g. chart.jsonl); image_root: where "
-                                    "images.tar was extracted", local_only=True,
-                              summary="JSONL per category: prompt (with <image>) / image (path) / chosen / rejected"),
-    "r1-reward": Preset("yifanzhang114/R1-Reward-RL", "preference", transform=r1_reward_pair,
-                        summary="message (question and both responses in one chat) / answer (<answer>N</answer>) / "
-                                "image: the preferred response becomes chosen"),
+    "rlaif-v": Preset(
+        "openbmb/RLAIF-V-Dataset",
+        "preference",
+        {"prompt": "question", "images": "image"},
+        summary="question / image (embedded) / chosen / rejected",
+    ),
+    "mmpr-v1.2": Preset(
+        "OpenGVLab/MMPR-v1.2",
+        "preference",
+        {"prompt": "question", "images": "image"},
+        needs="source: the downloaded dataset directory (its meta.json names the annotation "
+        "files and their image roots)",
+        local_only=True,
+        summary="annotation JSONL files per source: question (with <image>) / image (path under "
+        "the source's root) / chosen / rejected",
+    ),
+    "omnialign-v-dpo": Preset(
+        "PhoenixZ/OmniAlign-V-DPO",
+        "preference",
+        {"prompt": "prompt", "images": "image"},
+        needs="source: a downloaded category file (e.g. chart.jsonl); image_root: where images.tar was extracted",
+        local_only=True,
+        summary="JSONL per category: prompt (with <image>) / image (path) / chosen / rejected",
+    ),
+    "r1-reward": Preset(
+        "yifanzhang114/R1-Reward-RL",
+        "preference",
+        transform=r1_reward_pair,
+        summary="message (question and both responses in one chat) / answer (<answer>N</answer>) / "
+        "image: the preferred response becomes chosen",
+    ),
     # text-only preference pairs
-    "tulu3-preference": Preset("allenai/llama-3.1-tulu-3-8b-preference-mixture", "preference",
-                               summary="prompt / chosen and rejected as message lists (the assistant turn taken)"),
-    "olmo2-preference": Preset("allenai/olmo-2-1124-7b-preference-mix", "preference",
-                               summary="chosen and rejected as message lists (the prompt from their shared turns)"),
-    "ultrafeedback-binarized": Preset("HuggingFaceH4/ultrafeedback_binarized", "preference", split="train_prefs",
-                                      summary="prompt / chosen and rejected as message lists; split train_prefs"),
-    "shp": Preset("stanfordnlp/SHP", "preference", transform=shp_pair,
-                  summary="history / human_ref_A / human_ref_B / labels (1: A preferred)"),
+    "tulu3-preference": Preset(
+        "allenai/llama-3.1-tulu-3-8b-preference-mixture",
+        "preference",
+        summary="prompt / chosen and rejected as message lists (the assistant turn taken)",
+    ),
+    "olmo2-preference": Preset(
+        "allenai/olmo-2-1124-7b-preference-mix",
+        "preference",
+        summary="chosen and rejected as message lists (the prompt from their shared turns)",
+    ),
+    "ultrafeedback-binarized": Preset(
+        "HuggingFaceH4/ultrafeedback_binarized",
+        "preference",
+        split="train_prefs",
+        summary="prompt / chosen and rejected as message lists; split train_prefs",
+    ),
+    "shp": Preset(
+        "stanfordnlp/SHP",
+        "preference",
+        transform=shp_pair,
+        summary="history / human_ref_A / human_ref_B / labels (1: A preferred)",
+    ),
     # RL rows
-    "geometry3k": Preset("hiyouga/geometry3k", "rl", {"prompt": "problem"},
-                         summary="problem (with <image>) / images (embedded list) / answer"),
-    "multimodal-open-r1-8k": Preset("lmms-lab/multimodal-open-r1-8k-verified", "rl",
-                                    {"prompt": "problem", "images": "image"}, transform=answer_in_tags,
-                                    summary="problem / image (embedded) / solution (<answer>...</answer>)"),
+    "geometry3k": Preset(
+        "hiyouga/geometry3k",
+        "rl",
+        {"prompt": "problem"},
+        summary="problem (with <image>) / images (embedded list) / answer",
+    ),
+    "multimodal-open-r1-8k": Preset(
+        "lmms-lab/multimodal-open-r1-8k-verified",
+        "rl",
+        {"prompt": "problem", "images": "image"},
+        transform=answer_in_tags,
+        summary="problem / image (embedded) / solution (<answer>...</answer>)",
+    ),
 }
 
 
@@ -119,5 +179,7 @@ def preset(name: str) -> Preset:
         import difflib
 
         close = difflib.get_close_matches(name, PRESETS, n=1)
-        raise ValueError(f"unknown data preset {name!r}{f'; did you mean {close[0]!r}' if close else ''} "
-                         f"(presets: {', '.join(PRESETS)})") from None
+        raise ValueError(
+            f"unknown data preset {name!r}{f'; did you mean {close[0]!r}' if close else ''} "
+            f"(presets: {', '.join(PRESETS)})"
+        ) from None

@@ -42,8 +42,10 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict | RowError]]:
             except json.JSONDecodeError as e:
                 yield lineno, RowError(lineno, f"not valid JSON ({e.msg}, column {e.colno})")
                 continue
-            yield lineno, row if isinstance(row, dict) else \
-                RowError(lineno, f"expected an object, got {type(row).__name__}")
+            yield (
+                lineno,
+                row if isinstance(row, dict) else RowError(lineno, f"expected an object, got {type(row).__name__}"),
+            )
 
 
 def _iter_file(path: Path) -> Iterator[tuple[int, dict | RowError]]:
@@ -102,9 +104,11 @@ def load_hub_dataset(source: str, split: str) -> Any:
         ds = load_dataset(source, split=split)
     except Exception as e:  # not cached, no network, no such dataset or split: say which
         if hub_offline() or "offline" in str(e).lower() or "connection" in str(e).lower():
-            raise DataError(f"dataset {source!r} not found locally and the hub is offline: download it where the "
-                            f"hub is reachable (`huggingface-cli download --repo-type dataset {source}`) and point the "
-                            f"source at the local copy, or unset HF_HUB_OFFLINE") from None
+            raise DataError(
+                f"dataset {source!r} not found locally and the hub is offline: download it where the "
+                f"hub is reachable (`huggingface-cli download --repo-type dataset {source}`) and point the "
+                f"source at the local copy, or unset HF_HUB_OFFLINE"
+            ) from None
         raise DataError(f"{source}: cannot load as a file or hub dataset ({type(e).__name__}: {e})") from None
     for name, feature in ds.features.items():  # read images as {bytes, path}: decoded when a batch needs them
         if isinstance(feature, Image):
@@ -129,6 +133,8 @@ def iter_rows(source: str, split: str = "train") -> Iterator[tuple[int, dict | R
         yield from _iter_meta(path)
         return
     if path.exists():
-        raise DataError(f"{source}: unsupported source (a .jsonl, .json or .parquet file, a directory with a "
-                        "meta.json, or a hub dataset name)")
+        raise DataError(
+            f"{source}: unsupported source (a .jsonl, .json or .parquet file, a directory with a "
+            "meta.json, or a hub dataset name)"
+        )
     yield from enumerate(load_hub_dataset(source, split))

@@ -109,8 +109,11 @@ def normalise_prompt(prompt: Any, n_images: int, max_chars: int) -> list[dict]:
             raise ValueError(f"prompt[{i}] must be a message with role system/user/assistant")
         content = m.get("content")
         if isinstance(content, str):
-            parts = parts_from_placeholders(content, n_images) if "<image>" in content else \
-                [{"type": "text", "text": content}]
+            parts = (
+                parts_from_placeholders(content, n_images)
+                if "<image>" in content
+                else [{"type": "text", "text": content}]
+            )
         elif isinstance(content, list):
             parts = []
             for part in content:
@@ -145,8 +148,9 @@ def _turns_key(turns: list[dict]) -> list[tuple]:
     return [(m.get("role"), message_text(m)) for m in turns]
 
 
-def validate_row(row: dict, kind: str, base_dir: Path | None, cfg: ValidationConfig,
-                 columns: Mapping[str, str] = {}) -> dict:  # noqa: B006 - read only
+def validate_row(
+    row: dict, kind: str, base_dir: Path | None, cfg: ValidationConfig, columns: Mapping[str, str] = {}
+) -> dict:  # noqa: B006 - read only
     """One raw row in the dataset's own schema -> the project's, checked; raises ValueError with the reason."""
     row = map_columns(row, kind, columns)
     missing = [k for k in REQUIRED[kind] if k not in row or row[k] is None]
@@ -162,14 +166,22 @@ def validate_row(row: dict, kind: str, base_dir: Path | None, cfg: ValidationCon
         except ValueError as e:
             raise ValueError(f"images[{i}]: {e}") from None
     # Extra scalar columns (task, id, difficulty, ...) are kept: custom rewards receive them as kwargs.
-    out = {k: v for k, v in row.items() if k not in (*FIELDS[kind], "image", IMAGE_ROOT_KEY)
-           and isinstance(v, (str, int, float, bool))}
+    out = {
+        k: v
+        for k, v in row.items()
+        if k not in (*FIELDS[kind], "image", IMAGE_ROOT_KEY) and isinstance(v, (str, int, float, bool))
+    }
     prompt = row.get("prompt")
     if kind == "preference":
-        (chosen_turns, chosen), (rejected_turns, rejected) = _response(row["chosen"], "chosen"), \
-            _response(row["rejected"], "rejected")
-        if chosen_turns is not None and rejected_turns is not None and \
-                _turns_key(chosen_turns) != _turns_key(rejected_turns):
+        (chosen_turns, chosen), (rejected_turns, rejected) = (
+            _response(row["chosen"], "chosen"),
+            _response(row["rejected"], "rejected"),
+        )
+        if (
+            chosen_turns is not None
+            and rejected_turns is not None
+            and _turns_key(chosen_turns) != _turns_key(rejected_turns)
+        ):
             raise ValueError("chosen and rejected disagree on the prompt turns before the response")
         if prompt is None:
             prompt = chosen_turns or rejected_turns

@@ -11,8 +11,9 @@ from policies.tiny import make_tiny_qwen2, make_tiny_qwen2_5_vl
 from rl.tasks.shapes import vocabulary_corpus
 
 
-def make_tiny_policy(out_dir: str | Path, seed: int = 0, text: dict[str, Any] | None = None,
-                     text_only: bool = False) -> Path:
+def make_tiny_policy(
+    out_dir: str | Path, seed: int = 0, text: dict[str, Any] | None = None, text_only: bool = False
+) -> Path:
     """The offline tiny Qwen2.5-VL (or, `text_only`, Qwen2) with a tokenizer that knows this task's
     words. `text` overrides fields of the language model's config (see policies.tiny)."""
     if text_only:
@@ -33,8 +34,12 @@ def make_real_shape_model(name: str, out: str | Path, reward_model: bool = False
     processor = build_processor(build_tokenizer(vocabulary_corpus()), pixels=(56 * 56, 448 * 448))
     tok = processor.tokenizer
     config = known_config(name)
-    for key, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-                       ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
+    for key, token in (
+        ("image_token_id", "<|image_pad|>"),
+        ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"),
+        ("vision_end_token_id", "<|vision_end|>"),
+    ):
         setattr(config, key, tok.convert_tokens_to_ids(token))
     for sub in (config, config.text_config):
         sub.eos_token_id, sub.pad_token_id, sub.bos_token_id = tok.eos_token_id, tok.pad_token_id, tok.pad_token_id

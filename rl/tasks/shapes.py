@@ -93,6 +93,7 @@ def _sample(rng: random.Random, task: str) -> tuple[list[Item], str]:
 
 # -- descriptions -----------------------------------------------------------------------------
 
+
 def describe(items: list[Item]) -> str:
     """The canonical description: every object, in cell order ("a red circle in the top left and a blue
     square in the bottom right")."""
@@ -108,8 +109,10 @@ def describe_freely(rng: random.Random, items: list[Item]) -> str:
         position = POSITIONS[item.cell]
         return f"{position} corner" if style < 0.3 else position.replace(" ", "-") if style < 0.5 else position
 
-    parts = [f"{rng.choice(('a', 'one'))} {it.color} {it.shape} {rng.choice(('in the', 'at the'))} {where(it)}"
-             for it in rng.sample(items, len(items))]
+    parts = [
+        f"{rng.choice(('a', 'one'))} {it.color} {it.shape} {rng.choice(('in the', 'at the'))} {where(it)}"
+        for it in rng.sample(items, len(items))
+    ]
     body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return rng.choice(("{}", "There is {}.", "I see {}.", "The picture shows {}.")).format(body)
 
@@ -182,14 +185,16 @@ def prompt_messages(question: str) -> list[dict]:
     return with_image_parts([{"role": "user", "content": [{"type": "text", "text": question}]}], 1)
 
 
-FEATURES = Features({
-    "prompt": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
-    "images": Sequence(Image()),
-    "answer": Value("string"),  # the matchable ground truth; None for descriptions
-    "reference": Value("string"),  # a good response: the canonical answer or description
-    "task": Value("string"),
-    "scene": Value("string"),  # the objects drawn (JSON): what a description is scored against
-})
+FEATURES = Features(
+    {
+        "prompt": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
+        "images": Sequence(Image()),
+        "answer": Value("string"),  # the matchable ground truth; None for descriptions
+        "reference": Value("string"),  # a good response: the canonical answer or description
+        "task": Value("string"),
+        "scene": Value("string"),  # the objects drawn (JSON): what a description is scored against
+    }
+)
 
 Tasks = tuple[str, ...] | list[str] | dict[str, float]
 
@@ -225,11 +230,9 @@ def make_shapes_dataset(n: int, seed: int = 0, tasks: Tasks = TASKS) -> Dataset:
     return Dataset.from_dict(rows, features=FEATURES)
 
 
-def make_shapes_splits(train_size: int, eval_size: int, seed: int = 0,
-                       tasks: Tasks = TASKS) -> tuple[Dataset, Dataset]:
+def make_shapes_splits(train_size: int, eval_size: int, seed: int = 0, tasks: Tasks = TASKS) -> tuple[Dataset, Dataset]:
     """Train and held-out splits from disjoint seeds (held-out scenes are drawn independently)."""
-    return (make_shapes_dataset(train_size, seed, tasks),
-            make_shapes_dataset(eval_size, seed + 1_000_003, tasks))
+    return (make_shapes_dataset(train_size, seed, tasks), make_shapes_dataset(eval_size, seed + 1_000_003, tasks))
 
 
 # Answers that name things the scenes never contain: detectable from the text alone.
@@ -251,14 +254,16 @@ def _phrase(rng: random.Random, answer: str, task: str) -> str:
     return rng.choice(TEMPLATES).format(answer)
 
 
-PREFERENCE_FEATURES = Features({
-    "prompt": FEATURES["prompt"],
-    "images": Sequence(Image()),
-    "chosen": Value("string"),
-    "rejected": Value("string"),
-    "task": Value("string"),
-    "kind": Value("string"),
-})
+PREFERENCE_FEATURES = Features(
+    {
+        "prompt": FEATURES["prompt"],
+        "images": Sequence(Image()),
+        "chosen": Value("string"),
+        "rejected": Value("string"),
+        "task": Value("string"),
+        "kind": Value("string"),
+    }
+)
 
 
 # Kinds of rejected answer in the synthetic pairs, with their shares. Near misses need the image;
@@ -284,8 +289,12 @@ def _rejected(rng: random.Random, answer: str, task: str, kind: str) -> str:
 
 # A description's rejected answers, by the kind drawn: the kinds keep their meaning (a near miss needs the
 # image, ...) under names of their own, so accuracy on descriptions is reported apart.
-DESCRIPTION_KINDS = {"near_miss": "wrong_attribute", "hallucination": "invented_object", "off_task": "off_task",
-                     "degenerate": "degenerate"}
+DESCRIPTION_KINDS = {
+    "near_miss": "wrong_attribute",
+    "hallucination": "invented_object",
+    "off_task": "off_task",
+    "degenerate": "degenerate",
+}
 
 
 def _wrong_description(rng: random.Random, items: list[Item], kind: str, wording: random.Random | None = None) -> str:
@@ -297,22 +306,28 @@ def _wrong_description(rng: random.Random, items: list[Item], kind: str, wording
         k = rng.randrange(len(items))
         it = items[k]
         attribute = rng.choice(["color", "shape", "cell"] if free else ["color", "shape"])
-        other = {"color": lambda: Item(it.cell, it.shape, rng.choice([c for c in COLORS if c != it.color])),
-                 "shape": lambda: Item(it.cell, rng.choice([s for s in SHAPES if s != it.shape]), it.color),
-                 "cell": lambda: Item(rng.choice(free), it.shape, it.color)}[attribute]()
-        return describe_freely(wording, [*items[:k], other, *items[k + 1:]])
+        other = {
+            "color": lambda: Item(it.cell, it.shape, rng.choice([c for c in COLORS if c != it.color])),
+            "shape": lambda: Item(it.cell, rng.choice([s for s in SHAPES if s != it.shape]), it.color),
+            "cell": lambda: Item(rng.choice(free), it.shape, it.color),
+        }[attribute]()
+        return describe_freely(wording, [*items[:k], other, *items[k + 1 :]])
     if kind == "invented_object":  # everything right, plus an object the scene does not have
-        extra = Item(rng.choice(free), rng.choice(SHAPES), rng.choice(list(COLORS))) if free else \
-            Item(items[0].cell, rng.choice([s for s in SHAPES if s != items[0].shape]), items[0].color)
+        extra = (
+            Item(rng.choice(free), rng.choice(SHAPES), rng.choice(list(COLORS)))
+            if free
+            else Item(items[0].cell, rng.choice([s for s in SHAPES if s != items[0].shape]), items[0].color)
+        )
         return describe_freely(wording, [*items, extra])
     if kind == "off_task":  # a closed answer where a description was asked for
         return _phrase(rng, rng.choice([items[0].color, items[0].shape, POSITIONS[items[0].cell]]), "color")
     words = describe(items).split()  # degenerate: a repeated fragment
-    return " ".join(words[:rng.randint(1, 3)] + [rng.choice(words)] * rng.randint(3, 7))
+    return " ".join(words[: rng.randint(1, 3)] + [rng.choice(words)] * rng.randint(3, 7))
 
 
-def make_preference_pairs(n: int, seed: int = 0, tasks: Tasks = TASKS,
-                          kinds: dict[str, float] | None = None, same_wording: bool = False) -> Dataset:
+def make_preference_pairs(
+    n: int, seed: int = 0, tasks: Tasks = TASKS, kinds: dict[str, float] | None = None, same_wording: bool = False
+) -> Dataset:
     """`n` preference rows `{prompt, images, chosen, rejected, task, kind}` on shapes scenes.
 
     chosen is right (canonical or paraphrased; for a description, a free correct one). rejected is drawn
@@ -349,8 +364,12 @@ def vocabulary_corpus() -> list[str]:
     """Every string the task can produce, plus filler English, for training the tiny tokenizer."""
     lines = list(QUESTIONS.values())
     for task in CLOSED_TASKS:
-        answers = {"color": list(COLORS), "shape": list(SHAPES), "count": ["1", "2", "3", "4"],
-                   "position": list(POSITIONS)}[task]
+        answers = {
+            "color": list(COLORS),
+            "shape": list(SHAPES),
+            "count": ["1", "2", "3", "4"],
+            "position": list(POSITIONS),
+        }[task]
         for a in answers:
             lines += [a, *paraphrases(a, task), *wrong_answers(a, task)]
         lines += HALLUCINATIONS[task]

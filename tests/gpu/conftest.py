@@ -39,8 +39,9 @@ def policy_3b(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def reward_7b(tmp_path_factory) -> str:
-    return str(make_real_shape_model("Qwen/Qwen2.5-VL-7B-Instruct", tmp_path_factory.mktemp("basereward7b"),
-                                     reward_model=True))
+    return str(
+        make_real_shape_model("Qwen/Qwen2.5-VL-7B-Instruct", tmp_path_factory.mktemp("basereward7b"), reward_model=True)
+    )
 
 
 @pytest.fixture()
@@ -49,7 +50,13 @@ def brl():
 
     def run(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        return subprocess.run([sys.executable, "-m", "recipes.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "recipes.cli", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return run

@@ -72,8 +72,13 @@ def test_the_hybrid_pipeline_shares_one_gpu_for_3_steps_within_the_plan(tmp_path
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["global_step"] == 3 and summary["learner_gpus"] == ["0"]
     cfg = grpo.load(config, overrides)
-    (gpu,), _ = plan_for(cfg, grpo_args(str(tmp_path), 0, dict(cfg.trainer)), 1,
-                         torch.cuda.get_device_properties(0).total_memory, text_tokens=32)
+    (gpu,), _ = plan_for(
+        cfg,
+        grpo_args(str(tmp_path), 0, dict(cfg.trainer)),
+        1,
+        torch.cuda.get_device_properties(0).total_memory,
+        text_tokens=32,
+    )
     print(f"GPU peak {memory.peak / GiB:.1f} GiB; `brl plan` estimate {gpu.total / GiB:.1f} GiB")
     assert memory.peak <= 1.15 * gpu.total
 
@@ -94,8 +99,11 @@ def test_the_3b_policy_reaches_an_actor_on_the_learners_gpu_in_under_a_second(po
     model = load_policy(policy_3b, "float32").cuda()
     ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        actors = spawn_rollout_actors(HFEngine, {"model": policy_3b, "dtype": "bfloat16"},
-                                      ActorGroupConfig(num_actors=1, num_cpus=1, num_gpus=0.3))
+        actors = spawn_rollout_actors(
+            HFEngine,
+            {"model": policy_3b, "dtype": "bfloat16"},
+            ActorGroupConfig(num_actors=1, num_cpus=1, num_gpus=0.3),
+        )
         pool = RolloutPool(actors, RolloutConfig(timeout_s=600), learner_location(["0"]))  # the learner: this process
         assert type(pool.sync).__name__ == "SharedMemorySync"
         weights = PolicyWeights(model, torch.bfloat16)
@@ -115,9 +123,20 @@ def test_the_3b_policy_reaches_an_actor_on_the_learners_gpu_in_under_a_second(po
 
 
 def test_a_colocated_engine_trains_on_cuda_with_bf16_generation(tmp_path, tiny_vl, brl):
-    run = brl("grpo", str(CONFIGS / "tiny_cpu_rule.yaml"), f"output_dir={tmp_path}", f"policy.path={tiny_vl}",
-              "ray.enabled=true", "ray.num_cpus=4", "rollout.colocate=true", "rollout.dtype=bfloat16",
-              "policy.dtype=float32", "trainer.bf16=true", "trainer.max_steps=2", "trainer.report_to=[]")
+    run = brl(
+        "grpo",
+        str(CONFIGS / "tiny_cpu_rule.yaml"),
+        f"output_dir={tmp_path}",
+        f"policy.path={tiny_vl}",
+        "ray.enabled=true",
+        "ray.num_cpus=4",
+        "rollout.colocate=true",
+        "rollout.dtype=bfloat16",
+        "policy.dtype=float32",
+        "trainer.bf16=true",
+        "trainer.max_steps=2",
+        "trainer.report_to=[]",
+    )
     assert run.returncode == 0, run.stderr[-5000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["global_step"] == 2 and summary["learner_gpus"] == ["0"]
