@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.installed-vllm
 PYTEST_ARGS ?=
 
-.PHONY: install install-vllm demo test test-fast lint clean
+.PHONY: install install-vllm demo test test-fast lint format clean
 
 # One CPU environment (see constraints.txt). tools/sitecustomize.py lets PyPI's torchvision import
 # beside torch 2.13.0+cpu.
@@ -38,9 +38,15 @@ demo: $(STAMP)
 test: $(VLLM_STAMP) lint
 	$(BIN)/python -m pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
-# ruff's lint (pyproject.toml: pyflakes, pycodestyle, import order; 120 characters), on the whole tree.
+# ruff's lint (pyproject.toml: pyflakes, pycodestyle, import order; 120 characters) and its formatter's check,
+# on the whole tree. `make format` formats.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 # Skip the minutes-long end-to-end lanes (vLLM included) while iterating.
 test-fast: $(STAMP)
