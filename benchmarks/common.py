@@ -14,6 +14,18 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+# The tiny Qwen2.5-VL's language model, scaled (`text` of rl.tasks.models.make_tiny_policy; None: as built).
+POLICY_SIZES: dict[str, dict[str, int] | None] = {
+    "tiny": None,
+    "mid": {
+        "hidden_size": 1024,
+        "intermediate_size": 2816,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+    },
+}
+
 
 def best_of(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall seconds of `fn` over `repeats` runs after `warmup` runs (noisy shared machines)."""

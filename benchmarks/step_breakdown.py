@@ -22,19 +22,7 @@ import time
 
 from transformers import TrainerCallback
 
-from benchmarks.common import report
-
-SIZES = {
-    "tiny": None,
-    "mid": {
-        "hidden_size": 1024,
-        "intermediate_size": 2816,
-        "num_hidden_layers": 16,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 2,
-    },
-}
-
+from benchmarks.common import POLICY_SIZES, report
 
 WARMUP_STEPS = 2
 
@@ -58,7 +46,7 @@ def run(size: str, steps: int, rm_path: str) -> dict:
     from recipes import grpo
     from rl.tasks.models import make_tiny_policy
 
-    policy = make_tiny_policy(tempfile.mkdtemp(), text=SIZES[size])
+    policy = make_tiny_policy(tempfile.mkdtemp(), text=POLICY_SIZES[size])
     params = sum(p.numel() for p in load_policy(str(policy)).parameters())
     overrides = [
         f"output_dir={tempfile.mkdtemp()}",
@@ -110,7 +98,7 @@ def run(size: str, steps: int, rm_path: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=list(POLICY_SIZES), choices=list(POLICY_SIZES))
     args = parser.parse_args()
     if args.steps <= WARMUP_STEPS:
         parser.error(f"--steps must be more than the {WARMUP_STEPS} warm-up steps left out of the timing")

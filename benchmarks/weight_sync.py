@@ -21,18 +21,8 @@ import statistics
 import tempfile
 import time
 
-from benchmarks.common import best_of, report
+from benchmarks.common import POLICY_SIZES, best_of, report
 
-SIZES = {  # the tiny Qwen2.5-VL's language model scaled (rl.tasks.shapes.make_tiny_policy's `text`)
-    "tiny": None,
-    "mid": {
-        "hidden_size": 1024,
-        "intermediate_size": 2816,
-        "num_hidden_layers": 16,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 2,
-    },
-}
 REAL = {"qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct"}
 
 
@@ -42,12 +32,12 @@ def build_policy(size: str, out: str) -> str:
     if size in REAL:
         return str(make_real_shape_model(REAL[size], out))
 
-    return str(make_tiny_policy(out, text=SIZES[size]))
+    return str(make_tiny_policy(out, text=POLICY_SIZES[size]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="mid", choices=[*SIZES, *REAL])
+    parser.add_argument("--size", default="mid", choices=[*POLICY_SIZES, *REAL])
     parser.add_argument("--paths", nargs="+", default=["shared_memory", "broadcast", "object_store"])
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--engine-dtype", default="float32", help="the actors' weights (the learner's: float32)")

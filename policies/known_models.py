@@ -3,8 +3,9 @@
 `brl plan` needs a model's dimensions to size its memory, and the GPU test lane builds random-weight
 models of the real shapes; neither may depend on the model hub. These are the dimensions of the
 published Qwen2.5-VL-3B-Instruct and -7B-Instruct configs (3.75B and, without the LM head, 7.75B
-parameters), and of the published reward models built on the 7B (R1-Reward, Skywork-VL-Reward-7B). `model_config` prefers a local checkpoint's (or the hub cache's) own config, then these,
-then the hub: a known model costs no network wait offline.
+parameters), and of the published reward models built on the 7B (R1-Reward, Skywork-VL-Reward-7B).
+`model_config` prefers a local checkpoint's (or the hub cache's) own config, then these, then the hub: a
+known model costs no network wait offline.
 """
 
 from __future__ import annotations

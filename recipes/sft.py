@@ -53,25 +53,28 @@ def to_prompt_completion(rows: Dataset) -> Dataset:
     )
 
 
+def sft_args(out: Path, seed: int, *trainer: dict) -> SFTConfig:
+    """TRL's SFTConfig with this project's defaults (loss on the completion only, no checkpoints, no length
+    cut), then the config's `trainer` sections in order, later keys winning. The judge's trainer uses it too."""
+    defaults = {
+        **device_defaults(),
+        "logging_steps": 10,
+        "report_to": ["tensorboard"],
+        "save_strategy": "no",
+        "completion_only_loss": True,
+        "max_length": None,
+    }
+    overrides = {k: v for section in trainer for k, v in section.items()}
+    return SFTConfig(**{**defaults, **overrides, "output_dir": str(out), "seed": seed})
+
+
 def main(cfg: SFTRecipeConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     set_seed(cfg.seed)
     check_update_precision(cfg.policy, cfg.trainer, "policy")
-    args = SFTConfig(
-        **{
-            **device_defaults(),
-            "logging_steps": 10,
-            "report_to": ["tensorboard"],
-            "save_strategy": "no",
-            "completion_only_loss": True,
-            "max_length": None,
-            **cfg.trainer,
-            "output_dir": str(out),
-            "seed": cfg.seed,
-        }
-    )
+    args = sft_args(out, cfg.seed, cfg.trainer)
     train, _ = load_rl_splits(cfg.data)
     policy_path = resolve_model_path(cfg.policy.path, out, cfg.seed)
     processor = load_processor(policy_path, cfg.policy.max_pixels, cfg.policy.trust_remote_code)

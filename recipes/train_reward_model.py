@@ -141,9 +141,7 @@ def train_judge(cfg: RMRecipeConfig, out: Path, path: str, processor: Any, train
     """`paradigm: generative`: SFT of the backbone to write the judge's verdict on the pairs (see the module
     docstring), then the held-out pairs judged by the result (accuracy, by kind of rejected answer, tokens
     and seconds per pair)."""
-    from trl import SFTConfig
-
-    from recipes.sft import PolicySFTTrainer
+    from recipes.sft import PolicySFTTrainer, sft_args
     from reward.judge import JUDGE_FILE, PAIRWISE_TEMPLATE, POINTWISE_TEMPLATE, judge_training_rows
 
     gen = cfg.generative
@@ -168,20 +166,7 @@ def train_judge(cfg: RMRecipeConfig, out: Path, path: str, processor: Any, train
         return {key: [r[key] for r in rows] for key in ("prompt", "images", "completion")}
 
     rows = train.map(expand, batched=True, remove_columns=train.column_names, desc="judge prompts")
-    args = SFTConfig(
-        **{
-            **device_defaults(),
-            "logging_steps": 10,
-            "report_to": ["tensorboard"],
-            "save_strategy": "no",
-            "completion_only_loss": True,
-            "max_length": None,
-            **cfg.trainer,
-            **gen.trainer,
-            "output_dir": str(out),
-            "seed": cfg.seed,
-        }
-    )
+    args = sft_args(out, cfg.seed, cfg.trainer, gen.trainer)
     model = load_policy(path, cfg.backbone.dtype, cfg.backbone.trust_remote_code, cfg.backbone.freeze_vision)
     deepen(model, cfg.backbone.extra_layers)
     trainer = PolicySFTTrainer(model=model, args=args, train_dataset=rows, processing_class=processor)

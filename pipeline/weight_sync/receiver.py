@@ -33,7 +33,7 @@ class WeightReceiver:
     a `RolloutEngine`; the engine's `load_weights` and `weights_device` are what it calls."""
 
     # Per-actor state, created on first use (the mixin has no constructor of its own).
-    _mapped: dict[str, torch.UntypedStorage]  # the sender's storages opened in this session, by key
+    _mapped: dict[int, torch.UntypedStorage]  # the sender's storages opened in this session, by key
     _mapped_session: str
     _weight_group: tuple[str, str, Any, Any] | None  # (name, backend, the group, its store: kept alive with it)
     _receive_buffer: torch.Tensor | None

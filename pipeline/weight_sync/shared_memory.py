@@ -47,10 +47,10 @@ class SharedTensors:
     valid until the call that received them returns (the sender then reuses its staging buffer)."""
 
     session: str
-    storages: dict[str, tuple]
+    storages: dict[int, tuple]
     views: dict[str, tuple]
 
-    def attach(self, mapped: dict[str, torch.UntypedStorage]) -> dict[str, torch.Tensor]:
+    def attach(self, mapped: dict[int, torch.UntypedStorage]) -> dict[str, torch.Tensor]:
         """The tensors, in the receiving process. `mapped`: that process's storages of this session by
         key: a sync names the same storages every time (the learner's tensors, the staging buffer), so
         each is opened once per session, not once per sync (opening a CUDA IPC handle maps device memory:
@@ -58,7 +58,7 @@ class SharedTensors:
         return {name: _view(view, self.storages, mapped) for name, view in self.views.items()}
 
 
-def _view(view: tuple, storages: dict[str, tuple], mapped: dict[str, torch.UntypedStorage]) -> torch.Tensor:
+def _view(view: tuple, storages: dict[int, tuple], mapped: dict[int, torch.UntypedStorage]) -> torch.Tensor:
     key, offset, shape, stride, dtype = view
     if key is None:  # an empty tensor: no storage to share
         return torch.empty(shape, dtype=dtype)
@@ -102,12 +102,10 @@ class SharedMemorySync:
         self.bucket_bytes = bucket_bytes
         self.session = uuid.uuid4().hex
         self._staging: dict[torch.device, Staging] = {}
-        # Each storage is shared once per session and named by a key after that (finding 9 of the GPU
-        # reading: an IPC handle made per tensor per sync re-registers the memory and re-maps it in every
-        # actor). The storages are held, so an address is never reused while its key is known.
-        self._keys: dict[int, str] = {}  # a shared storage's address -> its key
-        self._openers: dict[str, tuple] = {}  # key -> what opens it elsewhere
-        self._held: list[torch.UntypedStorage] = []
+        # Each storage is shared once per session, keyed by its address (finding 9 of the GPU reading: an IPC
+        # handle made per tensor per sync re-registers the memory and re-maps it in every actor). address ->
+        # (what opens it elsewhere, the storage: held, so the address is not reused while the key is known).
+        self._shared: dict[int, tuple[tuple, torch.UntypedStorage]] = {}
         self._last: Any = None  # the weights last sent (their live tensors): what a restarted actor is given
         self._learner_thread: threading.Thread | None = None
 
@@ -133,7 +131,7 @@ class SharedMemorySync:
             call_each(self.calls.actors, lambda actor: actor.release_shared.remote(), self.calls.timeout_s)
         self._last = None
         self._staging.clear()
-        self._keys, self._openers, self._held = {}, {}, []
+        self._shared = {}
         self.session = uuid.uuid4().hex  # a later send shares afresh, under a session the actors have not mapped
 
     def buckets(self, weights: Any) -> Iterator[SharedTensors]:
@@ -161,14 +159,11 @@ class SharedMemorySync:
         shape, stride = tuple(tensor.shape), tuple(tensor.stride())
         if tensor.numel() == 0:
             return (None, 0, shape, stride, tensor.dtype)
-        key = self._keys.get(tensor.untyped_storage().data_ptr())
-        if key is None:
-            opener = _opener(tensor)  # a CPU storage moves into shared memory here: its address changes
-            storage = tensor.untyped_storage()
-            key = self._keys[storage.data_ptr()] = str(len(self._openers))
-            self._openers[key] = opener
-            self._held.append(storage)
-        return (key, tensor.storage_offset(), shape, stride, tensor.dtype)
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self._shared:
+            opener = _opener(tensor)  # a CPU storage moves into shared memory here, in place: its address changes
+            self._shared[storage.data_ptr()] = (opener, storage)
+        return (storage.data_ptr(), tensor.storage_offset(), shape, stride, tensor.dtype)
 
     def _flush(self, views: dict[str, tuple], devices: set[torch.device]) -> SharedTensors:
         # A cached IPC handle carries no event of this sync: the optimizer's writes and the staging copies
@@ -178,7 +173,7 @@ class SharedMemorySync:
         for staging in self._staging.values():
             staging.used = 0
         keys = {view[0] for view in views.values()} - {None}
-        return SharedTensors(self.session, {key: self._openers[key] for key in keys}, views)
+        return SharedTensors(self.session, {key: self._shared[key][0] for key in keys}, views)
 
     def _staging_for(self, device: torch.device, nbytes: int, bucket: int) -> Staging:
         staging = self._staging.get(device)

@@ -187,4 +187,4 @@ def test_cuda_ipc_storages_are_opened_once_and_read_fresh_every_sync():
     finally:
         reader.stdin.close()
         reader.wait(timeout=60)
-    assert opened[-1] == len(sync._openers) == len(list(model.parameters())) + 1  # parameters and the staging buffer
+    assert opened[-1] == len(sync._shared) == len(list(model.parameters())) + 1  # parameters and the staging buffer
